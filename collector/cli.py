@@ -1,0 +1,157 @@
+"""The ``smartunit`` command.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from collector.config import Settings, load_settings
+from collector.errors import ConfigError, SmartUnitError
+from collector.registry import Registry, RegistryHolder
+
+log = logging.getLogger("smartunit")
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _registry(settings: Settings) -> RegistryHolder:
+    path = settings.registry.path
+    registry = Registry.load(path) if path is not None else Registry.empty()
+    return RegistryHolder(registry, path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from collector.config import redacted  # noqa: PLC0415
+    from collector.logs import setup_logging  # noqa: PLC0415
+    from collector.service import Collector  # noqa: PLC0415
+
+    settings = _settings(args)
+    holder = _registry(settings)
+    setup_logging(settings.logging.level, settings.logging.format)
+    log.info("starting collector", extra={"settings": redacted(settings)})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, holder.reload_if_changed)
+        await Collector(settings, holder).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.path)
+    holder = _registry(settings)
+    registry = holder.current
+    print(f"{args.path}: OK")
+    print(f"  mqtt:     {settings.mqtt.endpoint.host}:{settings.mqtt.endpoint.port}"
+          f"{' (TLS)' if settings.mqtt.endpoint.tls else ''}")
+    print(f"  influx:   {settings.influx.url.split('@')[-1]} database {settings.influx.database!r}")
+    print(f"  registry: {settings.registry.path or '(none)'}: "
+          f"{len(registry.units)} units, {len(registry.devices)} devices")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    registry = _registry(settings).current
+    if not args.unregistered:
+        for device in sorted(registry.devices.values(), key=lambda d: d.id):
+            unit = registry.units[device.unit]
+            path = "/".join(unit.hierarchy.as_tags().values())
+            print(f"{device.id}\t{device.family}\t{unit.id}\t{path}")
+        return 0
+    from collector.devices import unregistered_devices  # noqa: PLC0415
+
+    found = unregistered_devices(settings.influx, registry)
+    if not found:
+        print("no unregistered devices have sent readings")
+        return 0
+    print("device\tfamily\tlast_seen\treadings")
+    for item in found:
+        print(f"{item.device}\t{item.family}\t{item.last_seen}\t{item.readings}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from collector.simulator import run_simulator_cli  # noqa: PLC0415
+
+    return run_simulator_cli(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from collector.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartunit", description="SmartUnit Monitor: city-grid IoT monitoring."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the collector")
+    run.add_argument("--config", type=Path, help="TOML configuration file")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration and its registry")
+    check.add_argument("path", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    devices = sub.add_parser("devices", help="list registered or unregistered devices")
+    devices.add_argument("--config", type=Path)
+    devices.add_argument(
+        "--unregistered", action="store_true",
+        help="devices that sent readings but are missing from the registry",
+    )
+    devices.set_defaults(func=cmd_devices)
+
+    from collector.simulator import add_simulator_arguments  # noqa: PLC0415
+
+    simulate = sub.add_parser("simulate", help="simulated field devices publishing over MQTT")
+    add_simulator_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="broker, InfluxDB, collector and simulator, all local")
+    demo.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")
+    demo.add_argument("--workdir", type=Path, help="keep servers' data here (default: temporary)")
+    demo.add_argument("--devices", type=int, default=0, help="extra generated devices per family")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"smartunit: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SmartUnitError as exc:
+        print(f"smartunit: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Configuration: one TOML file, validated once at start, with environment overrides.
+
+``config/smartunit.example.toml`` is the manual for every key. Unknown keys are errors
+(a typo must not silently fall back to a default). The environment variables below
+override the file and always work, also without any file:
+
+=========================  ==========================================================
+SMARTUNIT_MQTT_URL         ``mqtt://[user:pass@]host:port`` (``mqtts://`` for TLS)
+SMARTUNIT_INFLUX_URL       ``http(s)://[user:pass@]host:port`` of the InfluxDB HTTP API
+SMARTUNIT_INFLUX_DB        database (1.x) or bucket mapped by DBRP (2.x, 3.x)
+SMARTUNIT_INFLUX_TOKEN     token sent as ``Authorization: Token ...`` (optional)
+SMARTUNIT_HTTP_PORT        port of the HTTP API
+SMARTUNIT_DATA_DIR         directory for durable state
+=========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from collector.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttTls(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class MqttSettings(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = "smartunit-collector"
+    keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
+    receive_maximum: Annotated[int, Field(ge=100, le=65535)] = 50_000
+    reconnect_min_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 30.0
+    tls: MqttTls = MqttTls()
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parse_mqtt_url(url)
+        return url
+
+    @property
+    def endpoint(self) -> MqttEndpoint:
+        return parse_mqtt_url(self.url)
+
+
+class MqttEndpoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"}:
+        raise ValueError(f"scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=SecretStr(unquote(parts.password)) if parts.password else None,
+    )
+
+
+class InfluxSettings(_Section):
+    url: str = "http://127.0.0.1:8086"
+    database: str = "smartunit"
+    retention_policy: str = ""
+    token: SecretStr | None = None
+    create_database: bool = True
+    timeout_s: PositiveFloat = 10.0
+    gzip: bool = False
+    ca_file: Path | None = None
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, name: str) -> str:
+        if not name or any(c in name for c in "\"'\\\n"):
+            raise ValueError("must be non-empty, without quotes, backslashes or newlines")
+        return name
+
+
+class IngestSettings(_Section):
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
+    max_payload_bytes: Annotated[int, Field(ge=64)] = 256 * 1024
+    max_objects_per_message: Annotated[int, Field(ge=1)] = 1000
+    max_future_s: Annotated[float, Field(ge=0)] = 300.0
+    max_age_s: PositiveFloat = 30 * 24 * 3600.0
+    write_queue_batches: Annotated[int, Field(ge=1, le=64)] = 4
+    retry_initial_s: PositiveFloat = 0.5
+    retry_max_s: PositiveFloat = 30.0
+    stats_interval_s: PositiveFloat = 10.0
+    publish_rejections: bool = True
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class RegistrySettings(_Section):
+    path: Path | None = None
+    reload_interval_s: PositiveFloat = 2.0
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    rejection_log_interval_s: PositiveFloat = 10.0
+
+
+class Settings(_Section):
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    ingest: IngestSettings = IngestSettings()
+    http: HttpSettings = HttpSettings()
+    registry: RegistrySettings = RegistrySettings()
+    logging: LoggingSettings = LoggingSettings()
+    data_dir: Path = Path("data")
+
+
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "SMARTUNIT_MQTT_URL": ("mqtt", "url"),
+    "SMARTUNIT_INFLUX_URL": ("influx", "url"),
+    "SMARTUNIT_INFLUX_DB": ("influx", "database"),
+    "SMARTUNIT_INFLUX_TOKEN": ("influx", "token"),
+    "SMARTUNIT_HTTP_PORT": ("http", "port"),
+    "SMARTUNIT_DATA_DIR": ("data_dir",),
+}
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, path in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if value is None or value == "":
+            continue
+        node = raw
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path[:-1])}: must be a table to apply {var}")
+            node = child
+        node[path[-1]] = value
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def _resolve_relative(settings: Settings, base: Path) -> Settings:
+    """Paths in the file are relative to the file, so a config works from any directory."""
+    registry_path = settings.registry.path
+    updates: dict[str, Any] = {}
+    if registry_path is not None and not registry_path.is_absolute():
+        updates["registry"] = settings.registry.model_copy(update={"path": base / registry_path})
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def load_settings(
+    path: Path | str | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, override from the environment, validate. Raises ConfigError naming the bad key."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    origin = "defaults and environment"
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        base = path.resolve().parent
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+    _apply_env(raw, env)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+    return _resolve_relative(settings, base)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as a dict fit for a log line: secrets and URL passwords masked."""
+    data = settings.model_dump(mode="json")
+    data["mqtt"]["url"] = _mask_url_password(settings.mqtt.url)
+    data["influx"]["url"] = _mask_url_password(settings.influx.url)
+    return data
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

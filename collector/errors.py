@@ -1,0 +1,50 @@
+"""The exceptions SmartUnit raises, all in one tree.
+
+    SmartUnitError
+    ├── ConfigError            bad configuration or registry; the CLI exits with code 2
+    ├── ServiceStartError      a local broker or database would not start (demo, tests, bench)
+    └── StoreError             talking to the time-series store failed
+        ├── RetryableStoreError    timeouts, connection errors, 429, 5xx: try again later
+        └── RejectedWriteError     400 and other 4xx: retrying the same lines cannot help
+
+Third-party errors (httpx, paho) are caught where they enter and re-raised as one of
+these, so callers never need to import those libraries to handle failure. Invalid device
+messages are not exceptions: they are rejections, counted and quarantined (see
+``collector.protocol``).
+"""
+
+from __future__ import annotations
+
+
+class SmartUnitError(Exception):
+    """Root of every error SmartUnit raises on purpose."""
+
+
+class ConfigError(SmartUnitError):
+    """The configuration or the registry is invalid; the message names the bad key."""
+
+
+class ServiceStartError(SmartUnitError):
+    """A local service (Mosquitto, InfluxDB) could not be started or did not become ready."""
+
+
+class StoreError(SmartUnitError):
+    """A request to the time-series store failed."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableStoreError(StoreError):
+    """The store is down, slow or overloaded; the same request may succeed later."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class RejectedWriteError(StoreError):
+    """The store refused the request itself; sending it again unchanged cannot succeed."""

@@ -1,0 +1,213 @@
+"""The MQTT side of the collector: paho-mqtt's network thread feeding an asyncio consumer.
+
+Why not aiomqtt here: on this hardware aiomqtt hands over about 8,000 messages/s, paho's
+thread about 20,000, because aiomqtt resolves an asyncio future per message. The
+collector keeps paho's thread and crosses into asyncio once per burst: the thread
+appends to a deque and wakes the loop only when the deque was empty.
+
+Durability: the session is persistent (MQTT v5, ``clean_start=False`` and a session
+expiry) and messages are acknowledged by hand only after their readings were stored, so
+a crash or a broker restart loses nothing: unacknowledged messages are delivered again.
+The inbox needs no bound of its own: MQTT v5 receive-maximum caps how many unacknowledged
+messages the broker may send us, so the broker holds the rest of the backlog, persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from collector.config import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+class Inbound(NamedTuple):
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int  # which connection delivered it: acks are only valid on that one
+    received_ms: int
+
+
+def make_client(
+    settings: MqttSettings,
+    *,
+    client_id: str | None = None,
+    manual_ack: bool = False,
+    protocol: int = paho.MQTTv5,
+) -> paho.Client:
+    """A paho client with the endpoint's credentials and TLS options applied."""
+    endpoint = settings.endpoint
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id if client_id is not None else settings.client_id,
+        protocol=protocol,  # type: ignore[arg-type]
+        manual_ack=manual_ack,
+    )
+    if endpoint.username is not None:
+        password = endpoint.password.get_secret_value() if endpoint.password else None
+        client.username_pw_set(endpoint.username, password)
+    if endpoint.tls:
+        tls = settings.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(tls.insecure)
+    client.reconnect_delay_set(
+        min_delay=max(1, round(settings.reconnect_min_s)),
+        max_delay=max(1, round(settings.reconnect_max_s)),
+    )
+    return client
+
+
+class MqttSource:
+    """Subscribes, collects inbound messages for an asyncio consumer, acknowledges on demand."""
+
+    def __init__(self, settings: MqttSettings, subscriptions: Sequence[str]) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self.client = make_client(settings, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self._inbox: collections.deque[Inbound] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = asyncio.Event()
+        self._wakeup_pending = False
+        self.generation = 0
+        self.connected = threading.Event()
+        self.connects = 0
+        self.disconnects = 0
+        self.received = 0
+
+    # -- paho's network thread -------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection refused: %s", reason_code)
+            return
+        self.generation += 1
+        self.connects += 1
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(topic, options) for topic in self.subscriptions])
+        self.connected.set()
+        log.info(
+            "MQTT connected",
+            extra={"session_present": flags.session_present, "generation": self.generation},
+        )
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        self.disconnects += 1
+        if reason_code.is_failure:
+            log.warning("MQTT connection lost, reconnecting: %s", reason_code)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Must never raise: an exception here would end paho's network thread.
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", errors="replace")  # noqa: SLF001
+        self._inbox.append(
+            Inbound(
+                topic,
+                message.payload,
+                message.mid,
+                message.qos,
+                self.generation,
+                time.time_ns() // 1_000_000,
+            )
+        )
+        self.received += 1
+        if not self._wakeup_pending and self._loop is not None:
+            self._wakeup_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+            except RuntimeError:  # the loop is closing
+                pass
+
+    # -- the asyncio side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        endpoint = self.settings.endpoint
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.ReceiveMaximum = self.settings.receive_maximum
+        self.client.connect_async(
+            endpoint.host,
+            endpoint.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return when messages may be waiting, or after ``timeout_s``."""
+        if self._inbox:
+            return
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    def drain(self, limit: int) -> list[Inbound]:
+        self._wakeup.clear()
+        self._wakeup_pending = False
+        inbox = self._inbox
+        count = min(len(inbox), limit)
+        return [inbox.popleft() for _ in range(count)]
+
+    @property
+    def backlog(self) -> int:
+        return len(self._inbox)
+
+    def ack(self, messages: Sequence[Inbound]) -> int:
+        """Acknowledge stored messages; those of an earlier connection come again anyway."""
+        generation = self.generation
+        acked = 0
+        for message in messages:
+            if message.qos > 0 and message.generation == generation:
+                self.client.ack(message.mid, message.qos)
+                acked += 1
+        return acked
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,324 @@
+"""The collector: MQTT in, validated readings out to InfluxDB, rejections quarantined.
+
+Pipeline and its bounds (every queue is bounded; what happens when it is full):
+
+  paho thread -> inbox  -> decode task -> write queue -> write task -> InfluxDB, then PUBACK
+                 (deque)                  (asyncio.Queue)
+
+- inbox: bounded by MQTT v5 receive-maximum (``mqtt.receive_maximum``): the broker sends
+  no more unacknowledged messages than that, and keeps the rest of the backlog itself.
+- write queue: ``ingest.write_queue_batches`` batches of at most ``ingest.batch_size``
+  lines; when full, the decode task waits (backpressure) and the inbox fills up to the
+  receive-maximum, then the broker holds further messages.
+- a batch that cannot be written (InfluxDB down, slow, 429/5xx) is retried with capped
+  exponential backoff, forever: its messages stay unacknowledged, so nothing is lost even
+  if the collector is killed meanwhile. Lines InfluxDB refuses outright (400 after
+  bisection, 413 for a single line) are dropped, logged and counted.
+
+Messages are acknowledged in the order they arrived, after the batch holding their
+readings is written, so a crash costs at most a redelivery; the duplicates it writes
+collapse in InfluxDB (same device, same device time -> same point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from collector.config import Settings
+from collector.errors import RetryableStoreError
+from collector.influx import InfluxClient
+from collector.lineprotocol import encode_line
+from collector.logs import RateLimitedLog
+from collector.mqtt import Inbound, MqttSource
+from collector.protocol import (
+    DATA_SUBSCRIPTION,
+    REJECTED_ROOT,
+    STATUS_SUBSCRIPTION,
+    TOPIC_ROOT,
+    Decoder,
+    Limits,
+    Rejection,
+    Topic,
+    parse_topic,
+    reading_line,
+    status_line,
+)
+from collector.registry import Registry, RegistryHolder
+
+log = logging.getLogger(__name__)
+
+STATS_MEASUREMENT = "smartunit_ingest"
+REJECTIONS_MEASUREMENT = "smartunit_rejections"
+
+
+@dataclass
+class IngestStats:
+    messages_received: int = 0
+    readings_accepted: int = 0
+    lines_written: int = 0
+    write_requests: int = 0
+    write_retries: int = 0
+    batches_written: int = 0
+    rejections: Counter[str] = field(default_factory=Counter)
+    lines_dropped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejections.values())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "messages_received": self.messages_received,
+            "readings_accepted": self.readings_accepted,
+            "lines_written": self.lines_written,
+            "write_requests": self.write_requests,
+            "write_retries": self.write_retries,
+            "batches_written": self.batches_written,
+            "rejected": self.rejected,
+            "rejections": dict(self.rejections),
+            "lines_dropped": dict(self.lines_dropped),
+        }
+
+
+@dataclass
+class Batch:
+    lines: list[str] = field(default_factory=list)
+    messages: list[Inbound] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+class Collector:
+    def __init__(self, settings: Settings, registry: RegistryHolder) -> None:
+        self.settings = settings
+        self.registry = registry
+        ingest = settings.ingest
+        self.decoder = Decoder(
+            Limits(
+                max_payload_bytes=ingest.max_payload_bytes,
+                max_objects_per_message=ingest.max_objects_per_message,
+                max_future_ms=round(ingest.max_future_s * 1000),
+                max_age_ms=round(ingest.max_age_s * 1000),
+            )
+        )
+        self.source = MqttSource(settings.mqtt, [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION])
+        self.influx = InfluxClient(settings.influx)
+        self.stats = IngestStats()
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(ingest.write_queue_batches)
+        self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then flush everything received and return."""
+        await self._ensure_database()
+        self.source.start()
+        tasks = [
+            asyncio.create_task(self._decode_loop(), name="decode"),
+            asyncio.create_task(self._write_loop(), name="write"),
+            asyncio.create_task(
+                self.registry.watch(self.settings.registry.reload_interval_s), name="registry"
+            ),
+            asyncio.create_task(self._stats_loop(), name="stats"),
+        ]
+        decode, write = tasks[0], tasks[1]
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_wait, decode, write], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop_wait and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        log.info("stopping: flushing what was received")
+        self._stopping.set()
+        await asyncio.gather(decode, write)
+        for task in tasks[2:]:
+            task.cancel()
+        stop_wait.cancel()
+        await asyncio.gather(*tasks[2:], stop_wait, return_exceptions=True)
+        await self._write_stats()
+        self.source.stop()
+        await self.influx.aclose()
+        log.info("stopped", extra=self.stats.as_dict())
+
+    async def _ensure_database(self) -> None:
+        delay = self.settings.ingest.retry_initial_s
+        while True:
+            try:
+                await self.influx.ensure_database()
+                return
+            except RetryableStoreError as exc:
+                log.warning("InfluxDB not reachable yet: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.ingest.retry_max_s)
+
+    # -- decode ----------------------------------------------------------------------------
+
+    async def _decode_loop(self) -> None:
+        ingest = self.settings.ingest
+        flush_s = ingest.flush_interval_ms / 1000
+        batch = Batch()
+        while True:
+            stopping = self._stopping.is_set()
+            if not batch.messages:
+                await self.source.wait(flush_s if not stopping else 0)
+            else:
+                remaining = flush_s - (time.monotonic() - batch.started)
+                if remaining > 0 and not stopping:
+                    await self.source.wait(remaining)
+            messages = self.source.drain(ingest.batch_size)
+            if messages and not batch.messages:
+                batch.started = time.monotonic()
+            registry = self.registry.current
+            for message in messages:
+                self._decode_one(message, batch, registry)
+            batch.messages.extend(messages)
+            due = len(batch.lines) >= ingest.batch_size or (
+                batch.messages and time.monotonic() - batch.started >= flush_s
+            )
+            if batch.messages and (due or stopping):
+                await self._queue.put(batch)
+                batch = Batch()
+            if stopping and not self.source.backlog:
+                await self._queue.put(None)
+                return
+
+    def _decode_one(self, message: Inbound, batch: Batch, registry: Registry) -> None:
+        self.stats.messages_received += 1
+        topic = message.topic
+        if topic.startswith(f"{TOPIC_ROOT}/_"):
+            return  # our own namespace (rejections, unit alerts): never device input
+        if topic.endswith("/status"):
+            parsed = parse_topic(topic)
+            if isinstance(parsed, Rejection):
+                self._reject(parsed, message)
+                return
+            self._decode_status(parsed, message, batch, registry)
+            return
+        result = self.decoder.decode(topic, message.payload, message.received_ms, registry)
+        if isinstance(result, Rejection):
+            self._reject(result, message)
+            return
+        for rejection in result.rejections:
+            self._reject(rejection, message)
+        for reading in result.readings:
+            batch.lines.append(reading_line(reading, registry))
+        self.stats.readings_accepted += len(result.readings)
+
+    def _decode_status(
+        self, topic: Topic, message: Inbound, batch: Batch, registry: Registry
+    ) -> None:
+        if not message.payload:
+            return  # a cleared retained status: nothing to record
+        status = self.decoder.decode_status(topic, message.payload, message.received_ms)
+        if isinstance(status, Rejection):
+            self._reject(status, message)
+            return
+        online, ts_ms = status
+        batch.lines.append(status_line(topic.device, online, ts_ms, registry))
+
+    def _reject(self, rejection: Rejection, message: Inbound) -> None:
+        self.stats.rejections[rejection.reason] += 1
+        self._rejection_log.warning(
+            rejection.reason,
+            "message rejected",
+            reason=rejection.reason,
+            detail=rejection.detail,
+            topic=message.topic[:200],
+        )
+        if not self.settings.ingest.publish_rejections:
+            return
+        family = _topic_safe(rejection.family)
+        device = _topic_safe(rejection.device)
+        self.source.publish(
+            f"{REJECTED_ROOT}/{family}/{device}",
+            rejection.to_json(message.topic, message.received_ms),
+            qos=1,
+        )
+
+    # -- write -----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            if batch.lines:
+                await self._write_with_retry(batch.lines)
+            self.source.ack(batch.messages)
+
+    async def _write_with_retry(self, lines: list[str]) -> None:
+        ingest = self.settings.ingest
+        attempt = 0
+        while True:
+            try:
+                result = await self.influx.write_lines(lines)
+            except RetryableStoreError as exc:
+                attempt += 1
+                self.stats.write_retries += 1
+                delay = min(ingest.retry_initial_s * 2 ** (attempt - 1), ingest.retry_max_s)
+                delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+                if exc.retry_after_s is not None:
+                    delay = max(delay, min(exc.retry_after_s, ingest.retry_max_s * 4))
+                log.warning(
+                    "InfluxDB write failed; will retry",
+                    extra={"error": str(exc), "lines": len(lines), "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.stats.write_requests += result.requests
+            self.stats.lines_written += result.written
+            self.stats.lines_dropped.update(result.dropped)
+            self.stats.batches_written += 1
+            return
+
+    # -- stats -----------------------------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ingest.stats_interval_s)
+            log.info(
+                "ingest stats",
+                extra={**self.stats.as_dict(), "inbox": self.source.backlog,
+                       "write_queue": self._queue.qsize()},
+            )
+            with contextlib.suppress(RetryableStoreError):
+                await self._write_stats()
+
+    async def _write_stats(self) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        tags = {"collector": self.settings.mqtt.client_id}
+        s = self.stats
+        lines = [
+            encode_line(
+                STATS_MEASUREMENT,
+                tags,
+                {
+                    "messages_received": s.messages_received,
+                    "readings_accepted": s.readings_accepted,
+                    "lines_written": s.lines_written,
+                    "rejected": s.rejected,
+                    "write_retries": s.write_retries,
+                    "lines_dropped": sum(s.lines_dropped.values()),
+                    "inbox": self.source.backlog,
+                    "write_queue": self._queue.qsize(),
+                },
+                now_ms,
+            )
+        ]
+        lines += [
+            encode_line(REJECTIONS_MEASUREMENT, {**tags, "reason": reason}, {"count": n}, now_ms)
+            for reason, n in s.rejections.items()
+        ]
+        with contextlib.suppress(RetryableStoreError):
+            await self.influx.write_lines(lines)
+
+
+def _topic_safe(segment: str) -> str:
+    """A topic level that cannot break the topic tree (no separators, wildcards or NUL)."""
+    cleaned = "".join("_" if c in "/+#\x00" else c for c in segment)[:128]
+    return cleaned or "_"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import ssl
 import threading
@@ -33,6 +34,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from collector.config import MqttSettings
 
 log = logging.getLogger(__name__)
+
+
+ONLINE = b'{"state":"online"}'
+OFFLINE = b'{"state":"offline"}'
 
 
 class Inbound(NamedTuple):
@@ -81,13 +86,19 @@ def make_client(
 class MqttSource:
     """Subscribes, collects inbound messages for an asyncio consumer, acknowledges on demand."""
 
-    def __init__(self, settings: MqttSettings, subscriptions: Sequence[str]) -> None:
+    def __init__(
+        self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
+    ) -> None:
         self.settings = settings
         self.subscriptions = list(subscriptions)
+        self.status_topic = status_topic
         self.client = make_client(settings, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        # Like a device: a retained status, "offline" left as the last will.
+        self.client.will_set(status_topic, OFFLINE, qos=1, retain=True)
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
@@ -120,6 +131,17 @@ class MqttSource:
             "MQTT connected",
             extra={"session_present": flags.session_present, "generation": self.generation},
         )
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        # Announced only now: whoever waits for "online" may publish and be heard.
+        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
 
     def _on_disconnect(
         self,
@@ -209,5 +231,9 @@ class MqttSource:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def stop(self) -> None:
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(2.0)
         self.client.disconnect()
         self.client.loop_stop()

@@ -106,7 +106,11 @@ class Collector:
                 max_age_ms=round(ingest.max_age_s * 1000),
             )
         )
-        self.source = MqttSource(settings.mqtt, [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION])
+        self.source = MqttSource(
+            settings.mqtt,
+            [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION],
+            status_topic=collector_status_topic(settings.mqtt.client_id),
+        )
         self.influx = InfluxClient(settings.influx)
         self.stats = IngestStats()
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(ingest.write_queue_batches)
@@ -316,6 +320,11 @@ class Collector:
         ]
         with contextlib.suppress(RetryableStoreError):
             await self.influx.write_lines(lines)
+
+
+def collector_status_topic(client_id: str) -> str:
+    """Retained ``{"state": "online"|"offline"}`` of a collector, online once subscribed."""
+    return f"{TOPIC_ROOT}/_collector/{_topic_safe(client_id)}/status"
 
 
 def _topic_safe(segment: str) -> str:

@@ -1,0 +1,36 @@
+# SmartUnit Monitor. On a fresh Debian machine, these two commands do all set-up:
+#   make demo   installs what is missing and runs the whole service with simulated devices
+#   make test   installs what is missing and runs the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test deps venv lint fuzz bench clean
+
+demo: deps venv
+	$(VENV)/bin/smartunit demo
+
+test: deps venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+deps:
+	@scripts/install-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check collector detectors tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: deps venv
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

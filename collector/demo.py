@@ -1,0 +1,149 @@
+"""``smartunit demo``: the whole service on this machine, with simulated devices.
+
+Starts Mosquitto and InfluxDB on free loopback ports in a temporary directory, then the
+collector and the simulator as their own processes, prints where to look and how many
+readings have arrived, and on Ctrl-C (or after ``--duration``) stops everything in
+order. Every child dies with the demo even if the demo itself is killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from collector.config import InfluxSettings, MqttSettings
+from collector.errors import ServiceStartError, SmartUnitError
+from collector.influx import query_sync
+from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
+from collector.mqtt import make_client
+from collector.registry import FAMILIES
+from collector.service import collector_status_topic
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEMO_DB = "smartunit"
+
+
+def wait_for_collector(mqtt_url: str, client_id: str, timeout_s: float = 30.0) -> None:
+    """Block until the collector's retained status says it is online (i.e. subscribed)."""
+    online = threading.Event()
+    client = make_client(MqttSettings(url=mqtt_url), client_id=f"wait-{os.getpid()}")
+    topic = collector_status_topic(client_id)
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_message = lambda _c, _u, msg: (
+        online.set() if b'"online"' in msg.payload else None
+    )
+    endpoint = MqttSettings(url=mqtt_url).endpoint
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    try:
+        if not online.wait(timeout_s):
+            raise ServiceStartError(f"the collector did not come online within {timeout_s:.0f} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def count_readings(influx: InfluxSettings) -> dict[str, int]:
+    counts = dict.fromkeys(FAMILIES, 0)
+    field_of = {"camera": "seq", "parking": "occupied", "chem": "seq"}
+    for family in FAMILIES:
+        series = query_sync(influx, f'SELECT count("{field_of[family]}") FROM "{family}"')
+        if series:
+            counts[family] = int(series[0]["values"][0][1])
+    return counts
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    temporary = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="smartunit-demo-")) if temporary else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = Mosquitto(workdir / "mosquitto")
+    influxdb = InfluxDB(workdir / "influxdb")
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        broker.start()
+        influxdb.start()
+        env = {
+            **os.environ,
+            "SMARTUNIT_MQTT_URL": broker.url,
+            "SMARTUNIT_INFLUX_URL": influxdb.url,
+            "SMARTUNIT_INFLUX_DB": DEMO_DB,
+            "SMARTUNIT_DATA_DIR": str(workdir / "data"),
+            "SMARTUNIT_HTTP_PORT": str(free_port()),
+        }
+        config = CONFIG_DIR / "smartunit.example.toml"
+        smartunit = [sys.executable, "-m", "collector.cli"]
+        children.append(
+            spawn([*smartunit, "run", "--config", str(config)], env=env,
+                  log_path=workdir / "collector.log")
+        )
+        wait_for_collector(broker.url, "smartunit-collector")
+        labels = workdir / "labels.jsonl"
+        children.append(
+            spawn(
+                [*smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
+                 "--anomaly-every", "45", "--labels", str(labels), "--backfill-hours", "6"],
+                env=env,
+                log_path=workdir / "simulator.log",
+            )
+        )
+        influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
+        _banner(broker, influxdb, workdir)
+        _watch(influx, args.duration, children)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    except SmartUnitError as exc:
+        print(f"smartunit demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children):
+            stop_process(child)
+        influxdb.stop()
+        broker.stop()
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("demo stopped; no process left running", flush=True)
+    return 0
+
+
+def _banner(broker: Mosquitto, influxdb: InfluxDB, workdir: Path) -> None:
+    print(
+        f"""
+SmartUnit Monitor demo is running (Ctrl-C stops everything).
+  MQTT broker   {broker.url}
+      watch devices:   mosquitto_sub -p {broker.port} -v -t 'smartunit/v1/#'
+      rejections:      mosquitto_sub -p {broker.port} -v -t 'smartunit/v1/_rejected/#'
+  InfluxDB      {influxdb.url}  database {DEMO_DB!r}
+      query:           influx -port {influxdb.port} -database {DEMO_DB} \\
+                         -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'
+  logs          {workdir}/collector.log, {workdir}/simulator.log
+  anomalies     {workdir}/labels.jsonl (injected every 45 s)
+""",
+        flush=True,
+    )
+
+
+def _watch(influx: InfluxSettings, duration_s: float, children: list[subprocess.Popen[bytes]]) -> None:
+    started = time.monotonic()
+    previous = 0
+    while duration_s <= 0 or time.monotonic() - started < duration_s:
+        time.sleep(min(5.0, max(duration_s - (time.monotonic() - started), 0.1))
+                   if duration_s > 0 else 5.0)
+        for child in children:
+            if child.poll() is not None:
+                raise ServiceStartError(f"{child.args[3]} exited with code {child.returncode}")
+        with contextlib.suppress(SmartUnitError):
+            counts = count_readings(influx)
+            total = sum(counts.values())
+            shown = ", ".join(f"{family} {n}" for family, n in counts.items())
+            print(f"readings in InfluxDB: {total} ({shown}), +{total - previous} since last",
+                  flush=True)
+            previous = total

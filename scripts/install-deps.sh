@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x and a Python venv.
+# Idempotent: installs only what is missing. Used by `make demo`, `make test` and CI.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${need[*]}"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install: ${need[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The Debian packages enable system services; where systemd runs them, they would hold
+# the default ports. SmartUnit starts its own servers on free ports, so that is harmless.

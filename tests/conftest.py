@@ -1,0 +1,229 @@
+"""Fixtures: a real Mosquitto broker and a real InfluxDB server on free loopback ports.
+
+Both run for the whole session in pytest's temporary directory; each test gets its own
+database (and its own MQTT client ids), so tests do not see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.config import InfluxSettings, Settings, load_settings
+from collector.demo import wait_for_collector
+from collector.influx import query_sync, rows
+from collector.localservices import InfluxDB, Mosquitto
+from collector.registry import Registry, RegistryHolder
+from collector.service import Collector
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    server = InfluxDB(tmp_path_factory.mktemp("influxdb")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database() -> str:
+    return f"test_{next(_ids)}_{int(time.time() * 1000) % 10**8}"
+
+
+@pytest.fixture
+def make_settings(broker: Mosquitto, influxdb: InfluxDB, database: str, tmp_path: Path
+                  ) -> Callable[..., Settings]:
+    """Settings pointing at the test servers; keyword sections override the file's."""
+
+    def build(registry: Path | None = None, **sections: dict[str, Any]) -> Settings:
+        env = {
+            "SMARTUNIT_MQTT_URL": broker.url,
+            "SMARTUNIT_INFLUX_URL": influxdb.url,
+            "SMARTUNIT_INFLUX_DB": database,
+            "SMARTUNIT_DATA_DIR": str(tmp_path / "data"),
+        }
+        settings = load_settings(None, env=env)
+        updates: dict[str, Any] = {}
+        mqtt = {"client_id": f"collector-{database}", **sections.pop("mqtt", {})}
+        updates["mqtt"] = settings.mqtt.model_copy(update=mqtt)
+        updates["ingest"] = settings.ingest.model_copy(
+            update={"stats_interval_s": 1.0, **sections.pop("ingest", {})}
+        )
+        updates["registry"] = settings.registry.model_copy(
+            update={"path": registry, "reload_interval_s": 0.1, **sections.pop("registry", {})}
+        )
+        for name, values in sections.items():
+            updates[name] = getattr(settings, name).model_copy(update=values)
+        return settings.model_copy(update=updates)
+
+    return build
+
+
+class CollectorThread:
+    """A Collector running in its own thread and event loop, as in production."""
+
+    def __init__(self, settings: Settings) -> None:
+        path = settings.registry.path
+        registry = Registry.load(path) if path else Registry.empty()
+        self.holder = RegistryHolder(registry, path)
+        self.settings = settings
+        self.collector: Collector | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.collector = Collector(self.settings, self.holder)
+            await self.collector.run(self._stop)
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self._error = exc
+
+    def start(self) -> CollectorThread:
+        self._thread.start()
+        wait_for_collector(self.settings.mqtt.url, self.settings.mqtt.client_id)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "collector did not stop"
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def stats(self) -> Any:
+        assert self.collector is not None
+        return self.collector.stats
+
+    def wait_received(self, count: int, timeout_s: float = 30.0) -> None:
+        """Wait until the collector has taken ``count`` messages and written what it could."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            collector = self.collector
+            if (
+                collector is not None
+                and collector.stats.messages_received >= count
+                and collector.source.backlog == 0
+                and collector._queue.empty()  # noqa: SLF001
+            ):
+                time.sleep(self.settings.ingest.flush_interval_ms / 1000 + 0.3)
+                return
+            time.sleep(0.05)
+        received = self.collector.stats.messages_received if self.collector else 0
+        raise AssertionError(f"collector received {received} of {count} messages")
+
+
+@pytest.fixture
+def run_collector() -> Iterator[Callable[[Settings], CollectorThread]]:
+    running: list[CollectorThread] = []
+
+    def start(settings: Settings) -> CollectorThread:
+        thread = CollectorThread(settings).start()
+        running.append(thread)
+        return thread
+
+    yield start
+    for thread in running:
+        if thread._thread.is_alive():  # noqa: SLF001
+            thread.stop()
+
+
+class Publisher:
+    """A plain MQTT client for tests: publishes at QoS 1 and waits for the broker's acks."""
+
+    def __init__(self, broker: Mosquitto, client_id: str) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.count = 0
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1,
+                retain: bool = False) -> None:
+        if isinstance(payload, str):
+            payload = payload.encode()
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+        self.count += 1
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(broker: Mosquitto, database: str) -> Iterator[Publisher]:
+    pub = Publisher(broker, f"pub-{database}")
+    yield pub
+    pub.close()
+
+
+class Subscriber:
+    """Collects every message on a topic filter."""
+
+    def __init__(self, broker: Mosquitto, topic: str, client_id: str) -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def wait_for(self, count: int, timeout_s: float = 20.0) -> list[paho.MQTTMessage]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscribe(broker: Mosquitto, database: str) -> Iterator[Callable[[str], Subscriber]]:
+    subs: list[Subscriber] = []
+
+    def make(topic: str) -> Subscriber:
+        sub = Subscriber(broker, topic, f"sub-{database}-{len(subs)}")
+        subs.append(sub)
+        return sub
+
+    yield make
+    for sub in subs:
+        sub.close()
+
+
+def influx_rows(settings: InfluxSettings, influxql: str) -> list[dict[str, Any]]:
+    """All rows of a query, each with its series' tags merged in."""
+    out = []
+    for series in query_sync(settings, influxql):
+        for row in rows(series):
+            out.append({**series.get("tags", {}), **row, "_measurement": series["name"]})
+    return out

@@ -1,0 +1,99 @@
+"""Configuration: the example parses, environment overrides win, bad keys exit with 2."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.config import load_settings, parse_mqtt_url, redacted
+from collector.errors import ConfigError
+from collector.logs import JsonFormatter
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "smartunit.example.toml"
+
+
+def test_example_config_parses_with_its_registry() -> None:
+    settings = load_settings(EXAMPLE, env={})
+    assert settings.mqtt.url == "mqtt://127.0.0.1:1883"
+    assert settings.registry.path == ROOT / "config" / "registry.example.toml"
+    out = subprocess.run([sys.executable, "-m", "collector.cli", "check-config", str(EXAMPLE)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "7 units, 9 devices" in out
+
+
+def test_environment_overrides_win(tmp_path: Path) -> None:
+    env = {
+        "SMARTUNIT_MQTT_URL": "mqtts://dev%40ice:s3cr%3At@broker.example:8884",
+        "SMARTUNIT_INFLUX_URL": "http://influx.example:8086",
+        "SMARTUNIT_INFLUX_DB": "city",
+        "SMARTUNIT_INFLUX_TOKEN": "tok-123",
+        "SMARTUNIT_HTTP_PORT": "9090",
+        "SMARTUNIT_DATA_DIR": str(tmp_path),
+    }
+    for source in (EXAMPLE, None):
+        settings = load_settings(source, env=env)
+        endpoint = settings.mqtt.endpoint
+        assert (endpoint.host, endpoint.port, endpoint.tls) == ("broker.example", 8884, True)
+        assert endpoint.username == "dev@ice"
+        assert endpoint.password is not None and endpoint.password.get_secret_value() == "s3cr:t"
+        assert settings.influx.url == "http://influx.example:8086"
+        assert settings.influx.database == "city"
+        assert settings.influx.token is not None
+        assert settings.influx.token.get_secret_value() == "tok-123"
+        assert settings.http.port == 9090
+        assert settings.data_dir == tmp_path
+
+
+def test_secrets_never_reach_a_log_line() -> None:
+    settings = load_settings(None, env={"SMARTUNIT_MQTT_URL": "mqtt://u:hunter2@h:1",
+                                        "SMARTUNIT_INFLUX_TOKEN": "tok-secret",
+                                        "SMARTUNIT_INFLUX_URL": "http://a:pw-influx@h:8086"})
+    record = logging.LogRecord("t", logging.INFO, "", 0, "settings", (), None)
+    record.settings = redacted(settings)
+    line = JsonFormatter().format(record)
+    for secret in ("hunter2", "tok-secret", "pw-influx"):
+        assert secret not in line
+    assert "***" in line
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[mqtt]\nurll = 'x'\n", "mqtt.urll: unknown key"),
+    ("[ingest]\nbatch_size = 0\n", "ingest.batch_size"),
+    ("[mqtt]\nurl = 'http://x'\n", "mqtt.url"),
+    ("[influx]\ndatabase = \"a'b\"\n", "influx.database"),
+    ("typo = 1\n", "typo: unknown key"),
+])
+def test_bad_keys_are_named_and_exit_2(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(path, env={})
+    done = subprocess.run([sys.executable, "-m", "collector.cli", "check-config", str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert key in done.stderr
+
+
+def test_bad_registry_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "reg.toml").write_text(
+        "[units.u]\nhierarchy = { city = 'c', district = 'd', street = 's', community = 'm', "
+        "grid = 'bad\\\\grid' }\n[devices.'bad id']\nunit = 'u'\nfamily = 'camera'\n"
+    )
+    (tmp_path / "c.toml").write_text("[registry]\npath = 'reg.toml'\n")
+    done = subprocess.run([sys.executable, "-m", "collector.cli", "check-config",
+                           str(tmp_path / "c.toml")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "units.u.hierarchy.grid" in done.stderr
+    assert "devices.bad id" in done.stderr
+
+
+def test_mqtt_url_forms() -> None:
+    assert parse_mqtt_url("mqtt://h").port == 1883
+    assert parse_mqtt_url("mqtts://h").port == 8883
+    with pytest.raises(ValueError, match="scheme"):
+        parse_mqtt_url("tcp://h:1883")

@@ -206,6 +206,10 @@ class MqttSource:
         except TimeoutError:
             pass
 
+    def wake(self) -> None:
+        """End a pending ``wait`` now (used at shutdown)."""
+        self._wakeup.set()
+
     def drain(self, limit: int) -> list[Inbound]:
         self._wakeup.clear()
         self._wakeup_pending = False

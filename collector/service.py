@@ -139,6 +139,7 @@ class Collector:
                 raise task.exception()  # type: ignore[misc]
         log.info("stopping: flushing what was received")
         self._stopping.set()
+        self.source.wake()
         await asyncio.gather(decode, write)
         for task in tasks[2:]:
             task.cancel()

@@ -1,0 +1,85 @@
+"""Nothing is lost when InfluxDB goes away, when the collector restarts, or when it stops."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.config import InfluxSettings
+from collector.localservices import InfluxDB
+from tests.conftest import influx_rows
+
+NOW = time.time()
+
+
+def camera(i: int) -> tuple[str, str]:
+    return ("smartunit/v1/camera/cam-d/data",
+            json.dumps({"ts": NOW - 1000 + i, "seq": i, "people": i, "vehicles": 0}))
+
+
+def seqs(influx: InfluxSettings) -> list[int]:
+    return sorted(r["seq"] for r in influx_rows(influx, 'SELECT "seq" FROM "camera"'))
+
+
+def wait_seqs(influx: InfluxSettings, expected: list[int], timeout_s: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (found := seqs(influx)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+@pytest.mark.slow
+def test_influxdb_down_then_back_loses_nothing(make_settings, run_collector, publisher,
+                                               tmp_path: Path) -> None:
+    own = InfluxDB(tmp_path / "influx").start()
+    settings = make_settings(influx={"url": own.url},
+                             ingest={"retry_initial_s": 0.1, "retry_max_s": 0.5})
+    collector = run_collector(settings)
+    for i in range(1, 51):
+        publisher.publish(*camera(i))
+    assert wait_seqs(settings.influx, list(range(1, 51))) == list(range(1, 51))
+
+    own.kill()  # SIGKILL: no goodbye
+    for i in range(51, 151):
+        publisher.publish(*camera(i))
+    time.sleep(1.0)
+    assert collector.stats.write_retries > 0
+    own.start()
+    assert wait_seqs(settings.influx, list(range(1, 151))) == list(range(1, 151))
+    collector.stop()
+    own.stop()
+
+
+@pytest.mark.slow
+def test_readings_sent_while_the_collector_is_away_arrive_after_restart(
+    make_settings, run_collector, publisher
+) -> None:
+    settings = make_settings()
+    first = run_collector(settings)
+    publisher.publish(*camera(1))
+    first.wait_received(2)
+    first.stop()
+    for i in range(2, 41):  # the broker keeps them for the collector's session
+        publisher.publish(*camera(i))
+    second = run_collector(settings)
+    assert wait_seqs(settings.influx, list(range(1, 41))) == list(range(1, 41))
+    second.stop()
+
+
+@pytest.mark.slow
+def test_stop_flushes_everything_received(make_settings, run_collector, publisher) -> None:
+    # A long flush interval: only the shutdown flush can write these in time.
+    settings = make_settings(ingest={"flush_interval_ms": 60_000, "batch_size": 100_000})
+    collector = run_collector(settings)
+    for i in range(1, 201):
+        publisher.publish(*camera(i))
+    deadline = time.monotonic() + 20
+    while collector.stats.messages_received < 201 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert collector.stats.messages_received == 201
+    assert seqs(settings.influx) == []
+    collector.stop()
+    assert seqs(settings.influx) == list(range(1, 201))

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="broker, InfluxDB, collector and simulator, all local")
     demo.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")
     demo.add_argument("--workdir", type=Path, help="keep servers' data here (default: temporary)")
-    demo.add_argument("--devices", type=int, default=0, help="extra generated devices per family")
+    demo.add_argument("--devices", type=int, default=2,
+                      help="unregistered generated devices per family, besides the registry's")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -55,6 +55,7 @@ class Anomaly:
     kind: str
     start: float
     end: float
+    labelled: bool = False
 
     def active(self, t: float) -> bool:
         return self.start <= t < self.end
@@ -185,10 +186,11 @@ class Simulator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         now = time.time()
-        for device in self.devices:  # label what is still going on as ending now
-            if device.anomaly and device.anomaly.active(now):
-                device.anomaly.end = now
-                self._write_label(device)
+        for device in self.devices:  # what is still going on is labelled as ending now
+            anomaly = device.anomaly
+            if anomaly is not None and anomaly.start <= now:
+                anomaly.end = min(anomaly.end, now)
+                self._write_label(device, anomaly)
 
     def _client(self, device: SimDevice, *, will: bool = True) -> aiomqtt.Client:
         endpoint = self.options.endpoint
@@ -285,7 +287,7 @@ class Simulator:
                 continue
             device = self.rng.choice(idle)
             if device.anomaly is not None:
-                self._write_label(device)
+                self._write_label(device, device.anomaly)
             kind = self.rng.choice(ANOMALY_KINDS[device.family])
             device.anomaly = Anomaly(kind, now, now + self.rng.uniform(low, high))
             log.info("anomaly injected", extra={"device": device.id, "kind": kind})
@@ -294,14 +296,14 @@ class Simulator:
             )
 
     def _finish_label(self, device: SimDevice, anomaly: Anomaly) -> None:
+        self._write_label(device, anomaly)
         if device.anomaly is anomaly:
-            self._write_label(device)
             device.anomaly = None
 
-    def _write_label(self, device: SimDevice) -> None:
-        anomaly = device.anomaly
-        if anomaly is None or self.options.labels is None:
+    def _write_label(self, device: SimDevice, anomaly: Anomaly) -> None:
+        if anomaly.labelled or self.options.labels is None:
             return
+        anomaly.labelled = True
         label = {
             "kind": anomaly.kind,
             "device": device.id,

@@ -1,0 +1,93 @@
+"""The simulator behaves like firmware: last will, retained status, QoS 1, seq, backlog arrays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.config import parse_mqtt_url
+from collector.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions
+
+
+def device(family: str, name: str, interval_s: float = 0.2) -> SimDevice:
+    return SimDevice(id=name, family=family, unit="u", capacity=300, send_capacity=True,
+                     interval_s=interval_s, rng=random.Random(3))
+
+
+@pytest.mark.slow
+def test_offline_device_leaves_a_will_and_sends_its_backlog_as_an_array(broker, subscribe,
+                                                                        tmp_path: Path) -> None:
+    sub = subscribe("smartunit/v1/#")
+    cam = device("camera", "sim-cam-t1")
+    now = time.time()
+    cam.anomaly = Anomaly("device_offline", now + 1.0, now + 2.5)
+    chem = device("chem", "sim-chem-t1")
+    labels = tmp_path / "labels.jsonl"
+    sim = Simulator([cam, chem], SimulatorOptions(endpoint=parse_mqtt_url(broker.url),
+                                                  duration_s=4.5, labels=labels))
+    asyncio.run(sim.run())
+    time.sleep(0.3)
+
+    by_topic: dict[str, list] = {}
+    for message in sub.messages:
+        by_topic.setdefault(message.topic, []).append(message)
+    status = [json.loads(m.payload)["state"] for m in by_topic["smartunit/v1/camera/sim-cam-t1/status"]]
+    # online, then the broker's last will when the connection dropped, then online again
+    assert status[:3] == ["online", "offline", "online"]
+
+    cam_data = [json.loads(m.payload) for m in by_topic["smartunit/v1/camera/sim-cam-t1/data"]]
+    arrays = [p for p in cam_data if isinstance(p, list)]
+    assert arrays, "the readings taken while offline come as a backlog array"
+    readings = [r for p in cam_data for r in (p if isinstance(p, list) else [p])]
+    seqs = sorted(r["seq"] for r in readings)
+    assert seqs == list(range(1, len(seqs) + 1)), "no reading lost, none repeated"
+    assert all(r["people"] >= 0 and r["vehicles"] >= 0 for r in readings)
+    assert all(m.qos == 1 for m in by_topic["smartunit/v1/camera/sim-cam-t1/data"])
+
+    chem_data = [json.loads(m.payload) for m in by_topic["smartunit/v1/chem/sim-chem-t1/data"]]
+    assert {"lel_pct", "h2s_ppm", "temp_c", "pressure_kpa", "level_pct"} <= set(
+        chem_data[0]["readings"])
+    (label,) = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert label["kind"] == "device_offline" and label["device"] == "sim-cam-t1"
+
+
+def test_injected_anomalies_shape_the_values() -> None:
+    gas = device("chem", "g")
+    t0 = 1_795_377_198.0
+    gas.anomaly = Anomaly("gas_leak", t0, t0 + 100)
+    before = gas.sample(t0 - 1)["readings"]["lel_pct"]
+    late = gas.sample(t0 + 90)["readings"]["lel_pct"]
+    assert before < 5 < 50 < late
+
+    stuck = device("parking", "p")
+    stuck.anomaly = Anomaly("stuck_sensor", t0, t0 + 100)
+    values = {stuck.sample(t0 + i)["occupied"] for i in range(20)}
+    assert len(values) == 1
+
+    dark = device("camera", "c")
+    dark.anomaly = Anomaly("camera_dropout", t0, t0 + 10)
+    assert dark.sample(t0 + 1) is None
+    assert dark.sample(t0 + 11) is not None
+
+
+@pytest.mark.slow
+def test_simulate_command_writes_labels(broker, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "simulate", "--mqtt-url", broker.url,
+         "--generate", "2", "--interval-scale", "0.05", "--duration", "4", "--anomaly-every",
+         "0.5", "--anomaly-duration", "0.5", "1", "--labels", str(labels)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "simulating 6 devices" in done.stdout
+    found = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert len(found) >= 3
+    assert all(x["start"] < x["end"] for x in found)

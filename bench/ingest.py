@@ -37,11 +37,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.config import InfluxSettings  # noqa: E402
-from collector.demo import wait_for_collector  # noqa: E402
-from collector.influx import query_sync  # noqa: E402
-from collector.localservices import InfluxDB, Mosquitto, find_binary, spawn, stop_process  # noqa: E402
-from bench.mqttblast import blast  # noqa: E402
+from bench.mqttblast import blast
+from collector.config import InfluxSettings
+from collector.demo import wait_for_collector
+from collector.influx import query_sync
+from collector.localservices import InfluxDB, Mosquitto, find_binary, spawn, stop_process
 
 FAMILY_SHARE = {"camera": 0.4, "parking": 0.3, "chem": 0.3}
 DATA_FILTER = "smartunit/v1/+/+/data"
@@ -59,8 +59,8 @@ def write_registry(path: Path, devices: list[tuple[str, str]], units: int = 500)
     for u in range(units):
         district, street = f"district-{u % 6}", f"street-{u % 30}"
         lines += [
-            f'[units.unit-{u:03d}]',
-            f'kind = "other"',
+            f"[units.unit-{u:03d}]",
+            'kind = "other"',
             f'hierarchy = {{ city = "suzhou", district = "{district}", street = "{street}", '
             f'community = "community-{u % 120}", grid = "G{u:04d}" }}',
             "capacity = 300",
@@ -81,15 +81,27 @@ def messages(devices: list[tuple[str, str]], count: int, seed: int = 7) -> list[
         seqs[device] += 1
         ts = round(now + i * 0.001, 3)
         if family == "camera":
-            body = {"ts": ts, "seq": seqs[device], "people": rng.randint(0, 900),
-                    "vehicles": rng.randint(0, 120), "interval_s": 10}
+            body = {
+                "ts": ts,
+                "seq": seqs[device],
+                "people": rng.randint(0, 900),
+                "vehicles": rng.randint(0, 120),
+                "interval_s": 10,
+            }
         elif family == "parking":
             body = {"ts": ts, "seq": seqs[device], "occupied": rng.randint(0, 300)}
         else:
-            body = {"ts": ts, "seq": seqs[device], "readings": {
-                "lel_pct": round(rng.uniform(0, 5), 2), "h2s_ppm": round(rng.uniform(0, 2), 2),
-                "temp_c": round(rng.gauss(40, 2), 2), "pressure_kpa": round(rng.gauss(310, 2), 1),
-                "level_pct": round(rng.uniform(20, 90), 1)}}
+            body = {
+                "ts": ts,
+                "seq": seqs[device],
+                "readings": {
+                    "lel_pct": round(rng.uniform(0, 5), 2),
+                    "h2s_ppm": round(rng.uniform(0, 2), 2),
+                    "temp_c": round(rng.gauss(40, 2), 2),
+                    "pressure_kpa": round(rng.gauss(310, 2), 1),
+                    "level_pct": round(rng.uniform(20, 90), 1),
+                },
+            }
         out.append((f"smartunit/v1/{family}/{device}/data", orjson.dumps(body)))
     return out
 
@@ -115,9 +127,23 @@ def register_session(broker: Mosquitto, client_id: str) -> None:
 def broker_drain_rate(broker: Mosquitto, count: int) -> float:
     started = time.perf_counter()
     subprocess.run(
-        [find_binary("mosquitto_sub"), "-p", str(broker.port), "-c", "-i", "bench-ref", "-q", "1",
-         "-t", DATA_FILTER, "-C", str(count)],
-        stdout=subprocess.DEVNULL, check=True, timeout=600,
+        [
+            find_binary("mosquitto_sub"),
+            "-p",
+            str(broker.port),
+            "-c",
+            "-i",
+            "bench-ref",
+            "-q",
+            "1",
+            "-t",
+            DATA_FILTER,
+            "-C",
+            str(count),
+        ],
+        stdout=subprocess.DEVNULL,
+        check=True,
+        timeout=600,
     )
     return count / (time.perf_counter() - started)
 
@@ -149,17 +175,30 @@ def connected_at(log: Path, *, last: bool) -> float:
     return stamps[-1] if last else stamps[0]
 
 
-def start_collector(workdir: Path, broker: Mosquitto, influxdb: InfluxDB, database: str,
-                    registry: Path, client_id: str) -> subprocess.Popen[bytes]:
+def start_collector(
+    workdir: Path,
+    broker: Mosquitto,
+    influxdb: InfluxDB,
+    database: str,
+    registry: Path,
+    client_id: str,
+) -> subprocess.Popen[bytes]:
     config = workdir / f"{database}.toml"
     config.write_text(
         f'[mqtt]\nclient_id = "{client_id}"\n[registry]\npath = "{registry}"\n'
         '[ingest]\npublish_rejections = true\n[logging]\nlevel = "info"\n'
     )
-    env = {**os.environ, "SMARTUNIT_MQTT_URL": broker.url, "SMARTUNIT_INFLUX_URL": influxdb.url,
-           "SMARTUNIT_INFLUX_DB": database}
-    proc = spawn([sys.executable, "-m", "collector.cli", "run", "--config", str(config)],
-                 env=env, log_path=workdir / f"{database}.log")
+    env = {
+        **os.environ,
+        "SMARTUNIT_MQTT_URL": broker.url,
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": database,
+    }
+    proc = spawn(
+        [sys.executable, "-m", "collector.cli", "run", "--config", str(config)],
+        env=env,
+        log_path=workdir / f"{database}.log",
+    )
     wait_for_collector(broker.url, client_id)
     return proc
 
@@ -180,19 +219,23 @@ def main() -> None:
             registry = workdir / "registry.toml"
             write_registry(registry, devices)
             batch = messages(devices, n)
-            print(f"workload: {n} messages from {len(devices)} devices "
-                  f"(camera/parking/chem {FAMILY_SHARE}), QoS 1, one reading per message")
+            print(
+                f"workload: {n} messages from {len(devices)} devices "
+                f"(camera/parking/chem {FAMILY_SHARE}), QoS 1, one reading per message"
+            )
 
             # drain: both sessions get the same N queued messages.
             drain_db = InfluxSettings(url=influxdb.url, database="bench_drain")
-            collector = start_collector(workdir, broker, influxdb, "bench_drain", registry,
-                                        "bench-collector")
+            collector = start_collector(
+                workdir, broker, influxdb, "bench_drain", registry, "bench-collector"
+            )
             stop_process(collector)
             register_session(broker, "bench-ref")
             publish_rate = publish_all(broker, batch)
             ref_rate = broker_drain_rate(broker, n)
-            collector = start_collector(workdir, broker, influxdb, "bench_drain", registry,
-                                        "bench-collector")
+            collector = start_collector(
+                workdir, broker, influxdb, "bench_drain", registry, "bench-collector"
+            )
             done = wait_stored(drain_db, n)
             stop_process(collector)
             # Queued messages flow from the moment the collector connects.
@@ -200,8 +243,9 @@ def main() -> None:
 
             # live: publish while the collector runs.
             live_db = InfluxSettings(url=influxdb.url, database="bench_live")
-            collector = start_collector(workdir, broker, influxdb, "bench_live", registry,
-                                        "bench-live")
+            collector = start_collector(
+                workdir, broker, influxdb, "bench_live", registry, "bench-live"
+            )
             live_batch = messages(devices, n, seed=8)
             started = time.time()
             live_publish_rate = publish_all(broker, live_batch)
@@ -215,10 +259,14 @@ def main() -> None:
     print(f"publisher (paho, QoS 1, into the broker's queues): {publish_rate:10.0f} msg/s")
     print(f"broker -> mosquitto_sub, drain of queued QoS 1:    {ref_rate:10.0f} msg/s")
     print(f"broker -> collector -> InfluxDB, drain:            {drain_rate:10.0f} readings/s")
-    print(f"live: publisher -> collector -> InfluxDB:          {live_rate:10.0f} readings/s"
-          f"  (publisher alone {live_publish_rate:.0f} msg/s)")
-    print(f"ratio_vs_broker={drain_rate / ref_rate:.3f} drain_rate={drain_rate:.0f} "
-          f"broker_rate={ref_rate:.0f} live_rate={live_rate:.0f}")
+    print(
+        f"live: publisher -> collector -> InfluxDB:          {live_rate:10.0f} readings/s"
+        f"  (publisher alone {live_publish_rate:.0f} msg/s)"
+    )
+    print(
+        f"ratio_vs_broker={drain_rate / ref_rate:.3f} drain_rate={drain_rate:.0f} "
+        f"broker_rate={ref_rate:.0f} live_rate={live_rate:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def blast(port: int, messages: Sequence[tuple[str, bytes]], client_id: str) -> f
             pending += chunk
             whole = len(pending) // 4  # PUBACK is 4 bytes: 0x40 0x02 id id
             acked += whole
-            pending = pending[whole * 4:]
+            pending = pending[whole * 4 :]
         all_acked.set()
 
     reader = threading.Thread(target=read_acks, daemon=True)

@@ -60,11 +60,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     holder = _registry(settings)
     registry = holder.current
     print(f"{args.path}: OK")
-    print(f"  mqtt:     {settings.mqtt.endpoint.host}:{settings.mqtt.endpoint.port}"
-          f"{' (TLS)' if settings.mqtt.endpoint.tls else ''}")
+    print(
+        f"  mqtt:     {settings.mqtt.endpoint.host}:{settings.mqtt.endpoint.port}"
+        f"{' (TLS)' if settings.mqtt.endpoint.tls else ''}"
+    )
     print(f"  influx:   {settings.influx.url.split('@')[-1]} database {settings.influx.database!r}")
-    print(f"  registry: {settings.registry.path or '(none)'}: "
-          f"{len(registry.units)} units, {len(registry.devices)} devices")
+    print(
+        f"  registry: {settings.registry.path or '(none)'}: "
+        f"{len(registry.units)} units, {len(registry.devices)} devices"
+    )
     return 0
 
 
@@ -118,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="list registered or unregistered devices")
     devices.add_argument("--config", type=Path)
     devices.add_argument(
-        "--unregistered", action="store_true",
+        "--unregistered",
+        action="store_true",
         help="devices that sent readings but are missing from the registry",
     )
     devices.set_defaults(func=cmd_devices)
@@ -132,8 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="broker, InfluxDB, collector and simulator, all local")
     demo.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")
     demo.add_argument("--workdir", type=Path, help="keep servers' data here (default: temporary)")
-    demo.add_argument("--devices", type=int, default=2,
-                      help="unregistered generated devices per family, besides the registry's")
+    demo.add_argument(
+        "--devices",
+        type=int,
+        default=2,
+        help="unregistered generated devices per family, besides the registry's",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

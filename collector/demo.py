@@ -37,9 +37,7 @@ def wait_for_collector(mqtt_url: str, client_id: str, timeout_s: float = 30.0) -
     client = make_client(MqttSettings(url=mqtt_url), client_id=f"wait-{os.getpid()}")
     topic = collector_status_topic(client_id)
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    client.on_message = lambda _c, _u, msg: (
-        online.set() if b'"online"' in msg.payload else None
-    )
+    client.on_message = lambda _c, _u, msg: online.set() if b'"online"' in msg.payload else None
     endpoint = MqttSettings(url=mqtt_url).endpoint
     client.connect(endpoint.host, endpoint.port)
     client.loop_start()
@@ -67,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     broker = Mosquitto(workdir / "mosquitto")
     influxdb = InfluxDB(workdir / "influxdb")
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         broker.start()
         influxdb.start()
@@ -81,20 +79,18 @@ def run_demo(args: argparse.Namespace) -> int:
         }
         config = CONFIG_DIR / "smartunit.example.toml"
         smartunit = [sys.executable, "-m", "collector.cli"]
-        children.append(
-            spawn([*smartunit, "run", "--config", str(config)], env=env,
-                  log_path=workdir / "collector.log")
+        children["collector"] = spawn(
+            [*smartunit, "run", "--config", str(config)],
+            env=env,
+            log_path=workdir / "collector.log",
         )
         wait_for_collector(broker.url, "smartunit-collector")
         labels = workdir / "labels.jsonl"
-        children.append(
-            spawn(
-                [*smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
-                 "--anomaly-every", "45", "--labels", str(labels), "--backfill-hours", "6"],
-                env=env,
-                log_path=workdir / "simulator.log",
-            )
-        )
+        simulate = [
+            *smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
+            "--anomaly-every", "45", "--labels", str(labels), "--backfill-hours", "6",
+        ]  # fmt: skip
+        children["simulator"] = spawn(simulate, env=env, log_path=workdir / "simulator.log")
         influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
         _banner(broker, influxdb, workdir)
         _watch(influx, args.duration, children)
@@ -104,7 +100,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"smartunit demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        for child in reversed(children):
+        for child in reversed(children.values()):
             stop_process(child)
         influxdb.stop()
         broker.stop()
@@ -131,19 +127,24 @@ SmartUnit Monitor demo is running (Ctrl-C stops everything).
     )
 
 
-def _watch(influx: InfluxSettings, duration_s: float, children: list[subprocess.Popen[bytes]]) -> None:
+def _watch(
+    influx: InfluxSettings, duration_s: float, children: dict[str, subprocess.Popen[bytes]]
+) -> None:
     started = time.monotonic()
     previous = 0
     while duration_s <= 0 or time.monotonic() - started < duration_s:
-        time.sleep(min(5.0, max(duration_s - (time.monotonic() - started), 0.1))
-                   if duration_s > 0 else 5.0)
-        for child in children:
+        time.sleep(
+            min(5.0, max(duration_s - (time.monotonic() - started), 0.1)) if duration_s > 0 else 5.0
+        )
+        for name, child in children.items():
             if child.poll() is not None:
-                raise ServiceStartError(f"{child.args[3]} exited with code {child.returncode}")
+                raise ServiceStartError(f"the {name} exited with code {child.returncode}")
         with contextlib.suppress(SmartUnitError):
             counts = count_readings(influx)
             total = sum(counts.values())
             shown = ", ".join(f"{family} {n}" for family, n in counts.items())
-            print(f"readings in InfluxDB: {total} ({shown}), +{total - previous} since last",
-                  flush=True)
+            print(
+                f"readings in InfluxDB: {total} ({shown}), +{total - previous} since last",
+                flush=True,
+            )
             previous = total

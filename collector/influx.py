@@ -144,8 +144,9 @@ class InfluxClient:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         try:
-            return await self._http.post("/write", params=self._write_params, content=body,
-                                         headers=headers)
+            return await self._http.post(
+                "/write", params=self._write_params, content=body, headers=headers
+            )
         except httpx.TimeoutException as exc:
             raise RetryableStoreError(f"timeout writing to {self.base_url}: {exc}") from exc
         except httpx.HTTPError as exc:

@@ -39,7 +39,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = {
-            k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+            k: v
+            for k, v in vars(record).items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
         }
         if extras:
             base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
@@ -76,4 +78,6 @@ class RateLimitedLog:
             return
         self._last[kind] = now
         suppressed = self._suppressed.pop(kind, 0)
-        self.logger.warning(message, extra={"kind": kind, "suppressed_since_last": suppressed, **extra})
+        self.logger.warning(
+            message, extra={"kind": kind, "suppressed_since_last": suppressed, **extra}
+        )

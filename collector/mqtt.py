@@ -161,11 +161,14 @@ class MqttSource:
         try:
             topic = message.topic
         except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", errors="replace")  # noqa: SLF001
+            topic = message._topic.decode("utf-8", errors="replace")
+        payload = message.payload
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)
         self._inbox.append(
             Inbound(
                 topic,
-                message.payload,
+                payload,
                 message.mid,
                 message.qos,
                 self.generation,
@@ -175,10 +178,8 @@ class MqttSource:
         self.received += 1
         if not self._wakeup_pending and self._loop is not None:
             self._wakeup_pending = True
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
                 self._loop.call_soon_threadsafe(self._wakeup.set)
-            except RuntimeError:  # the loop is closing
-                pass
 
     # -- the asyncio side ------------------------------------------------------------------
 
@@ -201,10 +202,8 @@ class MqttSource:
         """Return when messages may be waiting, or after ``timeout_s``."""
         if self._inbox:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout_s)
-        except TimeoutError:
-            pass
 
     def wake(self) -> None:
         """End a pending ``wait`` now (used at shutdown)."""

@@ -47,7 +47,7 @@ REJECTION_REASONS: dict[str, str] = {
     "bad_timestamp": "ts is neither epoch seconds nor an RFC 3339 time with an offset",
     "ts_in_future": "ts lies further in the future than ingest.max_future_s",
     "ts_too_old": "ts lies further in the past than ingest.max_age_s",
-    "bad_status": "a status message that is not {\"state\": \"online\"|\"offline\"}",
+    "bad_status": 'a status message that is not {"state": "online"|"offline"}',
 }
 
 _TYPE_ERRORS = {"int_type", "float_type", "string_type", "dict_type", "bool_type", "model_type"}
@@ -208,18 +208,25 @@ class Limits:
 
 def parse_topic(topic: str) -> Topic | Rejection:
     parts = topic.split("/")
-    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[4] not in {
-        "data",
-        "status",
-    }:
+    if (
+        len(parts) != 5
+        or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT
+        or parts[4]
+        not in {
+            "data",
+            "status",
+        }
+    ):
         family = parts[2] if len(parts) > 2 else "_"
         device = parts[3] if len(parts) > 3 else "_"
         return Rejection("bad_topic", f"unexpected topic {topic[:200]!r}", family, device)
     family, device, kind = parts[2], parts[3], parts[4]
     if family not in FAMILIES:
         return Rejection(
-            "unknown_family", f"family {family[:80]!r} is not one of {', '.join(FAMILIES)}",
-            family, device,
+            "unknown_family",
+            f"family {family[:80]!r} is not one of {', '.join(FAMILIES)}",
+            family,
+            device,
         )
     if not DEVICE_ID_PATTERN.fullmatch(device):
         return Rejection(
@@ -323,12 +330,17 @@ class Decoder:
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            return Rejection("bad_json", str(exc)[:200], family, device, payload=_raw_preview(payload))
+            return Rejection(
+                "bad_json", str(exc)[:200], family, device, payload=_raw_preview(payload)
+            )
         if isinstance(data, dict):
             return [(None, data)]
         if not isinstance(data, list):
             return Rejection(
-                "not_an_object", f"payload is a JSON {type(data).__name__}", family, device,
+                "not_an_object",
+                f"payload is a JSON {type(data).__name__}",
+                family,
+                device,
                 payload=data if not isinstance(data, str) else data[:200],
             )
         if not data:
@@ -351,7 +363,9 @@ class Decoder:
         received_ms: int,
     ) -> Reading | Rejection:
         if not isinstance(obj, dict):
-            return Rejection("not_an_object", f"element is a JSON {type(obj).__name__}", family, device)
+            return Rejection(
+                "not_an_object", f"element is a JSON {type(obj).__name__}", family, device
+            )
         try:
             item = model.model_validate(obj)
         except ValidationError as exc:
@@ -403,7 +417,10 @@ class Decoder:
             status = StatusPayload.model_validate_json(payload)
         except ValidationError as exc:
             return Rejection(
-                "bad_status", _first_error(exc)[1], topic.family, topic.device,
+                "bad_status",
+                _first_error(exc)[1],
+                topic.family,
+                topic.device,
                 payload=_raw_preview(payload),
             )
         ts_ms = received_ms

@@ -46,7 +46,14 @@ log = logging.getLogger(__name__)
 
 FAMILIES: tuple[str, ...] = ("camera", "parking", "chem")
 Family = Literal["camera", "parking", "chem"]
-HIERARCHY_LEVELS: tuple[str, ...] = ("city", "district", "street", "community", "grid", "micro_grid")
+HIERARCHY_LEVELS: tuple[str, ...] = (
+    "city",
+    "district",
+    "street",
+    "community",
+    "grid",
+    "micro_grid",
+)
 UNREGISTERED_UNIT = "_unregistered"
 
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")

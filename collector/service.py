@@ -133,7 +133,9 @@ class Collector:
         ]
         decode, write = tasks[0], tasks[1]
         stop_wait = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stop_wait, decode, write], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [stop_wait, decode, write], return_when=asyncio.FIRST_COMPLETED
+        )
         for task in done:
             if task is not stop_wait and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -266,7 +268,7 @@ class Collector:
                 attempt += 1
                 self.stats.write_retries += 1
                 delay = min(ingest.retry_initial_s * 2 ** (attempt - 1), ingest.retry_max_s)
-                delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+                delay *= random.uniform(0.8, 1.2)
                 if exc.retry_after_s is not None:
                     delay = max(delay, min(exc.retry_after_s, ingest.retry_max_s * 4))
                 log.warning(
@@ -288,8 +290,11 @@ class Collector:
             await asyncio.sleep(self.settings.ingest.stats_interval_s)
             log.info(
                 "ingest stats",
-                extra={**self.stats.as_dict(), "inbox": self.source.backlog,
-                       "write_queue": self._queue.qsize()},
+                extra={
+                    **self.stats.as_dict(),
+                    "inbox": self.source.backlog,
+                    "write_queue": self._queue.qsize(),
+                },
             )
             with contextlib.suppress(RetryableStoreError):
                 await self._write_stats()

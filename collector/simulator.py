@@ -123,8 +123,9 @@ class SimDevice:
             "readings": {
                 "lel_pct": round(lel, 2),
                 "h2s_ppm": round(max(0.0, rng.gauss(0.6, 0.15)), 2),
-                "temp_c": round(40 + 4 * math.sin((hour - 9) / 24 * 2 * math.pi)
-                                + rng.gauss(0, 0.4), 2),
+                "temp_c": round(
+                    40 + 4 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.4), 2
+                ),
                 "pressure_kpa": round(rng.gauss(310, 1.5), 1),
                 "level_pct": round(self.level_pct, 1),
             }
@@ -237,8 +238,9 @@ class Simulator:
         while not self.stop.is_set():
             try:
                 async with self._client(device) as client:
-                    await client.publish(device.status_topic, b'{"state":"online"}', qos=1,
-                                         retain=True)
+                    await client.publish(
+                        device.status_topic, b'{"state":"online"}', qos=1, retain=True
+                    )
                     await self._flush_backlog(client, device)
                     await self._connected(client, device)
             except _GoOffline:
@@ -250,9 +252,13 @@ class Simulator:
     async def _connected(self, client: aiomqtt.Client, device: SimDevice) -> None:
         while not self.stop.is_set():
             t = time.time()
-            if device.anomaly and device.anomaly.kind == "device_offline" and device.anomaly.active(t):
-                sock = client._client.socket()  # noqa: SLF001 - a crash, not a goodbye
-                if sock is not None:
+            if (
+                device.anomaly
+                and device.anomaly.kind == "device_offline"
+                and device.anomaly.active(t)
+            ):
+                sock = client._client.socket()  # a crash, not a goodbye: no DISCONNECT
+                if isinstance(sock, socket.socket):
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
                 raise _GoOffline
@@ -368,18 +374,29 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="configuration (MQTT URL, registry)")
     parser.add_argument("--mqtt-url", help="overrides the configuration's mqtt.url")
     parser.add_argument("--registry", type=Path, help="simulate this registry's devices")
-    parser.add_argument("--generate", type=int, default=0,
-                        help="also simulate N unregistered devices per family")
-    parser.add_argument("--interval-scale", type=float, default=1.0,
-                        help="multiply every device's reporting interval (default 1)")
+    parser.add_argument(
+        "--generate", type=int, default=0, help="also simulate N unregistered devices per family"
+    )
+    parser.add_argument(
+        "--interval-scale",
+        type=float,
+        default=1.0,
+        help="multiply every device's reporting interval (default 1)",
+    )
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds")
-    parser.add_argument("--anomaly-every", type=float, default=0,
-                        help="inject an anomaly every S seconds (0: none)")
-    parser.add_argument("--anomaly-duration", type=float, nargs=2, default=(60.0, 240.0),
-                        metavar=("MIN_S", "MAX_S"))
+    parser.add_argument(
+        "--anomaly-every", type=float, default=0, help="inject an anomaly every S seconds (0: none)"
+    )
+    parser.add_argument(
+        "--anomaly-duration", type=float, nargs=2, default=(60.0, 240.0), metavar=("MIN_S", "MAX_S")
+    )
     parser.add_argument("--labels", type=Path, help="append injected anomalies here (JSON lines)")
-    parser.add_argument("--backfill-hours", type=float, default=0,
-                        help="first send this much history as backlog arrays")
+    parser.add_argument(
+        "--backfill-hours",
+        type=float,
+        default=0,
+        help="first send this much history as backlog arrays",
+    )
     parser.add_argument("--seed", type=int, default=1)
 
 
@@ -389,7 +406,9 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
     registry_path = args.registry or settings.registry.path
     registry = Registry.load(registry_path) if registry_path else Registry.empty()
     fleet = build_fleet(
-        registry, generated_per_family=args.generate, interval_scale=args.interval_scale,
+        registry,
+        generated_per_family=args.generate,
+        interval_scale=args.interval_scale,
         seed=args.seed,
     )
     if not fleet:
@@ -417,6 +436,7 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
 
     print(f"simulating {len(fleet)} devices against {endpoint.host}:{endpoint.port}", flush=True)
     asyncio.run(main())
-    print(f"published {simulator.published} readings, {simulator.labels_written} labels",
-          flush=True)
+    print(
+        f"published {simulator.published} readings, {simulator.labels_written} labels", flush=True
+    )
     return 0

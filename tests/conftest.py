@@ -48,8 +48,9 @@ def database() -> str:
 
 
 @pytest.fixture
-def make_settings(broker: Mosquitto, influxdb: InfluxDB, database: str, tmp_path: Path
-                  ) -> Callable[..., Settings]:
+def make_settings(
+    broker: Mosquitto, influxdb: InfluxDB, database: str, tmp_path: Path
+) -> Callable[..., Settings]:
     """Settings pointing at the test servers; keyword sections override the file's."""
 
     def build(registry: Path | None = None, **sections: dict[str, Any]) -> Settings:
@@ -99,7 +100,7 @@ class CollectorThread:
 
         try:
             asyncio.run(run())
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+        except BaseException as exc:
             self._error = exc
 
     def start(self) -> CollectorThread:
@@ -129,7 +130,7 @@ class CollectorThread:
                 collector is not None
                 and collector.stats.messages_received >= count
                 and collector.source.backlog == 0
-                and collector._queue.empty()  # noqa: SLF001
+                and collector._queue.empty()
             ):
                 time.sleep(self.settings.ingest.flush_interval_ms / 1000 + 0.3)
                 return
@@ -149,7 +150,7 @@ def run_collector() -> Iterator[Callable[[Settings], CollectorThread]]:
 
     yield start
     for thread in running:
-        if thread._thread.is_alive():  # noqa: SLF001
+        if thread._thread.is_alive():
             thread.stop()
 
 
@@ -162,8 +163,9 @@ class Publisher:
         self.client.loop_start()
         self.count = 0
 
-    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1,
-                retain: bool = False) -> None:
+    def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+    ) -> None:
         if isinstance(payload, str):
             payload = payload.encode()
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)

@@ -21,8 +21,12 @@ def test_example_config_parses_with_its_registry() -> None:
     settings = load_settings(EXAMPLE, env={})
     assert settings.mqtt.url == "mqtt://127.0.0.1:1883"
     assert settings.registry.path == ROOT / "config" / "registry.example.toml"
-    out = subprocess.run([sys.executable, "-m", "collector.cli", "check-config", str(EXAMPLE)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check-config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "7 units, 9 devices" in out
 
 
@@ -50,9 +54,14 @@ def test_environment_overrides_win(tmp_path: Path) -> None:
 
 
 def test_secrets_never_reach_a_log_line() -> None:
-    settings = load_settings(None, env={"SMARTUNIT_MQTT_URL": "mqtt://u:hunter2@h:1",
-                                        "SMARTUNIT_INFLUX_TOKEN": "tok-secret",
-                                        "SMARTUNIT_INFLUX_URL": "http://a:pw-influx@h:8086"})
+    settings = load_settings(
+        None,
+        env={
+            "SMARTUNIT_MQTT_URL": "mqtt://u:hunter2@h:1",
+            "SMARTUNIT_INFLUX_TOKEN": "tok-secret",
+            "SMARTUNIT_INFLUX_URL": "http://a:pw-influx@h:8086",
+        },
+    )
     record = logging.LogRecord("t", logging.INFO, "", 0, "settings", (), None)
     record.settings = redacted(settings)
     line = JsonFormatter().format(record)
@@ -61,20 +70,26 @@ def test_secrets_never_reach_a_log_line() -> None:
     assert "***" in line
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("[mqtt]\nurll = 'x'\n", "mqtt.urll: unknown key"),
-    ("[ingest]\nbatch_size = 0\n", "ingest.batch_size"),
-    ("[mqtt]\nurl = 'http://x'\n", "mqtt.url"),
-    ("[influx]\ndatabase = \"a'b\"\n", "influx.database"),
-    ("typo = 1\n", "typo: unknown key"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[mqtt]\nurll = 'x'\n", "mqtt.urll: unknown key"),
+        ("[ingest]\nbatch_size = 0\n", "ingest.batch_size"),
+        ("[mqtt]\nurl = 'http://x'\n", "mqtt.url"),
+        ('[influx]\ndatabase = "a\'b"\n', "influx.database"),
+        ("typo = 1\n", "typo: unknown key"),
+    ],
+)
 def test_bad_keys_are_named_and_exit_2(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_settings(path, env={})
-    done = subprocess.run([sys.executable, "-m", "collector.cli", "check-config", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert key in done.stderr
 
@@ -85,8 +100,11 @@ def test_bad_registry_exits_2(tmp_path: Path) -> None:
         "grid = 'bad\\\\grid' }\n[devices.'bad id']\nunit = 'u'\nfamily = 'camera'\n"
     )
     (tmp_path / "c.toml").write_text("[registry]\npath = 'reg.toml'\n")
-    done = subprocess.run([sys.executable, "-m", "collector.cli", "check-config",
-                           str(tmp_path / "c.toml")], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check-config", str(tmp_path / "c.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert "units.u.hierarchy.grid" in done.stderr
     assert "devices.bad id" in done.stderr

@@ -31,9 +31,19 @@ def processes_mentioning(text: str) -> list[str]:
 def test_demo_shows_readings_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     demo = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", "demo", "--workdir", str(workdir),
-         "--devices", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--devices",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert demo.stdout is not None
     seen: list[str] = []

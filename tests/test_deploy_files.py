@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_file_is_valid() -> None:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose (Debian package) is installed by scripts/install-deps.sh"
-    done = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert {"mosquitto", "influxdb", "collector", "simulator"} <= set(config["services"])
@@ -34,8 +35,10 @@ def _setting(text: str, key: str) -> str | None:
 
 def test_shipped_broker_configs_do_not_drop_qos1_messages(tmp_path: Path) -> None:
     """Mosquitto's default max_queued_messages (1000) silently drops QoS 1 messages."""
-    for text in ((ROOT / "config" / "mosquitto.conf").read_text(),
-                 Mosquitto(tmp_path).config_text()):
+    for text in (
+        (ROOT / "config" / "mosquitto.conf").read_text(),
+        Mosquitto(tmp_path).config_text(),
+    ):
         assert _setting(text, "max_queued_messages") == "0"
         assert int(_setting(text, "max_queued_bytes") or 0) >= 256 * 1024 * 1024
         assert _setting(text, "persistence") == "true"

@@ -16,8 +16,10 @@ NOW = time.time()
 
 
 def camera(i: int) -> tuple[str, str]:
-    return ("smartunit/v1/camera/cam-d/data",
-            json.dumps({"ts": NOW - 1000 + i, "seq": i, "people": i, "vehicles": 0}))
+    return (
+        "smartunit/v1/camera/cam-d/data",
+        json.dumps({"ts": NOW - 1000 + i, "seq": i, "people": i, "vehicles": 0}),
+    )
 
 
 def seqs(influx: InfluxSettings) -> list[int]:
@@ -32,11 +34,13 @@ def wait_seqs(influx: InfluxSettings, expected: list[int], timeout_s: float = 30
 
 
 @pytest.mark.slow
-def test_influxdb_down_then_back_loses_nothing(make_settings, run_collector, publisher,
-                                               tmp_path: Path) -> None:
+def test_influxdb_down_then_back_loses_nothing(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
     own = InfluxDB(tmp_path / "influx").start()
-    settings = make_settings(influx={"url": own.url},
-                             ingest={"retry_initial_s": 0.1, "retry_max_s": 0.5})
+    settings = make_settings(
+        influx={"url": own.url}, ingest={"retry_initial_s": 0.1, "retry_max_s": 0.5}
+    )
     collector = run_collector(settings)
     for i in range(1, 51):
         publisher.publish(*camera(i))

@@ -1,4 +1,4 @@
-"""Write-error classification against real InfluxDB (400, 413) and a scripted stand-in (429, 5xx)."""
+"""Write errors: real InfluxDB for 400 and 413, a scripted stand-in for 429 and 5xx."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -40,7 +41,7 @@ def small_body_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infl
 def test_413_splits_until_batches_fit(small_body_influx: InfluxDB) -> None:
     settings = InfluxSettings(url=small_body_influx.url, database="split")
     lines = [f"m,k=key{i:04d} v={i}i {1_700_000_000_000 + i}" for i in range(600)]
-    huge = "m,k=huge v=1i,pad=\"" + "x" * 5000 + "\" 1700000001000"
+    huge = 'm,k=huge v=1i,pad="' + "x" * 5000 + '" 1700000001000'
     result = write(settings, [*lines, huge])
     assert result.written == 600
     assert result.dropped == {"too_large": 1}
@@ -63,10 +64,10 @@ def test_400_isolates_the_bad_lines(influxdb: InfluxDB, database: str) -> None:
 class _Scripted(http.server.BaseHTTPRequestHandler):
     """A stand-in for an overloaded InfluxDB: real InfluxDB cannot be made to answer 429."""
 
-    script: list[tuple[int, dict[str, str]]] = []
-    seen: list[str] = []
+    script: ClassVar[list[tuple[int, dict[str, str]]]] = []
+    seen: ClassVar[list[str]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.seen.append(self.path)
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         status, headers = self.script.pop(0) if self.script else (204, {})
@@ -90,14 +91,17 @@ def scripted_server() -> Iterator[str]:
     server.shutdown()
 
 
-@pytest.mark.parametrize(("status", "headers", "retry_after"), [
-    (429, {"Retry-After": "7"}, 7.0),
-    (503, {}, None),
-    (500, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
-])
-def test_overload_and_server_errors_are_retryable(scripted_server: str, status: int,
-                                                  headers: dict[str, str],
-                                                  retry_after: float | None) -> None:
+@pytest.mark.parametrize(
+    ("status", "headers", "retry_after"),
+    [
+        (429, {"Retry-After": "7"}, 7.0),
+        (503, {}, None),
+        (500, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+    ],
+)
+def test_overload_and_server_errors_are_retryable(
+    scripted_server: str, status: int, headers: dict[str, str], retry_after: float | None
+) -> None:
     _Scripted.script = [(status, headers)]
     settings = InfluxSettings(url=scripted_server, database="x", create_database=False)
     with pytest.raises(RetryableStoreError) as caught:
@@ -107,7 +111,8 @@ def test_overload_and_server_errors_are_retryable(scripted_server: str, status: 
 
 
 def test_connection_refused_is_retryable(tmp_path: Path) -> None:
-    settings = InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="x",
-                              create_database=False)
+    settings = InfluxSettings(
+        url=f"http://127.0.0.1:{free_port()}", database="x", create_database=False
+    )
     with pytest.raises(RetryableStoreError):
         write(settings, ["m v=1i 1"])

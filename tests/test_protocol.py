@@ -12,11 +12,23 @@ from collector.registry import Registry
 from scripts.gen_schemas import SCHEMA_DIR, schemas
 
 NOW_MS = int(time.time() * 1000)
-REGISTRY = Registry.from_mapping({
-    "units": {"lot": {"hierarchy": {"city": "c", "district": "d", "street": "s",
-                                     "community": "m", "grid": "g"}, "capacity": 100}},
-    "devices": {"park-1": {"unit": "lot", "family": "parking"}},
-})
+REGISTRY = Registry.from_mapping(
+    {
+        "units": {
+            "lot": {
+                "hierarchy": {
+                    "city": "c",
+                    "district": "d",
+                    "street": "s",
+                    "community": "m",
+                    "grid": "g",
+                },
+                "capacity": 100,
+            }
+        },
+        "devices": {"park-1": {"unit": "lot", "family": "parking"}},
+    }
+)
 
 
 def decode(topic: str, payload: object, received_ms: int = NOW_MS) -> Decoded | Rejection:
@@ -24,8 +36,22 @@ def decode(topic: str, payload: object, received_ms: int = NOW_MS) -> Decoded | 
     return Decoder().decode(topic, raw, received_ms, REGISTRY)
 
 
-@pytest.mark.parametrize("device", ["cam\n1", "cam 1", "cam,1", 'cam"1', "cam=1", "摄像头", "",
-                                    "-lead", "x" * 65, "cam\\1", "cam/1"])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cam\n1",
+        "cam 1",
+        "cam,1",
+        'cam"1',
+        "cam=1",
+        "摄像头",
+        "",
+        "-lead",
+        "x" * 65,
+        "cam\\1",
+        "cam/1",
+    ],
+)
 def test_hostile_device_ids_are_rejected(device: str) -> None:
     result = parse_topic(f"smartunit/v1/camera/{device}/data")
     assert isinstance(result, Rejection)
@@ -33,8 +59,10 @@ def test_hostile_device_ids_are_rejected(device: str) -> None:
 
 
 def test_good_objects_survive_a_bad_neighbour() -> None:
-    result = decode("smartunit/v1/camera/cam-1/data",
-                    [{"people": 1}, {"people": -1}, {"vehicles": 2, "ts": NOW_MS / 1000 - 5}])
+    result = decode(
+        "smartunit/v1/camera/cam-1/data",
+        [{"people": 1}, {"people": -1}, {"vehicles": 2, "ts": NOW_MS / 1000 - 5}],
+    )
     assert isinstance(result, Decoded)
     assert [r.fields for r in result.readings] == [{"people": 1}, {"vehicles": 2}]
     assert [(r.reason, r.index) for r in result.rejections] == [("out_of_range", 1)]
@@ -43,8 +71,11 @@ def test_good_objects_survive_a_bad_neighbour() -> None:
 def test_rfc3339_and_epoch_seconds_agree() -> None:
     received = 1795377200000
     a = decode("smartunit/v1/camera/cam-1/data", {"people": 1, "ts": 1795377198.5}, received)
-    b = decode("smartunit/v1/camera/cam-1/data",
-               {"people": 1, "ts": "2026-11-23T03:53:18.500+08:00"}, received)
+    b = decode(
+        "smartunit/v1/camera/cam-1/data",
+        {"people": 1, "ts": "2026-11-23T03:53:18.500+08:00"},
+        received,
+    )
     assert isinstance(a, Decoded) and isinstance(b, Decoded)
     assert not a.rejections and not b.rejections
     assert a.readings[0].ts_ms == b.readings[0].ts_ms == 1795377198500

@@ -17,28 +17,40 @@ from collector.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions
 
 
 def device(family: str, name: str, interval_s: float = 0.2) -> SimDevice:
-    return SimDevice(id=name, family=family, unit="u", capacity=300, send_capacity=True,
-                     interval_s=interval_s, rng=random.Random(3))
+    return SimDevice(
+        id=name,
+        family=family,
+        unit="u",
+        capacity=300,
+        send_capacity=True,
+        interval_s=interval_s,
+        rng=random.Random(3),
+    )
 
 
 @pytest.mark.slow
-def test_offline_device_leaves_a_will_and_sends_its_backlog_as_an_array(broker, subscribe,
-                                                                        tmp_path: Path) -> None:
+def test_offline_device_leaves_a_will_and_sends_its_backlog_as_an_array(
+    broker, subscribe, tmp_path: Path
+) -> None:
     sub = subscribe("smartunit/v1/#")
     cam = device("camera", "sim-cam-t1")
     now = time.time()
     cam.anomaly = Anomaly("device_offline", now + 1.0, now + 2.5)
     chem = device("chem", "sim-chem-t1")
     labels = tmp_path / "labels.jsonl"
-    sim = Simulator([cam, chem], SimulatorOptions(endpoint=parse_mqtt_url(broker.url),
-                                                  duration_s=4.5, labels=labels))
+    sim = Simulator(
+        [cam, chem],
+        SimulatorOptions(endpoint=parse_mqtt_url(broker.url), duration_s=4.5, labels=labels),
+    )
     asyncio.run(sim.run())
     time.sleep(0.3)
 
     by_topic: dict[str, list] = {}
     for message in sub.messages:
         by_topic.setdefault(message.topic, []).append(message)
-    status = [json.loads(m.payload)["state"] for m in by_topic["smartunit/v1/camera/sim-cam-t1/status"]]
+    status = [
+        json.loads(m.payload)["state"] for m in by_topic["smartunit/v1/camera/sim-cam-t1/status"]
+    ]
     # online, then the broker's last will when the connection dropped, then online again
     assert status[:3] == ["online", "offline", "online"]
 
@@ -53,7 +65,8 @@ def test_offline_device_leaves_a_will_and_sends_its_backlog_as_an_array(broker, 
 
     chem_data = [json.loads(m.payload) for m in by_topic["smartunit/v1/chem/sim-chem-t1/data"]]
     assert {"lel_pct", "h2s_ppm", "temp_c", "pressure_kpa", "level_pct"} <= set(
-        chem_data[0]["readings"])
+        chem_data[0]["readings"]
+    )
     (label,) = [json.loads(line) for line in labels.read_text().splitlines()]
     assert label["kind"] == "device_offline" and label["device"] == "sim-cam-t1"
 
@@ -81,10 +94,30 @@ def test_injected_anomalies_shape_the_values() -> None:
 def test_simulate_command_writes_labels(broker, tmp_path: Path) -> None:
     labels = tmp_path / "labels.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "simulate", "--mqtt-url", broker.url,
-         "--generate", "2", "--interval-scale", "0.05", "--duration", "4", "--anomaly-every",
-         "0.5", "--anomaly-duration", "0.5", "1", "--labels", str(labels)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "simulate",
+            "--mqtt-url",
+            broker.url,
+            "--generate",
+            "2",
+            "--interval-scale",
+            "0.05",
+            "--duration",
+            "4",
+            "--anomaly-every",
+            "0.5",
+            "--anomaly-duration",
+            "0.5",
+            "1",
+            "--labels",
+            str(labels),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "simulating 6 devices" in done.stdout

@@ -183,13 +183,26 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         node[path[-1]] = value
 
 
-def _format_errors(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration in {origin}:"]
+def format_validation_errors(exc: ValidationError, heading: str) -> str:
+    """One line per problem, each naming its key path (``mqtt.url: ...``)."""
+    lines = [heading]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file; every way it can fail is a ConfigError saying which file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
 
 
 def _resolve_relative(settings: Settings, base: Path) -> Settings:
@@ -213,19 +226,14 @@ def load_settings(
         path = Path(path)
         origin = str(path)
         base = path.resolve().parent
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        raw = read_toml(path, "configuration")
     _apply_env(raw, env)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+        raise ConfigError(
+            format_validation_errors(exc, f"invalid configuration in {origin}:")
+        ) from None
     return _resolve_relative(settings, base)
 
 

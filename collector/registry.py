@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.config import format_validation_errors, read_toml
 from collector.errors import ConfigError
 from collector.lineprotocol import check_tag_text, encode_tags
 
@@ -168,25 +168,13 @@ class Registry:
         try:
             parsed = RegistryFile.model_validate(raw)
         except ValidationError as exc:
-            problems = [
-                f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: "
-                + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"])
-                for err in exc.errors()
-            ]
-            raise ConfigError("\n".join([f"invalid registry in {origin}:", *problems])) from None
+            heading = f"invalid registry in {origin}:"
+            raise ConfigError(format_validation_errors(exc, heading)) from None
         return cls(parsed.units, parsed.devices)
 
     @classmethod
     def load(cls, path: Path) -> Registry:
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"registry file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from None
-        return cls.from_mapping(raw, origin=str(path))
+        return cls.from_mapping(read_toml(path, "registry"), origin=str(path))
 
     def _place(self, device: Device) -> Placement:
         unit = self.units[device.unit]

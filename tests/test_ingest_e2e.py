@@ -350,6 +350,14 @@ def test_registry_edit_moves_a_device_without_restart(
     collector.stop()
 
 
+def list_unregistered(config: Path, env: dict[str, str]) -> str:
+    command = [sys.executable, "-m", "collector.cli", "devices", "--unregistered"]
+    done = subprocess.run(
+        [*command, "--config", str(config)], capture_output=True, text=True, env=env, check=True
+    )
+    return done.stdout
+
+
 @pytest.mark.slow
 def test_devices_unregistered_lists_unknown_devices(
     make_settings, run_collector, publisher, tmp_path: Path, broker, influxdb, database
@@ -369,40 +377,12 @@ def test_devices_unregistered_lists_unknown_devices(
     config = tmp_path / "smartunit.toml"
     config.write_text(f'[registry]\npath = "{registry}"\n')
     env = {**os.environ, "SMARTUNIT_INFLUX_URL": influxdb.url, "SMARTUNIT_INFLUX_DB": database}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "devices",
-            "--unregistered",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
+    out = list_unregistered(config, env)
     lines = [line.split("\t") for line in out.strip().splitlines()[1:]]
     assert [(d, f, n) for d, f, _, n in lines] == [("stray-gas-3", "chem", "2")]
 
     # Once registered, it is no longer listed.
     registry.write_text(REGISTRY + '\n[devices.stray-gas-3]\nunit = "chem-a"\nfamily = "chem"\n')
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "devices",
-            "--unregistered",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
+    out = list_unregistered(config, env)
     assert "no unregistered devices" in out
     assert query_sync(settings.influx, "SHOW MEASUREMENTS")

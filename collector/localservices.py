@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -142,6 +143,9 @@ class Mosquitto:
         # instead. max_inflight_messages 0 lets a batching subscriber hold many unacked
         # messages (MQTT v5 clients announce their own receive-maximum instead).
         lines = [
+            # Started as root, Mosquitto switches to user "mosquitto", which cannot write
+            # our private directory: no persistence file, no log. Stay who we are.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",

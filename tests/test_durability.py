@@ -87,3 +87,31 @@ def test_stop_flushes_everything_received(make_settings, run_collector, publishe
     assert seqs(settings.influx) == []
     collector.stop()
     assert seqs(settings.influx) == list(range(1, 201))
+
+
+@pytest.mark.slow
+def test_broker_restart_loses_nothing(make_settings, run_collector, tmp_path: Path) -> None:
+    """The collector reconnects by itself; the broker's persisted session keeps its queue."""
+    from collector.localservices import Mosquitto
+    from tests.conftest import Publisher
+
+    own = Mosquitto(tmp_path / "mosquitto").start()
+    settings = make_settings(mqtt={"url": own.url, "reconnect_min_s": 0.5, "reconnect_max_s": 1})
+    collector = run_collector(settings)
+    publisher = Publisher(own, "pub-restart")
+    for i in range(1, 21):
+        publisher.publish(*camera(i))
+    publisher.close()
+    assert wait_seqs(settings.influx, list(range(1, 21))) == list(range(1, 21))
+
+    own.stop()  # a clean broker stop saves its persistence file
+    own.start()
+    publisher = Publisher(own, "pub-restart")
+    for i in range(21, 61):
+        publisher.publish(*camera(i))
+    publisher.close()
+    assert wait_seqs(settings.influx, list(range(1, 61))) == list(range(1, 61))
+    assert collector.collector is not None
+    assert collector.collector.source.connects >= 2
+    collector.stop()
+    own.stop()

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.mqttblast import blast
 from collector.config import InfluxSettings
 from collector.demo import wait_for_collector
+from collector.errors import StoreError
 from collector.influx import query_sync
 from collector.localservices import InfluxDB, Mosquitto, find_binary, spawn, stop_process
 
@@ -150,7 +151,11 @@ def broker_drain_rate(broker: Mosquitto, count: int) -> float:
 
 def stored(influx: InfluxSettings) -> int:
     total = 0
-    for series in query_sync(influx, 'SELECT count("seq") FROM "camera","parking","chem"'):
+    try:
+        found = query_sync(influx, 'SELECT count("seq") FROM "camera","parking","chem"')
+    except StoreError:  # the collector has not created the database yet
+        return 0
+    for series in found:
         total += int(series["values"][0][1])
     return total
 

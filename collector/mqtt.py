@@ -103,6 +103,10 @@ class MqttSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
         self._wakeup_pending = False
+        # Wake the consumer only when this many messages wait: 1 when it is idle, a full
+        # batch while it holds an open batch (it wakes on its flush deadline anyway).
+        # Waking it for every message costs a syscall and a loop turn each.
+        self._wake_at = 1
         self.generation = 0
         self.connected = threading.Event()
         self.connects = 0
@@ -176,7 +180,11 @@ class MqttSource:
             )
         )
         self.received += 1
-        if not self._wakeup_pending and self._loop is not None:
+        if (
+            not self._wakeup_pending
+            and len(self._inbox) >= self._wake_at
+            and self._loop is not None
+        ):
             self._wakeup_pending = True
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 self._loop.call_soon_threadsafe(self._wakeup.set)
@@ -198,9 +206,10 @@ class MqttSource:
         )
         self.client.loop_start()
 
-    async def wait(self, timeout_s: float) -> None:
-        """Return when messages may be waiting, or after ``timeout_s``."""
-        if self._inbox:
+    async def wait(self, timeout_s: float, *, at_least: int = 1) -> None:
+        """Return when ``at_least`` messages are waiting, or after ``timeout_s``."""
+        self._wake_at = max(at_least, 1)
+        if len(self._inbox) >= self._wake_at:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout_s)

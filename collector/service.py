@@ -176,7 +176,8 @@ class Collector:
             else:
                 remaining = flush_s - (time.monotonic() - batch.started)
                 if remaining > 0 and not stopping:
-                    await self.source.wait(remaining)
+                    missing = ingest.batch_size - len(batch.messages)
+                    await self.source.wait(remaining, at_least=missing)
             messages = self.source.drain(ingest.batch_size)
             if messages and not batch.messages:
                 batch.started = time.monotonic()

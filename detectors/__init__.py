@@ -1,5 +1,9 @@
 """Streaming anomaly detectors: pure numpy, independent of the collector.
 
-A detector scores readings; a separate stage decides which scores become alerts.
-This package never imports ``collector``.
+A detector *scores* readings (``detectors.base``); a separate stage *decides* which
+scores become alerts (``detectors.decide``). Detectors are found by configuration name in
+``detectors.registry.DETECTORS``; importing this package registers all of them. This
+package never imports ``collector``.
 """
+
+from detectors import novelty as _novelty  # noqa: F401 - registers its detector

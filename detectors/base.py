@@ -1,0 +1,137 @@
+"""The detector contract: score readings of many series at once, keep per-series state.
+
+A detector *scores*: for every reading it returns a number in [0, 1], 0.5 meaning "as
+unusual as the detector's alert level". Whether a score becomes an alert is decided
+elsewhere (``detectors.decide``), so detectors can be combined and their decisions tuned
+without touching them.
+
+Readings arrive as three parallel arrays: ``series`` (an integer id per series, 0..n),
+``t`` (device time, epoch seconds) and ``x`` (the value). A batch may hold many series and
+several readings of one series; each series' readings must be in time order, within and
+across batches, and a detector never looks ahead. NaN values score 0 and leave the state
+untouched. State is a dict of numpy arrays (``state``/``restore``), so a detector can be
+saved, restored after a restart, or warmed up from history.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+def split_rounds(series: IntArray) -> list[IntArray]:
+    """Positions of a batch grouped so that each group holds each series at most once.
+
+    Group k holds every series' k-th reading of the batch, so processing the groups in
+    order keeps each series in time order while each group is vectorised across series.
+    """
+    n = len(series)
+    if n == 0:
+        return []
+    order = np.argsort(series, kind="stable")
+    ordered = series[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    group_start = np.repeat(starts, np.diff(np.append(starts, n)))
+    rank = np.arange(n) - group_start
+    if rank.max() == 0:
+        return [np.arange(n)]
+    by_rank = np.argsort(rank, kind="stable")
+    bounds = np.flatnonzero(np.diff(rank[by_rank])) + 1
+    return [np.sort(order[part]) for part in np.split(by_rank, bounds)]
+
+
+class SeriesState:
+    """Named per-series float arrays that grow as new series ids appear."""
+
+    def __init__(self, fields: dict[str, float]) -> None:
+        self.fields = dict(fields)
+        self.count = 0  # series ids in use: 0 .. count - 1
+        self.arrays: dict[str, FloatArray] = {k: np.empty(0) for k in self.fields}
+
+    def __getitem__(self, key: str) -> FloatArray:
+        return self.arrays[key]
+
+    def __setitem__(self, key: str, value: FloatArray) -> None:
+        self.arrays[key] = value
+
+    def grow(self, needed: int) -> None:
+        if needed <= self.count:
+            return
+        allocated = min((len(v) for v in self.arrays.values()), default=needed)
+        if needed > allocated:
+            size = max(needed, 2 * allocated, 16)
+            for key, initial in self.fields.items():
+                grown = np.full(size, initial, dtype=np.float64)
+                grown[: self.count] = self.arrays[key][: self.count]
+                self.arrays[key] = grown
+        self.count = needed
+
+    def snapshot(self) -> dict[str, FloatArray]:
+        return {key: value[: self.count].copy() for key, value in self.arrays.items()}
+
+    def restore(self, state: dict[str, FloatArray], owner: str) -> None:
+        sizes = {len(v) for v in state.values()}
+        if set(state) != set(self.fields) or len(sizes) > 1:
+            raise ValueError(f"{owner}: state needs arrays {sorted(self.fields)} of one length")
+        self.count = sizes.pop() if sizes else 0
+        self.arrays = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state.items()}
+
+
+def as_batch(series: Any, t: Any, x: Any) -> tuple[IntArray, FloatArray, FloatArray]:
+    series = np.asarray(series, dtype=np.int64)
+    t = np.asarray(t, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if not (len(series) == len(t) == len(x)):
+        raise ValueError("series, t and values must have the same length")
+    if len(series) and series.min() < 0:
+        raise ValueError("series ids must be >= 0")
+    return series, t, x
+
+
+class Detector(ABC):
+    """Base class: subclasses declare their per-series state and score one round at a time.
+
+    ``state_fields`` maps each state array's name to its initial value; arrays grow as new
+    series ids appear. ``_score_round`` receives positions where every series occurs once
+    and reads and writes ``self._state[name][series]``.
+    """
+
+    name: ClassVar[str]
+    state_fields: ClassVar[dict[str, float]] = {}
+
+    def __init__(self) -> None:
+        self._state = SeriesState(self.state_fields)
+
+    def score(self, series: Any, t: Any, x: Any) -> FloatArray:
+        """Scores in [0, 1] for the readings, in the order given."""
+        series, t, x = as_batch(series, t, x)
+        out = np.zeros(len(series), dtype=np.float64)
+        if len(series) == 0:
+            return out
+        self._state.grow(int(series.max()) + 1)
+        valid = np.isfinite(x) & np.isfinite(t)
+        for round_positions in split_rounds(series):
+            positions = round_positions[valid[round_positions]]
+            if len(positions):
+                out[positions] = self._score_round(series[positions], t[positions], x[positions])
+        return np.clip(out, 0.0, 1.0)
+
+    def state(self) -> dict[str, FloatArray]:
+        return self._state.snapshot()
+
+    def restore(self, state: dict[str, FloatArray]) -> None:
+        self._state.restore(state, self.name)
+
+    @property
+    def series_count(self) -> int:
+        return self._state.count
+
+    @abstractmethod
+    def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
+        """Scores of one reading per series (``series`` has no repeats); update the state."""

@@ -1,0 +1,53 @@
+"""Deciding: scores in, alerts out, per series, with hysteresis.
+
+An alert opens on the first reading whose score reaches ``on`` (its onset) and stays
+active until ``clear_after`` consecutive readings score below ``off``: one alert per
+episode, not one per noisy reading above the line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detectors.base import FloatArray, SeriesState, as_batch, split_rounds
+
+BoolArray = NDArray[np.bool_]
+
+
+class AlertDecider:
+    def __init__(self, *, on: float = 0.5, off: float | None = None, clear_after: int = 20) -> None:
+        off = on if off is None else off
+        if not 0 < on <= 1 or not 0 <= off <= on or clear_after < 1:
+            raise ValueError("need 0 < on <= 1, 0 <= off <= on and clear_after >= 1")
+        self.on, self.off, self.clear_after = on, off, clear_after
+        self._state = SeriesState({"active": 0.0, "quiet": 0.0})
+
+    def decide(self, series: Any, t: Any, scores: Any) -> tuple[BoolArray, BoolArray]:
+        """(onset, active) per reading: onset on the reading that opens an alert."""
+        series, _, scores = as_batch(series, t, scores)
+        onset = np.zeros(len(series), dtype=bool)
+        active = np.zeros(len(series), dtype=bool)
+        if len(series) == 0:
+            return onset, active
+        st = self._state
+        st.grow(int(series.max()) + 1)
+        for positions in split_rounds(series):
+            s, score = series[positions], scores[positions]
+            was = st["active"][s] > 0
+            quiet = np.where(was & (score < self.off), st["quiet"][s] + 1, 0.0)
+            start = ~was & (score >= self.on)
+            now = (was & (quiet < self.clear_after)) | start
+            st["active"][s] = now
+            st["quiet"][s] = np.where(now, quiet, 0.0)
+            onset[positions] = start
+            active[positions] = now
+        return onset, active
+
+    def state(self) -> dict[str, FloatArray]:
+        return self._state.snapshot()
+
+    def restore(self, state: dict[str, FloatArray]) -> None:
+        self._state.restore(state, "AlertDecider")

@@ -1,0 +1,79 @@
+"""Range novelty: how far a reading goes beyond every value its series has shown so far.
+
+A value outside the whole range seen so far is the plainest sign that something new is
+happening (a spike, a level shift, a sensor gone wild), and on real benchmark data it is
+one of the strongest single signals. The excess is measured against the width of the range
+and mapped to [0, 1] so that an excess of ``margin`` times the range scores 0.5.
+
+No score during warm-up: the range means nothing until the series has shown at least
+``warmup_readings`` readings spanning ``warmup_s`` of device time (a day by default, so
+that a daily cycle has been seen once). Optionally the range forgets: with ``memory_s``
+its edges relax towards the recent mean with that time constant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from detectors.base import Detector, FloatArray, IntArray
+from detectors.registry import register
+
+
+@register
+class RangeNovelty(Detector):
+    name = "range_novelty"
+    state_fields: ClassVar[dict[str, float]] = {
+        "lo": math.inf,
+        "hi": -math.inf,
+        "n": 0.0,
+        "t_first": math.nan,
+        "t_last": math.nan,
+        "mean": 0.0,
+    }
+
+    def __init__(
+        self,
+        *,
+        margin: float = 0.01,
+        warmup_s: float = 86_400.0,
+        warmup_readings: int = 30,
+        memory_s: float | None = None,
+    ) -> None:
+        super().__init__()
+        if margin <= 0 or warmup_s < 0 or warmup_readings < 1:
+            raise ValueError("margin > 0, warmup_s >= 0 and warmup_readings >= 1 required")
+        if memory_s is not None and memory_s <= 0:
+            raise ValueError("memory_s must be > 0")
+        self.margin = margin
+        self.warmup_s = warmup_s
+        self.warmup_readings = warmup_readings
+        self.memory_s = memory_s
+
+    def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
+        st = self._state
+        lo, hi, n = st["lo"][series], st["hi"][series], st["n"][series]
+        first = n == 0
+        t_first = np.where(first, t, st["t_first"][series])
+        mean = np.where(first, x, st["mean"][series])
+        if self.memory_s is not None:
+            dt = np.where(first, 0.0, np.maximum(t - st["t_last"][series], 0.0))
+            keep = np.exp(-dt / self.memory_s)
+            lo = np.where(first, lo, mean - (mean - lo) * keep)
+            hi = np.where(first, hi, mean + (hi - mean) * keep)
+        width = hi - lo
+        scale = np.maximum(width, 1e-9 + 1e-6 * np.maximum(np.abs(hi), np.abs(lo)))
+        excess = np.maximum(np.maximum(x - hi, lo - x), 0.0)
+        ratio = np.where(np.isfinite(scale), excess / np.where(np.isfinite(scale), scale, 1.0), 0.0)
+        warm = (n >= self.warmup_readings) & (t - t_first >= self.warmup_s)
+        scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
+
+        st["lo"][series] = np.minimum(lo, x)
+        st["hi"][series] = np.maximum(hi, x)
+        st["n"][series] = n + 1
+        st["t_first"][series] = t_first
+        st["t_last"][series] = t
+        st["mean"][series] = mean + 0.01 * (x - mean)
+        return scores

@@ -1,0 +1,96 @@
+"""One contract, every registered detector (river's pattern): whatever it detects, it must
+score in [0, 1], never look ahead, be batch-invariant, and survive save and restore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import detectors  # noqa: F401 - registers every detector
+from detectors.base import split_rounds
+from detectors.registry import DETECTORS, UnknownDetectorError, create
+
+NAMES = sorted(DETECTORS)
+
+
+def workload(seed: int = 5, series: int = 7, per_series: int = 400):
+    rng = np.random.default_rng(seed)
+    sid = np.repeat(np.arange(series), per_series)
+    t = np.tile(np.arange(per_series) * 300.0, series) + 1.7e9
+    x = np.sin(t / 3600) * 10 + rng.normal(0, 1, len(t)) + sid * 5
+    x[sid == 2] = 3.0  # a flat series
+    x[(sid == 3) & (np.arange(len(t)) % per_series == 350)] = 500.0  # a spike
+    x[(sid == 4) & (np.arange(len(t)) % per_series == 100)] = np.nan
+    order = np.lexsort((sid, t))  # interleaved by time, as the collector sees them
+    return sid[order], t[order], x[order]
+
+
+def test_registry_knows_detectors_and_refuses_unknown_names() -> None:
+    assert "range_novelty" in DETECTORS
+    with pytest.raises(UnknownDetectorError, match="range_novelty"):
+        create("no_such_detector")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scores_are_in_unit_interval_and_nan_scores_zero(name: str) -> None:
+    sid, t, x = workload()
+    scores = create(name).score(sid, t, x)
+    assert scores.shape == x.shape
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert np.all(scores[np.isnan(x)] == 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batching_does_not_change_scores(name: str) -> None:
+    sid, t, x = workload()
+    whole = create(name).score(sid, t, x)
+    detector = create(name)
+    pieces = [
+        detector.score(sid[a : a + 97], t[a : a + 97], x[a : a + 97]) for a in range(0, len(x), 97)
+    ]
+    np.testing.assert_allclose(np.concatenate(pieces), whole)
+    # one series at a time gives the same as interleaved
+    detector = create(name)
+    alone = np.empty_like(whole)
+    for s in np.unique(sid):
+        mask = sid == s
+        alone[mask] = detector.score(sid[mask], t[mask], x[mask])
+    np.testing.assert_allclose(alone, whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_look_ahead(name: str) -> None:
+    sid, t, x = workload()
+    full = create(name).score(sid, t, x)
+    changed = x.copy()
+    changed[len(x) // 2 :] *= -3  # the future changes ...
+    prefix = create(name).score(sid, t, changed)
+    np.testing.assert_allclose(prefix[: len(x) // 2], full[: len(x) // 2])  # ... the past not
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_and_restore_continue_exactly(name: str) -> None:
+    sid, t, x = workload()
+    whole = create(name).score(sid, t, x)
+    first = create(name)
+    half = len(x) // 2
+    head = first.score(sid[:half], t[:half], x[:half])
+    saved = {k: v.copy() for k, v in first.state().items()}
+    second = create(name)
+    second.restore(saved)
+    tail = second.score(sid[half:], t[half:], x[half:])
+    np.testing.assert_allclose(np.concatenate([head, tail]), whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_spike_after_warmup_scores_high(name: str) -> None:
+    sid, t, x = workload()
+    scores = create(name).score(sid, t, x)
+    spike = np.flatnonzero(x == 500.0)
+    assert scores[spike].min() >= 0.5
+
+
+def test_split_rounds_keeps_each_series_in_order() -> None:
+    sid = np.array([3, 1, 3, 3, 1, 0])
+    rounds = split_rounds(sid)
+    assert [r.tolist() for r in rounds] == [[0, 1, 5], [2, 4], [3]]

@@ -6,4 +6,6 @@ scores become alerts (``detectors.decide``). Detectors are found by configuratio
 package never imports ``collector``.
 """
 
-from detectors import novelty as _novelty  # noqa: F401 - registers its detector
+# Importing each detector module registers its detectors.
+from detectors import auto as _auto  # noqa: F401
+from detectors import novelty as _novelty  # noqa: F401

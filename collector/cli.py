@@ -99,6 +99,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return run_simulator_cli(args)
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from collector.backtest import backtest  # noqa: PLC0415
+    from detectors.chain import Chain  # noqa: PLC0415
+    from detectors.registry import UnknownDetectorError  # noqa: PLC0415
+
+    try:
+        chain = Chain.from_config(args.detector)
+    except UnknownDetectorError as exc:
+        raise ConfigError(str(exc)) from None
+    summary = backtest(args.input, args.out, chain, show_progress=not args.quiet)
+    print(
+        f"{summary['files']} file(s), {summary['rows']} rows, {summary['alerts']} alert(s) "
+        f"-> {args.out}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from collector.demo import run_demo  # noqa: PLC0415
 
@@ -133,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="simulated field devices publishing over MQTT")
     add_simulator_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
+
+    backtest = sub.add_parser(
+        "backtest", help="what would the detectors have raised on these CSV series?"
+    )
+    backtest.add_argument("input", type=Path, help="a timestamp,value CSV or a directory of them")
+    backtest.add_argument("--out", type=Path, required=True, help="directory for the results")
+    backtest.add_argument("--detector", default="auto", help="detector name (default: auto)")
+    backtest.add_argument("--quiet", action="store_true", help="no progress bar")
+    backtest.set_defaults(func=cmd_backtest)
 
     demo = sub.add_parser("demo", help="broker, InfluxDB, collector and simulator, all local")
     demo.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")

@@ -34,13 +34,19 @@ class AutoDetector(Detector):
         margin: float = 0.01,
         warmup_s: float = 86_400.0,
         warmup_readings: int = 30,
+        warmup_enough_readings: int = 400,
     ) -> None:
         super().__init__()
         if span < 1:
             raise ValueError("span must be >= 1")
         self.alpha = 2.0 / (span + 1.0)
         self.raw, self.smooth = (
-            RangeNovelty(margin=margin, warmup_s=warmup_s, warmup_readings=warmup_readings)
+            RangeNovelty(
+                margin=margin,
+                warmup_s=warmup_s,
+                warmup_readings=warmup_readings,
+                warmup_enough_readings=warmup_enough_readings,
+            )
             for _ in range(2)
         )
 

@@ -7,7 +7,8 @@ and mapped to [0, 1] so that an excess of ``margin`` times the range scores 0.5.
 
 No score during warm-up: the range means nothing until the series has shown at least
 ``warmup_readings`` readings spanning ``warmup_s`` of device time (a day by default, so
-that a daily cycle has been seen once). Optionally the range forgets: with ``memory_s``
+that a daily cycle has been seen once), or ``warmup_enough_readings`` readings, whichever
+comes first (a fast sensor, 1 Hz say, has shown its range long before a day is over). Optionally the range forgets: with ``memory_s``
 its edges relax towards the recent mean with that time constant.
 """
 
@@ -40,6 +41,7 @@ class RangeNovelty(Detector):
         margin: float = 0.01,
         warmup_s: float = 86_400.0,
         warmup_readings: int = 30,
+        warmup_enough_readings: int = 400,
         memory_s: float | None = None,
     ) -> None:
         super().__init__()
@@ -50,6 +52,7 @@ class RangeNovelty(Detector):
         self.margin = margin
         self.warmup_s = warmup_s
         self.warmup_readings = warmup_readings
+        self.warmup_enough_readings = max(warmup_enough_readings, warmup_readings)
         self.memory_s = memory_s
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
@@ -67,7 +70,9 @@ class RangeNovelty(Detector):
         scale = np.maximum(width, 1e-9 + 1e-6 * np.maximum(np.abs(hi), np.abs(lo)))
         excess = np.maximum(np.maximum(x - hi, lo - x), 0.0)
         ratio = np.where(np.isfinite(scale), excess / np.where(np.isfinite(scale), scale, 1.0), 0.0)
-        warm = (n >= self.warmup_readings) & (t - t_first >= self.warmup_s)
+        warm = (n >= self.warmup_readings) & (
+            (t - t_first >= self.warmup_s) | (n >= self.warmup_enough_readings)
+        )
         scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
 
         st["lo"][series] = np.minimum(lo, x)

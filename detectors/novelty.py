@@ -8,8 +8,9 @@ and mapped to [0, 1] so that an excess of ``margin`` times the range scores 0.5.
 No score during warm-up: the range means nothing until the series has shown at least
 ``warmup_readings`` readings spanning ``warmup_s`` of device time (a day by default, so
 that a daily cycle has been seen once), or ``warmup_enough_readings`` readings, whichever
-comes first (a fast sensor, 1 Hz say, has shown its range long before a day is over). Optionally the range forgets: with ``memory_s``
-its edges relax towards the recent mean with that time constant.
+comes first (a fast sensor, 1 Hz say, has shown its range long before a day is over).
+Optionally the range forgets: with ``memory_s`` its edges relax towards the recent mean
+with that time constant.
 """
 
 from __future__ import annotations

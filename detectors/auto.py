@@ -35,6 +35,7 @@ class AutoDetector(Detector):
         warmup_s: float = 86_400.0,
         warmup_readings: int = 30,
         warmup_enough_readings: int = 400,
+        noise_multiple: float = 0.0,
     ) -> None:
         super().__init__()
         if span < 1:
@@ -46,6 +47,7 @@ class AutoDetector(Detector):
                 warmup_s=warmup_s,
                 warmup_readings=warmup_readings,
                 warmup_enough_readings=warmup_enough_readings,
+                noise_multiple=noise_multiple,
             )
             for _ in range(2)
         )

@@ -9,8 +9,11 @@ No score during warm-up: the range means nothing until the series has shown at l
 ``warmup_readings`` readings spanning ``warmup_s`` of device time (a day by default, so
 that a daily cycle has been seen once), or ``warmup_enough_readings`` readings, whichever
 comes first (a fast sensor, 1 Hz say, has shown its range long before a day is over).
-Optionally the range forgets: with ``memory_s`` its edges relax towards the recent mean
-with that time constant.
+With ``noise_multiple`` > 0 the excess must also be that many times the series' typical
+step (an EW mean of |x_t - x_t-1|) to score 0.5: fewer alerts from noise setting small
+records on short or noisy series, at the cost of later detections (measured in
+bench/detectors.py: off by default). Optionally the range forgets: with ``memory_s`` its
+edges relax towards the recent mean with that time constant.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from detectors.registry import register
 class RangeNovelty(Detector):
     name = "range_novelty"
     state_fields: ClassVar[dict[str, float]] = {
+        "noise": 0.0,
+        "previous": math.nan,
         "lo": math.inf,
         "hi": -math.inf,
         "n": 0.0,
@@ -43,6 +48,7 @@ class RangeNovelty(Detector):
         warmup_s: float = 86_400.0,
         warmup_readings: int = 30,
         warmup_enough_readings: int = 400,
+        noise_multiple: float = 0.0,
         memory_s: float | None = None,
     ) -> None:
         super().__init__()
@@ -55,6 +61,7 @@ class RangeNovelty(Detector):
         self.warmup_readings = warmup_readings
         self.warmup_enough_readings = max(warmup_enough_readings, warmup_readings)
         self.memory_s = memory_s
+        self.noise_multiple = noise_multiple
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state
@@ -68,7 +75,10 @@ class RangeNovelty(Detector):
             lo = np.where(first, lo, mean - (mean - lo) * keep)
             hi = np.where(first, hi, mean + (hi - mean) * keep)
         width = hi - lo
+        noise = st["noise"][series]
         scale = np.maximum(width, 1e-9 + 1e-6 * np.maximum(np.abs(hi), np.abs(lo)))
+        if self.noise_multiple > 0:
+            scale = np.maximum(scale, self.noise_multiple * noise / self.margin)
         excess = np.maximum(np.maximum(x - hi, lo - x), 0.0)
         ratio = np.where(np.isfinite(scale), excess / np.where(np.isfinite(scale), scale, 1.0), 0.0)
         warm = (n >= self.warmup_readings) & (
@@ -82,4 +92,7 @@ class RangeNovelty(Detector):
         st["t_first"][series] = t_first
         st["t_last"][series] = t
         st["mean"][series] = mean + 0.01 * (x - mean)
+        step = np.abs(x - st["previous"][series])
+        st["noise"][series] = np.where(np.isnan(step), noise, noise + 0.01 * (step - noise))
+        st["previous"][series] = x
         return scores

@@ -9,3 +9,4 @@ package never imports ``collector``.
 # Importing each detector module registers its detectors.
 from detectors import auto as _auto  # noqa: F401
 from detectors import novelty as _novelty  # noqa: F401
+from detectors.rules import threshold as _threshold  # noqa: F401

@@ -1,0 +1,1 @@
+"""Rule detectors: what operators configure per family, quantity, unit or device."""

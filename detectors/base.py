@@ -103,6 +103,9 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
+    # "statistical" detectors learn what is normal; "rule" detectors apply configured limits
+    # and come with their own decider (``decider()``), which knows their colours.
+    kind: ClassVar[str] = "statistical"
     state_fields: ClassVar[dict[str, float]] = {}
 
     def __init__(self) -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detectors.base import Detector
 from detectors.levels import COLOURS
+from detectors.rules.capacity import CapacityRule
+from detectors.rules.flatline import FlatlineRule
+from detectors.rules.out_of_range import OutOfRangeRule
+from detectors.rules.rate import RateRule
 from detectors.rules.threshold import ThresholdRule
 
 
-def run(rule: ThresholdRule, values: list[float], step_s: float = 10.0):
+def run(rule: Detector, values: list[float], step_s: float = 10.0):
     x = np.array(values, dtype=np.float64)
     sid = np.zeros(len(x), dtype=np.int64)
     t = 1.7e9 + np.arange(len(x)) * step_s
@@ -92,3 +97,61 @@ def test_each_series_keeps_its_own_level() -> None:
 def test_bad_rules_are_refused(levels, clear, message) -> None:
     with pytest.raises(ValueError, match=message):
         ThresholdRule(levels=levels, clear=clear)
+
+
+def test_rate_catches_a_fast_rise_below_every_level() -> None:
+    # % LEL, one reading every 10 s: steady, then +1 % LEL per reading (6 %/min) from 3 %
+    rise = RateRule(levels={"yellow": 3.0, "orange": 5.0}, clear={"yellow": 1.0}, window_s=30)
+    steady = [3.0] * 12
+    climbing = [3.0 + k for k in range(1, 11)]  # reaches 13 % LEL: no gas level crossed yet
+    colours, out = run(rise, steady + climbing + [13.0] * 12)
+    assert set(colours[:12]) == {"green"}
+    first = colours.index("yellow")
+    assert 12 <= first <= 14  # within a few readings of the rise starting
+    assert "orange" in colours[12:22]
+    assert colours[-1] == "green"  # the trend is over: cleared
+    assert int(out.onset.sum()) == 1
+
+
+def test_rate_ignores_a_single_noisy_step() -> None:
+    rise = RateRule(levels={"yellow": 3.0}, window_s=60)
+    colours, _ = run(rise, [3.0] * 10 + [3.6] + [3.0] * 10)  # one jump of +0.6 in 10 s
+    assert set(colours) == {"green"}
+
+
+def test_flatline_after_the_duration_and_clears_when_the_value_moves() -> None:
+    stuck = FlatlineRule(duration_s=60, tolerance=0.01)
+    jitter = [10.0, 10.2, 9.9, 10.3]
+    frozen = [10.1] * 9  # 80 s without a change beyond the tolerance
+    colours, out = run(stuck, jitter + frozen + [10.5, 10.4])
+    assert colours[:10] == ["green"] * 10
+    assert colours[10:13] == ["yellow"] * 3
+    assert colours[-2:] == ["green", "green"]
+    assert int(out.onset.sum()) == 1
+
+
+def test_out_of_range_flags_impossible_values_only() -> None:
+    lel = OutOfRangeRule(minimum=0.0, maximum=100.0)
+    colours, _ = run(lel, [0.0, 55.0, 100.0, 140.0, -1.0, 3.0])
+    assert colours == ["green", "green", "green", "blue", "blue", "green"]
+
+
+def test_capacity_ratio_uses_each_sites_capacity() -> None:
+    crowd = CapacityRule(
+        levels={"yellow": 0.7, "orange": 0.85, "red": 1.0},
+        clear={"yellow": 0.6, "orange": 0.8, "red": 0.95},
+    )
+    crowd.set_capacity([0, 1], [800, 3000])  # a checkpoint and a garden
+    sid = np.array([0, 1, 0, 1, 0, 1, 2])
+    people = np.array([500, 2000, 700, 2600, 820, 3100, 10_000], dtype=np.float64)
+    t = 1.7e9 + np.arange(len(sid)) * 10.0
+    out = crowd.decider().decide(sid, t, crowd.score(sid, t, people))
+    assert [COLOURS[k] for k in out.level] == [
+        "green",
+        "green",
+        "orange",
+        "orange",
+        "red",
+        "red",
+        "green",  # no capacity known for series 2: no judgement
+    ]

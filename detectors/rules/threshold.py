@@ -31,6 +31,7 @@ BAND = 0.2 * 0.995  # a level's scores stay inside its colour's band
 @register
 class ThresholdRule(Detector):
     name = "threshold"
+    kind = "rule"
 
     def __init__(
         self,
@@ -58,7 +59,8 @@ class ThresholdRule(Detector):
         self.width = spread if spread > 0 else max(abs(self.edges[0]), 1.0)
         self.for_s = float(for_s)
         clear = dict(clear or {})
-        self.clear_points = [RAISE_AT[k] - 0.02 for k in range(4)]  # decider defaults
+        # Without a clear value a level clears at its own threshold: no hysteresis.
+        self.clear_points = list(RAISE_AT)
         for colour, value in clear.items():
             level = colour_level(colour)
             if level not in self.levels:
@@ -67,12 +69,12 @@ class ThresholdRule(Detector):
             if self.sign * value >= threshold:
                 raise ValueError(f"{colour} must clear below its threshold (hysteresis)")
             self.clear_points[level - 1] = float(self.map(np.array([value]))[0])
-        # levels without a threshold of their own are reached and left with the next one
+        # A colour without a threshold of its own is reached and left with the next one.
         for k in range(4):
             if k + 1 not in self.levels:
                 higher = [lv for lv in self.levels if lv > k + 1]
                 if higher:
-                    self.clear_points[k] = self.clear_points[higher[0] - 1]
+                    self.clear_points[k] = min(RAISE_AT[k], self.clear_points[higher[0] - 1])
 
     def map(self, values: FloatArray) -> FloatArray:
         """Scores of raw values (monotone in the dangerous direction)."""

@@ -155,3 +155,56 @@ def test_capacity_ratio_uses_each_sites_capacity() -> None:
         "red",
         "green",  # no capacity known for series 2: no judgement
     ]
+
+
+def test_silence_on_device_time_with_allowance_and_late_data() -> None:
+    from detectors.rules.silence import SilenceWatch
+
+    watch = SilenceWatch(timeout_s=60, allowance_s=30)
+    watch.observe([0, 1], [1000.0, 1000.0])
+    assert watch.check(1080).silent.tolist() == []  # 80 s: inside timeout + allowance
+    report = watch.check(1100)
+    assert report.silent.tolist() == [0, 1]
+    assert report.started.tolist() == [0, 1]
+    # late data: a backlog with old device times does not make the device look alive ...
+    watch.observe([0, 0], [900.0, 950.0])
+    assert watch.check(1101).silent.tolist() == [0, 1]
+    assert watch.check(1101).started.tolist() == []  # ... and is not reported again
+    # ... but fresh readings do
+    watch.observe([0], [1095.0])
+    report = watch.check(1110)
+    assert report.silent.tolist() == [1]
+    assert report.recovered.tolist() == [0]
+
+
+def test_silence_learns_each_series_interval() -> None:
+    from detectors.rules.silence import SilenceWatch
+
+    watch = SilenceWatch(interval_multiple=5, minimum_s=10, allowance_s=0)
+    fast = np.arange(0, 100, 2.0)  # every 2 s: silent after 10 s (the minimum)
+    slow = np.arange(0, 100, 20.0)  # every 20 s: silent after 100 s
+    watch.observe(np.r_[np.zeros(len(fast)), np.ones(len(slow))].astype(int), np.r_[fast, slow])
+    assert watch.check(98 + 11).silent.tolist() == [0]
+    assert watch.check(80 + 101).silent.tolist() == [0, 1]
+
+
+def test_a_silent_gateway_is_one_alert_not_fifty() -> None:
+    from detectors.rules.silence import SilenceWatch
+
+    watch = SilenceWatch(timeout_s=60, allowance_s=0)
+    behind_gateway = np.arange(50)
+    watch.set_groups(behind_gateway, np.zeros(50))
+    watch.set_groups([50], [-1])  # a device with its own connection
+    watch.observe(np.arange(51), np.full(51, 1000.0))
+    report = watch.check(1100)  # everything went quiet at once
+    assert report.silent_groups.tolist() == [0]
+    assert report.groups_started.tolist() == [0]
+    assert report.silent.tolist() == [50]  # only the device outside the gateway
+
+    # the gateway is back, but three of its devices are not: those are device problems
+    watch.observe(np.arange(3, 50), np.full(47, 1150.0))
+    report = watch.check(1160)
+    assert report.silent_groups.tolist() == []
+    assert report.groups_recovered.tolist() == [0]
+    assert report.silent.tolist() == [0, 1, 2, 50]
+    assert report.started.tolist() == [0, 1, 2]

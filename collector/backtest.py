@@ -96,15 +96,17 @@ def run_chain(
     score = np.zeros(len(flat))
     onset = np.zeros(len(flat), dtype=bool)
     active = np.zeros(len(flat), dtype=bool)
+    cleared = np.zeros(len(flat), dtype=bool)
     for start in range(0, len(flat), CHUNK_ROWS):
         part = flat[start : start + CHUNK_ROWS]
         out = chain.process(sid[start : start + CHUNK_ROWS], t[part], x[part])
         score[part], onset[part], active[part] = out.score, out.onset, out.active
+        cleared[part] = out.cleared
         if progress is not None:
             progress(len(part))
     return [
-        ChainOutput(score[o : o + len(s.x)], onset[o : o + len(s.x)], active[o : o + len(s.x)])
-        for o, s in zip(offsets, series, strict=True)
+        ChainOutput(score[o : o + n], onset[o : o + n], active[o : o + n], cleared[o : o + n])
+        for o, n in zip(offsets, (len(s.x) for s in series), strict=True)
     ]
 
 

@@ -56,18 +56,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from collector.rules import RuleBook  # noqa: PLC0415
+
     settings = load_settings(args.path)
-    holder = _registry(settings)
-    registry = holder.current
+    registry = _registry(settings).current
+    book = RuleBook.load(settings.detection.rules)
+    endpoint = settings.mqtt.endpoint
     print(f"{args.path}: OK")
-    print(
-        f"  mqtt:     {settings.mqtt.endpoint.host}:{settings.mqtt.endpoint.port}"
-        f"{' (TLS)' if settings.mqtt.endpoint.tls else ''}"
-    )
+    print(f"  mqtt:     {endpoint.host}:{endpoint.port}{' (TLS)' if endpoint.tls else ''}")
     print(f"  influx:   {settings.influx.url.split('@')[-1]} database {settings.influx.database!r}")
     print(
         f"  registry: {settings.registry.path or '(none)'}: "
         f"{len(registry.units)} units, {len(registry.devices)} devices"
+    )
+    print(
+        f"  rules:    {len(book.rules)} from {len(settings.detection.rules)} file(s); "
+        f"statistical chain: {settings.detection.statistical or 'none'}"
     )
     return 0
 

@@ -143,6 +143,32 @@ class RegistrySettings(_Section):
     reload_interval_s: PositiveFloat = 2.0
 
 
+class SilenceSettings(_Section):
+    enabled: bool = True
+    check_interval_s: PositiveFloat = 10.0
+    timeout_s: PositiveFloat | None = None
+    interval_multiple: PositiveFloat = 5.0
+    minimum_s: Annotated[float, Field(ge=0)] = 120.0
+    allowance_s: Annotated[float, Field(ge=0)] = 60.0
+
+
+class DetectionSettings(_Section):
+    enabled: bool = True
+    rules: list[Path] = []
+    statistical: str | None = "auto"
+    statistical_colour: Literal["blue", "yellow", "orange", "red"] = "yellow"
+    silence: SilenceSettings = SilenceSettings()
+
+    @field_validator("statistical")
+    @classmethod
+    def _known_detector(cls, name: str | None) -> str | None:
+        from detectors.registry import DETECTORS  # noqa: PLC0415 - detectors register on import
+
+        if name and name not in DETECTORS:
+            raise ValueError(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
+        return name or None
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -155,6 +181,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     http: HttpSettings = HttpSettings()
     registry: RegistrySettings = RegistrySettings()
+    detection: DetectionSettings = DetectionSettings()
     logging: LoggingSettings = LoggingSettings()
     data_dir: Path = Path("data")
 
@@ -211,6 +238,9 @@ def _resolve_relative(settings: Settings, base: Path) -> Settings:
     updates: dict[str, Any] = {}
     if registry_path is not None and not registry_path.is_absolute():
         updates["registry"] = settings.registry.model_copy(update={"path": base / registry_path})
+    rules = [path if path.is_absolute() else base / path for path in settings.detection.rules]
+    if rules != settings.detection.rules:
+        updates["detection"] = settings.detection.model_copy(update={"rules": rules})
     return settings.model_copy(update=updates) if updates else settings
 
 

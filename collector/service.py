@@ -25,15 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from collector.config import Settings
+from collector.detection import DetectionEngine, DetectionEvent
 from collector.errors import RetryableStoreError
 from collector.influx import InfluxClient
-from collector.lineprotocol import encode_line
+from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.protocol import (
@@ -43,6 +45,7 @@ from collector.protocol import (
     TOPIC_ROOT,
     Decoder,
     Limits,
+    Reading,
     Rejection,
     Topic,
     parse_topic,
@@ -50,10 +53,14 @@ from collector.protocol import (
     status_line,
 )
 from collector.registry import Registry, RegistryHolder
+from collector.rules import RuleBook
+from detectors.levels import COLOURS
+from detectors.rules.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
 
 STATS_MEASUREMENT = "smartunit_ingest"
+DETECTIONS_MEASUREMENT = "detections"
 REJECTIONS_MEASUREMENT = "smartunit_rejections"
 
 
@@ -67,6 +74,8 @@ class IngestStats:
     batches_written: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
     lines_dropped: Counter[str] = field(default_factory=Counter)
+    detections: Counter[str] = field(default_factory=Counter)
+    detection_errors: int = 0
 
     @property
     def rejected(self) -> int:
@@ -83,6 +92,8 @@ class IngestStats:
             "rejected": self.rejected,
             "rejections": dict(self.rejections),
             "lines_dropped": dict(self.lines_dropped),
+            "detections": dict(self.detections),
+            "detection_errors": self.detection_errors,
         }
 
 
@@ -90,6 +101,7 @@ class IngestStats:
 class Batch:
     lines: list[str] = field(default_factory=list)
     messages: list[Inbound] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -116,6 +128,7 @@ class Collector:
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(ingest.write_queue_batches)
         self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
         self._stopping = asyncio.Event()
+        self.engine = build_engine(settings) if settings.detection.enabled else None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -130,6 +143,7 @@ class Collector:
                 self.registry.watch(self.settings.registry.reload_interval_s), name="registry"
             ),
             asyncio.create_task(self._stats_loop(), name="stats"),
+            asyncio.create_task(self._silence_loop(), name="silence"),
         ]
         decode, write = tasks[0], tasks[1]
         stop_wait = asyncio.create_task(stop.wait())
@@ -189,6 +203,7 @@ class Collector:
                 batch.messages and time.monotonic() - batch.started >= flush_s
             )
             if batch.messages and (due or stopping):
+                self._detect(batch, registry)
                 await self._queue.put(batch)
                 batch = Batch()
             if stopping and not self.source.backlog:
@@ -215,6 +230,7 @@ class Collector:
             self._reject(rejection, message)
         for reading in result.readings:
             batch.lines.append(reading_line(reading, registry))
+        batch.readings.extend(result.readings)
         self.stats.readings_accepted += len(result.readings)
 
     def _decode_status(
@@ -247,6 +263,47 @@ class Collector:
             rejection.to_json(message.topic, message.received_ms),
             qos=1,
         )
+
+    # -- detect ----------------------------------------------------------------------------
+
+    def _detect(self, batch: Batch, registry: Registry) -> None:
+        if self.engine is None or not batch.readings:
+            return
+        try:
+            events = self.engine.process(batch.readings, registry)
+        except Exception:  # a detection bug must never cost a stored reading
+            self.stats.detection_errors += 1
+            log.exception("detection failed for a batch; its readings are stored regardless")
+            return
+        batch.lines.extend(self._record(events, registry))
+
+    def _record(self, events: list[DetectionEvent], registry: Registry) -> list[str]:
+        for event in events:
+            self.stats.detections[event.kind] += 1
+            log.info(
+                "detection",
+                extra={
+                    "kind": event.kind,
+                    "detector": event.detector,
+                    "device": event.device,
+                    "quantity": event.quantity,
+                    "colour": event.colour,
+                    "previous_colour": event.previous_colour,
+                    "value": event.value,
+                },
+            )
+        return [detection_line(event, registry) for event in events]
+
+    async def _silence_loop(self) -> None:
+        silence = self.settings.detection.silence
+        if self.engine is None or not silence.enabled:
+            return
+        while True:
+            await asyncio.sleep(silence.check_interval_s)
+            registry = self.registry.current
+            events = self.engine.check_silence(time.time(), registry)
+            if events:
+                await self._queue.put(Batch(lines=self._record(events, registry)))
 
     # -- write -----------------------------------------------------------------------------
 
@@ -327,6 +384,45 @@ class Collector:
         ]
         with contextlib.suppress(RetryableStoreError):
             await self.influx.write_lines(lines)
+
+
+def build_engine(settings: Settings) -> DetectionEngine:
+    detection = settings.detection
+    silence = detection.silence
+    return DetectionEngine(
+        RuleBook.load(detection.rules),
+        statistical=detection.statistical,
+        statistical_colour=detection.statistical_colour,
+        silence=SilenceWatch(
+            timeout_s=silence.timeout_s,
+            interval_multiple=silence.interval_multiple,
+            minimum_s=silence.minimum_s,
+            allowance_s=silence.allowance_s,
+        ),
+    )
+
+
+def detection_line(event: DetectionEvent, registry: Registry) -> str:
+    """A detection as a point of measurement ``detections``, placed like its readings."""
+    extra = {
+        "detector": event.detector,
+        "colour": event.colour,
+        "kind": event.kind,
+        "family": event.family,
+        "quantity": event.quantity,
+    }
+    if event.family == "gateway":
+        tags = encode_tags({"device": event.device, **extra})
+    else:
+        tags = f"{registry.placement(event.device).tags},{encode_tags(extra)}"
+    fields: dict[str, int | float | str] = {
+        "level": COLOURS.index(event.colour),
+        "previous_colour": event.previous_colour,
+        "score": event.score,
+    }
+    if math.isfinite(event.value):
+        fields["value"] = event.value
+    return encode_line(DETECTIONS_MEASUREMENT, tags, fields, event.ts_ms)
 
 
 def collector_status_topic(client_id: str) -> str:

@@ -21,6 +21,7 @@ class ChainOutput:
     score: FloatArray
     onset: BoolArray  # the reading that raises an alert
     active: BoolArray  # every reading while an alert is open
+    cleared: BoolArray  # the reading on which an open alert closes
 
 
 class Chain:
@@ -36,8 +37,8 @@ class Chain:
 
     def process(self, series: Any, t: Any, x: Any) -> ChainOutput:
         score = self.detector.score(series, t, x)
-        onset, active = self.decider.decide(series, t, score)
-        return ChainOutput(score, onset, active)
+        decision = self.decider.decide(series, t, score)
+        return ChainOutput(score, decision.onset, decision.active, decision.cleared)
 
     def state(self) -> dict[str, FloatArray]:
         out = {f"detector.{k}": v for k, v in self.detector.state().items()}

@@ -7,6 +7,7 @@ episode, not one per noisy reading above the line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,13 @@ from detectors.base import FloatArray, SeriesState, as_batch, split_rounds
 BoolArray = NDArray[np.bool_]
 
 
+@dataclass(frozen=True)
+class Decision:
+    onset: BoolArray  # the reading that opens an alert
+    active: BoolArray  # every reading while an alert is open
+    cleared: BoolArray  # the reading on which an open alert closes
+
+
 class AlertDecider:
     def __init__(self, *, on: float = 0.5, off: float | None = None, clear_after: int = 20) -> None:
         off = on if off is None else off
@@ -25,13 +33,14 @@ class AlertDecider:
         self.on, self.off, self.clear_after = on, off, clear_after
         self._state = SeriesState({"active": 0.0, "quiet": 0.0})
 
-    def decide(self, series: Any, t: Any, scores: Any) -> tuple[BoolArray, BoolArray]:
-        """(onset, active) per reading: onset on the reading that opens an alert."""
+    def decide(self, series: Any, t: Any, scores: Any) -> Decision:
+        """Per reading: onset (opens an alert), active (an alert is open), cleared (closes)."""
         series, _, scores = as_batch(series, t, scores)
         onset = np.zeros(len(series), dtype=bool)
         active = np.zeros(len(series), dtype=bool)
+        cleared = np.zeros(len(series), dtype=bool)
         if len(series) == 0:
-            return onset, active
+            return Decision(onset, active, cleared)
         st = self._state
         st.grow(int(series.max()) + 1)
         for positions in split_rounds(series):
@@ -44,7 +53,8 @@ class AlertDecider:
             st["quiet"][s] = np.where(now, quiet, 0.0)
             onset[positions] = start
             active[positions] = now
-        return onset, active
+            cleared[positions] = was & ~now
+        return Decision(onset, active, cleared)
 
     def state(self) -> dict[str, FloatArray]:
         return self._state.snapshot()

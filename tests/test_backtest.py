@@ -70,7 +70,8 @@ def test_decider_opens_once_and_clears_after_quiet_readings() -> None:
     decider = AlertDecider(on=0.5, off=0.3, clear_after=3)
     scores = np.array([0.1, 0.6, 0.4, 0.7, 0.2, 0.2, 0.35, 0.2, 0.2, 0.2, 0.9])
     sid = np.zeros(len(scores), dtype=np.int64)
-    onset, active = decider.decide(sid, np.arange(len(scores)), scores)
-    assert onset.astype(int).tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    decision = decider.decide(sid, np.arange(len(scores)), scores)
+    assert decision.onset.astype(int).tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     # 0.4 and 0.35 stay above `off`: the alert holds; three readings below it clear it
-    assert active.astype(int).tolist() == [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
+    assert decision.active.astype(int).tolist() == [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
+    assert decision.cleared.astype(int).tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]

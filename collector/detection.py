@@ -1,0 +1,337 @@
+"""Detection inside the collector: every stored reading also goes through the detectors.
+
+Each (device, quantity) is one series. The statistical chain (``auto`` by default)
+watches every series; rules from the rule book watch the series they are selected for
+(family, quantity, unit, device). Detectors need each series in device-time order:
+readings older than the newest one already judged for their series (late data, a
+backlog overlapping what came live) are stored but not judged, and counted.
+
+Output: detection events, the moments a series changes colour (raised, changed,
+cleared), each with the rule or detector that decided it. The silence watch adds
+events for devices and gateways that stopped reporting (``check_silence``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from collector.protocol import Reading
+from collector.registry import Registry
+from collector.rules import RuleBook, RuleSpec
+from detectors.base import Detector
+from detectors.chain import Chain
+from detectors.levels import COLOURS, LevelDecider, colour_level
+from detectors.rules.capacity import CapacityRule
+from detectors.rules.silence import SilenceWatch
+
+log = logging.getLogger(__name__)
+
+# Fields that are bookkeeping, not measurements.
+NOT_QUANTITIES = frozenset({"seq", "capacity", "free", "interval_s"})
+STATISTICAL = "statistical"
+SILENT_DEVICE = "yellow"
+SILENT_GATEWAY = "orange"  # a gateway takes many devices with it
+
+
+EventKind = Literal["raised", "changed", "cleared", "silent", "resumed"]
+
+
+@dataclass(frozen=True)
+class DetectionEvent:
+    kind: EventKind
+    detector: str  # rule name, "statistical", or "silence"
+    device: str  # for a silent gateway: the gateway id
+    family: str
+    quantity: str
+    unit: str
+    colour: str
+    previous_colour: str
+    value: float
+    ts_ms: int
+    score: float = 0.0
+
+
+@dataclass
+class _RuleRunner:
+    spec: RuleSpec
+    detector: Detector
+    decider: LevelDecider
+    last_level: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _Series:
+    device: str
+    family: str
+    quantity: str
+
+
+class DetectionEngine:
+    def __init__(
+        self,
+        rules: RuleBook,
+        *,
+        statistical: str | None = "auto",
+        statistical_colour: str = "yellow",
+        silence: SilenceWatch | None = None,
+    ) -> None:
+        self.rules = rules
+        self.chain = Chain.from_config(statistical) if statistical else None
+        self.statistical_level = colour_level(statistical_colour)
+        self.silence = silence or SilenceWatch()
+        self._series: dict[tuple[str, str], int] = {}
+        self._info: list[_Series] = []
+        self._newest = np.full(0, -np.inf)
+        self._runners: dict[int, _RuleRunner] = {}  # by id(spec): specs live in the rule book
+        self._selection: dict[tuple[int, int], list[_RuleRunner]] = {}  # (series, registry)
+        self._registry = Registry.empty()
+        self._devices: dict[str, int] = {}
+        self._device_names: list[str] = []
+        self._gateway_names: list[str] = []
+        self._grouped_by: Registry | None = None
+        self._gateways: dict[str, int] = {}
+        self.late_readings = 0
+        self.judged_readings = 0
+
+    # -- series bookkeeping ----------------------------------------------------------------
+
+    def _series_id(self, device: str, family: str, quantity: str) -> int:
+        key = (device, quantity)
+        found = self._series.get(key)
+        if found is None:
+            found = len(self._info)
+            self._series[key] = found
+            self._info.append(_Series(device, family, quantity))
+        return found
+
+    def _device_id(self, device: str) -> int:
+        found = self._devices.get(device)
+        if found is None:
+            found = self._devices[device] = len(self._devices)
+            self._device_names.append(device)
+            self._grouped_by = None  # a new device may belong to a gateway
+        return found
+
+    def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
+        """Devices and gateways that went quiet, or came back, since the last check."""
+        if self._grouped_by is not registry:
+            gateways = [
+                registry.devices[d].gateway if d in registry.devices else None
+                for d in self._device_names
+            ]
+            names = sorted({g for g in gateways if g})
+            self._gateway_names = names
+            index = {g: i for i, g in enumerate(names)}
+            self.silence.set_groups(
+                np.arange(len(gateways)), [index[g] if g else -1 for g in gateways]
+            )
+            self._grouped_by = registry
+        report = self.silence.check(now_s)
+        ts_ms = round(now_s * 1000)
+        events: list[DetectionEvent] = []
+
+        def add(kind: EventKind, name: str, family: str, unit: str, colour: str) -> None:
+            previous = colour if kind == "resumed" else "green"
+            shown = "green" if kind == "resumed" else colour
+            events.append(
+                DetectionEvent(
+                    kind, "silence", name, family, "", unit, shown, previous, math.nan, ts_ms
+                )
+            )
+
+        for device_id in report.started.tolist() + report.recovered.tolist():
+            device = self._device_names[device_id]
+            known = registry.devices.get(device)
+            kind: EventKind = "silent" if device_id in report.started else "resumed"
+            add(
+                kind,
+                device,
+                known.family if known else "",
+                registry.placement(device).unit,
+                SILENT_DEVICE,
+            )
+        for group in report.groups_started.tolist() + report.groups_recovered.tolist():
+            kind = "silent" if group in report.groups_started else "resumed"
+            add(kind, self._gateway_names[group], "gateway", "", SILENT_GATEWAY)
+        return events
+
+    def _runners_for(self, series: int, registry: Registry) -> list[_RuleRunner]:
+        key = (series, id(registry))
+        found = self._selection.get(key)
+        if found is None:
+            info = self._info[series]
+            unit = registry.placement(info.device).unit
+            found = []
+            for spec in self.rules.rules_for(info.family, info.quantity, unit, info.device):
+                runner = self._runners.get(id(spec))
+                if runner is None:
+                    detector = spec.build()
+                    decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
+                    runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
+                found.append(runner)
+            if len(self._selection) > 1_000_000:
+                self._selection.clear()
+            self._selection[key] = found
+        return found
+
+    # -- the work --------------------------------------------------------------------------
+
+    def process(self, readings: Sequence[Reading], registry: Registry) -> list[DetectionEvent]:
+        """Judge a batch of readings; the events it causes, in device-time order."""
+        sid: list[int] = []
+        t: list[float] = []
+        x: list[float] = []
+        for reading in readings:
+            seconds = reading.ts_ms / 1000.0
+            for quantity, value in reading.fields.items():
+                if quantity in NOT_QUANTITIES:
+                    continue
+                sid.append(self._series_id(reading.device, reading.family, quantity))
+                t.append(seconds)
+                x.append(float(value))
+            self.silence.observe([self._device_id(reading.device)], [seconds])
+        if not sid:
+            return []
+        self._registry = registry
+        ids = np.array(sid, dtype=np.int64)
+        times = np.array(t)
+        values = np.array(x)
+        order = np.lexsort((times, ids))
+        ids, times, values = ids[order], times[order], values[order]
+        if len(self._newest) < len(self._info):
+            self._newest = np.concatenate(
+                [self._newest, np.full(len(self._info) - len(self._newest), -np.inf)]
+            )
+        # in time order per series, and never older than what was judged already
+        previous_in_batch = np.concatenate(([-np.inf], times[:-1]))
+        same_series = np.concatenate(([False], ids[1:] == ids[:-1]))
+        floor = np.where(
+            same_series, np.maximum(previous_in_batch, self._newest[ids]), self._newest[ids]
+        )
+        fresh = times > floor
+        self.late_readings += int((~fresh).sum())
+        ids, times, values = ids[fresh], times[fresh], values[fresh]
+        if len(ids) == 0:
+            return []
+        np.maximum.at(self._newest, ids, times)
+        self.judged_readings += len(ids)
+
+        events = self._statistical(ids, times, values)
+        events += self._rules(ids, times, values, registry)
+        events.sort(key=lambda e: e.ts_ms)
+        return events
+
+    def _statistical(
+        self, ids: np.ndarray, times: np.ndarray, values: np.ndarray
+    ) -> list[DetectionEvent]:
+        if self.chain is None:
+            return []
+        out = self.chain.process(ids, times, values)
+        events = []
+        level = self.statistical_level
+        cases: tuple[tuple[Literal["raised", "cleared"], np.ndarray, int, int], ...] = (
+            ("raised", out.onset, level, 0),
+            ("cleared", out.cleared, 0, level),
+        )
+        for kind, mask, colour, previous in cases:
+            for p in np.flatnonzero(mask):
+                events.append(
+                    self._event(
+                        kind=kind,
+                        detector=STATISTICAL,
+                        series=int(ids[p]),
+                        t=times[p],
+                        value=values[p],
+                        level=colour,
+                        previous=previous,
+                        score=float(out.score[p]),
+                    )
+                )
+        return events
+
+    def _rules(
+        self, ids: np.ndarray, times: np.ndarray, values: np.ndarray, registry: Registry
+    ) -> list[DetectionEvent]:
+        by_runner: dict[int, tuple[_RuleRunner, list[int]]] = {}
+        for position, series in enumerate(ids.tolist()):
+            for runner in self._runners_for(series, registry):
+                by_runner.setdefault(id(runner), (runner, []))[1].append(position)
+        events: list[DetectionEvent] = []
+        for runner, positions in by_runner.values():
+            chosen = np.array(positions, dtype=np.int64)
+            s, now, x = ids[chosen], times[chosen], values[chosen]
+            if isinstance(runner.detector, CapacityRule):
+                runner.detector.set_capacity(s, self._capacities(s, runner.spec, registry))
+            scores = runner.detector.score(s, now, x)
+            levels = runner.decider.decide(s, now, scores).level
+            if len(runner.last_level) < len(self._info):
+                grown = np.zeros(len(self._info), dtype=np.int64)
+                grown[: len(runner.last_level)] = runner.last_level
+                runner.last_level = grown
+            for k, series in enumerate(s.tolist()):
+                before, after = int(runner.last_level[series]), int(levels[k])
+                if before == after:
+                    continue
+                runner.last_level[series] = after
+                kind: Literal["raised", "changed", "cleared"] = (
+                    "raised" if before == 0 else "cleared" if after == 0 else "changed"
+                )
+                events.append(
+                    self._event(
+                        kind=kind,
+                        detector=runner.spec.name,
+                        series=series,
+                        t=now[k],
+                        value=x[k],
+                        level=after,
+                        previous=before,
+                        score=float(scores[k]),
+                    )
+                )
+        return events
+
+    def _capacities(self, series: np.ndarray, spec: RuleSpec, registry: Registry) -> np.ndarray:
+        out = np.full(len(series), np.nan)
+        for k, sid in enumerate(series.tolist()):
+            device = self._info[sid].device
+            placement = registry.placement(device)
+            unit = registry.units.get(placement.unit)
+            if spec.capacity_from == "safe_capacity" and unit is not None:
+                out[k] = unit.safe_capacity or np.nan
+            elif spec.capacity_from == "capacity":
+                out[k] = placement.capacity or np.nan
+        return out
+
+    def _event(
+        self,
+        *,
+        kind: Literal["raised", "changed", "cleared"],
+        detector: str,
+        series: int,
+        t: float,
+        value: float,
+        level: int,
+        previous: int,
+        score: float,
+    ) -> DetectionEvent:
+        info = self._info[series]
+        unit = self._registry.placement(info.device).unit
+        return DetectionEvent(
+            kind,
+            detector,
+            info.device,
+            info.family,
+            info.quantity,
+            unit,
+            COLOURS[level],
+            COLOURS[previous],
+            float(value),
+            round(float(t) * 1000),
+            score,
+        )

@@ -1,0 +1,116 @@
+"""Rule configuration: which detector watches which quantity, with what limits.
+
+Rules live in TOML files (``config/rules.presets.toml`` ships the domain presets); each
+``[[rules]]`` entry names a family, a quantity (``*`` for any), a detector from the
+registry and its parameters. Loading builds every detector once, so an unknown detector
+or a bad parameter fails at start and names the rule.
+
+Which rules apply to a series: per rule ``name``, the most specific match wins — a rule
+listing the device, over one listing the device's unit, over one listing neither; among
+equals, the later file (a user's file after the presets). ``enabled = false`` switches a
+rule off where it matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collector.config import format_validation_errors, read_toml
+from collector.errors import ConfigError
+from collector.lineprotocol import check_tag_text
+from detectors.base import Detector
+from detectors.registry import DETECTORS, create
+
+
+def _tag_text(name: str) -> str:
+    problem = check_tag_text(name)  # rule names become tags of stored detections
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+class RuleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, AfterValidator(_tag_text)]
+    description: str = ""
+    family: Literal["camera", "parking", "chem"]
+    quantity: str = Field(min_length=1)
+    detector: str
+    params: dict[str, Any] = {}
+    units: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    enabled: bool = True
+    capacity_from: Literal["safe_capacity", "capacity"] | None = None
+
+    @model_validator(mode="after")
+    def _buildable(self) -> RuleSpec:
+        if self.detector not in DETECTORS:
+            known = ", ".join(sorted(DETECTORS))
+            raise ValueError(f"unknown detector {self.detector!r}; known: {known}")
+        if (self.detector == "capacity") != (self.capacity_from is not None):
+            raise ValueError("capacity rules, and only they, need capacity_from")
+        try:
+            self.build()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"params: {exc}") from None
+        return self
+
+    def build(self) -> Detector:
+        return create(self.detector, **self.params)
+
+    def specificity(self, unit: str, device: str) -> int | None:
+        """3 device, 2 unit, 1 general; None when the rule does not cover this series."""
+        if self.devices:
+            return 3 if device in self.devices else None
+        if self.units:
+            return 2 if unit in self.units else None
+        return 1
+
+    def covers(self, family: str, quantity: str) -> bool:
+        return self.family == family and self.quantity in ("*", quantity)
+
+
+class RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rules: list[RuleSpec] = []
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    rules: tuple[RuleSpec, ...]
+
+    @classmethod
+    def load(cls, paths: Sequence[Path]) -> RuleBook:
+        specs: list[RuleSpec] = []
+        for path in paths:
+            raw = read_toml(path, "rules")
+            try:
+                specs += RuleFile.model_validate(raw).rules
+            except ValidationError as exc:
+                heading = f"invalid rules in {path}:"
+                raise ConfigError(format_validation_errors(exc, heading)) from None
+        return cls(tuple(specs))
+
+    def rules_for(self, family: str, quantity: str, unit: str, device: str) -> list[RuleSpec]:
+        best: dict[str, tuple[int, int, RuleSpec]] = {}
+        for order, rule in enumerate(self.rules):
+            if not rule.covers(family, quantity):
+                continue
+            level = rule.specificity(unit, device)
+            if level is None:
+                continue
+            current = best.get(rule.name)
+            if current is None or (level, order) >= current[:2]:
+                best[rule.name] = (level, order, rule)
+        return [
+            rule for _, _, rule in sorted(best.values(), key=lambda item: item[1]) if rule.enabled
+        ]
+
+    def names(self) -> Iterable[str]:
+        return sorted({rule.name for rule in self.rules})

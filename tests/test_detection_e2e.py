@@ -1,0 +1,96 @@
+"""Detection inside the running collector, through real Mosquitto and InfluxDB."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.config import SilenceSettings
+from tests.conftest import influx_rows
+
+PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
+REGISTRY = """
+[units.xinghua]
+kind = "chem_enterprise"
+hierarchy = { city = "suzhou", district = "zjg", street = "park", community = "e", grid = "CP-01" }
+
+[devices.gas-1]
+unit = "xinghua"
+family = "chem"
+gateway = "gw-1"
+
+[devices.tank-1]
+unit = "xinghua"
+family = "chem"
+gateway = "gw-1"
+"""
+
+
+def wait_rows(influx, query: str, count: int, timeout_s: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = influx_rows(influx, query)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_gas_levels_and_a_silent_gateway_become_detections(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    silence = SilenceSettings(check_interval_s=0.2, timeout_s=5.0, allowance_s=0.0)
+    settings = make_settings(registry, detection={"rules": [PRESETS], "silence": silence})
+    collector = run_collector(settings)
+
+    start = time.time() - 120
+    lel = [3, 4, 26, 27, 28, 30, 55, 56, 57, 30, 10, 8]  # % LEL, one reading every 3 s
+    for i, value in enumerate(lel):
+        publisher.publish(
+            "smartunit/v1/chem/gas-1/data",
+            json.dumps({"ts": start + 3 * i, "seq": i, "readings": {"lel_pct": value}}),
+        )
+        publisher.publish(
+            "smartunit/v1/chem/tank-1/data",
+            json.dumps({"ts": start + 3 * i, "seq": i, "readings": {"level_pct": 60 + i}}),
+        )
+
+    gas = wait_rows(
+        settings.influx,
+        """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *""",
+        4,
+    )
+    gas.sort(key=lambda r: r["time"])
+    seen = [(r["kind"], r["colour"], r["previous_colour"], r["value"]) for r in gas]
+    # orange only after 5 s at or above 25 % LEL (26 at t, 27 at t+3 s, 28 at t+6 s);
+    # red at 50; back to orange below red's clear value 45; green below orange's 20.
+    assert seen == [
+        ("raised", "orange", "green", 28.0),
+        ("changed", "red", "orange", 57.0),  # 55 .. 57: 6 s at or above 50
+        ("changed", "orange", "red", 30.0),
+        ("cleared", "green", "orange", 10.0),
+    ]
+    assert {r["grid"] for r in gas} == {"CP-01"}
+    # the fast climb from 4 to 26 % LEL was flagged before level 1 was even reached
+    rising = influx_rows(
+        settings.influx,
+        """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas-rising'""",
+    )
+    assert min(r["time"] for r in rising) < min(r["time"] for r in gas)
+    assert {r["unit"] for r in gas} == {"xinghua"}
+
+    # Both devices behind gw-1 went quiet (their newest reading is ~90 s old): one
+    # gateway alert, no device alerts.
+    silent = wait_rows(
+        settings.influx, """SELECT * FROM "detections" WHERE "detector" = 'silence' GROUP BY *""", 1
+    )
+    assert [(r["device"], r["family"], r["kind"], r["colour"]) for r in silent] == [
+        ("gw-1", "gateway", "silent", "orange")
+    ]
+    assert collector.stats.detections["silent"] == 1
+    collector.stop()

@@ -5,6 +5,10 @@ in order through the same detection chain the service runs (no look-ahead; files
 independent series processed side by side), and writes for each input file
 ``OUT/<same relative path>`` with columns ``timestamp,value,score,alert,active``: the
 score in [0, 1], ``alert`` 1 on the row that raises an alert, ``active`` 1 while it is open.
+
+With a rules file, each file goes through the rules of its quantity instead — the file's
+name without ``.csv`` (``lel_pct.csv``), or ``--quantity`` — and the results gain a
+``colour`` column: what these rules would have raised.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from collector.errors import ConfigError
+from collector.rules import RuleBook
 from detectors.chain import Chain, ChainOutput, interleave
+from detectors.levels import COLOURS, LevelDecider
+from detectors.rules.capacity import CapacityRule
 
 CHUNK_ROWS = 50_000
 
@@ -110,31 +117,90 @@ def run_chain(
     ]
 
 
-def write_result(out_dir: Path, series: SeriesFile, result: ChainOutput) -> Path:
+@dataclass(frozen=True)
+class RuleOutput:
+    score: np.ndarray
+    level: np.ndarray  # 0 green .. 4 red
+
+    def as_chain_output(self) -> ChainOutput:
+        active = self.level > 0
+        before = np.concatenate(([False], active[:-1]))
+        return ChainOutput(self.score, active & ~before, active, before & ~active)
+
+
+def run_rules(
+    series: Sequence[SeriesFile],
+    book: RuleBook,
+    *,
+    quantity: str | None = None,
+    capacity: float | None = None,
+) -> list[RuleOutput]:
+    """Every file through the rules of its quantity (its file name, or ``quantity``)."""
+    outputs = []
+    for item in series:
+        out = RuleOutput(np.zeros(len(item.x)), np.zeros(len(item.x), dtype=np.int64))
+        ids = np.zeros(len(item.x), dtype=np.int64)
+        for spec in book.rules_for_quantity(quantity or item.relative.stem):
+            detector = spec.build()
+            if isinstance(detector, CapacityRule):
+                if capacity is None:
+                    raise ConfigError(f"rule {spec.name!r} needs --capacity")
+                detector.set_capacity([0], [capacity])
+            decider = getattr(detector, "decider", LevelDecider)()
+            score = detector.score(ids, item.t, item.x)
+            np.maximum(out.score, score, out=out.score)
+            np.maximum(out.level, decider.decide(ids, item.t, score).level, out=out.level)
+        outputs.append(out)
+    return outputs
+
+
+def write_result(
+    out_dir: Path, series: SeriesFile, result: ChainOutput, level: np.ndarray | None = None
+) -> Path:
+    """The results of one file; with rules (``level``), a ``colour`` column too."""
     target = out_dir / series.relative
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["timestamp", "value", "score", "alert", "active"])
-        for stamp, value, s, a, act in zip(
+        header = ["timestamp", "value", "score", "alert", "active"]
+        writer.writerow(header if level is None else [*header, "colour"])
+        columns = zip(
             series.stamps, series.x, result.score, result.onset, result.active, strict=True
-        ):
-            writer.writerow([stamp, repr(float(value)), f"{s:.6f}", int(a), int(act)])
+        )
+        for row, (stamp, value, s, a, act) in enumerate(columns):
+            line = [stamp, repr(float(value)), f"{s:.6f}", int(a), int(act)]
+            if level is not None:
+                line.append(COLOURS[int(level[row])])
+            writer.writerow(line)
     return target
 
 
 def backtest(
-    source: Path, out_dir: Path, chain: Chain, *, show_progress: bool = True
+    source: Path,
+    out_dir: Path,
+    chain: Chain,
+    *,
+    rules: RuleBook | None = None,
+    quantity: str | None = None,
+    capacity: float | None = None,
+    show_progress: bool = True,
 ) -> dict[str, int]:
+    """Run files through ``chain`` (or, given ``rules``, through the rules) and write results."""
     files = [read_series(path, rel) for path, rel in discover(source)]
     total = sum(len(f.x) for f in files)
-    bar = _ProgressBar(total) if show_progress and total >= 10_000 else None
-    results = run_chain(files, chain, progress=bar.advance if bar else None)
-    if bar:
-        bar.close()
+    levels: list[np.ndarray | None] = [None] * len(files)
+    if rules is not None:
+        rule_outputs = run_rules(files, rules, quantity=quantity, capacity=capacity)
+        results = [r.as_chain_output() for r in rule_outputs]
+        levels = [r.level for r in rule_outputs]
+    else:
+        bar = _ProgressBar(total) if show_progress and total >= 10_000 else None
+        results = run_chain(files, chain, progress=bar.advance if bar else None)
+        if bar:
+            bar.close()
     alerts = 0
-    for series, result in zip(files, results, strict=True):
-        write_result(out_dir, series, result)
+    for series, result, level in zip(files, results, levels, strict=True):
+        write_result(out_dir, series, result, level)
         alerts += int(result.onset.sum())
     return {"files": len(files), "rows": total, "alerts": alerts}
 

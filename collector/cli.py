@@ -105,6 +105,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from collector.backtest import backtest  # noqa: PLC0415
+    from collector.rules import RuleBook  # noqa: PLC0415
     from detectors.chain import Chain  # noqa: PLC0415
     from detectors.registry import UnknownDetectorError  # noqa: PLC0415
 
@@ -112,7 +113,16 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         chain = Chain.from_config(args.detector)
     except UnknownDetectorError as exc:
         raise ConfigError(str(exc)) from None
-    summary = backtest(args.input, args.out, chain, show_progress=not args.quiet)
+    rules = RuleBook.load(args.rules) if args.rules else None
+    summary = backtest(
+        args.input,
+        args.out,
+        chain,
+        rules=rules,
+        quantity=args.quantity,
+        capacity=args.capacity,
+        show_progress=not args.quiet,
+    )
     print(
         f"{summary['files']} file(s), {summary['rows']} rows, {summary['alerts']} alert(s) "
         f"-> {args.out}"
@@ -161,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("input", type=Path, help="a timestamp,value CSV or a directory of them")
     backtest.add_argument("--out", type=Path, required=True, help="directory for the results")
     backtest.add_argument("--detector", default="auto", help="detector name (default: auto)")
+    backtest.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        help="rule file(s): apply the rules of each file's quantity (its name) instead",
+    )
+    backtest.add_argument("--quantity", help="with --rules: the quantity of every input file")
+    backtest.add_argument("--capacity", type=float, help="with --rules: capacity for ratio rules")
     backtest.add_argument("--quiet", action="store_true", help="no progress bar")
     backtest.set_defaults(func=cmd_backtest)
 

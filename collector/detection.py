@@ -195,7 +195,9 @@ class DetectionEngine:
                 sid.append(self._series_id(reading.device, reading.family, quantity))
                 t.append(seconds)
                 x.append(float(value))
-            self.silence.observe([self._device_id(reading.device)], [seconds])
+        self.silence.observe(
+            [self._device_id(r.device) for r in readings], [r.ts_ms / 1000.0 for r in readings]
+        )
         if not sid:
             return []
         self._registry = registry

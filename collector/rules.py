@@ -112,5 +112,13 @@ class RuleBook:
             rule for _, _, rule in sorted(best.values(), key=lambda item: item[1]) if rule.enabled
         ]
 
+    def rules_for_quantity(self, quantity: str) -> list[RuleSpec]:
+        """The general (not unit- or device-specific) rules of a quantity, any family."""
+        best: dict[str, RuleSpec] = {}
+        for rule in self.rules:
+            if rule.quantity in ("*", quantity) and not rule.units and not rule.devices:
+                best[rule.name] = rule
+        return [rule for rule in best.values() if rule.enabled]
+
     def names(self) -> Iterable[str]:
         return sorted({rule.name for rule in self.rules})

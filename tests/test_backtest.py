@@ -75,3 +75,47 @@ def test_decider_opens_once_and_clears_after_quiet_readings() -> None:
     # 0.4 and 0.35 stay above `off`: the alert holds; three readings below it clear it
     assert decision.active.astype(int).tolist() == [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
     assert decision.cleared.astype(int).tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+
+
+PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
+
+
+def test_backtest_with_rules_shows_what_they_would_have_raised(tmp_path: Path) -> None:
+    lel = np.array([2.0] * 20 + [30.0] * 5 + [60.0] * 5 + [2.0] * 10)  # every 10 s
+    write_series(tmp_path / "in" / "lel_pct.csv", lel, step_s=10)
+    done = run_backtest(
+        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--rules", str(PRESETS)
+    )
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out" / "lel_pct.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    colours = [r["colour"] for r in rows]
+    assert colours[:20] == ["green"] * 20
+    assert "orange" in colours[20:25]  # level 1 after its 5 s
+    assert "red" in colours[25:30]
+    assert colours[-1] == "green"
+    assert sum(int(r["alert"]) for r in rows) == 1  # one warning, its colour rising and falling
+
+
+def test_a_preset_is_overridden_for_one_unit(tmp_path: Path) -> None:
+    from collector.rules import RuleBook
+
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[[rules]]\nname = "combustible-gas"\nfamily = "chem"\nquantity = "lel_pct"\n'
+        'detector = "threshold"\nunits = ["tank-farm"]\n'
+        "params = { levels = { orange = 10.0, red = 20.0 } }\n"
+        '[[rules]]\nname = "chem-stuck-sensor"\nfamily = "chem"\nquantity = "*"\n'
+        'detector = "flatline"\nunits = ["tank-farm"]\nenabled = false\n'
+    )
+    book = RuleBook.load([PRESETS, site])
+    here = book.rules_for("chem", "lel_pct", "tank-farm", "gas-7")
+    elsewhere = book.rules_for("chem", "lel_pct", "other-unit", "gas-8")
+    by_name = {r.name: r for r in here}
+    assert by_name["combustible-gas"].params["levels"] == {"orange": 10.0, "red": 20.0}
+    assert "chem-stuck-sensor" not in by_name
+    assert {r.name: r for r in elsewhere}["combustible-gas"].params["levels"] == {
+        "orange": 25.0,
+        "red": 50.0,
+    }
+    assert "chem-stuck-sensor" in {r.name for r in elsewhere}

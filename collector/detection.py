@@ -13,10 +13,14 @@ events for devices and gateways that stopped reporting (``check_silence``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -64,6 +68,31 @@ class _RuleRunner:
     decider: LevelDecider
     last_level: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
+    @property
+    def key(self) -> str:
+        """Identity for saved state: a rule whose definition changed starts afresh."""
+        spec = self.spec
+        definition = [
+            spec.name,
+            spec.detector,
+            spec.params,
+            spec.units,
+            spec.devices,
+            spec.capacity_from,
+        ]
+        text = json.dumps(definition, sort_keys=True, default=str)
+        return "rule:" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {f"detector.{k}": v for k, v in self.detector.state().items()}
+        out |= {f"decider.{k}": v for k, v in self.decider.state().items()}
+        return out | {"last_level": self.last_level.astype(np.float64)}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.detector.restore({k[9:]: v for k, v in state.items() if k.startswith("detector.")})
+        self.decider.restore({k[8:]: v for k, v in state.items() if k.startswith("decider.")})
+        self.last_level = state["last_level"].astype(np.int64)
+
 
 @dataclass(frozen=True)
 class _Series:
@@ -95,6 +124,7 @@ class DetectionEngine:
         self._device_names: list[str] = []
         self._gateway_names: list[str] = []
         self._grouped_by: Registry | None = None
+        self._saved_rules: dict[str, dict[str, np.ndarray]] = {}
         self._gateways: dict[str, int] = {}
         self.late_readings = 0
         self.judged_readings = 0
@@ -109,6 +139,64 @@ class DetectionEngine:
             self._series[key] = found
             self._info.append(_Series(device, family, quantity))
         return found
+
+    # -- restart without forgetting --------------------------------------------------------
+
+    STATE_FORMAT = 1
+
+    def save(self, path: Path) -> None:
+        """Everything the detectors know, written atomically (temporary file, then rename)."""
+        arrays: dict[str, np.ndarray] = {"newest": self._newest}
+        if self.chain is not None:
+            arrays |= {f"chain|{k}": v for k, v in self.chain.state().items()}
+        arrays |= {f"silence|{k}": v for k, v in self.silence.state().items()}
+        saved_rules = dict(self._saved_rules)  # rules not met since the last start
+        saved_rules |= {runner.key: runner.state() for runner in self._runners.values()}
+        for key, state in saved_rules.items():
+            arrays |= {f"{key}|{k}": v for k, v in state.items()}
+        meta = {
+            "format": self.STATE_FORMAT,
+            "series": [[i.device, i.family, i.quantity] for i in self._info],
+            "devices": self._device_names,
+        }
+        arrays["meta"] = np.array(json.dumps(meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as handle:
+            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+
+    def load(self, path: Path) -> bool:
+        """Restore what ``save`` wrote; False (and a fresh start) if it cannot be used."""
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {key: stored[key] for key in stored.files}
+            meta = json.loads(str(arrays.pop("meta")))
+            if meta.get("format") != self.STATE_FORMAT:
+                raise ValueError(f"state format {meta.get('format')}")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("detector state in %s not used (%s); starting afresh", path, exc)
+            return False
+        self._info = [_Series(*item) for item in meta["series"]]
+        self._series = {(i.device, i.quantity): n for n, i in enumerate(self._info)}
+        self._device_names = list(meta["devices"])
+        self._devices = {d: n for n, d in enumerate(self._device_names)}
+        self._newest = arrays.pop("newest")
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        for name, value in arrays.items():
+            owner, _, key = name.rpartition("|")
+            groups.setdefault(owner, {})[key] = value
+        if self.chain is not None and "chain" in groups:
+            self.chain.restore(groups.pop("chain"))
+        if "silence" in groups:
+            self.silence.restore(groups.pop("silence"))
+        self._saved_rules = {k: v for k, v in groups.items() if k.startswith("rule:")}
+        log.info("detector state restored", extra={"series": len(self._info), "path": str(path)})
+        return True
 
     def _device_id(self, device: str) -> int:
         found = self._devices.get(device)
@@ -174,6 +262,9 @@ class DetectionEngine:
                     detector = spec.build()
                     decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
                     runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
+                    saved = self._saved_rules.pop(runner.key, None)
+                    if saved is not None:
+                        runner.restore(saved)
                 found.append(runner)
             if len(self._selection) > 1_000_000:
                 self._selection.clear()

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 STATS_MEASUREMENT = "smartunit_ingest"
 DETECTIONS_MEASUREMENT = "detections"
+DETECTOR_STATE_FILE = "detector-state.npz"
+DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 REJECTIONS_MEASUREMENT = "smartunit_rejections"
 
 
@@ -129,6 +131,9 @@ class Collector:
         self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
         self._stopping = asyncio.Event()
         self.engine = build_engine(settings) if settings.detection.enabled else None
+        self.state_path = settings.data_dir / DETECTOR_STATE_FILE
+        if self.engine is not None:
+            self.engine.load(self.state_path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class Collector:
         stop_wait.cancel()
         await asyncio.gather(*tasks[2:], stop_wait, return_exceptions=True)
         await self._write_stats()
+        self._save_detector_state()
         self.source.stop()
         await self.influx.aclose()
         log.info("stopped", extra=self.stats.as_dict())
@@ -343,9 +349,21 @@ class Collector:
 
     # -- stats -----------------------------------------------------------------------------
 
+    def _save_detector_state(self) -> None:
+        if self.engine is None:
+            return
+        try:
+            self.engine.save(self.state_path)
+        except OSError as exc:
+            log.error("could not save detector state to %s: %s", self.state_path, exc)
+
     async def _stats_loop(self) -> None:
+        last_save = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.ingest.stats_interval_s)
+            if time.monotonic() - last_save >= DETECTOR_STATE_SAVE_S:
+                self._save_detector_state()
+                last_save = time.monotonic()
             log.info(
                 "ingest stats",
                 extra={

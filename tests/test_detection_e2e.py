@@ -94,3 +94,34 @@ def test_gas_levels_and_a_silent_gateway_become_detections(
     ]
     assert collector.stats.detections["silent"] == 1
     collector.stop()
+
+
+@pytest.mark.slow
+def test_detectors_remember_across_a_restart(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    settings = make_settings(registry, detection={"rules": [PRESETS]})
+    query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
+    start = time.time() - 300
+
+    def publish(i: int, value: float) -> None:
+        publisher.publish(
+            "smartunit/v1/chem/gas-1/data",
+            json.dumps({"ts": start + 3 * i, "readings": {"lel_pct": value}}),
+        )
+
+    first = run_collector(settings)
+    for i, value in enumerate([3, 30, 30, 30, 30]):  # orange after 5 s
+        publish(i, value)
+    assert [r["kind"] for r in wait_rows(settings.influx, query, 1)] == ["raised"]
+    first.stop()
+    assert (settings.data_dir / "detector-state.npz").is_file()
+
+    second = run_collector(settings)
+    publish(5, 22)  # between orange's clear value (20) and its threshold (25): still orange
+    publish(6, 10)  # below 20: the orange raised before the restart clears now
+    rows = sorted(wait_rows(settings.influx, query, 2), key=lambda r: r["time"])
+    assert [(r["kind"], r["value"]) for r in rows] == [("raised", 30.0), ("cleared", 10.0)]
+    second.stop()

@@ -55,6 +55,16 @@ class SilenceWatch:
         )
         self._reported_groups = np.zeros(0, dtype=bool)
 
+    def state(self) -> dict[str, FloatArray]:
+        out = self._state.snapshot()
+        out["reported_groups"] = self._reported_groups.astype(np.float64)
+        return out
+
+    def restore(self, state: dict[str, FloatArray]) -> None:
+        state = dict(state)
+        self._reported_groups = state.pop("reported_groups", np.zeros(0)).astype(bool)
+        self._state.restore(state, "SilenceWatch")
+
     def observe(self, series: Any, t: Any) -> None:
         """Readings seen (device times), in any order: late data is fine."""
         series, t, _ = as_batch(series, t, np.zeros(len(np.atleast_1d(series))))

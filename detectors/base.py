@@ -47,12 +47,21 @@ def split_rounds(series: IntArray) -> list[IntArray]:
 
 
 class SeriesState:
-    """Named per-series float arrays that grow as new series ids appear."""
+    """Named per-series float arrays that grow as new series ids appear.
 
-    def __init__(self, fields: dict[str, float]) -> None:
+    A field is one value per series, or, with a width in ``widths``, a row of that many
+    values per series (e.g. one per time-of-day bin).
+    """
+
+    def __init__(self, fields: dict[str, float], widths: dict[str, int] | None = None) -> None:
         self.fields = dict(fields)
+        self.widths = dict(widths or {})
         self.count = 0  # series ids in use: 0 .. count - 1
-        self.arrays: dict[str, FloatArray] = {k: np.empty(0) for k in self.fields}
+        self.arrays: dict[str, FloatArray] = {k: self._blank(k, 0) for k in self.fields}
+
+    def _blank(self, key: str, size: int) -> FloatArray:
+        shape = (size, self.widths[key]) if key in self.widths else (size,)
+        return np.full(shape, self.fields[key], dtype=np.float64)
 
     def __getitem__(self, key: str) -> FloatArray:
         return self.arrays[key]
@@ -66,8 +75,8 @@ class SeriesState:
         allocated = min((len(v) for v in self.arrays.values()), default=needed)
         if needed > allocated:
             size = max(needed, 2 * allocated, 16)
-            for key, initial in self.fields.items():
-                grown = np.full(size, initial, dtype=np.float64)
+            for key in self.fields:
+                grown = self._blank(key, size)
                 grown[: self.count] = self.arrays[key][: self.count]
                 self.arrays[key] = grown
         self.count = needed
@@ -106,10 +115,16 @@ class Detector(ABC):
     # "statistical" detectors learn what is normal; "rule" detectors apply configured limits
     # and come with their own decider (``decider()``), which knows their colours.
     kind: ClassVar[str] = "statistical"
+    # What a statistical detector is built to catch: "spike", "shift", "drift", "seasonal".
+    catches: ClassVar[frozenset[str]] = frozenset()
     state_fields: ClassVar[dict[str, float]] = {}
+    state_widths: ClassVar[dict[str, int]] = {}  # fields holding a row per series
 
     def __init__(self) -> None:
-        self._state = SeriesState(self.state_fields)
+        self._state = SeriesState(self.state_fields, self._widths())
+
+    def _widths(self) -> dict[str, int]:
+        return dict(self.state_widths)
 
     def score(self, series: Any, t: Any, x: Any) -> FloatArray:
         """Scores in [0, 1] for the readings, in the order given."""

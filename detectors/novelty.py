@@ -30,6 +30,7 @@ from detectors.registry import register
 @register
 class RangeNovelty(Detector):
     name = "range_novelty"
+    catches = frozenset({"spike", "shift"})
     state_fields: ClassVar[dict[str, float]] = {
         "noise": 0.0,
         "previous": math.nan,

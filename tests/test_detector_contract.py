@@ -93,7 +93,17 @@ def test_save_and_restore_continue_exactly(name: str) -> None:
     np.testing.assert_allclose(np.concatenate([head, tail]), whole)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if DETECTORS[n].kind == "statistical"])
+def catching(what: str) -> list[str]:
+    return [n for n in NAMES if what in DETECTORS[n].catches]
+
+
+def test_every_statistical_detector_says_what_it_catches() -> None:
+    for name in NAMES:
+        if DETECTORS[name].kind == "statistical":
+            assert DETECTORS[name].catches, name
+
+
+@pytest.mark.parametrize("name", catching("spike"))
 def test_a_spike_after_warmup_scores_high(name: str) -> None:
     sid, t, x = workload()
     scores = create(name).score(sid, t, x)
@@ -105,3 +115,31 @@ def test_split_rounds_keeps_each_series_in_order() -> None:
     sid = np.array([3, 1, 3, 3, 1, 0])
     rounds = split_rounds(sid)
     assert [r.tolist() for r in rounds] == [[0, 1, 5], [2, 4], [3]]
+
+
+def _days(n_days: int, per_day: int = 96, seed: int = 9):
+    rng = np.random.default_rng(seed)
+    n = n_days * per_day
+    t = 1.7e9 + np.arange(n) * (86_400 / per_day)
+    x = 100 + 60 * np.sin(np.arange(n) / per_day * 2 * np.pi) + rng.normal(0, 2, n)
+    return np.zeros(n, dtype=np.int64), t, x
+
+
+@pytest.mark.parametrize("name", catching("drift"))
+def test_a_slow_drift_scores_high(name: str) -> None:
+    rng = np.random.default_rng(4)
+    n = 3000
+    x = rng.normal(0, 1, n)
+    x[2000:] += np.linspace(0, 4, n - 2000)  # a drift worth a few noise widths
+    scores = create(name).score(np.zeros(n, dtype=np.int64), np.arange(n) * 60.0, x)
+    assert scores[:2000].max() < 0.5
+    assert scores[2000:].max() >= 0.5
+
+
+@pytest.mark.parametrize("name", catching("seasonal"))
+def test_the_wrong_value_for_the_time_of_day_scores_high(name: str) -> None:
+    sid, t, x = _days(10)
+    x[-30] = 100 - 60 * np.sin(len(x) / 96 * 2 * np.pi)  # the night's value at noon
+    scores = create(name).score(sid, t, x)
+    assert scores[-30] >= 0.5
+    assert np.sort(scores[96 * 4 :])[-2] < 0.5  # nothing else after the bins have learned

@@ -157,6 +157,7 @@ class DetectionSettings(_Section):
     rules: list[Path] = []
     statistical: str | None = "auto"
     statistical_colour: Literal["blue", "yellow", "orange", "red"] = "yellow"
+    warm_start_hours: Annotated[float, Field(ge=0, le=24 * 31)] = 24.0
     silence: SilenceSettings = SilenceSettings()
 
     @field_validator("statistical")

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 from collector.config import Settings
 from collector.detection import DetectionEngine, DetectionEvent
-from collector.errors import RetryableStoreError
-from collector.influx import InfluxClient
+from collector.errors import RetryableStoreError, StoreError
+from collector.influx import InfluxClient, quote_ident, rows
 from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
@@ -52,7 +52,7 @@ from collector.protocol import (
     reading_line,
     status_line,
 )
-from collector.registry import Registry, RegistryHolder
+from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
 from collector.rules import RuleBook
 from detectors.levels import COLOURS
 from detectors.rules.silence import SilenceWatch
@@ -60,9 +60,11 @@ from detectors.rules.silence import SilenceWatch
 log = logging.getLogger(__name__)
 
 STATS_MEASUREMENT = "smartunit_ingest"
+NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
 DETECTOR_STATE_FILE = "detector-state.npz"
 DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
+WARM_START_CHUNK_MS = 3_600_000
 REJECTIONS_MEASUREMENT = "smartunit_rejections"
 
 
@@ -132,14 +134,16 @@ class Collector:
         self._stopping = asyncio.Event()
         self.engine = build_engine(settings) if settings.detection.enabled else None
         self.state_path = settings.data_dir / DETECTOR_STATE_FILE
+        self._needs_warm_start = False
         if self.engine is not None:
-            self.engine.load(self.state_path)
+            self._needs_warm_start = not self.engine.load(self.state_path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then flush everything received and return."""
         await self._ensure_database()
+        await self._warm_start()
         self.source.start()
         tasks = [
             asyncio.create_task(self._decode_loop(), name="decode"),
@@ -182,6 +186,25 @@ class Collector:
                 log.warning("InfluxDB not reachable yet: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.ingest.retry_max_s)
+
+    async def _warm_start(self) -> None:
+        hours = self.settings.detection.warm_start_hours
+        if self.engine is None or not self._needs_warm_start or hours <= 0:
+            return
+        end_ms = time.time_ns() // 1_000_000
+        start_ms = end_ms - round(hours * 3_600_000)
+        judged = 0
+        for chunk_start in range(start_ms, end_ms, WARM_START_CHUNK_MS):
+            chunk_end = min(chunk_start + WARM_START_CHUNK_MS, end_ms)
+            try:
+                readings = await history(self.influx, chunk_start, chunk_end)
+            except StoreError as exc:
+                log.warning("warm start stopped: cannot read history: %s", exc)
+                return
+            # What happened then is history: the events it would raise are not new.
+            self.engine.process(readings, self.registry.current)
+            judged += len(readings)
+        log.info("detectors warmed up from history", extra={"hours": hours, "readings": judged})
 
     # -- decode ----------------------------------------------------------------------------
 
@@ -402,6 +425,30 @@ class Collector:
         ]
         with contextlib.suppress(RetryableStoreError):
             await self.influx.write_lines(lines)
+
+
+async def history(influx: InfluxClient, start_ms: int, end_ms: int) -> list[Reading]:
+    """Stored readings of all families between two times, as Readings, in time order."""
+    readings: list[Reading] = []
+    for family in FAMILIES:
+        series = await influx.query(
+            f"SELECT * FROM {quote_ident(family)} WHERE time >= {start_ms}ms "
+            f"AND time < {end_ms}ms GROUP BY {quote_ident('device')}"
+        )
+        for item in series:
+            device = item["tags"]["device"]
+            for row in rows(item):
+                fields = {
+                    key: value
+                    for key, value in row.items()
+                    if key not in NOT_FIELDS
+                    and isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                }
+                if fields:
+                    readings.append(Reading(family, device, int(row["time"]), fields))
+    readings.sort(key=lambda r: r.ts_ms)
+    return readings
 
 
 def build_engine(settings: Settings) -> DetectionEngine:

@@ -125,3 +125,42 @@ def test_detectors_remember_across_a_restart(
     rows = sorted(wait_rows(settings.influx, query, 2), key=lambda r: r["time"])
     assert [(r["kind"], r["value"]) for r in rows] == [("raised", 30.0), ("cleared", 10.0)]
     second.stop()
+
+
+@pytest.mark.slow
+def test_without_saved_state_detectors_warm_up_from_history(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    import httpx
+
+    from collector.influx import query_sync
+
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    settings = make_settings(registry, detection={"rules": [PRESETS], "warm_start_hours": 1.0})
+    assert not (settings.data_dir / "detector-state.npz").exists()
+    query_sync(settings.influx, f'CREATE DATABASE "{settings.influx.database}"')
+    start_ms = round((time.time() - 600) * 1000)
+    history = "\n".join(
+        f"chem,device=gas-1,unit=xinghua lel_pct={v} {start_ms + 3000 * i}"
+        for i, v in enumerate([3.0, 30.0, 30.0, 30.0, 30.0])  # an orange episode, still open
+    )
+    written = httpx.post(
+        f"{settings.influx.url}/write",
+        params={"db": settings.influx.database, "precision": "ms"},
+        content=history,
+    )
+    assert written.status_code == 204
+
+    collector = run_collector(settings)
+    for i, value in enumerate([22.0, 10.0]):
+        publisher.publish(
+            "smartunit/v1/chem/gas-1/data",
+            json.dumps({"ts": start_ms / 1000 + 15 + 3 * i, "readings": {"lel_pct": value}}),
+        )
+    query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
+    rows = wait_rows(settings.influx, query, 1)
+    # the history raised orange inside the detectors, but raised nothing new; the live
+    # readings clear it
+    assert [(r["kind"], r["value"]) for r in rows] == [("cleared", 10.0)]
+    collector.stop()

@@ -44,6 +44,7 @@ from collector.errors import StoreError
 from collector.influx import query_sync
 from collector.localservices import InfluxDB, Mosquitto, find_binary, spawn, stop_process
 
+PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
 FAMILY_SHARE = {"camera": 0.4, "parking": 0.3, "chem": 0.3}
 DATA_FILTER = "smartunit/v1/+/+/data"
 
@@ -191,6 +192,7 @@ def start_collector(
     config = workdir / f"{database}.toml"
     config.write_text(
         f'[mqtt]\nclient_id = "{client_id}"\n[registry]\npath = "{registry}"\n'
+        f'[detection]\nrules = ["{PRESETS}"]\n'
         '[ingest]\npublish_rejections = true\n[logging]\nlevel = "info"\n'
     )
     env = {
@@ -198,6 +200,7 @@ def start_collector(
         "SMARTUNIT_MQTT_URL": broker.url,
         "SMARTUNIT_INFLUX_URL": influxdb.url,
         "SMARTUNIT_INFLUX_DB": database,
+        "SMARTUNIT_DATA_DIR": str(workdir / f"{database}-data"),
     }
     proc = spawn(
         [sys.executable, "-m", "collector.cli", "run", "--config", str(config)],
@@ -261,7 +264,7 @@ def main() -> None:
             influxdb.stop()
             broker.stop()
 
-    print(f"publisher (paho, QoS 1, into the broker's queues): {publish_rate:10.0f} msg/s")
+    print(f"publisher (raw QoS 1 client, into broker queues):  {publish_rate:10.0f} msg/s")
     print(f"broker -> mosquitto_sub, drain of queued QoS 1:    {ref_rate:10.0f} msg/s")
     print(f"broker -> collector -> InfluxDB, drain:            {drain_rate:10.0f} readings/s")
     print(

@@ -233,10 +233,15 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
 
 
-def _resolve_relative(settings: Settings, base: Path) -> Settings:
-    """Paths in the file are relative to the file, so a config works from any directory."""
+def _resolve_relative(settings: Settings, base: Path, env: Mapping[str, str]) -> Settings:
+    """Paths in the file are relative to the file, so a config works from any directory.
+
+    (A relative SMARTUNIT_DATA_DIR is taken as given, relative to the working directory.)
+    """
     registry_path = settings.registry.path
     updates: dict[str, Any] = {}
+    if not settings.data_dir.is_absolute() and not env.get("SMARTUNIT_DATA_DIR"):
+        updates["data_dir"] = base / settings.data_dir
     if registry_path is not None and not registry_path.is_absolute():
         updates["registry"] = settings.registry.model_copy(update={"path": base / registry_path})
     rules = [path if path.is_absolute() else base / path for path in settings.detection.rules]
@@ -265,7 +270,7 @@ def load_settings(
         raise ConfigError(
             format_validation_errors(exc, f"invalid configuration in {origin}:")
         ) from None
-    return _resolve_relative(settings, base)
+    return _resolve_relative(settings, base, env)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -29,6 +29,18 @@ gateway = "gw-1"
 """
 
 
+@pytest.fixture
+def chem_park(make_settings, tmp_path: Path):
+    """Settings for the chemical-park registry above, with the shipped presets."""
+
+    def build(**detection):
+        registry = tmp_path / "registry.toml"
+        registry.write_text(REGISTRY)
+        return make_settings(registry, detection={"rules": [PRESETS], **detection})
+
+    return build
+
+
 def wait_rows(influx, query: str, count: int, timeout_s: float = 20.0) -> list[dict]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -40,12 +52,10 @@ def wait_rows(influx, query: str, count: int, timeout_s: float = 20.0) -> list[d
 
 @pytest.mark.slow
 def test_gas_levels_and_a_silent_gateway_become_detections(
-    make_settings, run_collector, publisher, tmp_path: Path
+    chem_park, run_collector, publisher
 ) -> None:
-    registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
     silence = SilenceSettings(check_interval_s=0.2, timeout_s=5.0, allowance_s=0.0)
-    settings = make_settings(registry, detection={"rules": [PRESETS], "silence": silence})
+    settings = chem_park(silence=silence)
     collector = run_collector(settings)
 
     start = time.time() - 120
@@ -97,12 +107,8 @@ def test_gas_levels_and_a_silent_gateway_become_detections(
 
 
 @pytest.mark.slow
-def test_detectors_remember_across_a_restart(
-    make_settings, run_collector, publisher, tmp_path: Path
-) -> None:
-    registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
-    settings = make_settings(registry, detection={"rules": [PRESETS]})
+def test_detectors_remember_across_a_restart(chem_park, run_collector, publisher) -> None:
+    settings = chem_park()
     query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
     start = time.time() - 300
 
@@ -129,15 +135,13 @@ def test_detectors_remember_across_a_restart(
 
 @pytest.mark.slow
 def test_without_saved_state_detectors_warm_up_from_history(
-    make_settings, run_collector, publisher, tmp_path: Path
+    chem_park, run_collector, publisher
 ) -> None:
     import httpx
 
     from collector.influx import query_sync
 
-    registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
-    settings = make_settings(registry, detection={"rules": [PRESETS], "warm_start_hours": 1.0})
+    settings = chem_park(warm_start_hours=1.0)
     assert not (settings.data_dir / "detector-state.npz").exists()
     query_sync(settings.influx, f'CREATE DATABASE "{settings.influx.database}"')
     start_ms = round((time.time() - 600) * 1000)

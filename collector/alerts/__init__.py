@@ -1,0 +1,1 @@
+"""Closed-loop alerts: lifecycle (model, lifecycle), durable storage (store)."""

@@ -1,0 +1,252 @@
+"""The alert book: detections drive alerts through the five-step loop (see ``model``).
+
+Inputs are detection events (a colour raised, changed or cleared for a fingerprint; a
+device or gateway silent or resumed) and workflow actions from people and integrations
+(acknowledge, resolve, comment). Actions are idempotent: acknowledging an acknowledged
+alert changes nothing and records nothing. Time is always passed in (``now_ms``), never
+read inside, so verification windows and deadlines can be compressed by configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from collector.alerts.model import (
+    ACK_FROM,
+    DISPATCH_FROM,
+    RESOLVE_FROM,
+    Alert,
+    AlertEvent,
+    EventType,
+    Fingerprint,
+    State,
+    TransitionError,
+)
+from collector.alerts.store import AlertStore
+from collector.detection import DetectionEvent
+
+SYSTEM = "system"
+VERIFIER = "verifier"
+
+
+@dataclass
+class _Change:
+    alert: Alert
+    events: list[AlertEvent]
+    next_seq: int
+
+    def record(self, kind: EventType, at_ms: int, actor: str, note: str = "") -> None:
+        self.alert.updated_at_ms = max(self.alert.updated_at_ms, at_ms)
+        self.events.append(
+            AlertEvent(
+                self.alert.id,
+                self.next_seq,
+                kind,
+                at_ms,
+                actor,
+                note,
+                self.alert.state,
+                self.alert.colour,
+                self.alert.value,
+            )
+        )
+        self.next_seq += 1
+
+
+class AlertBook:
+    def __init__(self, store: AlertStore, *, verify_window_s: float = 300.0) -> None:
+        self.store = store
+        self.verify_window_ms = round(verify_window_s * 1000)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _change(self, alert: Alert) -> _Change:
+        return _Change(alert, [], self.store.last_seq(alert.id) + 1)
+
+    def _commit(self, change: _Change) -> list[AlertEvent]:
+        if change.events:
+            self.store.save(change.alert, change.events)
+        return change.events
+
+    def _require(self, alert_id: int) -> Alert:
+        alert = self.store.get(alert_id)
+        if alert is None:
+            raise KeyError(alert_id)
+        return alert
+
+    # -- detections ------------------------------------------------------------------------
+
+    def on_detection(
+        self, event: DetectionEvent, hierarchy: dict[str, str] | None = None
+    ) -> list[AlertEvent]:
+        fingerprint = Fingerprint(event.device, event.quantity, event.detector)
+        value = event.value if event.value == event.value else None  # NaN: no value
+        if event.kind in ("raised", "changed", "silent"):
+            return self._raise(fingerprint, event, value, hierarchy or {})
+        return self._clear(fingerprint, event.ts_ms, value)
+
+    def _raise(
+        self,
+        fingerprint: Fingerprint,
+        event: DetectionEvent,
+        value: float | None,
+        hierarchy: dict[str, str],
+    ) -> list[AlertEvent]:
+        alert = self.store.find_active(fingerprint)
+        if alert is None:
+            alert = Alert(
+                0,
+                fingerprint,
+                State.OPEN,
+                event.colour,
+                event.family,
+                event.unit,
+                hierarchy,
+                value,
+                event.ts_ms,
+                event.ts_ms,
+                True,
+                event.ts_ms,
+            )
+            opened = AlertEvent(
+                0,
+                1,
+                EventType.OPENED,
+                event.ts_ms,
+                SYSTEM,
+                f"{event.detector}: {event.colour}",
+                alert.state,
+                alert.colour,
+                value,
+            )
+            created = self.store.create(alert, [opened])  # assigns the id
+            return [dataclasses.replace(opened, alert_id=created.id)]
+        change = self._change(alert)
+        alert.value = value
+        if not alert.condition_active:
+            alert.condition_active = True
+            alert.condition_changed_at_ms = event.ts_ms
+            if alert.state == State.RESOLVED:
+                alert.state = State.REOPENED
+                change.record(
+                    EventType.REOPENED,
+                    event.ts_ms,
+                    SYSTEM,
+                    "readings abnormal again during verification",
+                )
+            else:
+                if alert.state == State.RECOVERED:
+                    alert.state = (
+                        State.ACKNOWLEDGED
+                        if alert.acknowledged
+                        else (State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN)
+                    )
+                change.record(EventType.CONDITION_RETURNED, event.ts_ms, SYSTEM)
+        if event.colour != alert.colour:
+            previous, alert.colour = alert.colour, event.colour
+            change.record(
+                EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, f"{previous} -> {event.colour}"
+            )
+        return self._commit(change)
+
+    def _clear(self, fingerprint: Fingerprint, at_ms: int, value: float | None) -> list[AlertEvent]:
+        alert = self.store.find_active(fingerprint)
+        if alert is None or not alert.condition_active:
+            return []
+        change = self._change(alert)
+        alert.condition_active = False
+        alert.condition_changed_at_ms = at_ms
+        alert.value = value
+        if alert.state in (State.OPEN, State.DISPATCHED):
+            alert.state = State.RECOVERED
+            change.record(
+                EventType.RECOVERED,
+                at_ms,
+                SYSTEM,
+                "condition cleared by itself; still needs acknowledgement",
+            )
+        else:
+            change.record(EventType.CONDITION_CLEARED, at_ms, SYSTEM)
+        return self._commit(change)
+
+    # -- workflow --------------------------------------------------------------------------
+
+    def dispatched(
+        self, alert_id: int, *, now_ms: int, actor: str = "dispatcher", note: str = ""
+    ) -> list[AlertEvent]:
+        alert = self._require(alert_id)
+        if alert.state not in DISPATCH_FROM:
+            return []
+        change = self._change(alert)
+        alert.state = State.DISPATCHED
+        alert.extra["dispatched"] = True
+        change.record(EventType.DISPATCHED, now_ms, actor, note)
+        return self._commit(change)
+
+    def acknowledge(
+        self, alert_id: int, *, actor: str, note: str = "", now_ms: int
+    ) -> list[AlertEvent]:
+        alert = self._require(alert_id)
+        if alert.state == State.ACKNOWLEDGED or (
+            alert.acknowledged and alert.state in (State.RESOLVED, State.CLOSED)
+        ):
+            return []  # idempotent
+        if alert.state not in ACK_FROM:
+            raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
+        change = self._change(alert)
+        alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
+        change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
+        return self._commit(change)
+
+    def resolve(
+        self, alert_id: int, *, actor: str, note: str = "", now_ms: int
+    ) -> list[AlertEvent]:
+        alert = self._require(alert_id)
+        if alert.state == State.RESOLVED:
+            return []  # idempotent
+        if alert.state not in RESOLVE_FROM:
+            raise TransitionError(f"alert {alert_id} is {alert.state}: cannot resolve")
+        change = self._change(alert)
+        if not alert.acknowledged:  # resolving implies someone handled it
+            alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
+            change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
+        alert.state = State.RESOLVED
+        alert.extra["resolved_at_ms"] = now_ms
+        change.record(EventType.RESOLVED, now_ms, actor, note)
+        return self._commit(change)
+
+    def comment(self, alert_id: int, *, actor: str, note: str, now_ms: int) -> list[AlertEvent]:
+        change = self._change(self._require(alert_id))
+        change.record(EventType.COMMENTED, now_ms, actor, note)
+        return self._commit(change)
+
+    # -- verification ----------------------------------------------------------------------
+
+    def verify(self, now_ms: int, device_alive: Callable[[str], bool]) -> list[AlertEvent]:
+        """Close resolved alerts whose readings stayed normal for the window, device alive."""
+        events: list[AlertEvent] = []
+        for alert in self.store.alerts(states=[State.RESOLVED]):
+            if alert.condition_active:
+                continue  # the handler says fixed, the readings do not agree yet
+            normal_since = max(
+                alert.condition_changed_at_ms, int(alert.extra.get("resolved_at_ms", 0))
+            )
+            if now_ms - normal_since < self.verify_window_ms:
+                continue
+            if not device_alive(alert.fingerprint.device):
+                continue  # silence is not normality
+            change = self._change(alert)
+            alert.state = State.CLOSED
+            change.record(
+                EventType.CLOSED,
+                now_ms,
+                VERIFIER,
+                f"readings normal for {self.verify_window_ms / 1000:.0f} s",
+            )
+            events += self._commit(change)
+        return events
+
+    def history(self, alert_id: int) -> Sequence[AlertEvent]:
+        return self.store.events(alert_id)

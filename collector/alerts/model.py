@@ -1,0 +1,113 @@
+"""Alerts and their lifecycle: the five-step loop as a state machine.
+
+    detect      -> open          a detector raised a colour for a fingerprint
+    dispatch    -> dispatched    a work order reached a receiver
+    handle      -> acknowledged  someone is on it
+    feed back   -> resolved      the handler reports it fixed
+    verify      -> closed        the readings stayed normal for the verification window
+                                 and the device is alive
+
+Beside the main line:
+
+- ``recovered``: the condition cleared by itself before anyone acknowledged; the alert
+  still needs acknowledgement (and feedback) before it can be verified and closed;
+- ``reopened``: the readings turned abnormal again while a resolution was being verified.
+
+One alert per fingerprint (device, quantity, detector) until it is closed; the colour may
+rise and fall inside one alert. Every change is an event with time, actor and note, kept
+forever as the audit trail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    OPEN = "open"
+    DISPATCHED = "dispatched"
+    ACKNOWLEDGED = "acknowledged"
+    RECOVERED = "recovered"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    CLOSED = "closed"
+
+
+ACTIVE_STATES = frozenset(State) - {State.CLOSED}
+
+# Which states each workflow action may start from (anything else is refused).
+ACK_FROM = frozenset({State.OPEN, State.DISPATCHED, State.RECOVERED, State.REOPENED})
+RESOLVE_FROM = frozenset(
+    {State.OPEN, State.DISPATCHED, State.ACKNOWLEDGED, State.RECOVERED, State.REOPENED}
+)
+DISPATCH_FROM = frozenset({State.OPEN, State.REOPENED})
+
+
+class EventType(StrEnum):
+    OPENED = "opened"
+    COLOUR_CHANGED = "colour_changed"
+    DISPATCHED = "dispatched"
+    ACKNOWLEDGED = "acknowledged"
+    RECOVERED = "recovered"
+    CONDITION_CLEARED = "condition_cleared"
+    CONDITION_RETURNED = "condition_returned"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    CLOSED = "closed"
+    COMMENTED = "commented"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    device: str
+    quantity: str
+    detector: str
+
+    def key(self) -> str:
+        return f"{self.device}\x1f{self.quantity}\x1f{self.detector}"
+
+
+@dataclass
+class Alert:
+    id: int
+    fingerprint: Fingerprint
+    state: State
+    colour: str
+    family: str
+    unit: str
+    hierarchy: dict[str, str]
+    value: float | None
+    started_at_ms: int
+    updated_at_ms: int
+    condition_active: bool = True
+    condition_changed_at_ms: int = 0
+    acknowledged: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    alert_id: int
+    seq: int  # per alert, from 1: receivers keep one alert's events in order with it
+    type: EventType
+    at_ms: int
+    actor: str
+    note: str
+    state: State  # the alert's state after the event
+    colour: str
+    value: float | None
+
+    @property
+    def id(self) -> str:
+        """The idempotency key: stable across retries and restarts."""
+        return f"{self.alert_id}-{self.seq}"
+
+
+class TransitionError(ValueError):
+    """A workflow action that the alert's state does not allow (e.g. ack a closed alert)."""

@@ -1,0 +1,246 @@
+"""Durable alert storage: the AlertStore interface and its SQLite implementation.
+
+Every change is one transaction that writes the alert's new row and its new events
+together, so a crash can never leave an event without its alert or the other way round.
+SQLite runs in WAL mode with ``synchronous=FULL``: a committed change survives a power
+cut. A partial unique index enforces one active alert per fingerprint in the database
+itself. PostgreSQL can implement the same interface later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    device TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    state TEXT NOT NULL,
+    colour TEXT NOT NULL,
+    family TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    hierarchy TEXT NOT NULL,
+    value REAL,
+    started_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    condition_active INTEGER NOT NULL,
+    condition_changed_at_ms INTEGER NOT NULL,
+    acknowledged INTEGER NOT NULL,
+    extra TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_alert_per_fingerprint
+    ON alerts(fingerprint) WHERE state != 'closed';
+CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state);
+CREATE TABLE IF NOT EXISTS alert_events (
+    alert_id INTEGER NOT NULL REFERENCES alerts(id),
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT NOT NULL,
+    state TEXT NOT NULL,
+    colour TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (alert_id, seq)
+);
+"""
+
+
+class AlertStore(Protocol):
+    def create(self, alert: Alert, events: Sequence[AlertEvent]) -> Alert: ...
+    def save(self, alert: Alert, events: Sequence[AlertEvent]) -> None: ...
+    def get(self, alert_id: int) -> Alert | None: ...
+    def find_active(self, fingerprint: Fingerprint) -> Alert | None: ...
+    def alerts(self, *, states: Sequence[State] = ()) -> list[Alert]: ...
+    def events(self, alert_id: int) -> list[AlertEvent]: ...
+    def last_seq(self, alert_id: int) -> int: ...
+    def close(self) -> None: ...
+
+
+class SqliteAlertStore:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()  # the collector loop and the HTTP API share the store
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if found is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(found[0]) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"alert store schema {found[0]}, this version reads {SCHEMA_VERSION}"
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def create(self, alert: Alert, events: Sequence[AlertEvent]) -> Alert:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO alerts (fingerprint, device, quantity, detector, state, colour, "
+                "family, unit, hierarchy, value, started_at_ms, updated_at_ms, condition_active,"
+                " condition_changed_at_ms, acknowledged, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    alert.fingerprint.key(),
+                    alert.fingerprint.device,
+                    alert.fingerprint.quantity,
+                    alert.fingerprint.detector,
+                    *self._row_values(alert),
+                ),
+            )
+            alert.id = int(cursor.lastrowid or 0)
+            self._insert_events(db, alert, events)
+        return alert
+
+    def save(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
+                "value = ?, started_at_ms = ?, updated_at_ms = ?, condition_active = ?, "
+                "condition_changed_at_ms = ?, acknowledged = ?, extra = ? WHERE id = ?",
+                (*self._row_values(alert), alert.id),
+            )
+            self._insert_events(db, alert, events)
+
+    @staticmethod
+    def _row_values(alert: Alert) -> tuple[Any, ...]:
+        return (
+            alert.state.value,
+            alert.colour,
+            alert.family,
+            alert.unit,
+            json.dumps(alert.hierarchy),
+            alert.value,
+            alert.started_at_ms,
+            alert.updated_at_ms,
+            int(alert.condition_active),
+            alert.condition_changed_at_ms,
+            int(alert.acknowledged),
+            json.dumps(alert.extra),
+        )
+
+    @staticmethod
+    def _insert_events(db: sqlite3.Connection, alert: Alert, events: Sequence[AlertEvent]) -> None:
+        if not events:
+            return
+        db.executemany(
+            "INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    alert.id,
+                    e.seq,
+                    e.type.value,
+                    e.at_ms,
+                    e.actor,
+                    e.note,
+                    e.state.value,
+                    e.colour,
+                    e.value,
+                )
+                for e in events
+            ],
+        )
+        db.execute("UPDATE alerts SET last_seq = ? WHERE id = ?", (events[-1].seq, alert.id))
+
+    def last_seq(self, alert_id: int) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT last_seq FROM alerts WHERE id = ?", (alert_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    _COLUMNS = (
+        "id, device, quantity, detector, state, colour, family, unit, hierarchy, value, "
+        "started_at_ms, updated_at_ms, condition_active, condition_changed_at_ms, "
+        "acknowledged, extra"
+    )
+
+    @staticmethod
+    def _alert(row: Sequence[Any]) -> Alert:
+        return Alert(
+            id=row[0],
+            fingerprint=Fingerprint(row[1], row[2], row[3]),
+            state=State(row[4]),
+            colour=row[5],
+            family=row[6],
+            unit=row[7],
+            hierarchy=json.loads(row[8]),
+            value=row[9],
+            started_at_ms=row[10],
+            updated_at_ms=row[11],
+            condition_active=bool(row[12]),
+            condition_changed_at_ms=row[13],
+            acknowledged=bool(row[14]),
+            extra=json.loads(row[15]),
+        )
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM alerts WHERE id = ?",
+                (alert_id,),
+            ).fetchone()
+        return self._alert(row) if row else None
+
+    def find_active(self, fingerprint: Fingerprint) -> Alert | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM alerts WHERE fingerprint = ? "
+                "AND state != 'closed'",
+                (fingerprint.key(),),
+            ).fetchone()
+        return self._alert(row) if row else None
+
+    def alerts(self, *, states: Sequence[State] = ()) -> list[Alert]:
+        query = f"SELECT {self._COLUMNS} FROM alerts"
+        params: list[str] = []
+        if states:
+            query += f" WHERE state IN ({', '.join('?' for _ in states)})"
+            params = [s.value for s in states]
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
+        return [self._alert(row) for row in rows]
+
+    def events(self, alert_id: int) -> list[AlertEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT alert_id, seq, type, at_ms, actor, note, state, colour, value "
+                "FROM alert_events WHERE alert_id = ? ORDER BY seq",
+                (alert_id,),
+            ).fetchall()
+        return [
+            AlertEvent(r[0], r[1], EventType(r[2]), r[3], r[4], r[5], State(r[6]), r[7], r[8])
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,152 @@
+"""The five-step loop on a real SQLite store: states, audit trail, idempotency, durability."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.lifecycle import AlertBook
+from collector.alerts.model import EventType, State, TransitionError
+from collector.alerts.store import SqliteAlertStore
+from collector.detection import DetectionEvent
+
+MIN = 60_000
+
+
+def detection(
+    kind: str, colour: str, at_ms: int, value: float = 30.0, device: str = "gas-1"
+) -> DetectionEvent:
+    return DetectionEvent(
+        kind, "combustible-gas", device, "chem", "lel_pct", "xinghua", colour, "green", value, at_ms
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> AlertBook:
+    return AlertBook(SqliteAlertStore(tmp_path / "alerts.db"), verify_window_s=300)
+
+
+def alive(_device: str) -> bool:
+    return True
+
+
+def test_the_full_loop_from_detection_to_verified_close(book: AlertBook) -> None:
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    alert_id = opened.alert_id
+    assert opened.type == EventType.OPENED and opened.state == State.OPEN
+    assert [e.type for e in book.on_detection(detection("changed", "red", 1 * MIN, 55))] == [
+        EventType.COLOUR_CHANGED
+    ]
+    book.dispatched(alert_id, now_ms=2 * MIN)
+    book.acknowledge(alert_id, actor="grid-officer-7", note="on my way", now_ms=5 * MIN)
+    book.on_detection(detection("cleared", "green", 20 * MIN, 10))
+    book.resolve(alert_id, actor="grid-officer-7", note="valve closed", now_ms=22 * MIN)
+    assert book.verify(24 * MIN, alive) == []  # normal for 2 minutes only
+    (closed,) = book.verify(27 * MIN, alive)  # 5 minutes after the resolution
+    assert closed.type == EventType.CLOSED and closed.state == State.CLOSED
+
+    history = book.history(alert_id)
+    assert [e.type for e in history] == [
+        EventType.OPENED,
+        EventType.COLOUR_CHANGED,
+        EventType.DISPATCHED,
+        EventType.ACKNOWLEDGED,
+        EventType.CONDITION_CLEARED,
+        EventType.RESOLVED,
+        EventType.CLOSED,
+    ]
+    assert [e.seq for e in history] == list(range(1, 8))
+    assert history[3].actor == "grid-officer-7" and history[3].note == "on my way"
+    assert len({e.id for e in history}) == 7  # idempotency keys are unique
+
+
+def test_readings_abnormal_during_verification_reopen(book: AlertBook) -> None:
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    book.acknowledge(opened.alert_id, actor="a", now_ms=MIN)
+    book.on_detection(detection("cleared", "green", 2 * MIN, 10))
+    book.resolve(opened.alert_id, actor="a", now_ms=3 * MIN)
+    (reopened,) = book.on_detection(detection("raised", "orange", 4 * MIN))
+    assert reopened.type == EventType.REOPENED and reopened.state == State.REOPENED
+    assert book.verify(60 * MIN, alive) == []  # a reopened alert is not verified
+    # one alert per fingerprint: the same alert, not a new one
+    assert [a.id for a in book.store.alerts()] == [opened.alert_id]
+
+
+def test_a_condition_that_clears_by_itself_still_needs_acknowledgement(book: AlertBook) -> None:
+    (opened,) = book.on_detection(detection("raised", "yellow", 0))
+    (recovered,) = book.on_detection(detection("cleared", "green", MIN, 3))
+    assert recovered.state == State.RECOVERED
+    assert book.verify(60 * MIN, alive) == []  # nobody acknowledged: not closed
+    book.acknowledge(opened.alert_id, actor="b", now_ms=61 * MIN)
+    book.resolve(opened.alert_id, actor="b", note="false alarm: calibration", now_ms=62 * MIN)
+    assert [e.state for e in book.verify(67 * MIN, alive)] == [State.CLOSED]
+
+
+def test_a_silent_device_is_not_verified(book: AlertBook) -> None:
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    book.on_detection(detection("cleared", "green", MIN, 3))
+    book.resolve(opened.alert_id, actor="c", now_ms=2 * MIN)
+    assert book.verify(60 * MIN, lambda device: False) == []
+    assert book.store.get(opened.alert_id).state == State.RESOLVED
+
+
+def test_actions_are_idempotent_and_refused_when_impossible(book: AlertBook) -> None:
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    assert len(book.acknowledge(opened.alert_id, actor="d", now_ms=MIN)) == 1
+    assert book.acknowledge(opened.alert_id, actor="d", now_ms=2 * MIN) == []
+    resolved = book.resolve(opened.alert_id, actor="d", now_ms=3 * MIN)
+    assert book.resolve(opened.alert_id, actor="d", now_ms=4 * MIN) == []
+    assert [e.type for e in resolved] == [EventType.RESOLVED]
+    book.on_detection(detection("cleared", "green", 3 * MIN, 1))
+    book.verify(9 * MIN, alive)
+    with pytest.raises(TransitionError):
+        book.resolve(opened.alert_id, actor="d", now_ms=10 * MIN)  # closed is closed
+    assert book.comment(opened.alert_id, actor="auditor", note="checked", now_ms=11 * MIN)
+    with pytest.raises(KeyError):
+        book.acknowledge(999, actor="x", now_ms=0)
+
+
+def test_resolving_without_acknowledging_records_both(book: AlertBook) -> None:
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    events = book.resolve(opened.alert_id, actor="e", note="fixed on site", now_ms=MIN)
+    assert [e.type for e in events] == [EventType.ACKNOWLEDGED, EventType.RESOLVED]
+
+
+def test_nothing_is_forgotten_across_a_reopen_of_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.db"
+    first = AlertBook(SqliteAlertStore(path))
+    (opened,) = first.on_detection(detection("raised", "red", 0, 60))
+    first.acknowledge(opened.alert_id, actor="f", now_ms=MIN)
+    first.store.close()
+
+    second = AlertBook(SqliteAlertStore(path))
+    alert = second.store.get(opened.alert_id)
+    assert alert is not None
+    assert (alert.state, alert.colour, alert.acknowledged) == (State.ACKNOWLEDGED, "red", True)
+    # the same fingerprint keeps its alert; the sequence continues
+    (changed,) = second.on_detection(detection("changed", "orange", 2 * MIN, 30))
+    assert (changed.alert_id, changed.seq) == (opened.alert_id, 3)
+
+
+def test_the_database_itself_refuses_two_active_alerts_per_fingerprint(tmp_path: Path) -> None:
+    book = AlertBook(SqliteAlertStore(tmp_path / "alerts.db"))
+    (opened,) = book.on_detection(detection("raised", "red", 0))
+    alert = book.store.get(opened.alert_id)
+    assert alert is not None
+    with pytest.raises(sqlite3.IntegrityError):
+        book.store.create(alert, [])
+
+
+def test_silence_events_open_alerts_without_a_value(book: AlertBook) -> None:
+    silent = DetectionEvent(
+        "silent", "silence", "gw-1", "gateway", "", "", "orange", "green", math.nan, 0
+    )
+    (opened,) = book.on_detection(silent)
+    assert opened.value is None
+    resumed = DetectionEvent(
+        "resumed", "silence", "gw-1", "gateway", "", "", "green", "orange", math.nan, MIN
+    )
+    assert [e.state for e in book.on_detection(resumed)] == [State.RECOVERED]

@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, holder.reload_if_changed)
+        loop.add_signal_handler(signal.SIGHUP, holder.reload_now)
         await Collector(settings, holder).run(stop)
 
     asyncio.run(main())

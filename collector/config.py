@@ -170,6 +170,15 @@ class DetectionSettings(_Section):
         return name or None
 
 
+class AlertSettings(_Section):
+    enabled: bool = True
+    # Relative to data_dir.
+    database: Path = Path("alerts.db")
+    # "closed" needs the readings normal for this long after the handler's resolution.
+    verify_window_s: PositiveFloat = 300.0
+    verify_interval_s: PositiveFloat = 10.0
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -183,6 +192,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     registry: RegistrySettings = RegistrySettings()
     detection: DetectionSettings = DetectionSettings()
+    alerts: AlertSettings = AlertSettings()
     logging: LoggingSettings = LoggingSettings()
     data_dir: Path = Path("data")
 

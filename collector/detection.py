@@ -206,6 +206,13 @@ class DetectionEngine:
             self._grouped_by = None  # a new device may belong to a gateway
         return found
 
+    def device_alive(self, device: str, now_s: float) -> bool:
+        """Whether a device's newest reading is within its silence timeout."""
+        found = self._devices.get(device)
+        if found is None:
+            return False
+        return bool(self.silence.alive(found, now_s))
+
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
         if self._grouped_by is not registry:

@@ -209,6 +209,7 @@ class RegistryHolder:
         self.reloads = 0
         self.reload_failures = 0
         self._stamp = self._file_stamp()
+        self._seen = self._stamp
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -219,12 +220,22 @@ class RegistryHolder:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def reload_if_changed(self) -> bool:
-        """Load the file again if it changed; keep the old registry if the new one is bad."""
+    def reload_if_changed(self, *, settled: bool = True) -> bool:
+        """Load the file again if it changed; keep the old registry if the new one is bad.
+
+        With ``settled`` (the watcher), a change is loaded only once the file has looked
+        the same on two consecutive checks: an editor that truncates and rewrites the file
+        must not be caught half-way (an empty file is a valid, empty registry, which would
+        unregister every device).
+        """
         stamp = self._file_stamp()
         if self.path is None or stamp is None or stamp == self._stamp:
+            self._seen = stamp
             return False
-        self._stamp = stamp
+        if settled and stamp != self._seen:
+            self._seen = stamp  # changed since the last look: wait for it to settle
+            return False
+        self._stamp = self._seen = stamp
         try:
             self.current = Registry.load(self.path)
         except ConfigError as exc:
@@ -237,6 +248,10 @@ class RegistryHolder:
             extra={"units": len(self.current.units), "devices": len(self.current.devices)},
         )
         return True
+
+    def reload_now(self) -> bool:
+        """Reload on an operator's request (SIGHUP): no settling."""
+        return self.reload_if_changed(settled=False)
 
     async def watch(self, interval_s: float) -> None:
         while True:

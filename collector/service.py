@@ -23,14 +23,19 @@ collapse in InfluxDB (same device, same device time -> same point).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from collector.alerts.lifecycle import AlertBook
+from collector.alerts.model import Alert, AlertEvent
+from collector.alerts.store import SqliteAlertStore
 from collector.config import Settings
 from collector.detection import DetectionEngine, DetectionEvent
 from collector.errors import RetryableStoreError, StoreError
@@ -62,6 +67,8 @@ log = logging.getLogger(__name__)
 STATS_MEASUREMENT = "smartunit_ingest"
 NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
+ALERT_EVENTS_MEASUREMENT = "alert_events"
+ANNOTATION_FLUSH_S = 1.0
 DETECTOR_STATE_FILE = "detector-state.npz"
 DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 WARM_START_CHUNK_MS = 3_600_000
@@ -80,6 +87,8 @@ class IngestStats:
     lines_dropped: Counter[str] = field(default_factory=Counter)
     detections: Counter[str] = field(default_factory=Counter)
     detection_errors: int = 0
+    alert_events: Counter[str] = field(default_factory=Counter)
+    alert_errors: int = 0
 
     @property
     def rejected(self) -> int:
@@ -98,6 +107,8 @@ class IngestStats:
             "lines_dropped": dict(self.lines_dropped),
             "detections": dict(self.detections),
             "detection_errors": self.detection_errors,
+            "alert_events": dict(self.alert_events),
+            "alert_errors": self.alert_errors,
         }
 
 
@@ -133,6 +144,16 @@ class Collector:
         self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
         self._stopping = asyncio.Event()
         self.engine = build_engine(settings) if settings.detection.enabled else None
+        self.alerts: AlertBook | None = None
+        if settings.alerts.enabled:
+            database = settings.data_dir / settings.alerts.database
+            self.alerts = AlertBook(
+                SqliteAlertStore(database),
+                verify_window_s=settings.alerts.verify_window_s,
+                listeners=[self._annotate],
+            )
+        # Alert events can come from any thread (the HTTP API): lines wait here.
+        self._annotations: collections.deque[str] = collections.deque()
         self.state_path = settings.data_dir / DETECTOR_STATE_FILE
         self._needs_warm_start = False
         if self.engine is not None:
@@ -153,6 +174,7 @@ class Collector:
             ),
             asyncio.create_task(self._stats_loop(), name="stats"),
             asyncio.create_task(self._silence_loop(), name="silence"),
+            asyncio.create_task(self._verify_loop(), name="verify"),
         ]
         decode, write = tasks[0], tasks[1]
         stop_wait = asyncio.create_task(stop.wait())
@@ -172,6 +194,8 @@ class Collector:
         await asyncio.gather(*tasks[2:], stop_wait, return_exceptions=True)
         await self._write_stats()
         self._save_detector_state()
+        if self.alerts is not None:
+            self.alerts.store.close()
         self.source.stop()
         await self.influx.aclose()
         log.info("stopped", extra=self.stats.as_dict())
@@ -307,6 +331,7 @@ class Collector:
         batch.lines.extend(self._record(events, registry))
 
     def _record(self, events: list[DetectionEvent], registry: Registry) -> list[str]:
+        lines = []
         for event in events:
             self.stats.detections[event.kind] += 1
             log.info(
@@ -321,7 +346,32 @@ class Collector:
                     "value": event.value,
                 },
             )
-        return [detection_line(event, registry) for event in events]
+            lines.append(detection_line(event, registry))
+            if self.alerts is not None:
+                try:
+                    self.alerts.on_detection(event, _hierarchy_of(event.unit, registry))
+                except Exception:  # the alert store must never stop ingest
+                    self.stats.alert_errors += 1
+                    log.exception(
+                        "could not apply a detection to the alerts",
+                        extra={"device": event.device, "detector": event.detector},
+                    )
+        return lines
+
+    def _annotate(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
+        for event in events:
+            self.stats.alert_events[event.type.value] += 1
+            log.info(
+                "alert event",
+                extra={
+                    "alert": event.alert_id,
+                    "type": event.type.value,
+                    "state": event.state.value,
+                    "colour": event.colour,
+                    "actor": event.actor,
+                },
+            )
+            self._annotations.append(alert_event_line(event, alert))
 
     async def _silence_loop(self) -> None:
         silence = self.settings.detection.silence
@@ -333,6 +383,31 @@ class Collector:
             events = self.engine.check_silence(time.time(), registry)
             if events:
                 await self._queue.put(Batch(lines=self._record(events, registry)))
+
+    async def _verify_loop(self) -> None:
+        """Verify resolved alerts, and store every alert event as an annotation."""
+        if self.alerts is None:
+            return
+        engine = self.engine
+        interval = self.settings.alerts.verify_interval_s
+        last_verify = 0.0
+        while True:
+            await asyncio.sleep(min(interval, ANNOTATION_FLUSH_S))
+            now = time.time()
+            if now - last_verify >= interval:
+                last_verify = now
+
+                def alive(device: str, now: float = now) -> bool:
+                    return engine is not None and engine.device_alive(device, now)
+
+                try:
+                    self.alerts.verify(round(now * 1000), alive)
+                except Exception:  # keep verifying: the next tick may succeed
+                    self.stats.alert_errors += 1
+                    log.exception("alert verification failed")
+            if self._annotations:
+                lines = [self._annotations.popleft() for _ in range(len(self._annotations))]
+                await self._queue.put(Batch(lines=lines))
 
     # -- write -----------------------------------------------------------------------------
 
@@ -488,6 +563,33 @@ def detection_line(event: DetectionEvent, registry: Registry) -> str:
     if math.isfinite(event.value):
         fields["value"] = event.value
     return encode_line(DETECTIONS_MEASUREMENT, tags, fields, event.ts_ms)
+
+
+def _hierarchy_of(unit: str, registry: Registry) -> dict[str, str]:
+    found = registry.units.get(unit)
+    return found.hierarchy.as_tags() if found is not None else {}
+
+
+def alert_event_line(event: AlertEvent, alert: Alert | None) -> str:
+    """An alert event as a point of ``alert_events``: Grafana annotates with these."""
+    tags = {"colour": event.colour, "state": event.state.value, "type": event.type.value}
+    if alert is not None:
+        tags |= {
+            "family": alert.family,
+            "unit": alert.unit,
+            "device": alert.fingerprint.device,
+            "detector": alert.fingerprint.detector,
+            **alert.hierarchy,
+        }
+    fields: dict[str, int | float | str] = {
+        "alert_id": event.alert_id,
+        "seq": event.seq,
+        "actor": event.actor,
+        "note": event.note,
+    }
+    if event.value is not None and math.isfinite(event.value):
+        fields["value"] = event.value
+    return encode_line(ALERT_EVENTS_MEASUREMENT, tags, fields, event.at_ms)
 
 
 def collector_status_topic(client_id: str) -> str:

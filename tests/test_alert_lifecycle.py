@@ -150,3 +150,38 @@ def test_silence_events_open_alerts_without_a_value(book: AlertBook) -> None:
         "resumed", "silence", "gw-1", "gateway", "", "", "green", "orange", math.nan, MIN
     )
     assert [e.state for e in book.on_detection(resumed)] == [State.RECOVERED]
+
+
+def test_detections_and_people_can_change_one_alert_at_the_same_time(book: AlertBook) -> None:
+    """The collector loop and HTTP API threads share the book: no lost update, no gap."""
+    import threading
+
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    errors: list[BaseException] = []
+
+    def detections() -> None:
+        try:
+            for i in range(200):
+                colour = "red" if i % 2 else "orange"
+                book.on_detection(detection("changed", colour, i + 1, 40.0 + i % 2))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def people() -> None:
+        try:
+            for i in range(200):
+                book.comment(opened.alert_id, actor="desk", note=f"note {i}", now_ms=i + 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=detections), threading.Thread(target=people)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    history = book.history(opened.alert_id)
+    assert [e.seq for e in history] == list(range(1, len(history) + 1))
+    assert sum(e.type == EventType.COMMENTED for e in history) == 200
+    # the first of the 200 repeats the alert's colour (orange): 199 changes
+    assert sum(e.type == EventType.COLOUR_CHANGED for e in history) == 199

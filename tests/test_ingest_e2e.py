@@ -386,3 +386,21 @@ def test_devices_unregistered_lists_unknown_devices(
     out = list_unregistered(config, env)
     assert "no unregistered devices" in out
     assert query_sync(settings.influx, "SHOW MEASUREMENTS")
+
+
+def test_a_half_written_registry_is_never_loaded(tmp_path: Path) -> None:
+    """Editors truncate, then write: the watcher waits for the file to settle."""
+    from collector.registry import Registry, RegistryHolder
+
+    path = tmp_path / "registry.toml"
+    path.write_text(REGISTRY)
+    holder = RegistryHolder(Registry.load(path), path)
+    path.write_text("")  # the editor has truncated the file ...
+    assert holder.reload_if_changed() is False  # ... a first look only notes the change
+    path.write_text(REGISTRY.replace('grid = "G0410"', 'grid = "G0411"'))  # ... and wrote it
+    assert holder.reload_if_changed() is False  # changed again since: still settling
+    assert holder.reload_if_changed() is True  # unchanged between two looks: loaded
+    assert "cam-1" in holder.current.devices
+    assert holder.current.units["lot-p2"].hierarchy.grid == "G0411"
+    path.write_text("")
+    assert holder.reload_now() is True  # an operator's SIGHUP does not wait

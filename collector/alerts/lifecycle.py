@@ -10,8 +10,11 @@ read inside, so verification windows and deadlines can be compressed by configur
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from collector.alerts.model import (
     ACK_FROM,
@@ -55,10 +58,42 @@ class _Change:
         self.next_seq += 1
 
 
+EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialised(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: AlertBook, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, wrapper)
+
+
 class AlertBook:
-    def __init__(self, store: AlertStore, *, verify_window_s: float = 300.0) -> None:
+    """``listeners`` hear of every committed change, whoever caused it (detector, API,
+    verifier): annotations, notifications and the field downlink hang on them."""
+
+    def __init__(
+        self,
+        store: AlertStore,
+        *,
+        verify_window_s: float = 300.0,
+        listeners: Sequence[EventListener] = (),
+    ) -> None:
         self.store = store
         self.verify_window_ms = round(verify_window_s * 1000)
+        self.listeners = list(listeners)
+        # Detections (collector loop) and people (HTTP API threads) change the same alerts:
+        # each operation reads, decides and writes as one step.
+        self._lock = threading.RLock()
+
+    def _tell(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
+        for listener in self.listeners:
+            listener(alert, events)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -68,6 +103,7 @@ class AlertBook:
     def _commit(self, change: _Change) -> list[AlertEvent]:
         if change.events:
             self.store.save(change.alert, change.events)
+            self._tell(change.alert, change.events)
         return change.events
 
     def _require(self, alert_id: int) -> Alert:
@@ -78,6 +114,7 @@ class AlertBook:
 
     # -- detections ------------------------------------------------------------------------
 
+    @_serialised
     def on_detection(
         self, event: DetectionEvent, hierarchy: dict[str, str] | None = None
     ) -> list[AlertEvent]:
@@ -122,7 +159,9 @@ class AlertBook:
                 value,
             )
             created = self.store.create(alert, [opened])  # assigns the id
-            return [dataclasses.replace(opened, alert_id=created.id)]
+            events = [dataclasses.replace(opened, alert_id=created.id)]
+            self._tell(created, events)
+            return events
         change = self._change(alert)
         alert.value = value
         if not alert.condition_active:
@@ -173,6 +212,7 @@ class AlertBook:
 
     # -- workflow --------------------------------------------------------------------------
 
+    @_serialised
     def dispatched(
         self, alert_id: int, *, now_ms: int, actor: str = "dispatcher", note: str = ""
     ) -> list[AlertEvent]:
@@ -185,6 +225,7 @@ class AlertBook:
         change.record(EventType.DISPATCHED, now_ms, actor, note)
         return self._commit(change)
 
+    @_serialised
     def acknowledge(
         self, alert_id: int, *, actor: str, note: str = "", now_ms: int
     ) -> list[AlertEvent]:
@@ -200,6 +241,7 @@ class AlertBook:
         change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
         return self._commit(change)
 
+    @_serialised
     def resolve(
         self, alert_id: int, *, actor: str, note: str = "", now_ms: int
     ) -> list[AlertEvent]:
@@ -217,6 +259,7 @@ class AlertBook:
         change.record(EventType.RESOLVED, now_ms, actor, note)
         return self._commit(change)
 
+    @_serialised
     def comment(self, alert_id: int, *, actor: str, note: str, now_ms: int) -> list[AlertEvent]:
         change = self._change(self._require(alert_id))
         change.record(EventType.COMMENTED, now_ms, actor, note)
@@ -224,6 +267,7 @@ class AlertBook:
 
     # -- verification ----------------------------------------------------------------------
 
+    @_serialised
     def verify(self, now_ms: int, device_alive: Callable[[str], bool]) -> list[AlertEvent]:
         """Close resolved alerts whose readings stayed normal for the window, device alive."""
         events: list[AlertEvent] = []

@@ -213,8 +213,7 @@ class SqliteAlertStore:
     def find_active(self, fingerprint: Fingerprint) -> Alert | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM alerts WHERE fingerprint = ? "
-                "AND state != 'closed'",
+                f"SELECT {self._COLUMNS} FROM alerts WHERE fingerprint = ? AND state != 'closed'",
                 (fingerprint.key(),),
             ).fetchone()
         return self._alert(row) if row else None

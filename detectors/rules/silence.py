@@ -96,6 +96,14 @@ class SilenceWatch:
         learned = self.interval_multiple * st["interval"][:count]
         return np.fmax(np.where(np.isnan(learned), self.minimum_s, learned), self.minimum_s)
 
+    def alive(self, series: int, now: float) -> bool:
+        """Whether one series has reported within its timeout (plus allowance)."""
+        st = self._state
+        if series >= st.count or not np.isfinite(st["newest"][series]):
+            return False
+        timeout = float(self.timeouts()[series])
+        return bool(now - st["newest"][series] <= timeout + self.allowance_s)
+
     def check(self, now: float) -> SilenceReport:
         st = self._state
         count = st.count

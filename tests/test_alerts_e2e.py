@@ -1,0 +1,73 @@
+"""Alerts in the running collector: detections open them, verification closes them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.model import State
+from collector.config import SilenceSettings
+from tests.test_detection_e2e import PRESETS, REGISTRY, wait_rows
+
+
+def wait_for(predicate, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.slow
+def test_a_gas_alarm_runs_the_loop_to_a_verified_close(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    settings = make_settings(
+        registry,
+        detection={
+            "rules": [PRESETS],
+            "silence": SilenceSettings(timeout_s=60.0, check_interval_s=0.5),
+        },
+        alerts={"verify_window_s": 1.0, "verify_interval_s": 0.2},
+    )
+    collector = run_collector(settings)
+    book = collector.collector.alerts
+
+    def publish(value: float) -> None:
+        publisher.publish(
+            "smartunit/v1/chem/gas-1/data",
+            json.dumps({"ts": time.time(), "readings": {"lel_pct": value}}),
+        )
+
+    publish(3)
+    for _ in range(4):  # 55 % LEL for longer than the preset's 5 s: red
+        publish(55)
+        time.sleep(2)
+    assert wait_for(lambda: any(a.colour == "red" for a in book.store.alerts()))
+    (alert,) = [a for a in book.store.alerts() if a.fingerprint.detector == "combustible-gas"]
+    assert alert.state == State.OPEN
+
+    now = lambda: round(time.time() * 1000)  # noqa: E731
+    book.acknowledge(alert.id, actor="grid-officer-7", note="on my way", now_ms=now())
+    publish(10)  # back below every clear value
+    assert wait_for(lambda: not book.store.get(alert.id).condition_active)
+    book.resolve(alert.id, actor="grid-officer-7", note="valve closed", now_ms=now())
+    publish(3)  # the device keeps reporting: alive
+    assert wait_for(lambda: book.store.get(alert.id).state == State.CLOSED)
+
+    types = [e.type.value for e in book.history(alert.id)]
+    assert types[0] == "opened" and types[-2:] == ["resolved", "closed"]
+    assert "acknowledged" in types and "condition_cleared" in types
+    stored = wait_rows(
+        settings.influx,
+        f'SELECT * FROM "alert_events" WHERE "alert_id" = {alert.id} GROUP BY *',
+        len(types),
+    )
+    assert sorted(r["seq"] for r in stored) == list(range(1, len(types) + 1))
+    assert {r["grid"] for r in stored} == {"CP-01"}
+    assert any(r["note"] == "valve closed" and r["actor"] == "grid-officer-7" for r in stored)
+    collector.stop()

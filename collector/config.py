@@ -170,8 +170,36 @@ class DetectionSettings(_Section):
         return name or None
 
 
+class ReceiverSettings(_Section):
+    """A webhook receiver: a work-order system, a 12345 hotline platform, a chat bridge."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    url: str
+    secret: SecretStr | None = None
+    format: Literal["native", "alertmanager"] = "native"
+    # Routing: empty means any. A hierarchy prefix "suzhou/gusu" takes that district.
+    families: list[Literal["camera", "parking", "chem", "gateway"]] = []
+    min_colour: Literal["blue", "yellow", "orange", "red"] = "blue"
+    hierarchy_prefix: str = ""
+    timeout_s: PositiveFloat = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
 class AlertSettings(_Section):
     enabled: bool = True
+    receivers: list[ReceiverSettings] = []
+    # Delivery retries: doubling from retry_initial_s up to retry_max_s, without end.
+    retry_initial_s: PositiveFloat = 1.0
+    retry_max_s: PositiveFloat = 300.0
+    # Base of the alert links in payloads (the console of the command centre).
+    public_url: str = "http://127.0.0.1:8080"
     # Relative to data_dir.
     database: Path = Path("alerts.db")
     # "closed" needs the readings normal for this long after the handler's resolution.
@@ -205,6 +233,10 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SMARTUNIT_HTTP_PORT": ("http", "port"),
     "SMARTUNIT_DATA_DIR": ("data_dir",),
 }
+
+# A catch-all receiver for quick starts: every alert event goes there.
+WEBHOOK_URL_ENV = "SMARTUNIT_WEBHOOK_URL"
+WEBHOOK_SECRET_ENV = "SMARTUNIT_WEBHOOK_SECRET"  # noqa: S105 - a variable's name
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -274,6 +306,16 @@ def load_settings(
         base = path.resolve().parent
         raw = read_toml(path, "configuration")
     _apply_env(raw, env)
+    if env.get(WEBHOOK_URL_ENV):
+        alerts = raw.setdefault("alerts", {})
+        receivers = alerts.setdefault("receivers", []) if isinstance(alerts, dict) else []
+        receivers.append(
+            {
+                "name": "default",
+                "url": env[WEBHOOK_URL_ENV],
+                "secret": env.get(WEBHOOK_SECRET_ENV) or None,
+            }
+        )
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:

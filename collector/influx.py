@@ -63,7 +63,8 @@ def _connection(settings: InfluxSettings) -> tuple[str, dict[str, str], tuple[st
     return base_url, headers, auth
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), if any."""
     if not value:
         return None
     try:
@@ -95,7 +96,9 @@ def classify(response: httpx.Response) -> StoreError | None:
     message = f"HTTP {status}: {_error_text(response)}"
     if status == 429 or status >= 500 or status in {401, 403, 404, 408}:
         return RetryableStoreError(
-            message, status=status, retry_after_s=_retry_after(response.headers.get("Retry-After"))
+            message,
+            status=status,
+            retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
         )
     return RejectedWriteError(message, status=status)
 

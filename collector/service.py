@@ -33,8 +33,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import Alert, AlertEvent
+from collector.alerts.notify import Notifier
 from collector.alerts.store import SqliteAlertStore
 from collector.config import Settings
 from collector.detection import DetectionEngine, DetectionEvent
@@ -89,6 +91,7 @@ class IngestStats:
     detection_errors: int = 0
     alert_events: Counter[str] = field(default_factory=Counter)
     alert_errors: int = 0
+    outbox: dict[str, int] = field(default_factory=dict)
 
     @property
     def rejected(self) -> int:
@@ -109,6 +112,7 @@ class IngestStats:
             "detection_errors": self.detection_errors,
             "alert_events": dict(self.alert_events),
             "alert_errors": self.alert_errors,
+            "outbox": dict(self.outbox),
         }
 
 
@@ -147,11 +151,23 @@ class Collector:
         self.alerts: AlertBook | None = None
         if settings.alerts.enabled:
             database = settings.data_dir / settings.alerts.database
+            store = SqliteAlertStore(database)
+            notifier = Notifier(settings.alerts.receivers, settings.alerts.public_url)
             self.alerts = AlertBook(
-                SqliteAlertStore(database),
+                store,
                 verify_window_s=settings.alerts.verify_window_s,
                 listeners=[self._annotate],
+                router=notifier.route,
             )
+            self.dispatcher: Dispatcher | None = Dispatcher(
+                store,
+                settings.alerts.receivers,
+                self.alerts,
+                retry_initial_s=settings.alerts.retry_initial_s,
+                retry_max_s=settings.alerts.retry_max_s,
+            )
+        else:
+            self.dispatcher = None
         # Alert events can come from any thread (the HTTP API): lines wait here.
         self._annotations: collections.deque[str] = collections.deque()
         self.state_path = settings.data_dir / DETECTOR_STATE_FILE
@@ -176,6 +192,8 @@ class Collector:
             asyncio.create_task(self._silence_loop(), name="silence"),
             asyncio.create_task(self._verify_loop(), name="verify"),
         ]
+        if self.dispatcher is not None:
+            tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatch"))
         decode, write = tasks[0], tasks[1]
         stop_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
@@ -194,6 +212,8 @@ class Collector:
         await asyncio.gather(*tasks[2:], stop_wait, return_exceptions=True)
         await self._write_stats()
         self._save_detector_state()
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
         if self.alerts is not None:
             self.alerts.store.close()
         self.source.stop()
@@ -462,6 +482,8 @@ class Collector:
             if time.monotonic() - last_save >= DETECTOR_STATE_SAVE_S:
                 self._save_detector_state()
                 last_save = time.monotonic()
+            if self.alerts is not None:
+                self.stats.outbox = self.alerts.store.outbox_counts()
             log.info(
                 "ingest stats",
                 extra={

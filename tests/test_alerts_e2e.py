@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.model import State
-from collector.config import SilenceSettings
+from collector.config import ReceiverSettings, SilenceSettings
 from tests.test_detection_e2e import PRESETS, REGISTRY, wait_rows
+from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
 
 def wait_for(predicate, timeout_s: float = 20.0) -> bool:
@@ -22,7 +23,11 @@ def wait_for(predicate, timeout_s: float = 20.0) -> bool:
 
 @pytest.mark.slow
 def test_a_gas_alarm_runs_the_loop_to_a_verified_close(
-    make_settings, run_collector, publisher, tmp_path: Path
+    make_settings,
+    run_collector,
+    publisher,
+    tmp_path: Path,
+    receiver_url: str,  # noqa: F811
 ) -> None:
     registry = tmp_path / "registry.toml"
     registry.write_text(REGISTRY)
@@ -32,7 +37,15 @@ def test_a_gas_alarm_runs_the_loop_to_a_verified_close(
             "rules": [PRESETS],
             "silence": SilenceSettings(timeout_s=60.0, check_interval_s=0.5),
         },
-        alerts={"verify_window_s": 1.0, "verify_interval_s": 0.2},
+        alerts={
+            "verify_window_s": 1.0,
+            "verify_interval_s": 0.2,
+            "receivers": [
+                ReceiverSettings(
+                    name="work-orders", url=receiver_url, secret=SECRET, min_colour="orange"
+                )
+            ],
+        },
     )
     collector = run_collector(settings)
     book = collector.collector.alerts
@@ -49,7 +62,7 @@ def test_a_gas_alarm_runs_the_loop_to_a_verified_close(
         time.sleep(2)
     assert wait_for(lambda: any(a.colour == "red" for a in book.store.alerts()))
     (alert,) = [a for a in book.store.alerts() if a.fingerprint.detector == "combustible-gas"]
-    assert alert.state == State.OPEN
+    assert alert.state in (State.OPEN, State.DISPATCHED)  # dispatched once delivered
 
     now = lambda: round(time.time() * 1000)  # noqa: E731
     book.acknowledge(alert.id, actor="grid-officer-7", note="on my way", now_ms=now())
@@ -70,4 +83,12 @@ def test_a_gas_alarm_runs_the_loop_to_a_verified_close(
     assert sorted(r["seq"] for r in stored) == list(range(1, len(types) + 1))
     assert {r["grid"] for r in stored} == {"CP-01"}
     assert any(r["note"] == "valve closed" and r["actor"] == "grid-officer-7" for r in stored)
+
+    # The work-order system got the whole loop, signed, in order, each event once.
+    def delivered() -> list[str]:
+        return [m["event"]["type"] for m in Receiver.processed if m["alert"]["id"] == alert.id]
+
+    assert wait_for(lambda: "closed" in delivered())
+    assert delivered() == [e.type.value for e in book.history(alert.id)]
+    assert Receiver.bad_signatures == 0
     collector.stop()

@@ -9,7 +9,6 @@ read inside, so verification windows and deadlines can be compressed by configur
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from collector.alerts.model import (
     State,
     TransitionError,
 )
-from collector.alerts.store import AlertStore
+from collector.alerts.store import AlertStore, Router
 from collector.detection import DetectionEvent
 
 SYSTEM = "system"
@@ -83,8 +82,10 @@ class AlertBook:
         *,
         verify_window_s: float = 300.0,
         listeners: Sequence[EventListener] = (),
+        router: Router | None = None,
     ) -> None:
         self.store = store
+        self.router = router  # outbox entries for each change, written in its transaction
         self.verify_window_ms = round(verify_window_s * 1000)
         self.listeners = list(listeners)
         # Detections (collector loop) and people (HTTP API threads) change the same alerts:
@@ -102,7 +103,8 @@ class AlertBook:
 
     def _commit(self, change: _Change) -> list[AlertEvent]:
         if change.events:
-            self.store.save(change.alert, change.events)
+            outbox = self.router(change.alert, change.events) if self.router else ()
+            self.store.save(change.alert, change.events, outbox)
             self._tell(change.alert, change.events)
         return change.events
 
@@ -158,8 +160,7 @@ class AlertBook:
                 alert.colour,
                 value,
             )
-            created = self.store.create(alert, [opened])  # assigns the id
-            events = [dataclasses.replace(opened, alert_id=created.id)]
+            created, events = self.store.create(alert, [opened], self.router)  # assigns the id
             self._tell(created, events)
             return events
         change = self._change(alert)

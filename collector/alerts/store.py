@@ -9,15 +9,18 @@ itself. PostgreSQL can implement the same interface later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
+from collector.alerts.notify import OutboxEntry
 
 SCHEMA_VERSION = 1
 
@@ -58,12 +61,50 @@ CREATE TABLE IF NOT EXISTS alert_events (
     value REAL,
     PRIMARY KEY (alert_id, seq)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    alert_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    delivered_ms INTEGER,
+    UNIQUE (receiver, event_key)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
 """
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    receiver: str
+    event_key: str
+    alert_id: int
+    seq: int
+    payload: bytes
+    attempts: int
+
+
+Router = Callable[[Alert, Sequence[AlertEvent]], Sequence[OutboxEntry]]
+
+
 class AlertStore(Protocol):
-    def create(self, alert: Alert, events: Sequence[AlertEvent]) -> Alert: ...
-    def save(self, alert: Alert, events: Sequence[AlertEvent]) -> None: ...
+    def create(
+        self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None
+    ) -> tuple[Alert, list[AlertEvent]]: ...
+    def save(
+        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
+    ) -> None: ...
+    def due(self, now_ms: int, limit: int = 100) -> list[OutboxRow]: ...
+    def delivered(self, row_id: int, now_ms: int) -> None: ...
+    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
+    def dead(self, row_id: int, error: str) -> None: ...
+    def outbox_counts(self) -> dict[str, int]: ...
     def get(self, alert_id: int) -> Alert | None: ...
     def find_active(self, fingerprint: Fingerprint) -> Alert | None: ...
     def alerts(self, *, states: Sequence[State] = ()) -> list[Alert]: ...
@@ -101,7 +142,11 @@ class SqliteAlertStore:
                 raise
             self._db.execute("COMMIT")
 
-    def create(self, alert: Alert, events: Sequence[AlertEvent]) -> Alert:
+    def create(
+        self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None
+    ) -> tuple[Alert, list[AlertEvent]]:
+        """Insert a new alert with its first events (and their outbox entries, routed once
+        the alert has its id), all in one transaction."""
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO alerts (fingerprint, device, quantity, detector, state, colour, "
@@ -117,10 +162,19 @@ class SqliteAlertStore:
                 ),
             )
             alert.id = int(cursor.lastrowid or 0)
-            self._insert_events(db, alert, events)
-        return alert
+            stamped = [dataclasses.replace(e, alert_id=alert.id) for e in events]
+            if route is not None:
+                entries = route(alert, stamped)
+                db.execute(
+                    "UPDATE alerts SET extra = ? WHERE id = ?", (json.dumps(alert.extra), alert.id)
+                )
+                self._insert_outbox(db, entries)
+            self._insert_events(db, alert, stamped)
+        return alert, stamped
 
-    def save(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
+    def save(
+        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
+    ) -> None:
         with self._transaction() as db:
             db.execute(
                 "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
@@ -129,6 +183,57 @@ class SqliteAlertStore:
                 (*self._row_values(alert), alert.id),
             )
             self._insert_events(db, alert, events)
+            self._insert_outbox(db, outbox)
+
+    @staticmethod
+    def _insert_outbox(db: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO outbox (receiver, event_key, alert_id, seq, payload) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload) for e in entries],
+        )
+
+    def due(self, now_ms: int, limit: int = 100) -> list[OutboxRow]:
+        """Pending deliveries that may go now: per receiver and alert, only the oldest, so
+        one alert's events reach each receiver in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts "
+                "FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
+                "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq) "
+                "ORDER BY o.id LIMIT ?",
+                (now_ms, limit),
+            ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def delivered(self, row_id: int, now_ms: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET status = 'delivered', delivered_ms = ? WHERE id = ?",
+                (now_ms, row_id),
+            )
+
+    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? "
+                "WHERE id = ?",
+                (next_attempt_ms, error[:500], row_id),
+            )
+
+    def dead(self, row_id: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET status = 'dead', attempts = attempts + 1, "
+                "last_error = ? WHERE id = ?",
+                (error[:500], row_id),
+            )
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, count(*) FROM outbox GROUP BY status")
+            return {status: int(n) for status, n in rows.fetchall()}
 
     @staticmethod
     def _row_values(alert: Alert) -> tuple[Any, ...]:

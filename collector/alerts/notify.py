@@ -1,0 +1,182 @@
+"""What goes to webhook receivers: routing, payloads and signatures.
+
+Routing: a receiver takes an alert when the family, colour and hierarchy prefix match;
+once it has taken an alert it receives every later event of that alert (its ack, its
+close), even if the colour falls below the receiver's minimum.
+
+Payloads (versioned): ``native`` v1::
+
+    {"version": "1",
+     "event": {"id", "seq", "type", "at", "actor", "note"},
+     "alert": {"id", "state", "colour", "family", "device", "unit", "hierarchy",
+               "quantity", "value", "threshold", "detector", "started_at", "updated_at",
+               "url"}}
+
+and ``alertmanager`` (Alertmanager webhook ``version: "4"``, one alert per message), so
+receivers written for Prometheus Alertmanager work unchanged.
+
+Headers: ``X-SmartUnit-Event-Id`` (the idempotency key, ``<alert id>-<seq>``) and
+``X-SmartUnit-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from collector.alerts.model import Alert, AlertEvent, State
+from collector.config import ReceiverSettings
+from detectors.levels import COLOURS
+
+EVENT_ID_HEADER = "X-SmartUnit-Event-Id"
+SIGNATURE_HEADER = "X-SmartUnit-Signature"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    receiver: str
+    event_key: str
+    alert_id: int
+    seq: int
+    payload: bytes
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _matches(receiver: ReceiverSettings, alert: Alert) -> bool:
+    if receiver.families and alert.family not in receiver.families:
+        return False
+    if COLOURS.index(alert.colour) < COLOURS.index(receiver.min_colour):
+        return False
+    path = "/".join(alert.hierarchy.values())
+    return not receiver.hierarchy_prefix or path.startswith(receiver.hierarchy_prefix)
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def verify_signature(
+    secret: str, body: bytes, header: str, *, now: int, tolerance_s: int = 300
+) -> bool:
+    """What a receiver does (see docs/webhooks.md): check the HMAC and the timestamp."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+class Notifier:
+    def __init__(self, receivers: Sequence[ReceiverSettings], public_url: str) -> None:
+        self.receivers = {r.name: r for r in receivers}
+        self.public_url = public_url.rstrip("/")
+
+    def route(self, alert: Alert, events: Sequence[AlertEvent]) -> list[OutboxEntry]:
+        """Outbox entries for these events; remembers the receivers in the alert."""
+        taken = set(alert.extra.get("receivers", []))
+        taken |= {name for name, r in self.receivers.items() if _matches(r, alert)}
+        alert.extra["receivers"] = sorted(taken)
+        entries = []
+        for name in sorted(taken):
+            receiver = self.receivers.get(name)
+            if receiver is None:
+                continue  # removed from the configuration since
+            for event in events:
+                body = (
+                    self.native(alert, event)
+                    if receiver.format == "native"
+                    else self.alertmanager(alert, event, name)
+                )
+                entries.append(OutboxEntry(name, event.id, event.alert_id, event.seq, body))
+        return entries
+
+    def _alert_json(self, alert: Alert, alert_id: int) -> dict[str, object]:
+        return {
+            "id": alert_id,
+            "state": alert.state.value,
+            "colour": alert.colour,
+            "family": alert.family,
+            "device": alert.fingerprint.device,
+            "unit": alert.unit,
+            "hierarchy": alert.hierarchy,
+            "quantity": alert.fingerprint.quantity,
+            "value": alert.value,
+            "threshold": alert.extra.get("threshold"),
+            "detector": alert.fingerprint.detector,
+            "started_at": _iso(alert.started_at_ms),
+            "updated_at": _iso(alert.updated_at_ms),
+            "url": f"{self.public_url}/alerts/{alert_id}",
+        }
+
+    def native(self, alert: Alert, event: AlertEvent) -> bytes:
+        return orjson.dumps(
+            {
+                "version": "1",
+                "event": {
+                    "id": event.id,
+                    "seq": event.seq,
+                    "type": event.type.value,
+                    "at": _iso(event.at_ms),
+                    "actor": event.actor,
+                    "note": event.note,
+                },
+                "alert": self._alert_json(alert, event.alert_id),
+            }
+        )
+
+    def alertmanager(self, alert: Alert, event: AlertEvent, receiver: str) -> bytes:
+        resolved = alert.state in (State.CLOSED, State.RECOVERED) or not alert.condition_active
+        labels = {
+            "alertname": alert.fingerprint.detector,
+            "device": alert.fingerprint.device,
+            "quantity": alert.fingerprint.quantity,
+            "unit": alert.unit,
+            "family": alert.family,
+            "severity": alert.colour,
+            **alert.hierarchy,
+        }
+        annotations = {
+            "summary": f"{alert.fingerprint.detector} {alert.colour} on {alert.fingerprint.device}",
+            "state": alert.state.value,
+            "event": event.type.value,
+            "note": event.note,
+        }
+        return orjson.dumps(
+            {
+                "version": "4",
+                "groupKey": f"smartunit:{event.alert_id}",
+                "truncatedAlerts": 0,
+                "status": "resolved" if resolved else "firing",
+                "receiver": receiver,
+                "groupLabels": {"alertname": alert.fingerprint.detector},
+                "commonLabels": labels,
+                "commonAnnotations": annotations,
+                "externalURL": self.public_url,
+                "alerts": [
+                    {
+                        "status": "resolved" if resolved else "firing",
+                        "labels": labels,
+                        "annotations": annotations,
+                        "startsAt": _iso(alert.started_at_ms),
+                        "endsAt": _iso(alert.updated_at_ms) if resolved else "0001-01-01T00:00:00Z",
+                        "generatorURL": f"{self.public_url}/alerts/{event.alert_id}",
+                        "fingerprint": f"{event.alert_id:016x}",
+                    }
+                ],
+            }
+        )

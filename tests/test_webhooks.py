@@ -1,0 +1,177 @@
+"""Webhook delivery to a real local HTTP receiver: signed, ordered, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from collector.alerts.dispatch import Dispatcher
+from collector.alerts.lifecycle import AlertBook
+from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier, verify_signature
+from collector.alerts.store import SqliteAlertStore
+from collector.config import ReceiverSettings
+from collector.detection import DetectionEvent
+from collector.localservices import free_port
+
+SECRET = "s3cret-shared-with-the-receiver"
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A work-order system that is down for a while, then recovers.
+
+    It processes each idempotency key once (as the receivers' docs tell them to), and
+    records what it saw: refused requests, processed events, bad signatures.
+    """
+
+    failures_left = 0
+    hang_once = False
+    processed: ClassVar[list[dict]] = []
+    keys_seen: ClassVar[set[str]] = set()
+    requests = 0
+    bad_signatures = 0
+
+    def do_POST(self) -> None:
+        cls = type(self)
+        cls.requests += 1
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if cls.hang_once:
+            cls.hang_once = False
+            time.sleep(1.5)  # longer than the sender's timeout
+        if cls.failures_left > 0:
+            cls.failures_left -= 1
+            self._answer(500)
+            return
+        if not verify_signature(
+            SECRET, body, self.headers.get(SIGNATURE_HEADER, ""), now=int(time.time())
+        ):
+            cls.bad_signatures += 1
+            self._answer(401)
+            return
+        key = self.headers[EVENT_ID_HEADER]
+        if key not in cls.keys_seen:  # a repeat is acknowledged but not processed again
+            cls.keys_seen.add(key)
+            cls.processed.append(json.loads(body))
+        self._answer(204)
+
+    def _answer(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver_url() -> Iterator[str]:
+    Receiver.failures_left, Receiver.hang_once = 0, False
+    Receiver.processed, Receiver.keys_seen = [], set()
+    Receiver.requests = Receiver.bad_signatures = 0
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/hook"
+    server.shutdown()
+
+
+def gas(kind: str, colour: str, at_ms: int, device: str) -> DetectionEvent:
+    return DetectionEvent(
+        kind, "combustible-gas", device, "chem", "lel_pct", "xinghua", colour, "green", 30.0, at_ms
+    )  # type: ignore[arg-type]
+
+
+def make(tmp_path: Path, url: str) -> tuple[AlertBook, Dispatcher]:
+    receiver = ReceiverSettings(name="work-orders", url=url, secret=SECRET, timeout_s=0.5)
+    store = SqliteAlertStore(tmp_path / "alerts.db")
+    book = AlertBook(store, router=Notifier([receiver], "http://console").route)
+    return book, Dispatcher(store, [receiver], book, retry_initial_s=0.05, retry_max_s=0.2)
+
+
+async def drain(dispatcher: Dispatcher, deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        await dispatcher.deliver_due()
+        if not dispatcher.store.outbox_counts().get("pending"):
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_a_receiver_down_for_a_while_gets_every_event_once_and_in_order(
+    tmp_path: Path, receiver_url: str
+) -> None:
+    Receiver.failures_left, Receiver.hang_once = 6, True
+    book, dispatcher = make(tmp_path, receiver_url)
+    for device in ("gas-1", "gas-2"):
+        (opened,) = book.on_detection(gas("raised", "orange", 0, device))
+        book.on_detection(gas("changed", "red", 1000, device))
+        book.acknowledge(opened.alert_id, actor="desk", now_ms=2000)
+        book.resolve(opened.alert_id, actor="desk", note="fixed", now_ms=3000)
+
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+
+    assert dispatcher.results["retried"] >= 6
+    assert Receiver.bad_signatures == 0
+    events = {}
+    for message in Receiver.processed:
+        assert message["version"] == "1"
+        events.setdefault(message["alert"]["id"], []).append(message["event"])
+    assert len(events) == 2
+    for alert_id, received in events.items():
+        stored = book.history(alert_id)
+        # every event the alert had when delivery finished, each once, in order
+        assert [e["id"] for e in received] == [e.id for e in stored]
+        assert [e["seq"] for e in received] == list(range(1, len(stored) + 1))
+    # acknowledged and resolved before the receiver was back: never "dispatched" (a work
+    # order that is already handled needs no dispatch)
+    assert {m["event"]["type"] for m in Receiver.processed} == {
+        "opened",
+        "colour_changed",
+        "acknowledged",
+        "resolved",
+    }
+    assert len(Receiver.keys_seen) == len(Receiver.processed)
+
+
+def test_a_refusing_receiver_fills_the_dead_letter_list(tmp_path: Path, receiver_url: str) -> None:
+    book, dispatcher = make(tmp_path, receiver_url)
+    dispatcher.receivers["work-orders"] = dispatcher.receivers["work-orders"].model_copy(
+        update={"secret": None}
+    )  # unsigned: the receiver answers 401, for good
+    book.on_detection(gas("raised", "orange", 0, "gas-3"))
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+    assert dispatcher.store.outbox_counts() == {"dead": 1}
+    assert Receiver.requests == 1  # not retried: a 4xx is final
+
+
+def test_signatures_verify_and_tampering_is_caught() -> None:
+    from collector.alerts.notify import sign
+
+    body = b'{"version":"1"}'
+    header = sign(SECRET, body, 1_800_000_000)
+    assert verify_signature(SECRET, body, header, now=1_800_000_010)
+    assert not verify_signature(SECRET, body + b" ", header, now=1_800_000_010)
+    assert not verify_signature("other", body, header, now=1_800_000_010)
+    assert not verify_signature(SECRET, body, header, now=1_800_001_000)  # replayed late
+
+
+def test_the_first_delivery_marks_the_alert_dispatched(tmp_path: Path, receiver_url: str) -> None:
+    book, dispatcher = make(tmp_path, receiver_url)
+    (opened,) = book.on_detection(gas("raised", "orange", 0, "gas-4"))
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+    alert = book.store.get(opened.alert_id)
+    assert alert is not None and alert.state.value == "dispatched"
+    history = [e.type.value for e in book.history(opened.alert_id)]
+    assert history == ["opened", "dispatched"]
+    assert history[-1] in [m["event"]["type"] for m in Receiver.processed]

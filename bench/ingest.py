@@ -42,7 +42,14 @@ from collector.config import InfluxSettings
 from collector.demo import wait_for_collector
 from collector.errors import StoreError
 from collector.influx import query_sync
-from collector.localservices import InfluxDB, Mosquitto, find_binary, spawn, stop_process
+from collector.localservices import (
+    InfluxDB,
+    Mosquitto,
+    find_binary,
+    free_port,
+    spawn,
+    stop_process,
+)
 
 PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
 FAMILY_SHARE = {"camera": 0.4, "parking": 0.3, "chem": 0.3}
@@ -201,6 +208,7 @@ def start_collector(
         "SMARTUNIT_INFLUX_URL": influxdb.url,
         "SMARTUNIT_INFLUX_DB": database,
         "SMARTUNIT_DATA_DIR": str(workdir / f"{database}-data"),
+        "SMARTUNIT_HTTP_PORT": str(free_port()),
     }
     proc = spawn(
         [sys.executable, "-m", "collector.cli", "run", "--config", str(config)],

@@ -134,8 +134,12 @@ class IngestSettings(_Section):
 
 
 class HttpSettings(_Section):
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Bearer tokens, one per integration (its name is recorded with every action it
+    # takes). SMARTUNIT_API_TOKEN adds one named "default".
+    tokens: dict[str, SecretStr] = {}
 
 
 class RegistrySettings(_Section):
@@ -235,6 +239,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 # A catch-all receiver for quick starts: every alert event goes there.
+API_TOKEN_ENV = "SMARTUNIT_API_TOKEN"  # noqa: S105 - a variable's name
 WEBHOOK_URL_ENV = "SMARTUNIT_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "SMARTUNIT_WEBHOOK_SECRET"  # noqa: S105 - a variable's name
 
@@ -306,6 +311,10 @@ def load_settings(
         base = path.resolve().parent
         raw = read_toml(path, "configuration")
     _apply_env(raw, env)
+    if env.get(API_TOKEN_ENV):
+        http = raw.setdefault("http", {})
+        if isinstance(http, dict):
+            http.setdefault("tokens", {})["default"] = env[API_TOKEN_ENV]
     if env.get(WEBHOOK_URL_ENV):
         alerts = raw.setdefault("alerts", {})
         receivers = alerts.setdefault("receivers", []) if isinstance(alerts, dict) else []

@@ -30,14 +30,17 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+import uvicorn
 
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import Alert, AlertEvent
 from collector.alerts.notify import Notifier
 from collector.alerts.store import SqliteAlertStore
+from collector.api import create_app
 from collector.config import Settings
 from collector.detection import DetectionEngine, DetectionEvent
 from collector.errors import RetryableStoreError, StoreError
@@ -194,6 +197,9 @@ class Collector:
         ]
         if self.dispatcher is not None:
             tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatch"))
+        api = self._api_server()
+        if api is not None:
+            tasks.append(asyncio.create_task(_serve(api), name="http"))
         decode, write = tasks[0], tasks[1]
         stop_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
@@ -206,6 +212,9 @@ class Collector:
         self._stopping.set()
         self.source.wake()
         await asyncio.gather(decode, write)
+        if api is not None:
+            api.should_exit = True
+            await asyncio.sleep(0.2)  # let it close its sockets before we cancel what is left
         for task in tasks[2:]:
             task.cancel()
         stop_wait.cancel()
@@ -219,6 +228,44 @@ class Collector:
         self.source.stop()
         await self.influx.aclose()
         log.info("stopped", extra=self.stats.as_dict())
+
+    def _api_server(self) -> uvicorn.Server | None:
+        http = self.settings.http
+        if not http.enabled or self.alerts is None:
+            return None
+        app = create_app(
+            self.alerts, http.tokens, metrics=self.metrics, healthy=self.source.connected.is_set
+        )
+        config = uvicorn.Config(
+            app,
+            host=http.host,
+            port=http.port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+        return _EmbeddedServer(config)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat counters for /metrics."""
+        s = self.stats
+        out: dict[str, float] = {
+            "messages_received_total": s.messages_received,
+            "readings_accepted_total": s.readings_accepted,
+            "lines_written_total": s.lines_written,
+            "write_retries_total": s.write_retries,
+            "detection_errors_total": s.detection_errors,
+            "alert_errors_total": s.alert_errors,
+            "inbox_messages": self.source.backlog,
+            "write_queue_batches": self._queue.qsize(),
+        }
+        out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
+        out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
+        out |= {f'alert_events_total{{type="{k}"}}': v for k, v in s.alert_events.items()}
+        if self.alerts is not None:
+            counts = self.alerts.store.outbox_counts()
+            out |= {f'outbox_entries{{status="{k}"}}': v for k, v in counts.items()}
+        return out
 
     async def _ensure_database(self) -> None:
         delay = self.settings.ingest.retry_initial_s
@@ -612,6 +659,23 @@ def alert_event_line(event: AlertEvent, alert: Alert | None) -> str:
     if event.value is not None and math.isfinite(event.value):
         fields["value"] = event.value
     return encode_line(ALERT_EVENTS_MEASUREMENT, tags, fields, event.at_ms)
+
+
+async def _serve(api: uvicorn.Server) -> None:
+    # uvicorn exits the process when it cannot bind its port; the API failing must not
+    # stop ingest, so that becomes an error in the log.
+    try:
+        await api.serve()
+    except (SystemExit, OSError) as exc:
+        log.error("HTTP API not available: %s (port %s)", exc, api.config.port)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the collector's loop: signals stay the collector's (it flushes first)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def collector_status_topic(client_id: str) -> str:

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.config import InfluxSettings, Settings, load_settings
 from collector.demo import wait_for_collector
 from collector.influx import query_sync, rows
-from collector.localservices import InfluxDB, Mosquitto
+from collector.localservices import InfluxDB, Mosquitto, free_port
 from collector.registry import Registry, RegistryHolder
 from collector.service import Collector
 
@@ -59,6 +59,7 @@ def make_settings(
             "SMARTUNIT_INFLUX_URL": influxdb.url,
             "SMARTUNIT_INFLUX_DB": database,
             "SMARTUNIT_DATA_DIR": str(tmp_path / "data"),
+            "SMARTUNIT_HTTP_PORT": str(free_port()),
         }
         settings = load_settings(None, env=env)
         updates: dict[str, Any] = {}

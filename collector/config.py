@@ -185,6 +185,9 @@ class ReceiverSettings(_Section):
     families: list[Literal["camera", "parking", "chem", "gateway"]] = []
     min_colour: Literal["blue", "yellow", "orange", "red"] = "blue"
     hierarchy_prefix: str = ""
+    # Escalation levels this receiver answers for (empty: every level). A district's
+    # command desk with levels = ["district"] hears of an alert when it escalates there.
+    levels: list[Literal["grid", "community", "street", "district", "city"]] = []
     timeout_s: PositiveFloat = 10.0
 
     @field_validator("url")
@@ -202,6 +205,13 @@ class AlertSettings(_Section):
     # Delivery retries: doubling from retry_initial_s up to retry_max_s, without end.
     retry_initial_s: PositiveFloat = 1.0
     retry_max_s: PositiveFloat = 300.0
+    # Five-level response: seconds an alert of each colour may stay unacknowledged before
+    # it escalates one level (grid -> community -> street -> district -> city).
+    ack_deadlines_s: dict[Literal["blue", "yellow", "orange", "red"], PositiveFloat] = {
+        "red": 300.0,
+        "orange": 900.0,
+        "yellow": 3600.0,
+    }
     # Base of the alert links in payloads (the console of the command centre).
     public_url: str = "http://127.0.0.1:8080"
     # Relative to data_dir.

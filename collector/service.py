@@ -469,6 +469,7 @@ class Collector:
 
                 try:
                     self.alerts.verify(round(now * 1000), alive)
+                    self.alerts.escalate(round(now * 1000), self.settings.alerts.ack_deadlines_s)
                 except Exception:  # keep verifying: the next tick may succeed
                     self.stats.alert_errors += 1
                     log.exception("alert verification failed")

@@ -185,3 +185,48 @@ def test_detections_and_people_can_change_one_alert_at_the_same_time(book: Alert
     assert sum(e.type == EventType.COMMENTED for e in history) == 200
     # the first of the 200 repeats the alert's colour (orange): 199 changes
     assert sum(e.type == EventType.COLOUR_CHANGED for e in history) == 199
+
+
+def test_unacknowledged_alerts_climb_the_hierarchy_until_someone_acknowledges(
+    tmp_path: Path,
+) -> None:
+    from collector.alerts.notify import Notifier
+    from collector.config import ReceiverSettings
+
+    district_desk = ReceiverSettings(
+        name="district", url="http://desk.invalid/", levels=["district"]
+    )
+    grid_officer = ReceiverSettings(name="grid", url="http://grid.invalid/", levels=["grid"])
+    store = SqliteAlertStore(tmp_path / "alerts.db")
+    book = AlertBook(store, router=Notifier([district_desk, grid_officer], "http://c").route)
+    deadlines = {"red": 60.0, "yellow": 600.0}  # compressed through configuration
+
+    (red,) = book.on_detection(detection("raised", "red", 0))
+    (yellow,) = book.on_detection(detection("raised", "yellow", 0, device="gas-2"))
+    assert book.escalate(59_000, deadlines) == []
+    climbed = [book.escalate(t * 60_000, deadlines) for t in (1, 2, 3)]
+    assert [[e.note.split(": ")[1] for e in step] for step in climbed] == [
+        ["grid -> community"],
+        ["community -> street"],
+        ["street -> district"],
+    ]
+    assert store.get(yellow.alert_id).extra["level"] == "grid"  # its deadline is longer
+
+    # the district desk hears of it only now; the grid officer has heard all along
+    def receivers(alert_id: int) -> set[str]:
+        return set(store.get(alert_id).extra["receivers"])
+
+    assert receivers(red.alert_id) == {"grid", "district"}
+    book.acknowledge(red.alert_id, actor="district-desk", now_ms=3 * 60_000 + 1)
+    assert book.escalate(60 * 60_000, deadlines) == [
+        e for e in book.history(yellow.alert_id) if e.seq > 1
+    ]  # only the yellow one moves
+    assert store.get(red.alert_id).extra["level"] == "district"  # acknowledged: it stays
+
+
+def test_escalation_clocks_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.db"
+    (red,) = AlertBook(SqliteAlertStore(path)).on_detection(detection("raised", "red", 0))
+    restarted = AlertBook(SqliteAlertStore(path))  # the deadline was stored, not kept in RAM
+    (escalated,) = restarted.escalate(61_000, {"red": 60.0})
+    assert escalated.type == EventType.ESCALATED and escalated.alert_id == red.alert_id

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from collector.alerts.model import (
     ACK_FROM,
     DISPATCH_FROM,
+    ESCALATES_FROM,
+    ESCALATION_LEVELS,
     RESOLVE_FROM,
     Alert,
     AlertEvent,
@@ -136,18 +138,19 @@ class AlertBook:
         alert = self.store.find_active(fingerprint)
         if alert is None:
             alert = Alert(
-                0,
-                fingerprint,
-                State.OPEN,
-                event.colour,
-                event.family,
-                event.unit,
-                hierarchy,
-                value,
-                event.ts_ms,
-                event.ts_ms,
-                True,
-                event.ts_ms,
+                id=0,
+                fingerprint=fingerprint,
+                state=State.OPEN,
+                colour=event.colour,
+                family=event.family,
+                unit=event.unit,
+                hierarchy=hierarchy,
+                value=value,
+                started_at_ms=event.ts_ms,
+                updated_at_ms=event.ts_ms,
+                condition_active=True,
+                condition_changed_at_ms=event.ts_ms,
+                extra={"level": ESCALATION_LEVELS[0], "level_since_ms": event.ts_ms},
             )
             opened = AlertEvent(
                 0,
@@ -289,6 +292,34 @@ class AlertBook:
                 now_ms,
                 VERIFIER,
                 f"readings normal for {self.verify_window_ms / 1000:.0f} s",
+            )
+            events += self._commit(change)
+        return events
+
+    @_serialised
+    def escalate(self, now_ms: int, deadlines_s: Mapping[Any, float]) -> list[AlertEvent]:
+        """Climb one level for every alert whose acknowledgement deadline has passed.
+
+        ``deadlines_s`` maps a colour to its deadline; colours without one never escalate.
+        The clock restarts at each level, and it survives restarts: it is stored.
+        """
+        events: list[AlertEvent] = []
+        for alert in self.store.alerts(states=sorted(ESCALATES_FROM)):
+            deadline = deadlines_s.get(alert.colour)
+            level = alert.extra.get("level", ESCALATION_LEVELS[0])
+            if deadline is None or level == ESCALATION_LEVELS[-1]:
+                continue
+            since = int(alert.extra.get("level_since_ms", alert.started_at_ms))
+            if now_ms - since < deadline * 1000:
+                continue
+            upper = ESCALATION_LEVELS[ESCALATION_LEVELS.index(level) + 1]
+            change = self._change(alert)
+            alert.extra["level"], alert.extra["level_since_ms"] = upper, now_ms
+            change.record(
+                EventType.ESCALATED,
+                now_ms,
+                SYSTEM,
+                f"not acknowledged within {deadline:.0f} s: {level} -> {upper}",
             )
             events += self._commit(change)
         return events

@@ -57,6 +57,12 @@ class EventType(StrEnum):
     REOPENED = "reopened"
     CLOSED = "closed"
     COMMENTED = "commented"
+    ESCALATED = "escalated"
+
+
+# The five-level response: an unacknowledged alert climbs one level per missed deadline.
+ESCALATION_LEVELS: tuple[str, ...] = ("grid", "community", "street", "district", "city")
+ESCALATES_FROM = frozenset({State.OPEN, State.DISPATCHED, State.REOPENED})
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ def _iso(ms: int | None) -> str | None:
 def _matches(receiver: ReceiverSettings, alert: Alert) -> bool:
     if receiver.families and alert.family not in receiver.families:
         return False
+    if receiver.levels and alert.extra.get("level", "grid") not in receiver.levels:
+        return False
     if COLOURS.index(alert.colour) < COLOURS.index(receiver.min_colour):
         return False
     path = "/".join(alert.hierarchy.values())
@@ -121,6 +123,7 @@ class Notifier:
             "started_at": _iso(alert.started_at_ms),
             "updated_at": _iso(alert.updated_at_ms),
             "url": f"{self.public_url}/alerts/{alert_id}",
+            "level": alert.extra.get("level"),
         }
 
     def native(self, alert: Alert, event: AlertEvent) -> bytes:

@@ -10,6 +10,7 @@ acknowledgement) and answer 409 when the alert's state forbids them. ``/healthz`
 
 # No "from __future__ import annotations" here: FastAPI reads the route signatures at
 # run time, and they name types local to create_app.
+import dataclasses
 import hmac
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,14 @@ from pydantic import BaseModel, Field, SecretStr
 
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import Alert, AlertEvent, State, TransitionError
+
+
+class SilenceRequest(BaseModel):
+    unit: str | None = None
+    device: str | None = None
+    minutes: float = Field(gt=0, le=60 * 24 * 31)
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=4000)
 
 
 class Action(BaseModel):
@@ -141,6 +150,26 @@ def create_app(
     @app.post("/api/alerts/{alert_id}/comment")
     def comment(alert_id: int, body: Action, caller: Caller) -> dict[str, Any]:
         return act("comment", alert_id, body, caller)
+
+    @app.post("/api/silences")
+    def add_silence(body: SilenceRequest, caller: Caller) -> dict[str, Any]:
+        start = now_ms()
+        try:
+            silence = book.silence(
+                unit=body.unit,
+                device=body.device,
+                starts_ms=start,
+                ends_ms=start + round(body.minutes * 60_000),
+                actor=f"{caller}:{body.actor}",
+                reason=body.reason,
+            )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return dataclasses.asdict(silence)
+
+    @app.get("/api/silences")
+    def list_silences(caller: Caller) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(s) for s in book.store.silences(now_ms())]
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

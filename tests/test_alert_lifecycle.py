@@ -230,3 +230,61 @@ def test_escalation_clocks_survive_a_restart(tmp_path: Path) -> None:
     restarted = AlertBook(SqliteAlertStore(path))  # the deadline was stored, not kept in RAM
     (escalated,) = restarted.escalate(61_000, {"red": 60.0})
     assert escalated.type == EventType.ESCALATED and escalated.alert_id == red.alert_id
+
+
+def _routed_book(tmp_path: Path) -> AlertBook:
+    from collector.alerts.notify import Notifier
+    from collector.config import ReceiverSettings
+
+    desk = ReceiverSettings(name="desk", url="http://desk.invalid/")
+    store = SqliteAlertStore(tmp_path / "alerts.db")
+    return AlertBook(
+        store, router=Notifier([desk], "http://c").route, flap_window_s=600, flap_toggles=4
+    )
+
+
+def _outbox_keys(tmp_path: Path) -> list[str]:
+    """Everything queued for delivery (due() shows only each alert's next one)."""
+    with sqlite3.connect(tmp_path / "alerts.db") as db:
+        return [row[0] for row in db.execute("SELECT event_key FROM outbox ORDER BY id")]
+
+
+def test_a_maintenance_window_mutes_and_pauses_escalation(tmp_path: Path) -> None:
+    book = _routed_book(tmp_path)
+    book.silence(
+        unit="xinghua",
+        starts_ms=0,
+        ends_ms=30 * MIN,
+        actor="park-ops",
+        reason="calibrating gas detectors",
+    )
+    (muted,) = book.on_detection(detection("raised", "red", MIN))
+    assert book.store.outbox_counts() == {}  # recorded, not notified
+    assert book.escalate(20 * MIN, {"red": 60.0}) == []  # nobody is expected to answer
+    assert [e.type for e in book.history(muted.alert_id)] == [EventType.OPENED]
+    # after the window, the same alert escalates and notifies again
+    (escalated,) = book.escalate(31 * MIN, {"red": 60.0})
+    assert escalated.type == EventType.ESCALATED
+    assert book.store.outbox_counts() == {"pending": 1}
+    with pytest.raises(ValueError, match="one unit or one device"):
+        book.silence(starts_ms=0, ends_ms=1, actor="x", reason="y")
+
+
+def test_a_flapping_condition_notifies_its_state_not_every_toggle(tmp_path: Path) -> None:
+    book = _routed_book(tmp_path)
+    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    for k in range(1, 11):  # the reading hovers on the line: 10 toggles in 10 minutes
+        kind = "cleared" if k % 2 else "raised"
+        book.on_detection(detection(kind, "green" if k % 2 else "orange", k * MIN))
+    history = book.history(opened.alert_id)
+    flagged = [e for e in history if e.type == EventType.FLAPPING]
+    assert len(flagged) == 1 and "notifying the state" in flagged[0].note
+    notified = _outbox_keys(tmp_path)
+    # opened, the first toggles until the 4th, the flapping mark; none of the later toggles
+    assert len(notified) == 5
+    assert f"{opened.alert_id}-{flagged[0].seq}" in notified
+    # calm again after the window: the flag is lifted, and toggles notify again
+    book.on_detection(detection("cleared", "green", 30 * MIN, 3))
+    last = book.history(opened.alert_id)[-1]
+    assert last.type == EventType.FLAPPING and "calm again" in last.note
+    assert len(_outbox_keys(tmp_path)) == 7  # the cleared condition and the calm mark

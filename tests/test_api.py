@@ -122,3 +122,19 @@ def test_health_metrics_and_openapi(api) -> None:
     assert not math.isnan(float(metrics.split("smartunit_lines_written_total ")[1].split()[0]))
     spec = httpx.get(f"{base}/openapi.json").json()
     assert "/api/alerts/{alert_id}/ack" in spec["paths"]
+
+
+@pytest.mark.slow
+def test_maintenance_windows_through_the_api(api) -> None:
+    base, _, _ = api
+    body = {"unit": "xinghua", "minutes": 90, "actor": "park-ops", "reason": "detector swap"}
+    assert httpx.post(f"{base}/api/silences", json=body).status_code == 401
+    created = httpx.post(f"{base}/api/silences", json=body, headers=as_("tok-console"))
+    assert created.status_code == 200
+    assert created.json()["actor"] == "console:park-ops"
+    listed = httpx.get(f"{base}/api/silences", headers=as_("tok-hotline")).json()
+    assert [(s["unit"], s["reason"]) for s in listed] == [("xinghua", "detector swap")]
+    both = {"unit": "u", "device": "d", "minutes": 5, "actor": "a", "reason": "r"}
+    assert (
+        httpx.post(f"{base}/api/silences", json=both, headers=as_("tok-console")).status_code == 422
+    )

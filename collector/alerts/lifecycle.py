@@ -21,10 +21,12 @@ from collector.alerts.model import (
     ESCALATES_FROM,
     ESCALATION_LEVELS,
     RESOLVE_FROM,
+    TOGGLES,
     Alert,
     AlertEvent,
     EventType,
     Fingerprint,
+    Silence,
     State,
     TransitionError,
 )
@@ -85,9 +87,13 @@ class AlertBook:
         verify_window_s: float = 300.0,
         listeners: Sequence[EventListener] = (),
         router: Router | None = None,
+        flap_window_s: float = 3600.0,
+        flap_toggles: int = 6,
     ) -> None:
         self.store = store
         self.router = router  # outbox entries for each change, written in its transaction
+        self.flap_window_ms = round(flap_window_s * 1000)
+        self.flap_toggles = flap_toggles
         self.verify_window_ms = round(verify_window_s * 1000)
         self.listeners = list(listeners)
         # Detections (collector loop) and people (HTTP API threads) change the same alerts:
@@ -105,10 +111,62 @@ class AlertBook:
 
     def _commit(self, change: _Change) -> list[AlertEvent]:
         if change.events:
-            outbox = self.router(change.alert, change.events) if self.router else ()
+            self._watch_flapping(change)
+            outbox = self.router(change.alert, self._notifiable(change)) if self.router else ()
             self.store.save(change.alert, change.events, outbox)
             self._tell(change.alert, change.events)
         return change.events
+
+    def _notifiable(self, change: _Change) -> list[AlertEvent]:
+        """The events that may notify: none under a silence, no toggles while flapping."""
+        alert = change.alert
+        now_ms = max(e.at_ms for e in change.events)
+        if self.silenced(alert, now_ms):
+            return []
+        if alert.extra.get("flapping"):
+            return [e for e in change.events if e.type not in TOGGLES]
+        return change.events
+
+    def _watch_flapping(self, change: _Change) -> None:
+        """Mark an alert flapping when its condition toggles too often; unmark when calm."""
+        alert = change.alert
+        toggles = list(alert.extra.get("toggles_ms", []))
+        toggles += [e.at_ms for e in change.events if e.type in TOGGLES]
+        if not toggles:
+            return
+        horizon = max(toggles) - self.flap_window_ms
+        toggles = [t for t in toggles if t > horizon]
+        alert.extra["toggles_ms"] = toggles
+        flapping = len(toggles) >= self.flap_toggles
+        if flapping != bool(alert.extra.get("flapping")):
+            alert.extra["flapping"] = flapping
+            change.record(
+                EventType.FLAPPING,
+                max(toggles),
+                SYSTEM,
+                f"{len(toggles)} toggles in {self.flap_window_ms / 1000:.0f} s: "
+                + ("notifying the state, not each toggle" if flapping else "calm again"),
+            )
+
+    def silenced(self, alert: Alert, now_ms: int) -> bool:
+        return any(s.covers(alert, now_ms) for s in self.store.silences(now_ms))
+
+    @_serialised
+    def silence(
+        self,
+        *,
+        unit: str | None = None,
+        device: str | None = None,
+        starts_ms: int,
+        ends_ms: int,
+        actor: str,
+        reason: str,
+    ) -> Silence:
+        if (unit is None) == (device is None):
+            raise ValueError("a silence covers one unit or one device")
+        if ends_ms <= starts_ms:
+            raise ValueError("a silence must end after it starts")
+        return self.store.add_silence(Silence(0, unit, device, starts_ms, ends_ms, actor, reason))
 
     def _require(self, alert_id: int) -> Alert:
         alert = self.store.get(alert_id)
@@ -163,7 +221,10 @@ class AlertBook:
                 alert.colour,
                 value,
             )
-            created, events = self.store.create(alert, [opened], self.router)  # assigns the id
+            route = None
+            if self.router is not None and not self.silenced(alert, event.ts_ms):
+                route = self.router
+            created, events = self.store.create(alert, [opened], route)  # assigns the id
             self._tell(created, events)
             return events
         change = self._change(alert)
@@ -309,6 +370,8 @@ class AlertBook:
             level = alert.extra.get("level", ESCALATION_LEVELS[0])
             if deadline is None or level == ESCALATION_LEVELS[-1]:
                 continue
+            if self.silenced(alert, now_ms):
+                continue  # in maintenance: nobody is expected to answer
             since = int(alert.extra.get("level_since_ms", alert.started_at_ms))
             if now_ms - since < deadline * 1000:
                 continue

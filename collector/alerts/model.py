@@ -58,6 +58,13 @@ class EventType(StrEnum):
     CLOSED = "closed"
     COMMENTED = "commented"
     ESCALATED = "escalated"
+    FLAPPING = "flapping"
+
+
+# Condition toggles: counted for flap detection, muted while an alert flaps.
+TOGGLES = frozenset(
+    {EventType.RECOVERED, EventType.CONDITION_CLEARED, EventType.CONDITION_RETURNED}
+)
 
 
 # The five-level response: an unacknowledged alert climbs one level per missed deadline.
@@ -113,6 +120,26 @@ class AlertEvent:
     def id(self) -> str:
         """The idempotency key: stable across retries and restarts."""
         return f"{self.alert_id}-{self.seq}"
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A maintenance window: alerts of this unit or device notify nobody until it ends."""
+
+    id: int
+    unit: str | None
+    device: str | None
+    starts_ms: int
+    ends_ms: int
+    actor: str
+    reason: str
+
+    def covers(self, alert: Alert, now_ms: int) -> bool:
+        if not self.starts_ms <= now_ms < self.ends_ms:
+            return False
+        return (self.device is not None and self.device == alert.fingerprint.device) or (
+            self.unit is not None and self.unit == alert.unit
+        )
 
 
 class TransitionError(ValueError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
+from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Silence, State
 from collector.alerts.notify import OutboxEntry
 
 SCHEMA_VERSION = 1
@@ -76,6 +76,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (receiver, event_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
+CREATE TABLE IF NOT EXISTS silences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit TEXT,
+    device TEXT,
+    starts_ms INTEGER NOT NULL,
+    ends_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -105,6 +114,8 @@ class AlertStore(Protocol):
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
     def dead(self, row_id: int, error: str) -> None: ...
     def outbox_counts(self) -> dict[str, int]: ...
+    def add_silence(self, silence: Silence) -> Silence: ...
+    def silences(self, now_ms: int) -> list[Silence]: ...
     def get(self, alert_id: int) -> Alert | None: ...
     def find_active(self, fingerprint: Fingerprint) -> Alert | None: ...
     def alerts(self, *, states: Sequence[State] = ()) -> list[Alert]: ...
@@ -344,6 +355,32 @@ class SqliteAlertStore:
             AlertEvent(r[0], r[1], EventType(r[2]), r[3], r[4], r[5], State(r[6]), r[7], r[8])
             for r in rows
         ]
+
+    def add_silence(self, silence: Silence) -> Silence:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO silences (unit, device, starts_ms, ends_ms, actor, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    silence.unit,
+                    silence.device,
+                    silence.starts_ms,
+                    silence.ends_ms,
+                    silence.actor,
+                    silence.reason,
+                ),
+            )
+        return dataclasses.replace(silence, id=int(cursor.lastrowid or 0))
+
+    def silences(self, now_ms: int) -> list[Silence]:
+        """Silences not yet over (current and future)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, unit, device, starts_ms, ends_ms, actor, reason FROM silences "
+                "WHERE ends_ms > ? ORDER BY id",
+                (now_ms,),
+            ).fetchall()
+        return [Silence(*row) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -33,11 +33,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 import uvicorn
 
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import Alert, AlertEvent
+from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
 from collector.alerts.notify import Notifier
 from collector.alerts.store import SqliteAlertStore
 from collector.api import create_app
@@ -74,6 +75,8 @@ NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
 ALERT_EVENTS_MEASUREMENT = "alert_events"
 ANNOTATION_FLUSH_S = 1.0
+UNIT_TOPIC_ROOT = f"{TOPIC_ROOT}/units"
+UNIT_ACK_SUBSCRIPTION = f"{UNIT_TOPIC_ROOT}/+/ack"
 DETECTOR_STATE_FILE = "detector-state.npz"
 DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 WARM_START_CHUNK_MS = 3_600_000
@@ -142,7 +145,7 @@ class Collector:
         )
         self.source = MqttSource(
             settings.mqtt,
-            [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION],
+            [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION, UNIT_ACK_SUBSCRIPTION],
             status_topic=collector_status_topic(settings.mqtt.client_id),
         )
         self.influx = InfluxClient(settings.influx)
@@ -159,7 +162,7 @@ class Collector:
             self.alerts = AlertBook(
                 store,
                 verify_window_s=settings.alerts.verify_window_s,
-                listeners=[self._annotate],
+                listeners=[self._annotate, self._downlink],
                 router=notifier.route,
             )
             self.dispatcher: Dispatcher | None = Dispatcher(
@@ -334,7 +337,10 @@ class Collector:
         self.stats.messages_received += 1
         topic = message.topic
         if topic.startswith(f"{TOPIC_ROOT}/_"):
-            return  # our own namespace (rejections, unit alerts): never device input
+            return  # our own namespace (rejections, collector status): never device input
+        if topic.startswith(UNIT_TOPIC_ROOT):
+            self._field_ack(topic, message.payload)
+            return
         if topic.endswith("/status"):
             parsed = parse_topic(topic)
             if isinstance(parsed, Rejection):
@@ -439,6 +445,64 @@ class Collector:
                 },
             )
             self._annotations.append(alert_event_line(event, alert))
+
+    def _downlink(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
+        """The unit's worst active colour, retained for on-site displays and sirens."""
+        assert self.alerts is not None
+        active = [
+            a
+            for a in self.alerts.store.alerts(states=sorted(ACTIVE_STATES))
+            if a.unit == alert.unit
+        ]
+        topic = f"{UNIT_TOPIC_ROOT}/{_topic_safe(alert.unit)}/alert"
+        if not active:
+            self.source.publish(topic, b"", qos=1, retain=True)  # all closed: clear it
+            return
+        worst = max(active, key=lambda a: COLOURS.index(a.colour))
+        body = orjson.dumps(
+            {
+                "unit": alert.unit,
+                "colour": worst.colour,
+                "count": len(active),
+                "alerts": [
+                    {
+                        "id": a.id,
+                        "colour": a.colour,
+                        "state": a.state.value,
+                        "device": a.fingerprint.device,
+                    }
+                    for a in active
+                ],
+            }
+        )
+        self.source.publish(topic, body, qos=1, retain=True)
+
+    def _field_ack(self, topic: str, payload: bytes) -> None:
+        """An on-site acknowledgement: ``{"alert_id": 42, "actor": "guard-3", "note": ...}``."""
+        if self.alerts is None:
+            return
+        unit = topic.split("/")[3] if topic.count("/") == 4 else ""
+        try:
+            request = orjson.loads(payload)
+            alert_id = int(request["alert_id"])
+            actor = str(request.get("actor", "on-site"))[:200]
+            note = str(request.get("note", ""))[:4000]
+            alert = self.alerts.store.get(alert_id)
+            if alert is None or _topic_safe(alert.unit) != unit:
+                raise ValueError(f"no alert {alert_id} in unit {unit!r}")
+            self.alerts.acknowledge(
+                alert_id,
+                actor=f"field:{unit}:{actor}",
+                note=note,
+                now_ms=time.time_ns() // 1_000_000,
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self._rejection_log.warning(
+                "field_ack",
+                "on-site acknowledgement refused",
+                topic=topic[:200],
+                error=str(exc)[:200],
+            )
 
     async def _silence_loop(self) -> None:
         silence = self.settings.detection.silence

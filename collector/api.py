@@ -39,18 +39,11 @@ class Action(BaseModel):
 
 def _alert_json(alert: Alert) -> dict[str, Any]:
     return {
-        "id": alert.id,
-        "state": alert.state.value,
-        "colour": alert.colour,
-        "family": alert.family,
-        "device": alert.fingerprint.device,
-        "unit": alert.unit,
-        "hierarchy": alert.hierarchy,
-        "quantity": alert.fingerprint.quantity,
-        "detector": alert.fingerprint.detector,
-        "value": alert.value,
+        **alert.summary(),
         "condition_active": alert.condition_active,
         "acknowledged": alert.acknowledged,
+        "level": alert.extra.get("level"),
+        "flapping": bool(alert.extra.get("flapping")),
         "started_at_ms": alert.started_at_ms,
         "updated_at_ms": alert.updated_at_ms,
     }

@@ -103,6 +103,21 @@ class Alert:
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def summary(self) -> dict[str, Any]:
+        """The fields every outside view of an alert shows (webhooks, API)."""
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "colour": self.colour,
+            "family": self.family,
+            "device": self.fingerprint.device,
+            "unit": self.unit,
+            "hierarchy": self.hierarchy,
+            "quantity": self.fingerprint.quantity,
+            "detector": self.fingerprint.detector,
+            "value": self.value,
+        }
+
 
 @dataclass(frozen=True)
 class AlertEvent:

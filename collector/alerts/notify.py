@@ -109,17 +109,9 @@ class Notifier:
 
     def _alert_json(self, alert: Alert, alert_id: int) -> dict[str, object]:
         return {
+            **alert.summary(),
             "id": alert_id,
-            "state": alert.state.value,
-            "colour": alert.colour,
-            "family": alert.family,
-            "device": alert.fingerprint.device,
-            "unit": alert.unit,
-            "hierarchy": alert.hierarchy,
-            "quantity": alert.fingerprint.quantity,
-            "value": alert.value,
             "threshold": alert.extra.get("threshold"),
-            "detector": alert.fingerprint.detector,
             "started_at": _iso(alert.started_at_ms),
             "updated_at": _iso(alert.updated_at_ms),
             "url": f"{self.public_url}/alerts/{alert_id}",

@@ -131,6 +131,9 @@ class IngestSettings(_Section):
     retry_max_s: PositiveFloat = 30.0
     stats_interval_s: PositiveFloat = 10.0
     publish_rejections: bool = True
+    # On stop, how long to keep trying to write what was received. What InfluxDB does not
+    # take by then stays unacknowledged with the broker, delivered again at the next start.
+    shutdown_flush_s: PositiveFloat = 15.0
 
 
 class HttpSettings(_Section):

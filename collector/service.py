@@ -153,6 +153,7 @@ class Collector:
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(ingest.write_queue_batches)
         self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
         self._stopping = asyncio.Event()
+        self._flush_deadline = math.inf
         self.engine = build_engine(settings) if settings.detection.enabled else None
         self.alerts: AlertBook | None = None
         if settings.alerts.enabled:
@@ -212,6 +213,7 @@ class Collector:
             if task is not stop_wait and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         log.info("stopping: flushing what was received")
+        self._flush_deadline = time.monotonic() + self.settings.ingest.shutdown_flush_s
         self._stopping.set()
         self.source.wake()
         await asyncio.gather(decode, write)
@@ -544,18 +546,29 @@ class Collector:
     # -- write -----------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        abandoned = 0
         while True:
             batch = await self._queue.get()
             if batch is None:
+                if abandoned:
+                    log.warning(
+                        "stopped with batches InfluxDB did not take; their messages "
+                        "stay with the broker and come again at the next start",
+                        extra={"batches": abandoned},
+                    )
                 return
-            if batch.lines:
-                await self._write_with_retry(batch.lines)
+            if batch.lines and not await self._write_with_retry(batch.lines):
+                abandoned += 1
+                continue  # not acknowledged: the broker keeps these messages for us
             self.source.ack(batch.messages)
 
-    async def _write_with_retry(self, lines: list[str]) -> None:
+    async def _write_with_retry(self, lines: list[str]) -> bool:
+        """Write until it works; False only when stopping and the flush deadline passed."""
         ingest = self.settings.ingest
         attempt = 0
         while True:
+            if self._stopping.is_set() and time.monotonic() > self._flush_deadline:
+                return False
             try:
                 result = await self.influx.write_lines(lines)
             except RetryableStoreError as exc:
@@ -569,13 +582,15 @@ class Collector:
                     "InfluxDB write failed; will retry",
                     extra={"error": str(exc), "lines": len(lines), "retry_in_s": round(delay, 2)},
                 )
+                if self._stopping.is_set():
+                    delay = min(delay, max(self._flush_deadline - time.monotonic(), 0.0) + 0.01)
                 await asyncio.sleep(delay)
                 continue
             self.stats.write_requests += result.requests
             self.stats.lines_written += result.written
             self.stats.lines_dropped.update(result.dropped)
             self.stats.batches_written += 1
-            return
+            return True
 
     # -- stats -----------------------------------------------------------------------------
 

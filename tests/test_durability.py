@@ -116,3 +116,29 @@ def test_broker_restart_loses_nothing(make_settings, run_collector, tmp_path: Pa
     assert collector.collector.source.connects >= 2
     collector.stop()
     own.stop()
+
+
+@pytest.mark.slow
+def test_stopping_while_influxdb_is_down_neither_hangs_nor_loses(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    own = InfluxDB(tmp_path / "influx").start()
+    settings = make_settings(
+        influx={"url": own.url},
+        ingest={"retry_initial_s": 0.1, "retry_max_s": 0.5, "shutdown_flush_s": 2.0},
+    )
+    first = run_collector(settings)
+    for i in range(1, 11):
+        publisher.publish(*camera(i))
+    assert wait_seqs(settings.influx, list(range(1, 11))) == list(range(1, 11))
+    own.kill()
+    for i in range(11, 31):
+        publisher.publish(*camera(i))
+    time.sleep(0.5)
+    first.stop()  # InfluxDB is gone: the flush gives up instead of hanging (stop() checks)
+
+    own.start()
+    second = run_collector(settings)  # the broker kept what was never acknowledged
+    assert wait_seqs(settings.influx, list(range(1, 31))) == list(range(1, 31))
+    second.stop()
+    own.stop()

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,8 @@ class DetectionEngine:
         self._gateway_names: list[str] = []
         self._grouped_by: Registry | None = None
         self._saved_rules: dict[str, dict[str, np.ndarray]] = {}
+        self._lags: list[float] = []  # how old the readings of each batch were on arrival
+        self.catching_up = False
         self._gateways: dict[str, int] = {}
         self.late_readings = 0
         self.judged_readings = 0
@@ -227,6 +230,18 @@ class DetectionEngine:
                 np.arange(len(gateways)), [index[g] if g else -1 for g in gateways]
             )
             self._grouped_by = registry
+        lags, self._lags = self._lags, []
+        if lags and float(np.median(lags)) > self.silence.allowance_s:
+            # The readings we are taking in are old: we are catching up a backlog (after an
+            # outage of ours or of the network). Every device would look silent; none is.
+            if not self.catching_up:
+                log.warning(
+                    "catching up a backlog: silence checks wait",
+                    extra={"median_lag_s": round(float(np.median(lags)), 1)},
+                )
+            self.catching_up = True
+            return []
+        self.catching_up = False
         report = self.silence.check(now_s)
         ts_ms = round(now_s * 1000)
         events: list[DetectionEvent] = []
@@ -293,9 +308,10 @@ class DetectionEngine:
                 sid.append(self._series_id(reading.device, reading.family, quantity))
                 t.append(seconds)
                 x.append(float(value))
-        self.silence.observe(
-            [self._device_id(r.device) for r in readings], [r.ts_ms / 1000.0 for r in readings]
-        )
+        device_times = [r.ts_ms / 1000.0 for r in readings]
+        self.silence.observe([self._device_id(r.device) for r in readings], device_times)
+        if device_times:
+            self._lags.append(time.time() - float(np.median(device_times)))
         if not sid:
             return []
         self._registry = registry

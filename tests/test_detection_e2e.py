@@ -58,8 +58,8 @@ def test_gas_levels_and_a_silent_gateway_become_detections(
     settings = chem_park(silence=silence)
     collector = run_collector(settings)
 
-    start = time.time() - 120
     lel = [3, 4, 26, 27, 28, 30, 55, 56, 57, 30, 10, 8]  # % LEL, one reading every 3 s
+    start = time.time() - 3 * len(lel)  # recent: live data, not a backlog
     for i, value in enumerate(lel):
         publisher.publish(
             "smartunit/v1/chem/gas-1/data",
@@ -94,8 +94,8 @@ def test_gas_levels_and_a_silent_gateway_become_detections(
     assert min(r["time"] for r in rising) < min(r["time"] for r in gas)
     assert {r["unit"] for r in gas} == {"xinghua"}
 
-    # Both devices behind gw-1 went quiet (their newest reading is ~90 s old): one
-    # gateway alert, no device alerts.
+    # Both devices behind gw-1 go quiet (nothing newer than now, timeout 5 s): one gateway
+    # alert, no device alerts.
     silent = wait_rows(
         settings.influx, """SELECT * FROM "detections" WHERE "detector" = 'silence' GROUP BY *""", 1
     )
@@ -168,3 +168,33 @@ def test_without_saved_state_detectors_warm_up_from_history(
     # readings clear it
     assert [(r["kind"], r["value"]) for r in rows] == [("cleared", 10.0)]
     collector.stop()
+
+
+def test_catching_up_a_backlog_does_not_make_every_device_silent() -> None:
+    from collector.detection import DetectionEngine
+    from collector.protocol import Reading
+    from collector.registry import Registry
+    from collector.rules import RuleBook
+    from detectors.rules.silence import SilenceWatch
+
+    engine = DetectionEngine(
+        RuleBook(()), statistical=None, silence=SilenceWatch(timeout_s=60, allowance_s=30)
+    )
+    registry = Registry.empty()
+    hour_ago = time.time() - 3600
+    backlog = [
+        Reading("camera", f"cam-{d}", round((hour_ago + k) * 1000), {"people": 1})
+        for k in range(30)
+        for d in range(50)
+    ]  # what the broker kept for us
+    engine.process(backlog, registry)
+    assert engine.check_silence(time.time(), registry) == []
+    assert engine.catching_up
+
+    # caught up: live data again, and one device that really stopped is found
+    now = time.time()
+    live = [Reading("camera", f"cam-{d}", round(now * 1000), {"people": 1}) for d in range(1, 50)]
+    engine.process(live, registry)
+    silent = engine.check_silence(now + 1, registry)
+    assert [(e.device, e.kind) for e in silent] == [("cam-0", "silent")]
+    assert not engine.catching_up

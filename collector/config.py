@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from collector.errors import ConfigError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Section(BaseModel):

@@ -128,7 +128,6 @@ class DetectionEngine:
         self._saved_rules: dict[str, dict[str, np.ndarray]] = {}
         self._lags: list[float] = []  # how old the readings of each batch were on arrival
         self.catching_up = False
-        self._gateways: dict[str, int] = {}
         self.late_readings = 0
         self.judged_readings = 0
 

@@ -7,8 +7,10 @@ Some strings cannot be written at all: a newline ends a line whatever is escaped
 1.x reads a backslash in a tag or key as an escape of whatever follows it (so a value
 ending in a backslash swallows the separator). ``check_tag_text`` refuses those, and the
 registry and protocol validators call it, so such text is rejected with a reason before
-it ever reaches the encoder. ``tests/test_lineprotocol_roundtrip.py`` proves the rest
-round-trips through a real server.
+it ever reaches the encoder. In string field values (notes, actors) the encoder turns
+control characters into spaces instead, so any text an operator types can be stored.
+``tests/test_lineprotocol_roundtrip.py`` proves the rest round-trips through a real
+server.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections.abc import Mapping
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
-_STRING_FIELD_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
+_STRING_FIELD_ESCAPES = str.maketrans(
+    {'"': r"\"", "\\": "\\\\", **{chr(c): " " for c in range(0x20) if c != 0x09}, "\x7f": " "}
+)
 
 # Control characters (C0, DEL, C1) end lines or confuse the parser; a backslash cannot be
 # escaped in tags and keys by InfluxDB 1.x.
@@ -80,6 +84,8 @@ def encode_field_value(value: FieldValue) -> str:
         if not math.isfinite(value):
             raise ValueError(f"{value} cannot be stored: only finite numbers can")
         return repr(value)
+    # Control characters (a newline in an operator's note) cannot travel in line protocol:
+    # they become spaces, so any text can be stored.
     return '"' + value.translate(_STRING_FIELD_ESCAPES) + '"'
 
 

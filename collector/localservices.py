@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,10 +177,6 @@ class Mosquitto:
         if self.proc is not None:
             stop_process(self.proc)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
 
 @dataclass
 class InfluxDB:
@@ -261,21 +257,3 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-@contextlib.contextmanager
-def running(*services: Mosquitto | InfluxDB) -> Iterator[None]:
-    """Start the services in order; stop them in reverse order, whatever happens."""
-    started: list[Mosquitto | InfluxDB] = []
-    try:
-        for service in services:
-            service.start()
-            started.append(service)
-        yield
-    finally:
-        for service in reversed(started):
-            service.stop()

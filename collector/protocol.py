@@ -10,7 +10,6 @@ topic, bad JSON, too large). Rejection reasons are short stable codes, listed in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -455,10 +454,3 @@ def status_line(device: str, online: bool, ts_ms: int, registry: Registry) -> st
         {"online": int(online), "state": "online" if online else "offline"},
         ts_ms,
     )
-
-
-def iter_rejections(result: Decoded | Rejection) -> Iterator[Rejection]:
-    if isinstance(result, Rejection):
-        yield result
-    else:
-        yield from result.rejections

@@ -262,6 +262,8 @@ class Collector:
             "detection_errors_total": s.detection_errors,
             "alert_errors_total": s.alert_errors,
             "inbox_messages": self.source.backlog,
+            "late_readings_total": self.engine.late_readings if self.engine else 0,
+            "judged_readings_total": self.engine.judged_readings if self.engine else 0,
             "write_queue_batches": self._queue.qsize(),
         }
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}

@@ -111,3 +111,11 @@ def test_unwritable_tag_text_is_refused_not_mangled(text: str) -> None:
         assert problem is not None
     else:
         assert problem is None
+
+
+def test_a_multi_line_note_is_stored_not_lost(roundtrip_db: InfluxSettings) -> None:
+    note = 'valve closed\nhall B evacuated\r\n"all clear"'
+    response = _write(roundtrip_db, encode_line("notes", {"k": "v"}, {"note": note}, 1))
+    assert response.status_code == 204, response.text
+    (row,) = rows(query_sync(roundtrip_db, 'SELECT "note" FROM "notes"')[0])
+    assert row["note"] == 'valve closed hall B evacuated  "all clear"'

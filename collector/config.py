@@ -190,6 +190,9 @@ class ReceiverSettings(_Section):
     # Escalation levels this receiver answers for (empty: every level). A district's
     # command desk with levels = ["district"] hears of an alert when it escalates there.
     levels: list[Literal["grid", "community", "street", "district", "city"]] = []
+    # One work order per incident: alerts that join a unit's open incident reach this
+    # receiver as "incident_joined" events of the leading alert, not on their own.
+    group_incidents: bool = True
     timeout_s: PositiveFloat = 10.0
 
     @field_validator("url")

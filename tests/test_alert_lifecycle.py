@@ -17,10 +17,15 @@ MIN = 60_000
 
 
 def detection(
-    kind: str, colour: str, at_ms: int, value: float = 30.0, device: str = "gas-1"
+    kind: str,
+    colour: str,
+    at_ms: int,
+    value: float = 30.0,
+    device: str = "gas-1",
+    unit: str = "xinghua",
 ) -> DetectionEvent:
     return DetectionEvent(
-        kind, "combustible-gas", device, "chem", "lel_pct", "xinghua", colour, "green", value, at_ms
+        kind, "combustible-gas", device, "chem", "lel_pct", unit, colour, "green", value, at_ms
     )  # type: ignore[arg-type]
 
 
@@ -202,7 +207,7 @@ def test_unacknowledged_alerts_climb_the_hierarchy_until_someone_acknowledges(
     deadlines = {"red": 60.0, "yellow": 600.0}  # compressed through configuration
 
     (red,) = book.on_detection(detection("raised", "red", 0))
-    (yellow,) = book.on_detection(detection("raised", "yellow", 0, device="gas-2"))
+    (yellow,) = book.on_detection(detection("raised", "yellow", 0, device="gas-2", unit="donghai"))
     assert book.escalate(59_000, deadlines) == []
     climbed = [book.escalate(t * 60_000, deadlines) for t in (1, 2, 3)]
     assert [[e.note.split(": ")[1] for e in step] for step in climbed] == [
@@ -288,3 +293,29 @@ def test_a_flapping_condition_notifies_its_state_not_every_toggle(tmp_path: Path
     last = book.history(opened.alert_id)[-1]
     assert last.type == EventType.FLAPPING and "calm again" in last.note
     assert len(_outbox_keys(tmp_path)) == 7  # the cleared condition and the calm mark
+
+
+def test_a_leak_seen_by_five_sensors_is_one_incident(tmp_path: Path) -> None:
+    book = _routed_book(tmp_path)
+    opened = [
+        book.on_detection(detection("raised", colour, k * 1000, device=f"gas-{k}"))[0]
+        for k, colour in enumerate(["yellow", "orange", "orange", "red", "orange"])
+    ]
+    leader = opened[0].alert_id
+    assert {book.store.get(e.alert_id).incident for e in opened} == {leader}
+    joined = [e for e in book.history(leader) if e.type == EventType.INCIDENT_JOINED]
+    assert len(joined) == 4
+    assert book.store.get(leader).extra["incident_colour"] == "red"
+    # the dispatcher gets one work order: the leader's events only
+    assert {key.split("-")[0] for key in _outbox_keys(tmp_path)} == {str(leader)}
+    assert len(_outbox_keys(tmp_path)) == 5  # opened + 4 joined
+    # acknowledging and resolving the incident handles every alert in it
+    book.acknowledge(leader, actor="hotline:op-3", now_ms=10_000)
+    assert {book.store.get(e.alert_id).state for e in opened} == {State.ACKNOWLEDGED}
+    book.resolve(leader, actor="hotline:op-3", note="valve closed", now_ms=20_000)
+    assert {book.store.get(e.alert_id).state for e in opened} == {State.RESOLVED}
+    member_notes = [e.note for e in book.history(opened[3].alert_id) if e.actor.startswith("hot")]
+    assert member_notes == [f"with incident {leader}", f"with incident {leader}"]
+    # another unit's alert starts its own incident
+    (other,) = book.on_detection(detection("raised", "red", 0, device="gas-9", unit="donghai"))
+    assert book.store.get(other.alert_id).incident == other.alert_id

@@ -84,8 +84,9 @@ def receiver_url() -> Iterator[str]:
 
 
 def gas(kind: str, colour: str, at_ms: int, device: str) -> DetectionEvent:
+    unit = f"unit-of-{device}"  # one alert per unit: no incident grouping in these tests
     return DetectionEvent(
-        kind, "combustible-gas", device, "chem", "lel_pct", "xinghua", colour, "green", 30.0, at_ms
+        kind, "combustible-gas", device, "chem", "lel_pct", unit, colour, "green", 30.0, at_ms
     )  # type: ignore[arg-type]
 
 

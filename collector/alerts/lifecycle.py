@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 from collector.alerts.model import (
     ACK_FROM,
+    ACTIVE_STATES,
     DISPATCH_FROM,
     ESCALATES_FROM,
     ESCALATION_LEVELS,
@@ -32,6 +33,7 @@ from collector.alerts.model import (
 )
 from collector.alerts.store import AlertStore, Router
 from collector.detection import DetectionEvent
+from detectors.levels import COLOURS
 
 SYSTEM = "system"
 VERIFIER = "verifier"
@@ -148,6 +150,24 @@ class AlertBook:
                 + ("notifying the state, not each toggle" if flapping else "calm again"),
             )
 
+    def _incident_leader(self, unit: str) -> Alert | None:
+        """The leading alert of the unit's open incident, if there is one."""
+        if not unit:
+            return None
+        leaders = [
+            a
+            for a in self.store.alerts(states=sorted(ACTIVE_STATES))
+            if a.unit == unit and a.leads_incident
+        ]
+        return min(leaders, key=lambda a: a.id) if leaders else None
+
+    def _members(self, leader: Alert) -> list[Alert]:
+        return [
+            a
+            for a in self.store.alerts(states=sorted(ACTIVE_STATES))
+            if a.incident == leader.id and a.id != leader.id
+        ]
+
     def silenced(self, alert: Alert, now_ms: int) -> bool:
         return any(s.covers(alert, now_ms) for s in self.store.silences(now_ms))
 
@@ -221,11 +241,27 @@ class AlertBook:
                 alert.colour,
                 value,
             )
+            leader = self._incident_leader(alert.unit)
+            if leader is not None:
+                alert.extra["incident"] = leader.id
             route = None
             if self.router is not None and not self.silenced(alert, event.ts_ms):
                 route = self.router
             created, events = self.store.create(alert, [opened], route)  # assigns the id
             self._tell(created, events)
+            if leader is not None:
+                change = self._change(leader)
+                change.record(
+                    EventType.INCIDENT_JOINED,
+                    event.ts_ms,
+                    SYSTEM,
+                    f"alert {created.id} joined: {fingerprint.device} "
+                    f"{fingerprint.quantity} {event.colour}",
+                )
+                worst = leader.extra.get("incident_colour", leader.colour)
+                if COLOURS.index(event.colour) > COLOURS.index(worst):
+                    leader.extra["incident_colour"] = event.colour
+                self._commit(change)
             return events
         change = self._change(alert)
         alert.value = value
@@ -304,7 +340,14 @@ class AlertBook:
         change = self._change(alert)
         alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
         change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
-        return self._commit(change)
+        events = self._commit(change)
+        if alert.leads_incident:  # the incident is handled as one
+            for member in self._members(alert):
+                if member.state in ACK_FROM:
+                    events += self.acknowledge(
+                        member.id, actor=actor, now_ms=now_ms, note=f"with incident {alert.id}"
+                    )
+        return events
 
     @_serialised
     def resolve(
@@ -322,7 +365,14 @@ class AlertBook:
         alert.state = State.RESOLVED
         alert.extra["resolved_at_ms"] = now_ms
         change.record(EventType.RESOLVED, now_ms, actor, note)
-        return self._commit(change)
+        events = self._commit(change)
+        if alert.leads_incident:
+            for member in self._members(alert):
+                if member.state in RESOLVE_FROM:
+                    events += self.resolve(
+                        member.id, actor=actor, now_ms=now_ms, note=f"with incident {alert.id}"
+                    )
+        return events
 
     @_serialised
     def comment(self, alert_id: int, *, actor: str, note: str, now_ms: int) -> list[AlertEvent]:

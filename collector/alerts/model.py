@@ -59,6 +59,7 @@ class EventType(StrEnum):
     COMMENTED = "commented"
     ESCALATED = "escalated"
     FLAPPING = "flapping"
+    INCIDENT_JOINED = "incident_joined"
 
 
 # Condition toggles: counted for flap detection, muted while an alert flaps.
@@ -103,6 +104,15 @@ class Alert:
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    @property
+    def incident(self) -> int:
+        """The incident this alert belongs to: the id of the unit's leading alert."""
+        return int(self.extra.get("incident", self.id))
+
+    @property
+    def leads_incident(self) -> bool:
+        return self.incident == self.id
+
     def summary(self) -> dict[str, Any]:
         """The fields every outside view of an alert shows (webhooks, API)."""
         return {
@@ -116,6 +126,7 @@ class Alert:
             "quantity": self.fingerprint.quantity,
             "detector": self.fingerprint.detector,
             "value": self.value,
+            "incident": self.incident,
         }
 
 

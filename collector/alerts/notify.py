@@ -91,7 +91,11 @@ class Notifier:
     def route(self, alert: Alert, events: Sequence[AlertEvent]) -> list[OutboxEntry]:
         """Outbox entries for these events; remembers the receivers in the alert."""
         taken = set(alert.extra.get("receivers", []))
-        taken |= {name for name, r in self.receivers.items() if _matches(r, alert)}
+        taken |= {
+            name
+            for name, r in self.receivers.items()
+            if _matches(r, alert) and (alert.leads_incident or not r.group_incidents)
+        }
         alert.extra["receivers"] = sorted(taken)
         entries = []
         for name in sorted(taken):
@@ -154,7 +158,7 @@ class Notifier:
         return orjson.dumps(
             {
                 "version": "4",
-                "groupKey": f"smartunit:{event.alert_id}",
+                "groupKey": f"smartunit:incident:{alert.incident}",
                 "truncatedAlerts": 0,
                 "status": "resolved" if resolved else "firing",
                 "receiver": receiver,

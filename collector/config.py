@@ -91,6 +91,13 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     )
 
 
+def _http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
 class InfluxSettings(_Section):
     url: str = "http://127.0.0.1:8086"
     database: str = "smartunit"
@@ -102,13 +109,7 @@ class InfluxSettings(_Section):
     ca_file: Path | None = None
     verify_tls: bool = True
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return url
+    _check_url = field_validator("url")(classmethod(lambda cls, url: _http_url(url)))
 
     @field_validator("database")
     @classmethod
@@ -195,13 +196,7 @@ class ReceiverSettings(_Section):
     group_incidents: bool = True
     timeout_s: PositiveFloat = 10.0
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        return url
+    _check_url = field_validator("url")(classmethod(lambda cls, url: _http_url(url)))
 
 
 class AlertSettings(_Section):

@@ -161,6 +161,25 @@ class AlertBook:
         ]
         return min(leaders, key=lambda a: a.id) if leaders else None
 
+    def _for_incident(
+        self,
+        leader: Alert,
+        action: Callable[..., list[AlertEvent]],
+        allowed: frozenset[State],
+        actor: str,
+        now_ms: int,
+    ) -> list[AlertEvent]:
+        """What was done to an incident's leader is done to its members: handled as one."""
+        if not leader.leads_incident:
+            return []
+        events: list[AlertEvent] = []
+        for member in self._members(leader):
+            if member.state in allowed:
+                events += action(
+                    member.id, actor=actor, now_ms=now_ms, note=f"with incident {leader.id}"
+                )
+        return events
+
     def _members(self, leader: Alert) -> list[Alert]:
         return [
             a
@@ -340,14 +359,9 @@ class AlertBook:
         change = self._change(alert)
         alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
         change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
-        events = self._commit(change)
-        if alert.leads_incident:  # the incident is handled as one
-            for member in self._members(alert):
-                if member.state in ACK_FROM:
-                    events += self.acknowledge(
-                        member.id, actor=actor, now_ms=now_ms, note=f"with incident {alert.id}"
-                    )
-        return events
+        return self._commit(change) + self._for_incident(
+            alert, self.acknowledge, ACK_FROM, actor, now_ms
+        )
 
     @_serialised
     def resolve(
@@ -365,14 +379,9 @@ class AlertBook:
         alert.state = State.RESOLVED
         alert.extra["resolved_at_ms"] = now_ms
         change.record(EventType.RESOLVED, now_ms, actor, note)
-        events = self._commit(change)
-        if alert.leads_incident:
-            for member in self._members(alert):
-                if member.state in RESOLVE_FROM:
-                    events += self.resolve(
-                        member.id, actor=actor, now_ms=now_ms, note=f"with incident {alert.id}"
-                    )
-        return events
+        return self._commit(change) + self._for_incident(
+            alert, self.resolve, RESOLVE_FROM, actor, now_ms
+        )
 
     @_serialised
     def comment(self, alert_id: int, *, actor: str, note: str, now_ms: int) -> list[AlertEvent]:

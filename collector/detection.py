@@ -3,8 +3,9 @@
 Each (device, quantity) is one series. The statistical chain (``auto`` by default)
 watches every series; rules from the rule book watch the series they are selected for
 (family, quantity, unit, device). Detectors need each series in device-time order:
-readings older than the newest one already judged for their series (late data, a
-backlog overlapping what came live) are stored but not judged, and counted.
+readings not newer than the newest one already judged for their series (late data, a
+backlog overlapping what came live, or a second reading in the same millisecond, which
+InfluxDB also treats as the same point) are stored but not judged, and counted.
 
 Output: detection events, the moments a series changes colour (raised, changed,
 cleared), each with the rule or detector that decided it. The silence watch adds

@@ -76,6 +76,12 @@ def test_readings_abnormal_during_verification_reopen(book: AlertBook) -> None:
     (reopened,) = book.on_detection(detection("raised", "orange", 4 * MIN))
     assert reopened.type == EventType.REOPENED and reopened.state == State.REOPENED
     assert book.verify(60 * MIN, alive) == []  # a reopened alert is not verified
+    again = book.store.get(opened.alert_id)
+    assert again is not None and not again.acknowledged  # it needs someone again
+    assert again.extra["level_since_ms"] == 4 * MIN  # a fresh acknowledgement deadline
+    assert [e.type for e in book.acknowledge(opened.alert_id, actor="a", now_ms=5 * MIN)] == [
+        EventType.ACKNOWLEDGED
+    ]
     # one alert per fingerprint: the same alert, not a new one
     assert [a.id for a in book.store.alerts()] == [opened.alert_id]
 

@@ -288,7 +288,10 @@ class AlertBook:
             alert.condition_active = True
             alert.condition_changed_at_ms = event.ts_ms
             if alert.state == State.RESOLVED:
-                alert.state = State.REOPENED
+                # The fix did not hold: someone must take it on again, and the
+                # acknowledgement deadline runs afresh at the level reached.
+                alert.state, alert.acknowledged = State.REOPENED, False
+                alert.extra["level_since_ms"] = event.ts_ms
                 change.record(
                     EventType.REOPENED,
                     event.ts_ms,

@@ -37,12 +37,11 @@ class Action(BaseModel):
     note: str = Field(default="", max_length=4000)
 
 
-def _alert_json(alert: Alert) -> dict[str, Any]:
+def _alert_json(alert: Alert, public_url: str) -> dict[str, Any]:
     return {
-        **alert.summary(),
+        **alert.summary(public_url),
         "condition_active": alert.condition_active,
         "acknowledged": alert.acknowledged,
-        "level": alert.extra.get("level"),
         "flapping": bool(alert.extra.get("flapping")),
         "started_at_ms": alert.started_at_ms,
         "updated_at_ms": alert.updated_at_ms,
@@ -69,6 +68,7 @@ def create_app(
     *,
     metrics: Callable[[], dict[str, float]] = dict,
     healthy: Callable[[], bool] = lambda: True,
+    public_url: str = "",
 ) -> FastAPI:
     app = FastAPI(title="SmartUnit Monitor", version="1", description=__doc__)
     known = {name: token.get_secret_value() for name, token in tokens.items()}
@@ -106,7 +106,7 @@ def create_app(
     ) -> list[dict[str, Any]]:
         found = book.store.alerts(states=state or [])
         return [
-            _alert_json(a)
+            _alert_json(a, public_url)
             for a in found
             if (colour is None or a.colour == colour)
             and (unit is None or a.unit == unit)
@@ -116,7 +116,10 @@ def create_app(
     @app.get("/api/alerts/{alert_id}")
     def get_alert(alert_id: int, caller: Caller) -> dict[str, Any]:
         alert = require(alert_id)
-        return {**_alert_json(alert), "events": [_event_json(e) for e in book.history(alert_id)]}
+        return {
+            **_alert_json(alert, public_url),
+            "events": [_event_json(e) for e in book.history(alert_id)],
+        }
 
     def act(name: str, alert_id: int, body: Action, caller: str) -> dict[str, Any]:
         require(alert_id)
@@ -130,7 +133,10 @@ def create_app(
                 events = book.comment(alert_id, actor=actor, note=body.note, now_ms=now_ms())
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
-        return {"alert": _alert_json(require(alert_id)), "events": [_event_json(e) for e in events]}
+        return {
+            "alert": _alert_json(require(alert_id), public_url),
+            "events": [_event_json(e) for e in events],
+        }
 
     @app.post("/api/alerts/{alert_id}/ack")
     def acknowledge(alert_id: int, body: Action, caller: Caller) -> dict[str, Any]:
@@ -173,8 +179,14 @@ def create_app(
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
         lines = []
+        typed: set[str] = set()
         for key, value in sorted(metrics().items()):
             name = "smartunit_" + key.replace(".", "_").replace("-", "_")
+            family = name.partition("{")[0]
+            if family not in typed:  # one TYPE line per family, before its samples
+                typed.add(family)
+                kind = "counter" if family.endswith("_total") else "gauge"
+                lines.append(f"# TYPE {family} {kind}")
             lines.append(f"{name} {value}")
         return "\n".join(lines) + "\n"
 

@@ -61,6 +61,9 @@ class DetectionEvent:
     value: float
     ts_ms: int
     score: float = 0.0
+    # The configured value the colour was raised at, in the quantity's unit (a capacity
+    # rule's fraction times the site's capacity); None for statistical detections.
+    threshold: float | None = None
 
 
 @dataclass
@@ -382,8 +385,12 @@ class DetectionEngine:
         for runner, positions in by_runner.values():
             chosen = np.array(positions, dtype=np.int64)
             s, now, x = ids[chosen], times[chosen], values[chosen]
+            capacities: dict[int, float] = {}
             if isinstance(runner.detector, CapacityRule):
-                runner.detector.set_capacity(s, self._capacities(s, runner.spec, registry))
+                known = self._capacities(s, runner.spec, registry)
+                runner.detector.set_capacity(s, known)
+                capacities = dict(zip(s.tolist(), known.tolist(), strict=True))
+            capacity_of = capacities.get
             scores = runner.detector.score(s, now, x)
             levels = runner.decider.decide(s, now, scores).level
             if len(runner.last_level) < len(self._info):
@@ -408,6 +415,7 @@ class DetectionEngine:
                         level=after,
                         previous=before,
                         score=float(scores[k]),
+                        threshold=_threshold(runner, after, capacity_of(series)),
                     )
                 )
         return events
@@ -435,6 +443,7 @@ class DetectionEngine:
         level: int,
         previous: int,
         score: float,
+        threshold: float | None = None,
     ) -> DetectionEvent:
         info = self._info[series]
         unit = self._registry.placement(info.device).unit
@@ -450,4 +459,16 @@ class DetectionEngine:
             float(value),
             round(float(t) * 1000),
             score,
+            threshold,
         )
+
+
+def _threshold(runner: _RuleRunner, level: int, capacity: float | None) -> float | None:
+    if level == 0:
+        return None
+    configured = runner.spec.params.get("levels", {}).get(COLOURS[level])
+    if not isinstance(configured, int | float):
+        return None  # a colour reached together with the next one has no value of its own
+    if isinstance(runner.detector, CapacityRule):
+        return None if capacity is None or math.isnan(capacity) else configured * capacity
+    return float(configured)

@@ -239,7 +239,11 @@ class Collector:
         if not http.enabled or self.alerts is None:
             return None
         app = create_app(
-            self.alerts, http.tokens, metrics=self.metrics, healthy=self.source.connected.is_set
+            self.alerts,
+            http.tokens,
+            metrics=self.metrics,
+            healthy=self.source.connected.is_set,
+            public_url=self.settings.alerts.public_url,
         )
         config = uvicorn.Config(
             app,
@@ -713,6 +717,8 @@ def detection_line(event: DetectionEvent, registry: Registry) -> str:
     }
     if math.isfinite(event.value):
         fields["value"] = event.value
+    if event.threshold is not None:
+        fields["threshold"] = event.threshold
     return encode_line(DETECTIONS_MEASUREMENT, tags, fields, event.ts_ms)
 
 

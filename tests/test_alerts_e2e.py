@@ -135,6 +135,7 @@ def test_a_gas_alarm_runs_the_loop_through_the_api_reopens_and_closes_verified(
     gas_sensor.value = 55
     (alert,) = wait_for(lambda: api.alerts(colour="red"))
     assert alert["device"] == "gas-1" and alert["detector"] == "combustible-gas"
+    assert alert["threshold"] == 50.0 and alert["value"] == 55.0  # level 2 of GB/T 50493
     alert_id = alert["id"]
     assert api.alerts(hierarchy="suzhou/zjg/park") and not api.alerts(hierarchy="suzhou/xyz")
 

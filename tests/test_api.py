@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from collector.detection import DetectionEvent
@@ -119,7 +120,16 @@ def test_health_metrics_and_openapi(api) -> None:
     metrics = httpx.get(f"{base}/metrics").text
     assert "smartunit_messages_received_total" in metrics
     assert 'smartunit_alert_events_total{type="opened"} 1' in metrics
-    assert not math.isnan(float(metrics.split("smartunit_lines_written_total ")[1].split()[0]))
+    # what a Prometheus server makes of it: typed families, labelled samples
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert families["smartunit_messages_received"].type == "counter"
+    assert families["smartunit_inbox_messages"].type == "gauge"
+    (opened,) = [
+        s for s in families["smartunit_alert_events"].samples if s.labels == {"type": "opened"}
+    ]
+    assert opened.value == 1
+    (written,) = families["smartunit_lines_written"].samples
+    assert not math.isnan(written.value)
     spec = httpx.get(f"{base}/openapi.json").json()
     assert "/api/alerts/{alert_id}/ack" in spec["paths"]
 

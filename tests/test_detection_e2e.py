@@ -85,6 +85,7 @@ def test_gas_levels_and_a_silent_gateway_become_detections(
         ("changed", "orange", "red", 30.0),
         ("cleared", "green", "orange", 10.0),
     ]
+    assert [r.get("threshold") for r in gas] == [25.0, 50.0, 25.0, None]
     assert {r["grid"] for r in gas} == {"CP-01"}
     # the fast climb from 4 to 26 % LEL was flagged before level 1 was even reached
     rising = influx_rows(
@@ -198,3 +199,37 @@ def test_catching_up_a_backlog_does_not_make_every_device_silent() -> None:
     silent = engine.check_silence(now + 1, registry)
     assert [(e.device, e.kind) for e in silent] == [("cam-0", "silent")]
     assert not engine.catching_up
+
+
+def test_detections_carry_the_threshold_in_the_quantitys_unit(tmp_path: Path) -> None:
+    from collector.detection import DetectionEngine
+    from collector.protocol import Reading
+    from collector.registry import Registry
+    from collector.rules import RuleBook
+
+    registry_file = tmp_path / "registry.toml"
+    registry_file.write_text(
+        REGISTRY
+        + """
+[units.square]
+kind = "square"
+safe_capacity = 2000
+hierarchy = { city = "suzhou", district = "zjg", street = "old", community = "w", grid = "OT-3" }
+
+[devices.cam-9]
+unit = "square"
+family = "camera"
+"""
+    )
+    registry = Registry.load(registry_file)
+    engine = DetectionEngine(RuleBook.load([PRESETS]), statistical=None)
+    start = time.time() - 600
+    crowd = [
+        Reading("camera", "cam-9", round((start + 10 * k) * 1000), {"people": 1500.0})
+        for k in range(10)  # 75 % of the safe capacity for 90 s: yellow after 60 s
+    ]
+    gas = [Reading("chem", "gas-1", round((start + k) * 1000), {"lel_pct": 30.0}) for k in range(8)]
+    events = engine.process(crowd + gas, registry)
+    found = {(e.detector, e.colour): e.threshold for e in events if e.kind == "raised"}
+    assert found[("crowd-capacity", "yellow")] == 0.7 * 2000  # people, not a fraction
+    assert found[("combustible-gas", "orange")] == 25.0  # % LEL

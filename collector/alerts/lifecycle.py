@@ -247,7 +247,11 @@ class AlertBook:
                 updated_at_ms=event.ts_ms,
                 condition_active=True,
                 condition_changed_at_ms=event.ts_ms,
-                extra={"level": ESCALATION_LEVELS[0], "level_since_ms": event.ts_ms},
+                extra={
+                    "level": ESCALATION_LEVELS[0],
+                    "level_since_ms": event.ts_ms,
+                    "threshold": event.threshold,
+                },
             )
             opened = AlertEvent(
                 0,
@@ -308,6 +312,7 @@ class AlertBook:
                 change.record(EventType.CONDITION_RETURNED, event.ts_ms, SYSTEM)
         if event.colour != alert.colour:
             previous, alert.colour = alert.colour, event.colour
+            alert.extra["threshold"] = event.threshold
             change.record(
                 EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, f"{previous} -> {event.colour}"
             )

@@ -21,6 +21,7 @@ forever as the audit trail.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -113,7 +114,7 @@ class Alert:
     def leads_incident(self) -> bool:
         return self.incident == self.id
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, public_url: str) -> dict[str, Any]:
         """The fields every outside view of an alert shows (webhooks, API)."""
         return {
             "id": self.id,
@@ -127,7 +128,23 @@ class Alert:
             "detector": self.fingerprint.detector,
             "value": self.value,
             "incident": self.incident,
+            "threshold": self.extra.get("threshold"),
+            "level": self.extra.get("level"),
+            "started_at": iso_time(self.started_at_ms),
+            "updated_at": iso_time(self.updated_at_ms),
+            "url": f"{public_url.rstrip('/')}/alerts/{self.id}",
         }
+
+
+def iso_time(ms: int | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds, as every payload and page shows times."""
+    if ms is None:
+        return None
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 @dataclass(frozen=True)

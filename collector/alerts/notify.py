@@ -21,15 +21,15 @@ Headers: ``X-SmartUnit-Event-Id`` (the idempotency key, ``<alert id>-<seq>``) an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 
-from collector.alerts.model import Alert, AlertEvent, State
+from collector.alerts.model import Alert, AlertEvent, State, iso_time
 from collector.config import ReceiverSettings
 from detectors.levels import COLOURS
 
@@ -44,12 +44,6 @@ class OutboxEntry:
     alert_id: int
     seq: int
     payload: bytes
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _matches(receiver: ReceiverSettings, alert: Alert) -> bool:
@@ -112,15 +106,8 @@ class Notifier:
         return entries
 
     def _alert_json(self, alert: Alert, alert_id: int) -> dict[str, object]:
-        return {
-            **alert.summary(),
-            "id": alert_id,
-            "threshold": alert.extra.get("threshold"),
-            "started_at": _iso(alert.started_at_ms),
-            "updated_at": _iso(alert.updated_at_ms),
-            "url": f"{self.public_url}/alerts/{alert_id}",
-            "level": alert.extra.get("level"),
-        }
+        # a new alert's first events are routed before the store numbers it
+        return dataclasses.replace(alert, id=alert_id).summary(self.public_url)
 
     def native(self, alert: Alert, event: AlertEvent) -> bytes:
         return orjson.dumps(
@@ -130,7 +117,7 @@ class Notifier:
                     "id": event.id,
                     "seq": event.seq,
                     "type": event.type.value,
-                    "at": _iso(event.at_ms),
+                    "at": iso_time(event.at_ms),
                     "actor": event.actor,
                     "note": event.note,
                 },
@@ -171,8 +158,10 @@ class Notifier:
                         "status": "resolved" if resolved else "firing",
                         "labels": labels,
                         "annotations": annotations,
-                        "startsAt": _iso(alert.started_at_ms),
-                        "endsAt": _iso(alert.updated_at_ms) if resolved else "0001-01-01T00:00:00Z",
+                        "startsAt": iso_time(alert.started_at_ms),
+                        "endsAt": iso_time(alert.updated_at_ms)
+                        if resolved
+                        else "0001-01-01T00:00:00Z",
                         "generatorURL": f"{self.public_url}/alerts/{event.alert_id}",
                         "fingerprint": f"{event.alert_id:016x}",
                     }

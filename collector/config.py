@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from collector.errors import ConfigError
 
@@ -163,6 +171,8 @@ class DetectionSettings(_Section):
     enabled: bool = True
     rules: list[Path] = []
     statistical: str | None = "auto"
+    # Parameters of that detector, plus ``decide`` for the decider (docs/detectors.md).
+    statistical_params: dict[str, Any] = {}
     statistical_colour: Literal["blue", "yellow", "orange", "red"] = "yellow"
     warm_start_hours: Annotated[float, Field(ge=0, le=24 * 31)] = 24.0
     silence: SilenceSettings = SilenceSettings()
@@ -175,6 +185,17 @@ class DetectionSettings(_Section):
         if name and name not in DETECTORS:
             raise ValueError(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
         return name or None
+
+    @model_validator(mode="after")
+    def _chain_builds(self) -> DetectionSettings:
+        from detectors.chain import Chain  # noqa: PLC0415 - detectors register on import
+
+        if self.statistical:
+            try:  # a typo in a parameter fails at load, not at the first reading
+                Chain.from_config(self.statistical, **self.statistical_params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"statistical_params for {self.statistical!r}: {exc}") from None
+        return self
 
 
 class ReceiverSettings(_Section):

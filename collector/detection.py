@@ -20,10 +20,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -112,11 +112,14 @@ class DetectionEngine:
         rules: RuleBook,
         *,
         statistical: str | None = "auto",
+        statistical_params: Mapping[str, Any] | None = None,
         statistical_colour: str = "yellow",
         silence: SilenceWatch | None = None,
     ) -> None:
         self.rules = rules
-        self.chain = Chain.from_config(statistical) if statistical else None
+        self.chain = (
+            Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
+        )
         self.statistical_level = colour_level(statistical_colour)
         self.silence = silence or SilenceWatch()
         self._series: dict[tuple[str, str], int] = {}

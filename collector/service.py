@@ -687,6 +687,7 @@ def build_engine(settings: Settings) -> DetectionEngine:
     return DetectionEngine(
         RuleBook.load(detection.rules),
         statistical=detection.statistical,
+        statistical_params=detection.statistical_params,
         statistical_colour=detection.statistical_colour,
         silence=SilenceWatch(
             timeout_s=silence.timeout_s,

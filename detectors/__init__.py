@@ -12,6 +12,7 @@ from detectors import cusum as _cusum  # noqa: F401
 from detectors import novelty as _novelty  # noqa: F401
 from detectors import robust as _robust  # noqa: F401
 from detectors import seasonal as _seasonal  # noqa: F401
+from detectors import shift as _shift  # noqa: F401
 from detectors.rules import capacity as _capacity  # noqa: F401
 from detectors.rules import flatline as _flatline  # noqa: F401
 from detectors.rules import out_of_range as _out_of_range  # noqa: F401

@@ -26,7 +26,7 @@ class Decision:
 
 
 class AlertDecider:
-    def __init__(self, *, on: float = 0.5, off: float | None = None, clear_after: int = 20) -> None:
+    def __init__(self, *, on: float = 0.5, off: float | None = None, clear_after: int = 8) -> None:
         off = on if off is None else off
         if not 0 < on <= 1 or not 0 <= off <= on or clear_after < 1:
             raise ValueError("need 0 < on <= 1, 0 <= off <= on and clear_after >= 1")

@@ -12,7 +12,9 @@ comes first (a fast sensor, 1 Hz say, has shown its range long before a day is o
 With ``noise_multiple`` > 0 the excess must also be that many times the series' typical
 step (an EW mean of |x_t - x_t-1|) to score 0.5: fewer alerts from noise setting small
 records on short or noisy series, at the cost of later detections (measured in
-bench/detectors.py: off by default). Optionally the range forgets: with ``memory_s`` its
+bench/detectors.py: off by default). ``young_readings`` raises that multiple by
+sqrt(young_readings / n) while the series has shown fewer readings: a young range is
+broken by noise more often. Optionally the range forgets: with ``memory_s`` its
 edges relax towards the recent mean with that time constant.
 """
 
@@ -51,6 +53,7 @@ class RangeNovelty(Detector):
         warmup_enough_readings: int = 400,
         noise_multiple: float = 0.0,
         memory_s: float | None = None,
+        young_readings: int = 0,
     ) -> None:
         super().__init__()
         if margin <= 0 or warmup_s < 0 or warmup_readings < 1:
@@ -63,6 +66,7 @@ class RangeNovelty(Detector):
         self.warmup_enough_readings = max(warmup_enough_readings, warmup_readings)
         self.memory_s = memory_s
         self.noise_multiple = noise_multiple
+        self.young_readings = young_readings
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state
@@ -79,7 +83,10 @@ class RangeNovelty(Detector):
         noise = st["noise"][series]
         scale = np.maximum(width, 1e-9 + 1e-6 * np.maximum(np.abs(hi), np.abs(lo)))
         if self.noise_multiple > 0:
-            scale = np.maximum(scale, self.noise_multiple * noise / self.margin)
+            # a young range is broken by noise more often (records come at ~1/n)
+            youth = np.sqrt(np.maximum(self.young_readings / (n + 1.0), 1.0))
+            multiple = self.noise_multiple * youth
+            scale = np.maximum(scale, multiple * noise / self.margin)
         excess = np.maximum(np.maximum(x - hi, lo - x), 0.0)
         ratio = np.where(np.isfinite(scale), excess / np.where(np.isfinite(scale), scale, 1.0), 0.0)
         warm = (n >= self.warmup_readings) & (

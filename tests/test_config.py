@@ -78,6 +78,8 @@ def test_secrets_never_reach_a_log_line() -> None:
         ("[mqtt]\nurl = 'http://x'\n", "mqtt.url"),
         ('[influx]\ndatabase = "a\'b"\n', "influx.database"),
         ("typo = 1\n", "typo: unknown key"),
+        ("[detection]\nstatistical_params = { noise_multipel = 1 }\n", "noise_multipel"),
+        ("[detection]\nstatistical_params = { shift = { z = -1 } }\n", "z > 0"),
     ],
 )
 def test_bad_keys_are_named_and_exit_2(tmp_path: Path, text: str, key: str) -> None:

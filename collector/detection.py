@@ -39,7 +39,7 @@ from detectors.rules.silence import SilenceWatch
 log = logging.getLogger(__name__)
 
 # Fields that are bookkeeping, not measurements.
-NOT_QUANTITIES = frozenset({"seq", "capacity", "free", "interval_s"})
+NOT_QUANTITIES = frozenset({"seq", "capacity", "free", "interval_s", "safe_capacity"})
 STATISTICAL = "statistical"
 SILENT_DEVICE = "yellow"
 SILENT_GATEWAY = "orange"  # a gateway takes many devices with it

@@ -65,6 +65,7 @@ from collector.protocol import (
 )
 from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
 from collector.rules import RuleBook
+from collector.snapshots import unit_status_lines
 from detectors.levels import COLOURS
 from detectors.rules.silence import SilenceWatch
 
@@ -98,6 +99,8 @@ class IngestStats:
     alert_events: Counter[str] = field(default_factory=Counter)
     alert_errors: int = 0
     outbox: dict[str, int] = field(default_factory=dict)
+    # exponentially weighted mean of successful InfluxDB write round trips
+    write_latency_ms: float = 0.0
 
     @property
     def rejected(self) -> int:
@@ -575,6 +578,7 @@ class Collector:
         while True:
             if self._stopping.is_set() and time.monotonic() > self._flush_deadline:
                 return False
+            started = time.perf_counter()
             try:
                 result = await self.influx.write_lines(lines)
             except RetryableStoreError as exc:
@@ -596,6 +600,11 @@ class Collector:
             self.stats.lines_written += result.written
             self.stats.lines_dropped.update(result.dropped)
             self.stats.batches_written += 1
+            took_ms = (time.perf_counter() - started) * 1000
+            latency = self.stats.write_latency_ms
+            self.stats.write_latency_ms = (
+                took_ms if not latency else latency + 0.1 * (took_ms - latency)
+            )
             return True
 
     # -- stats -----------------------------------------------------------------------------
@@ -645,10 +654,20 @@ class Collector:
                     "lines_dropped": sum(s.lines_dropped.values()),
                     "inbox": self.source.backlog,
                     "write_queue": self._queue.qsize(),
+                    "write_latency_ms": round(s.write_latency_ms, 2),
+                    "outbox_pending": s.outbox.get("pending", 0),
+                    "outbox_dead": s.outbox.get("dead", 0),
                 },
                 now_ms,
             )
         ]
+        if self.alerts is not None:
+            lines += unit_status_lines(
+                self.registry.current,
+                self.alerts.store.alerts(states=sorted(ACTIVE_STATES)),
+                now_ms,
+                self.settings.alerts.ack_deadlines_s,
+            )
         lines += [
             encode_line(REJECTIONS_MEASUREMENT, {**tags, "reason": reason}, {"count": n}, now_ms)
             for reason, n in s.rejections.items()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -14,18 +17,97 @@ from collector.localservices import Mosquitto
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_compose_file_is_valid() -> None:
+COMPOSE_SECRETS = {
+    "SMARTUNIT_INFLUX_TOKEN": "t",
+    "INFLUXDB_PASSWORD": "p",
+    "GRAFANA_PASSWORD": "g",
+    "SMARTUNIT_API_TOKEN": "a",
+}
+
+
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose (Debian package) is installed by scripts/install-deps.sh"
-    done = subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True
+    return subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=tmp_dir_without_dotenv(),
     )
+
+
+def tmp_dir_without_dotenv() -> str:
+    # docker-compose reads .env from the working directory; a developer's own must not
+    # change what the test sees
+    return tempfile.gettempdir()
+
+
+def test_compose_file_is_valid_and_needs_its_secrets() -> None:
+    done = compose_config(COMPOSE_SECRETS)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
-    assert {"mosquitto", "influxdb", "collector", "simulator"} <= set(config["services"])
-    mounted = config["services"]["mosquitto"]["volumes"][0]
-    source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]
-    assert Path(source).resolve() == ROOT / "config" / "mosquitto.conf"
+    services = config["services"]
+    assert {"mosquitto", "influxdb", "grafana", "collector", "simulator"} <= set(services)
+    assert services["influxdb"]["image"].startswith("influxdb:2")
+    assert services["simulator"]["profiles"] == ["demo"]
+    mounts = {Path(m["target"]): m["source"] for m in _volumes(services["mosquitto"])}
+    assert Path(mounts[Path("/mosquitto/config/mosquitto.conf")]) == ROOT / "config/mosquitto.conf"
+    assert Path(mounts[Path("/mosquitto/config/mosquitto.acl")]) == ROOT / "config/mosquitto.acl"
+    # a missing secret stops the stack instead of starting it with a default
+    missing = compose_config({k: v for k, v in COMPOSE_SECRETS.items() if k != "INFLUXDB_PASSWORD"})
+    assert missing.returncode != 0 and "INFLUXDB_PASSWORD" in missing.stderr
+
+
+def _volumes(service: dict) -> list[dict]:
+    out = []
+    for mount in service.get("volumes", []):
+        if isinstance(mount, str):  # short syntax, from older docker-compose versions
+            source, target, *_ = mount.split(":")
+            out.append({"source": source, "target": target})
+        else:
+            out.append(mount)
+    return out
+
+
+def test_grafana_provisioning_references_the_dashboards_that_exist() -> None:
+    config = yaml.safe_load(compose_config(COMPOSE_SECRETS).stdout)
+    grafana = config["services"]["grafana"]
+    mounts = {m["target"]: Path(m["source"]) for m in _volumes(grafana)}
+    provisioning = ROOT / "dashboards" / "provisioning"
+    assert mounts["/etc/grafana/provisioning/dashboards"] == provisioning / "dashboards"
+    assert mounts["/etc/grafana/provisioning/datasources"] == provisioning / "datasources"
+
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "smartunit.yaml").read_text())[
+        "providers"
+    ]
+    served = mounts[provider["options"]["path"]]  # what Grafana finds at the provider's path
+    boards = sorted(served.glob("*.json"))
+    assert [b.name for b in boards] == sorted(
+        [
+            "city-overview.json",
+            "crowd.json",
+            "parking.json",
+            "chem-park.json",
+            "devices.json",
+            "collector.json",
+        ]
+    )
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert Path(home).parent == Path(provider["options"]["path"])
+    assert (served / Path(home).name).exists()
+
+    (source,) = yaml.safe_load((provisioning / "datasources" / "smartunit.yaml").read_text())[
+        "datasources"
+    ]
+    for board in boards:
+        variables = json.loads(board.read_text())["templating"]["list"]
+        assert variables[0]["current"]["value"] == source["uid"]
+    # every ${VAR} the datasource file uses is set in Grafana's environment
+    used = set(
+        re.findall(r"\$\{(\w+)\}", (provisioning / "datasources" / "smartunit.yaml").read_text())
+    )
+    assert used <= set(grafana["environment"]), used - set(grafana["environment"])
 
 
 def _setting(text: str, key: str) -> str | None:

@@ -55,6 +55,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+GRAFANA_TOKEN_ENV = "SMARTUNIT_GRAFANA_TOKEN"  # noqa: S105 - a variable's name
+
+
+def cmd_dashboards_push(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+
+    from collector.grafana import InfluxSource, push_dashboards  # noqa: PLC0415
+
+    token = args.token or os.environ.get(GRAFANA_TOKEN_ENV)
+    if not token:
+        raise ConfigError(f"a Grafana token is needed: --token or ${GRAFANA_TOKEN_ENV}")
+    influx = None
+    if args.influx_url:
+        influx = InfluxSource(
+            url=args.influx_url,
+            database=args.influx_db,
+            token=os.environ.get("SMARTUNIT_INFLUX_TOKEN"),
+        )
+    urls = push_dashboards(args.grafana_url, token, directory=args.dir, influx=influx)
+    for url in urls:
+        print(f"pushed {url}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from collector.rules import RuleBook  # noqa: PLC0415
 
@@ -181,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--capacity", type=float, help="with --rules: capacity for ratio rules")
     backtest.add_argument("--quiet", action="store_true", help="no progress bar")
     backtest.set_defaults(func=cmd_backtest)
+
+    dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
+    dashboards_sub = dashboards.add_subparsers(dest="action", required=True)
+    push = dashboards_sub.add_parser(
+        "push", help="install or update the dashboards through Grafana's HTTP API"
+    )
+    push.add_argument("--grafana-url", required=True, help="e.g. http://localhost:3000")
+    push.add_argument(
+        "--token",
+        help=f"Grafana service-account token (better: ${GRAFANA_TOKEN_ENV}, kept out of ps)",
+    )
+    push.add_argument("--dir", type=Path, default=Path("dashboards"), help="the JSON files")
+    push.add_argument("--influx-url", help="also create or update the InfluxDB datasource")
+    push.add_argument("--influx-db", default="smartunit")
+    push.set_defaults(func=cmd_dashboards_push)
 
     demo = sub.add_parser("demo", help="broker, InfluxDB, collector and simulator, all local")
     demo.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")

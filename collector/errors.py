@@ -3,11 +3,12 @@
     SmartUnitError
     ├── ConfigError            bad configuration or registry; the CLI exits with code 2
     ├── ServiceStartError      a local broker or database would not start (demo, tests, bench)
+    ├── DashboardPushError     Grafana refused or could not be reached (dashboards push)
     └── StoreError             talking to the time-series store failed
         ├── RetryableStoreError    timeouts, connection errors, 429, 5xx: try again later
         └── RejectedWriteError     400 and other 4xx: retrying the same lines cannot help
 
-Third-party errors (httpx, paho) are caught where they enter and re-raised as one of
+Third-party errors (httpx, paho, grafana-client) are caught where they enter and re-raised as one of
 these, so callers never need to import those libraries to handle failure. Invalid device
 messages are not exceptions: they are rejections, counted and quarantined (see
 ``collector.protocol``).
@@ -26,6 +27,10 @@ class ConfigError(SmartUnitError):
 
 class ServiceStartError(SmartUnitError):
     """A local service (Mosquitto, InfluxDB) could not be started or did not become ready."""
+
+
+class DashboardPushError(SmartUnitError):
+    """Installing the dashboards through Grafana's HTTP API failed; the message says where."""
 
 
 class StoreError(SmartUnitError):

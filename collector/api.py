@@ -14,14 +14,29 @@ import dataclasses
 import hmac
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, SecretStr
 
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import Alert, AlertEvent, State, TransitionError
+from collector.alerts.model import (
+    ACTIVE_STATES,
+    ESCALATES_FROM,
+    Alert,
+    AlertEvent,
+    State,
+    TransitionError,
+)
+from collector.errors import StoreError
+from collector.registry import Registry
+from detectors.levels import COLOURS
+
+CONSOLE = Path(__file__).resolve().parent / "console"
 
 
 class SilenceRequest(BaseModel):
@@ -37,15 +52,41 @@ class Action(BaseModel):
     note: str = Field(default="", max_length=4000)
 
 
-def _alert_json(alert: Alert, public_url: str) -> dict[str, Any]:
-    return {
-        **alert.summary(public_url),
-        "condition_active": alert.condition_active,
-        "acknowledged": alert.acknowledged,
-        "flapping": bool(alert.extra.get("flapping")),
-        "started_at_ms": alert.started_at_ms,
-        "updated_at_ms": alert.updated_at_ms,
-    }
+@dataclass(frozen=True, kw_only=True)
+class ApiContext:
+    """What the API serves from: the alert book and views of the running collector."""
+
+    book: AlertBook
+    tokens: Mapping[str, SecretStr]
+    public_url: str = ""
+    metrics: Callable[[], dict[str, float]] = dict
+    healthy: Callable[[], bool] = lambda: True
+    registry: Callable[[], Registry] = Registry.empty
+    # (family, device, quantity, start_ms, end_ms) -> [(time_ms, value)], from InfluxDB
+    series: Callable[[str, str, str, int, int], list[tuple[int, float]]] | None = None
+    ack_deadlines_s: Mapping[Any, float] = field(default_factory=dict)
+
+    def alert_json(self, alert: Alert) -> dict[str, Any]:
+        deadline = self.ack_deadlines_s.get(alert.colour)
+        waiting = alert.state in ESCALATES_FROM and deadline is not None
+        due = alert.started_at_ms + round(deadline * 1000) if waiting and deadline else None
+        return {
+            **alert.summary(self.public_url),
+            "condition_active": alert.condition_active,
+            "acknowledged": alert.acknowledged,
+            "flapping": bool(alert.extra.get("flapping")),
+            "started_at_ms": alert.started_at_ms,
+            "updated_at_ms": alert.updated_at_ms,
+            "ack_due_at_ms": due,
+            "overdue": due is not None and time.time() * 1000 >= due,
+        }
+
+
+def _within(hierarchy: Mapping[str, str], prefix: str) -> bool:
+    """Whether a unit's city/district/... path lies under ``prefix``, segment by segment."""
+    path = "/".join(hierarchy.values())
+    prefix = prefix.strip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
 def _event_json(event: AlertEvent) -> dict[str, Any]:
@@ -62,16 +103,10 @@ def _event_json(event: AlertEvent) -> dict[str, Any]:
     }
 
 
-def create_app(
-    book: AlertBook,
-    tokens: Mapping[str, SecretStr],
-    *,
-    metrics: Callable[[], dict[str, float]] = dict,
-    healthy: Callable[[], bool] = lambda: True,
-    public_url: str = "",
-) -> FastAPI:
+def create_app(context: ApiContext) -> FastAPI:
+    book = context.book
     app = FastAPI(title="SmartUnit Monitor", version="1", description=__doc__)
-    known = {name: token.get_secret_value() for name, token in tokens.items()}
+    known = {name: token.get_secret_value() for name, token in context.tokens.items()}
 
     def integration(request: Request) -> str:
         header = request.headers.get("Authorization", "")
@@ -97,27 +132,29 @@ def create_app(
         return alert
 
     @app.get("/api/alerts")
-    def list_alerts(
+    def list_alerts(  # noqa: PLR0917 - FastAPI: each filter is a query parameter
         caller: Caller,
         state: Annotated[list[State] | None, Query()] = None,
         colour: str | None = None,
         unit: str | None = None,
+        family: str | None = None,
         hierarchy: Annotated[str | None, Query(description="prefix: city/district/...")] = None,
     ) -> list[dict[str, Any]]:
         found = book.store.alerts(states=state or [])
         return [
-            _alert_json(a, public_url)
+            context.alert_json(a)
             for a in found
             if (colour is None or a.colour == colour)
             and (unit is None or a.unit == unit)
-            and (hierarchy is None or "/".join(a.hierarchy.values()).startswith(hierarchy))
+            and (family is None or a.family == family)
+            and (hierarchy is None or _within(a.hierarchy, hierarchy))
         ]
 
     @app.get("/api/alerts/{alert_id}")
     def get_alert(alert_id: int, caller: Caller) -> dict[str, Any]:
         alert = require(alert_id)
         return {
-            **_alert_json(alert, public_url),
+            **context.alert_json(alert),
             "events": [_event_json(e) for e in book.history(alert_id)],
         }
 
@@ -134,7 +171,7 @@ def create_app(
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
         return {
-            "alert": _alert_json(require(alert_id), public_url),
+            "alert": context.alert_json(require(alert_id)),
             "events": [_event_json(e) for e in events],
         }
 
@@ -170,9 +207,75 @@ def create_app(
     def list_silences(caller: Caller) -> list[dict[str, Any]]:
         return [dataclasses.asdict(s) for s in book.store.silences(now_ms())]
 
+    @app.get("/api/units")
+    def units(caller: Caller) -> list[dict[str, Any]]:
+        """Every unit with its worst active colour: the console's unit tree."""
+        registry = context.registry()
+        by_unit: dict[str, list[Alert]] = {}
+        for alert in book.store.alerts(states=sorted(ACTIVE_STATES)):
+            by_unit.setdefault(alert.unit, []).append(alert)
+        out = []
+        for unit_id in sorted(set(registry.units) | set(by_unit)):
+            unit = registry.units.get(unit_id)
+            alerts = by_unit.get(unit_id, [])
+            level = max((COLOURS.index(a.colour) for a in alerts), default=0)
+            hierarchy = (
+                unit.hierarchy.as_tags() if unit else (alerts[0].hierarchy if alerts else {})
+            )
+            out.append(
+                {
+                    "id": unit_id,
+                    "name": (unit.name if unit else "") or unit_id,
+                    "kind": unit.kind if unit else "other",
+                    "hierarchy": hierarchy,
+                    "colour": COLOURS[level],
+                    "active": len(alerts),
+                }
+            )
+        return out
+
+    @app.get("/api/alerts/{alert_id}/series")
+    def alert_series(
+        alert_id: int,
+        caller: Caller,
+        before_s: Annotated[float, Query(gt=0, le=31 * 86400)] = 900,
+        after_s: Annotated[float, Query(gt=0, le=31 * 86400)] = 3600,
+    ) -> dict[str, Any]:
+        """The alert's series around it, from InfluxDB, for the console's chart."""
+        alert = require(alert_id)
+        if context.series is None:
+            raise HTTPException(503, "no time-series store configured")
+        start = alert.started_at_ms - round(before_s * 1000)
+        end = min(alert.updated_at_ms + round(after_s * 1000), round(time.time() * 1000))
+        points: list[tuple[int, float]] = []
+        if alert.fingerprint.quantity:  # a silent device or gateway has no series
+            try:
+                points = context.series(
+                    alert.family, alert.fingerprint.device, alert.fingerprint.quantity, start, end
+                )
+            except StoreError as exc:
+                raise HTTPException(502, f"InfluxDB: {exc}") from None
+        return {
+            "device": alert.fingerprint.device,
+            "quantity": alert.fingerprint.quantity,
+            "threshold": alert.extra.get("threshold"),
+            "started_at_ms": alert.started_at_ms,
+            "start_ms": start,
+            "end_ms": end,
+            "points": points,
+        }
+
+    # -- the console: static files, no build step; the API does the work -------------
+    @app.get("/", include_in_schema=False)
+    @app.get("/alerts/{alert_id}", include_in_schema=False)
+    def console_page(alert_id: int | None = None) -> FileResponse:
+        return FileResponse(CONSOLE / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/console", StaticFiles(directory=CONSOLE), name="console")
+
     @app.get("/healthz")
     def health() -> dict[str, str]:
-        if not healthy():
+        if not context.healthy():
             raise HTTPException(503, "not connected")
         return {"status": "ok"}
 
@@ -180,7 +283,7 @@ def create_app(
     def prometheus() -> str:
         lines = []
         typed: set[str] = set()
-        for key, value in sorted(metrics().items()):
+        for key, value in sorted(context.metrics().items()):
             name = "smartunit_" + key.replace(".", "_").replace("-", "_")
             family = name.partition("{")[0]
             if family not in typed:  # one TYPE line per family, before its samples

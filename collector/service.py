@@ -41,11 +41,11 @@ from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
 from collector.alerts.notify import Notifier
 from collector.alerts.store import SqliteAlertStore
-from collector.api import create_app
+from collector.api import ApiContext, create_app
 from collector.config import Settings
 from collector.detection import DetectionEngine, DetectionEvent
 from collector.errors import RetryableStoreError, StoreError
-from collector.influx import InfluxClient, quote_ident, rows
+from collector.influx import InfluxClient, query_sync, quote_ident, quote_literal, rows
 from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
@@ -241,12 +241,36 @@ class Collector:
         http = self.settings.http
         if not http.enabled or self.alerts is None:
             return None
+        influx = self.settings.influx
+
+        def series(
+            family: str, device: str, quantity: str, start_ms: int, end_ms: int
+        ) -> list[tuple[int, float]]:
+            # about 600 points, whatever the window: a chart, not an export
+            step_s = max(1, (end_ms - start_ms) // 600_000)
+            query = (
+                f"SELECT mean({quote_ident(quantity)}) FROM {quote_ident(family)} "
+                f'WHERE "device" = {quote_literal(device)} '
+                f"AND time >= {start_ms}ms AND time <= {end_ms}ms "
+                f"GROUP BY time({step_s}s) fill(none)"
+            )
+            return [
+                (int(r["time"]), float(r["mean"]))
+                for s in query_sync(influx, query)
+                for r in rows(s)
+            ]
+
         app = create_app(
-            self.alerts,
-            http.tokens,
-            metrics=self.metrics,
-            healthy=self.source.connected.is_set,
-            public_url=self.settings.alerts.public_url,
+            ApiContext(
+                book=self.alerts,
+                tokens=http.tokens,
+                public_url=self.settings.alerts.public_url,
+                metrics=self.metrics,
+                healthy=self.source.connected.is_set,
+                registry=lambda: self.registry.current,
+                series=series,
+                ack_deadlines_s=self.settings.alerts.ack_deadlines_s,
+            )
         )
         config = uvicorn.Config(
             app,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def run_demo(args: argparse.Namespace) -> int:
             "SMARTUNIT_INFLUX_DB": DEMO_DB,
             "SMARTUNIT_DATA_DIR": str(workdir / "data"),
             "SMARTUNIT_HTTP_PORT": str(free_port()),
+            # the console's sign-in for this run only; a real deployment sets its own
+            "SMARTUNIT_API_TOKEN": os.environ.get("SMARTUNIT_API_TOKEN")
+            or secrets.token_urlsafe(12),
         }
         config = CONFIG_DIR / "smartunit.example.toml"
         smartunit = [sys.executable, "-m", "collector.cli"]
@@ -92,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         children["simulator"] = spawn(simulate, env=env, log_path=workdir / "simulator.log")
         influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
-        _banner(broker, influxdb, workdir)
+        _banner(broker, influxdb, workdir, env)
         _watch(influx, args.duration, children)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
@@ -110,10 +114,12 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _banner(broker: Mosquitto, influxdb: InfluxDB, workdir: Path) -> None:
+def _banner(broker: Mosquitto, influxdb: InfluxDB, workdir: Path, env: dict[str, str]) -> None:
     print(
         f"""
 SmartUnit Monitor demo is running (Ctrl-C stops everything).
+  Console       http://127.0.0.1:{env["SMARTUNIT_HTTP_PORT"]}/
+      sign in with any name and the token {env["SMARTUNIT_API_TOKEN"]}
   MQTT broker   {broker.url}
       watch devices:   mosquitto_sub -p {broker.port} -v -t 'smartunit/v1/#'
       rejections:      mosquitto_sub -p {broker.port} -v -t 'smartunit/v1/_rejected/#'

@@ -103,6 +103,8 @@ def filled(make_settings, run_collector, broker, publisher):
     time.sleep(max(2.0, 16.0 - (time.monotonic() - started)))  # three $__interval of stats
     yield settings
     collector.stop()
+    for device in fleet:  # the broker is shared by the session: leave no retained status
+        publisher.publish(device.status_topic, b"", retain=True)
 
 
 @pytest.mark.slow

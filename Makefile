@@ -29,6 +29,9 @@ lint: venv
 	$(VENV)/bin/ruff check collector detectors tests bench scripts
 	$(VENV)/bin/mypy
 
+fuzz: venv
+	FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/test_fuzz_decoding.py
+
 bench: deps venv
 	$(PY) bench/ingest.py
 

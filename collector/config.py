@@ -139,6 +139,10 @@ class IngestSettings(_Section):
     retry_max_s: PositiveFloat = 30.0
     stats_interval_s: PositiveFloat = 10.0
     publish_rejections: bool = True
+    # Per device (the topic's id): messages per second, and how many may come at once.
+    # Beyond, messages are rejected as rate_limited (collector/ratelimit.py). 0 = no limit.
+    device_rate_per_s: Annotated[float, Field(ge=0)] = 20.0
+    device_burst: Annotated[int, Field(ge=1)] = 2000
     # On stop, how long to keep trying to write what was received. What InfluxDB does not
     # take by then stays unacknowledged with the broker, delivered again at the next start.
     shutdown_flush_s: PositiveFloat = 15.0

@@ -47,6 +47,8 @@ REJECTION_REASONS: dict[str, str] = {
     "ts_in_future": "ts lies further in the future than ingest.max_future_s",
     "ts_too_old": "ts lies further in the past than ingest.max_age_s",
     "bad_status": 'a status message that is not {"state": "online"|"offline"}',
+    "rate_limited": "the device sent more than ingest.device_rate_per_s messages per second "
+    "(beyond ingest.device_burst at once)",
 }
 
 _TYPE_ERRORS = {"int_type", "float_type", "string_type", "dict_type", "bool_type", "model_type"}

@@ -63,6 +63,7 @@ from collector.protocol import (
     reading_line,
     status_line,
 )
+from collector.ratelimit import DeviceRateLimit
 from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
 from collector.rules import RuleBook
 from collector.snapshots import unit_status_lines
@@ -145,6 +146,11 @@ class Collector:
                 max_future_ms=round(ingest.max_future_s * 1000),
                 max_age_ms=round(ingest.max_age_s * 1000),
             )
+        )
+        self.rate_limit = (
+            DeviceRateLimit(rate_per_s=ingest.device_rate_per_s, burst=ingest.device_burst)
+            if ingest.device_rate_per_s > 0
+            else None
         )
         self.source = MqttSource(
             settings.mqtt,
@@ -383,6 +389,15 @@ class Collector:
                 return
             self._decode_status(parsed, message, batch, registry)
             return
+        if self.rate_limit is not None:
+            device = topic.split("/", 4)[3] if topic.count("/") >= 4 else ""
+            if not self.rate_limit.allow(device, message.received_ms / 1000):
+                self._reject(
+                    Rejection("rate_limited", "too many messages", "_", device),
+                    message,
+                    quarantine=False,
+                )
+                return
         result = self.decoder.decode(topic, message.payload, message.received_ms, registry)
         if isinstance(result, Rejection):
             self._reject(result, message)
@@ -406,7 +421,7 @@ class Collector:
         online, ts_ms = status
         batch.lines.append(status_line(topic.device, online, ts_ms, registry))
 
-    def _reject(self, rejection: Rejection, message: Inbound) -> None:
+    def _reject(self, rejection: Rejection, message: Inbound, *, quarantine: bool = True) -> None:
         self.stats.rejections[rejection.reason] += 1
         self._rejection_log.warning(
             rejection.reason,
@@ -415,7 +430,7 @@ class Collector:
             detail=rejection.detail,
             topic=message.topic[:200],
         )
-        if not self.settings.ingest.publish_rejections:
+        if not (quarantine and self.settings.ingest.publish_rejections):
             return
         family = _topic_safe(rejection.family)
         device = _topic_safe(rejection.device)

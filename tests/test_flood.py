@@ -1,0 +1,68 @@
+"""A device flooding the broker is bounded without starving the others or costing their readings."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from collector.ratelimit import DeviceRateLimit
+from tests.test_detection_e2e import wait_rows
+
+
+def test_token_bucket_allows_the_burst_then_the_rate() -> None:
+    limit = DeviceRateLimit(rate_per_s=10, burst=5)
+    assert sum(limit.allow("a", 100.0) for _ in range(20)) == 5  # the burst, at once
+    assert sum(limit.allow("a", 101.0) for _ in range(20)) == 5  # refilled 10/s, capped at 5
+    assert limit.allow("b", 101.0)  # other devices keep their own bucket
+    assert sum(limit.allow("a", 101.2) for _ in range(5)) == 2  # 0.2 s at 10/s
+
+
+def test_forgetting_buckets_bounds_memory_and_only_lets_more_through() -> None:
+    limit = DeviceRateLimit(rate_per_s=1, burst=1, max_devices=100)
+    for k in range(1000):
+        assert limit.allow(f"made-up-{k}", 0.0)
+    assert len(limit._buckets) <= 100
+
+
+@pytest.mark.slow
+def test_a_flooding_device_is_limited_and_the_others_lose_nothing(
+    make_settings, run_collector, publisher, subscribe
+) -> None:
+    settings = make_settings(ingest={"device_rate_per_s": 20.0, "device_burst": 100})
+    collector = run_collector(settings)
+    quarantine = subscribe("smartunit/v1/_rejected/#")
+    now = time.time()
+    started = time.monotonic()
+    for k in range(1500):
+        publisher.publish(
+            "smartunit/v1/camera/cam-flood/data",
+            json.dumps({"ts": now - 60 + k * 0.01, "people": k}),
+        )
+        if k % 50 == 0:  # a well-behaved neighbour, in the middle of the flood
+            publisher.publish(
+                "smartunit/v1/camera/cam-calm/data",
+                json.dumps({"ts": now - 60 + k * 0.01, "people": 1, "seq": k}),
+            )
+    elapsed = time.monotonic() - started
+    calm = wait_rows(settings.influx, """SELECT * FROM "camera" WHERE "device" = 'cam-calm'""", 30)
+    assert len(calm) == 30  # every reading of the neighbour stored
+    assert wait_for_rejections(collector, 1500)
+    flood = wait_rows(settings.influx, """SELECT * FROM "camera" WHERE "device" = 'cam-flood'""", 1)
+    limited = collector.stats.rejections["rate_limited"]
+    assert len(flood) + limited == 1500  # each message stored or counted, none lost silently
+    assert 100 <= len(flood) <= 100 + 20 * (elapsed + 2)  # the burst, then the rate
+    time.sleep(0.5)
+    reasons = {json.loads(m.payload)["reason"] for m in quarantine.messages}
+    assert "rate_limited" not in reasons  # the flood is not echoed back to the broker
+    collector.stop()
+
+
+def wait_for_rejections(collector, total_messages: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if collector.stats.messages_received >= total_messages + 30:
+            return True
+        time.sleep(0.1)
+    return False

@@ -143,6 +143,10 @@ class IngestSettings(_Section):
     # Beyond, messages are rejected as rate_limited (collector/ratelimit.py). 0 = no limit.
     device_rate_per_s: Annotated[float, Field(ge=0)] = 20.0
     device_burst: Annotated[int, Field(ge=1)] = 2000
+    # Falling behind: when the median age of what arrives (receive time minus the newest
+    # device time of each message) stays above this for two stats intervals, an operator
+    # alert "collector-behind" opens; it clears below half of it. 0 = no alert.
+    behind_alert_s: Annotated[float, Field(ge=0)] = 120.0
     # On stop, how long to keep trying to write what was received. What InfluxDB does not
     # take by then stays unacknowledged with the broker, delivered again at the next start.
     shutdown_flush_s: PositiveFloat = 15.0

@@ -32,7 +32,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
 import orjson
 import uvicorn
 
@@ -75,6 +77,7 @@ log = logging.getLogger(__name__)
 STATS_MEASUREMENT = "smartunit_ingest"
 NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
+BEHIND_DETECTOR = "collector-behind"
 ALERT_EVENTS_MEASUREMENT = "alert_events"
 ANNOTATION_FLUSH_S = 1.0
 UNIT_TOPIC_ROOT = f"{TOPIC_ROOT}/units"
@@ -102,6 +105,8 @@ class IngestStats:
     outbox: dict[str, int] = field(default_factory=dict)
     # exponentially weighted mean of successful InfluxDB write round trips
     write_latency_ms: float = 0.0
+    # median of (receive time - newest device time) per message, last stats interval
+    arrival_age_s: float = 0.0
 
     @property
     def rejected(self) -> int:
@@ -147,6 +152,9 @@ class Collector:
                 max_age_ms=round(ingest.max_age_s * 1000),
             )
         )
+        self._arrival_ages: list[float] = []  # per message, since the last stats interval
+        self._behind_intervals = 0
+        self._behind_raised = False
         self.rate_limit = (
             DeviceRateLimit(rate_per_s=ingest.device_rate_per_s, burst=ingest.device_burst)
             if ingest.device_rate_per_s > 0
@@ -302,6 +310,8 @@ class Collector:
             "late_readings_total": self.engine.late_readings if self.engine else 0,
             "judged_readings_total": self.engine.judged_readings if self.engine else 0,
             "write_queue_batches": self._queue.qsize(),
+            "arrival_age_seconds": s.arrival_age_s,
+            "write_latency_ms": s.write_latency_ms,
         }
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
         out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
@@ -406,6 +416,9 @@ class Collector:
             self._reject(rejection, message)
         for reading in result.readings:
             batch.lines.append(reading_line(reading, registry))
+        if result.readings:
+            newest = max(r.ts_ms for r in result.readings)
+            self._arrival_ages.append((message.received_ms - newest) / 1000)
         batch.readings.extend(result.readings)
         self.stats.readings_accepted += len(result.readings)
 
@@ -665,6 +678,10 @@ class Collector:
                 last_save = time.monotonic()
             if self.alerts is not None:
                 self.stats.outbox = self.alerts.store.outbox_counts()
+            behind = self._measure_arrival_age()
+            if behind:
+                registry = self.registry.current
+                await self._queue.put(Batch(lines=self._record(behind, registry)))
             log.info(
                 "ingest stats",
                 extra={
@@ -675,6 +692,43 @@ class Collector:
             )
             with contextlib.suppress(RetryableStoreError):
                 await self._write_stats()
+
+    def _measure_arrival_age(self) -> list[DetectionEvent]:
+        """How late readings arrive; the operator alert's events when the collector lags."""
+        ages, self._arrival_ages = self._arrival_ages, []
+        if ages:
+            self.stats.arrival_age_s = float(np.median(ages))
+        limit = self.settings.ingest.behind_alert_s
+        if limit <= 0:
+            return []
+        age = self.stats.arrival_age_s if ages else 0.0
+        self._behind_intervals = self._behind_intervals + 1 if age > limit else 0
+        if self._behind_intervals >= 2 and not self._behind_raised:
+            self._behind_raised = True
+            log.warning("the collector is falling behind", extra={"arrival_age_s": round(age, 1)})
+            return [self._operator_event("raised", "orange", "green", age)]
+        if self._behind_raised and age < limit / 2:
+            self._behind_raised = False
+            log.info("the collector has caught up", extra={"arrival_age_s": round(age, 1)})
+            return [self._operator_event("cleared", "green", "orange", age)]
+        return []
+
+    def _operator_event(
+        self, kind: Literal["raised", "cleared"], colour: str, previous: str, age: float
+    ) -> DetectionEvent:
+        return DetectionEvent(
+            kind,
+            BEHIND_DETECTOR,
+            self.settings.mqtt.client_id,
+            "system",
+            "arrival_age_s",
+            "_collector",
+            colour,
+            previous,
+            age,
+            time.time_ns() // 1_000_000,
+            threshold=self.settings.ingest.behind_alert_s,
+        )
 
     async def _write_stats(self) -> None:
         now_ms = time.time_ns() // 1_000_000
@@ -694,6 +748,7 @@ class Collector:
                     "inbox": self.source.backlog,
                     "write_queue": self._queue.qsize(),
                     "write_latency_ms": round(s.write_latency_ms, 2),
+                    "arrival_age_s": round(s.arrival_age_s, 3),
                     "outbox_pending": s.outbox.get("pending", 0),
                     "outbox_dead": s.outbox.get("dead", 0),
                 },

@@ -1,0 +1,50 @@
+"""When what arrives is old, the collector says so: a metric, a stats field, an operator alert."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.test_alerts_e2e import wait_for
+
+
+@pytest.mark.slow
+def test_late_arrivals_raise_and_clear_the_operator_alert(
+    make_settings, run_collector, publisher
+) -> None:
+    settings = make_settings(
+        ingest={"stats_interval_s": 0.3, "behind_alert_s": 20.0},
+        detection={"statistical": None},
+    )
+    collector = run_collector(settings)
+    book = collector.collector.alerts
+
+    def send(age_s: float, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            publisher.publish(
+                "smartunit/v1/camera/cam-1/data",
+                json.dumps({"ts": time.time() - age_s, "people": 3}),
+            )
+            time.sleep(0.02)
+
+    send(age_s=0.0, seconds=1.0)  # on time: nothing to say
+    assert not [a for a in book.store.alerts() if a.fingerprint.detector == "collector-behind"]
+
+    send(age_s=90.0, seconds=1.5)  # every reading arrives 90 s after it was taken
+
+    def behind() -> list:
+        return [a for a in book.store.alerts() if a.fingerprint.detector == "collector-behind"]
+
+    (alert,) = wait_for(behind, timeout_s=5)
+    assert alert.colour == "orange" and alert.family == "system" and alert.condition_active
+    assert alert.value is not None and 85 < alert.value < 100
+    metrics = httpx.get(f"http://127.0.0.1:{settings.http.port}/metrics").text
+    assert "smartunit_arrival_age_seconds" in metrics
+
+    send(age_s=0.0, seconds=1.5)  # caught up
+    assert wait_for(lambda: not behind()[0].condition_active, timeout_s=5)
+    collector.stop()

@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import matplotlib as mpl  # noqa: E402 - after the path, as every script here
+import matplotlib as mpl
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from collector.config import InfluxSettings  # noqa: E402
-from collector.influx import query_sync, rows  # noqa: E402
+from collector.config import InfluxSettings
+from collector.influx import query_sync, rows
 
 
 def substitute(query: str, hours: float, interval_s: int) -> str:

@@ -147,6 +147,13 @@ class IngestSettings(_Section):
     # device time of each message) stays above this for two stats intervals, an operator
     # alert "collector-behind" opens; it clears below half of it. 0 = no alert.
     behind_alert_s: Annotated[float, Field(ge=0)] = 120.0
+    # While InfluxDB is down or slower than spool_after_s, batches go to a disk spool in
+    # data_dir/spool (fsync'ed, then acknowledged) and are replayed in order once it
+    # answers. When the spool holds spool_max_bytes, messages stay with the broker
+    # instead (nothing dropped); an operator alert opens at 80 % (collector/spool.py).
+    spool: bool = True
+    spool_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 1024**3
+    spool_after_s: PositiveFloat = 10.0
     # On stop, how long to keep trying to write what was received. What InfluxDB does not
     # take by then stays unacknowledged with the broker, delivered again at the next start.
     shutdown_flush_s: PositiveFloat = 15.0

@@ -69,6 +69,7 @@ from collector.ratelimit import DeviceRateLimit
 from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
 from collector.rules import RuleBook
 from collector.snapshots import unit_status_lines
+from collector.spool import DiskSpool, SpoolFull
 from detectors.levels import COLOURS
 from detectors.rules.silence import SilenceWatch
 
@@ -78,6 +79,8 @@ STATS_MEASUREMENT = "smartunit_ingest"
 NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
 BEHIND_DETECTOR = "collector-behind"
+SPOOL_DETECTOR = "spool-nearly-full"
+SPOOL_ALERT_FILL = 0.8
 ALERT_EVENTS_MEASUREMENT = "alert_events"
 ANNOTATION_FLUSH_S = 1.0
 UNIT_TOPIC_ROOT = f"{TOPIC_ROOT}/units"
@@ -107,6 +110,7 @@ class IngestStats:
     write_latency_ms: float = 0.0
     # median of (receive time - newest device time) per message, last stats interval
     arrival_age_s: float = 0.0
+    spool_replayed: int = 0
 
     @property
     def rejected(self) -> int:
@@ -152,6 +156,13 @@ class Collector:
                 max_age_ms=round(ingest.max_age_s * 1000),
             )
         )
+        self.spool = (
+            DiskSpool(settings.data_dir / "spool", max_bytes=ingest.spool_max_bytes)
+            if ingest.spool
+            else None
+        )
+        self._spooled = asyncio.Event()
+        self._spool_alert_raised = False
         self._arrival_ages: list[float] = []  # per message, since the last stats interval
         self._behind_intervals = 0
         self._behind_raised = False
@@ -216,6 +227,10 @@ class Collector:
             asyncio.create_task(self._silence_loop(), name="silence"),
             asyncio.create_task(self._verify_loop(), name="verify"),
         ]
+        if self.spool is not None:
+            if self.spool:
+                self._spooled.set()  # left from before a restart: replay it
+            tasks.append(asyncio.create_task(self._replay_loop(), name="replay"))
         if self.dispatcher is not None:
             tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatch"))
         api = self._api_server()
@@ -311,6 +326,8 @@ class Collector:
             "judged_readings_total": self.engine.judged_readings if self.engine else 0,
             "write_queue_batches": self._queue.qsize(),
             "arrival_age_seconds": s.arrival_age_s,
+            "spool_bytes": self.spool.pending_bytes if self.spool else 0,
+            "spool_fill_ratio": self.spool.fill_ratio if self.spool else 0.0,
             "write_latency_ms": s.write_latency_ms,
         }
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
@@ -618,21 +635,75 @@ class Collector:
                         extra={"batches": abandoned},
                     )
                 return
-            if batch.lines and not await self._write_with_retry(batch.lines):
+            if batch.lines and not await self._hand_off(batch.lines):
                 abandoned += 1
                 continue  # not acknowledged: the broker keeps these messages for us
             self.source.ack(batch.messages)
 
-    async def _write_with_retry(self, lines: list[str]) -> bool:
+    async def _hand_off(self, lines: list[str]) -> bool:
+        """Store durably: InfluxDB, or the spool while InfluxDB is down, slow or behind.
+
+        False only when stopping and neither took the lines in time.
+        """
+        spool = self.spool
+        if spool is None:
+            return await self._write_with_retry(lines)
+        if not spool:  # an empty spool: nothing older waits, so write directly
+            try:
+                patience = self.settings.ingest.spool_after_s
+                if self._stopping.is_set():
+                    patience = min(patience, 1.0)  # stopping: spool rather than wait
+                await asyncio.wait_for(self._write_once(lines), patience)
+                return True
+            except (RetryableStoreError, TimeoutError) as exc:
+                self.stats.write_retries += 1
+                log.warning("InfluxDB did not take a batch; spooling", extra={"error": str(exc)})
+        try:
+            spool.append(lines)
+        except SpoolFull as exc:
+            log.error("%s", exc)
+            return await self._write_with_retry(lines)  # backpressure up to the broker
+        except OSError as exc:
+            log.error("cannot write the spool: %s", exc)
+            return await self._write_with_retry(lines)
+        self._spooled.set()
+        return True
+
+    async def _replay_loop(self) -> None:
+        """Empty the spool into InfluxDB, oldest batch first, whenever it has something."""
+        spool = self.spool
+        assert spool is not None
+        while True:
+            lines = spool.peek()
+            if lines is None:
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            if await self._write_with_retry(lines, forever=True):
+                spool.pop()
+                self.stats.spool_replayed += 1
+
+    async def _write_once(self, lines: list[str]) -> None:
+        started = time.perf_counter()
+        result = await self.influx.write_lines(lines)
+        self.stats.write_requests += result.requests
+        self.stats.lines_written += result.written
+        self.stats.lines_dropped.update(result.dropped)
+        self.stats.batches_written += 1
+        took_ms = (time.perf_counter() - started) * 1000
+        mean = self.stats.write_latency_ms
+        self.stats.write_latency_ms = took_ms if not mean else mean + 0.1 * (took_ms - mean)
+
+    async def _write_with_retry(self, lines: list[str], *, forever: bool = False) -> bool:
         """Write until it works; False only when stopping and the flush deadline passed."""
         ingest = self.settings.ingest
         attempt = 0
         while True:
-            if self._stopping.is_set() and time.monotonic() > self._flush_deadline:
+            if not forever and self._stopping.is_set() and time.monotonic() > self._flush_deadline:
                 return False
-            started = time.perf_counter()
             try:
-                result = await self.influx.write_lines(lines)
+                await self._write_once(lines)
+                return True
             except RetryableStoreError as exc:
                 attempt += 1
                 self.stats.write_retries += 1
@@ -644,20 +715,9 @@ class Collector:
                     "InfluxDB write failed; will retry",
                     extra={"error": str(exc), "lines": len(lines), "retry_in_s": round(delay, 2)},
                 )
-                if self._stopping.is_set():
+                if not forever and self._stopping.is_set():
                     delay = min(delay, max(self._flush_deadline - time.monotonic(), 0.0) + 0.01)
                 await asyncio.sleep(delay)
-                continue
-            self.stats.write_requests += result.requests
-            self.stats.lines_written += result.written
-            self.stats.lines_dropped.update(result.dropped)
-            self.stats.batches_written += 1
-            took_ms = (time.perf_counter() - started) * 1000
-            latency = self.stats.write_latency_ms
-            self.stats.write_latency_ms = (
-                took_ms if not latency else latency + 0.1 * (took_ms - latency)
-            )
-            return True
 
     # -- stats -----------------------------------------------------------------------------
 
@@ -678,7 +738,7 @@ class Collector:
                 last_save = time.monotonic()
             if self.alerts is not None:
                 self.stats.outbox = self.alerts.store.outbox_counts()
-            behind = self._measure_arrival_age()
+            behind = self._measure_arrival_age() + self._check_spool()
             if behind:
                 registry = self.registry.current
                 await self._queue.put(Batch(lines=self._record(behind, registry)))
@@ -706,29 +766,55 @@ class Collector:
         if self._behind_intervals >= 2 and not self._behind_raised:
             self._behind_raised = True
             log.warning("the collector is falling behind", extra={"arrival_age_s": round(age, 1)})
-            return [self._operator_event("raised", "orange", "green", age)]
+            return [self._operator_event(BEHIND_DETECTOR, "arrival_age_s", "raised", age, limit)]
         if self._behind_raised and age < limit / 2:
             self._behind_raised = False
             log.info("the collector has caught up", extra={"arrival_age_s": round(age, 1)})
-            return [self._operator_event("cleared", "green", "orange", age)]
+            return [self._operator_event(BEHIND_DETECTOR, "arrival_age_s", "cleared", age, limit)]
         return []
 
     def _operator_event(
-        self, kind: Literal["raised", "cleared"], colour: str, previous: str, age: float
+        self,
+        detector: str,
+        quantity: str,
+        kind: Literal["raised", "cleared"],
+        value: float,
+        threshold: float,
     ) -> DetectionEvent:
+        """An alert about the collector itself, for the same loop as the devices'."""
+        raised = kind == "raised"
         return DetectionEvent(
             kind,
-            BEHIND_DETECTOR,
+            detector,
             self.settings.mqtt.client_id,
             "system",
-            "arrival_age_s",
+            quantity,
             "_collector",
-            colour,
-            previous,
-            age,
+            "orange" if raised else "green",
+            "green" if raised else "orange",
+            value,
             time.time_ns() // 1_000_000,
-            threshold=self.settings.ingest.behind_alert_s,
+            threshold=threshold,
         )
+
+    def _check_spool(self) -> list[DetectionEvent]:
+        if self.spool is None:
+            return []
+        fill = self.spool.fill_ratio
+        if fill >= SPOOL_ALERT_FILL and not self._spool_alert_raised:
+            self._spool_alert_raised = True
+            log.error("the spool is nearly full", extra={"fill": round(fill, 3)})
+            return [
+                self._operator_event(SPOOL_DETECTOR, "spool_fill", "raised", fill, SPOOL_ALERT_FILL)
+            ]
+        if self._spool_alert_raised and fill < SPOOL_ALERT_FILL / 2:
+            self._spool_alert_raised = False
+            return [
+                self._operator_event(
+                    SPOOL_DETECTOR, "spool_fill", "cleared", fill, SPOOL_ALERT_FILL
+                )
+            ]
+        return []
 
     async def _write_stats(self) -> None:
         now_ms = time.time_ns() // 1_000_000
@@ -749,6 +835,8 @@ class Collector:
                     "write_queue": self._queue.qsize(),
                     "write_latency_ms": round(s.write_latency_ms, 2),
                     "arrival_age_s": round(s.arrival_age_s, 3),
+                    "spool_bytes": self.spool.pending_bytes if self.spool else 0,
+                    "spool_replayed": s.spool_replayed,
                     "outbox_pending": s.outbox.get("pending", 0),
                     "outbox_dead": s.outbox.get("dead", 0),
                 },

@@ -606,6 +606,24 @@ def collector() -> dict[str, Any]:
             ),
             panel(
                 "timeseries",
+                "Disk spool (while InfluxDB is down or slow)",
+                [target(series('max("spool_bytes") AS "spooled bytes"'))],
+                w=8,
+                unit="bytes",
+                description="Batches acknowledged to the broker and waiting on disk for "
+                "InfluxDB; an operator alert opens at 80 % of ingest.spool_max_bytes",
+            ),
+            panel(
+                "timeseries",
+                "Arrival age: how late readings arrive",
+                [target(series('max("arrival_age_s") AS "median age"'))],
+                w=8,
+                unit="s",
+                description="Receive time minus the newest device time of each message, "
+                "median per stats interval; the collector-behind alert watches it",
+            ),
+            panel(
+                "timeseries",
                 "Webhook outbox backlog",
                 [
                     target(

@@ -43,6 +43,16 @@ LEVEL_MAPPINGS = [
 ]
 MAY_BE_EMPTY = "May be empty"
 
+
+def steps(*levels: tuple[str, float]) -> list[dict[str, Any]]:
+    """Threshold steps: green below the first, then each colour from its value on."""
+    return [{"color": "green", "value": None}] + [
+        {"color": colour, "value": value} for colour, value in levels
+    ]
+
+
+PARKING_STEPS = steps(("blue", 90), ("yellow", 98))  # the parking-occupancy preset
+
 # -- query pieces -------------------------------------------------------------------------
 
 
@@ -250,11 +260,7 @@ def city_overview() -> dict[str, Any]:
                 w=4,
                 h=6,
                 unit="s",
-                thresholds=[
-                    {"color": "green", "value": None},
-                    {"color": "orange", "value": 900},
-                    {"color": "red", "value": 3600},
-                ],
+                thresholds=steps(("orange", 900), ("red", 3600)),
             ),
             panel(
                 "stat",
@@ -262,7 +268,7 @@ def city_overview() -> dict[str, Any]:
                 [target(f'SELECT sum("overdue") FROM ({last_per_unit("overdue")})')],
                 w=4,
                 h=6,
-                thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+                thresholds=steps(("red", 1)),
                 description="Active alerts nobody acknowledged within their colour's deadline",
             ),
             panel(
@@ -339,12 +345,7 @@ def crowd() -> dict[str, Any]:
                 "Busiest sites (last reading)",
                 [target(busiest, table=True)],
                 w=8,
-                thresholds=[
-                    {"color": "green", "value": None},
-                    {"color": "yellow", "value": 70},
-                    {"color": "orange", "value": 85},
-                    {"color": "red", "value": 100},
-                ],
+                thresholds=steps(("yellow", 70), ("orange", 85), ("red", 100)),
             ),
             panel(
                 "timeseries",
@@ -396,11 +397,7 @@ def parking() -> dict[str, Any]:
                 [target(occupancy, alias="$tag_unit")],
                 w=12,
                 unit="percent",
-                thresholds=[
-                    {"color": "green", "value": None},
-                    {"color": "blue", "value": 90},
-                    {"color": "yellow", "value": 98},
-                ],
+                thresholds=PARKING_STEPS,
                 bands=True,
             ),
             panel("timeseries", "Free spaces per lot", [target(free, alias="$tag_unit")], w=12),
@@ -410,11 +407,7 @@ def parking() -> dict[str, Any]:
                 [target(lots, table=True)],
                 w=12,
                 description="Blue from 90 % (nearly full), yellow from 98 % (full), as the presets",
-                thresholds=[
-                    {"color": "green", "value": None},
-                    {"color": "blue", "value": 90},
-                    {"color": "yellow", "value": 98},
-                ],
+                thresholds=PARKING_STEPS,
             ),
             panel(
                 "timeseries",
@@ -459,9 +452,7 @@ def chem() -> dict[str, Any]:
             f'SELECT mean("{quantity}") FROM "chem" WHERE {where()} '
             'GROUP BY time($__interval), "unit", "device" fill(none)'
         )
-        steps = [{"color": "green", "value": None}] + [
-            {"color": colour, "value": value} for value, colour in bands
-        ]
+        bands_steps = steps(*((colour, value) for value, colour in bands))
         panels.append(
             panel(
                 "timeseries",
@@ -469,7 +460,7 @@ def chem() -> dict[str, Any]:
                 [target(query, alias="$tag_unit $tag_device")],
                 w=12,
                 unit=unit,
-                thresholds=steps if bands else None,
+                thresholds=bands_steps if bands else None,
                 bands=bool(bands),
                 description="Bands: GB/T 50493-2019 level 1 and 2 as shipped" if bands else "",
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,21 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
 @pytest.fixture
 def database() -> str:
     return f"test_{next(_ids)}_{int(time.time() * 1000) % 10**8}"
+
+
+def collector_env(
+    broker: Mosquitto, influxdb: InfluxDB, database: str, data_dir: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a collector run as its own process (``smartunit run``)."""
+    return {
+        **os.environ,
+        "SMARTUNIT_MQTT_URL": broker.url,
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": database,
+        "SMARTUNIT_DATA_DIR": str(data_dir),
+        "SMARTUNIT_HTTP_PORT": str(free_port()),
+        **extra,
+    }
 
 
 @pytest.fixture

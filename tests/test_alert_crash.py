@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import sys
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from collector.demo import wait_for_collector
-from collector.localservices import free_port, spawn, stop_process
+from collector.localservices import spawn, stop_process
+from tests.conftest import collector_env
 from tests.test_alerts_e2e import wait_for
 from tests.test_detection_e2e import PRESETS, REGISTRY
 from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
@@ -45,16 +45,14 @@ def test_killed_mid_dispatch_and_restarted_loses_nothing(
         "[alerts]\nretry_initial_s = 0.1\nretry_max_s = 0.5\n"
     )
     data_dir = tmp_path / "data"
-    env = {
-        **os.environ,
-        "SMARTUNIT_MQTT_URL": broker.url,
-        "SMARTUNIT_INFLUX_URL": influxdb.url,
-        "SMARTUNIT_INFLUX_DB": database,
-        "SMARTUNIT_DATA_DIR": str(data_dir),
-        "SMARTUNIT_HTTP_PORT": str(free_port()),
-        "SMARTUNIT_WEBHOOK_URL": receiver_url,
-        "SMARTUNIT_WEBHOOK_SECRET": SECRET,
-    }
+    env = collector_env(
+        broker,
+        influxdb,
+        database,
+        data_dir,
+        SMARTUNIT_WEBHOOK_URL=receiver_url,
+        SMARTUNIT_WEBHOOK_SECRET=SECRET,
+    )
     command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
 
     Receiver.failures_left = 10**6  # the work-order system is down

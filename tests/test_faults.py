@@ -8,7 +8,6 @@ as points (duplicates collapse: same series and device time), none missing.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -19,8 +18,8 @@ import pytest
 
 from collector.config import InfluxSettings
 from collector.demo import wait_for_collector
-from collector.localservices import InfluxDB, free_port, spawn, stop_process
-from tests.conftest import Publisher, influx_rows
+from collector.localservices import InfluxDB, spawn, stop_process
+from tests.conftest import Publisher, collector_env, influx_rows
 
 DEVICES = [f"cam-load-{k}" for k in range(10)]
 
@@ -112,14 +111,7 @@ def test_collector_sigkilled_under_load_loses_nothing_and_duplicates_collapse(
 ) -> None:
     config = tmp_path / "smartunit.toml"
     config.write_text(f'[mqtt]\nclient_id = "kill-{database}"\n[detection]\nstatistical = ""\n')
-    env = {
-        **os.environ,
-        "SMARTUNIT_MQTT_URL": broker.url,
-        "SMARTUNIT_INFLUX_URL": influxdb.url,
-        "SMARTUNIT_INFLUX_DB": database,
-        "SMARTUNIT_DATA_DIR": str(tmp_path / "data"),
-        "SMARTUNIT_HTTP_PORT": str(free_port()),
-    }
+    env = collector_env(broker, influxdb, database, tmp_path / "data")
     command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
     influx = InfluxSettings(url=influxdb.url, database=database)
 

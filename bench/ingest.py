@@ -6,12 +6,14 @@ real collector process (``smartunit run``). Workload: a realistic mix of the thr
 families from 10,000 registered devices (4,000 cameras, 3,000 parking sensors, 3,000
 chemical-park sensors, placed in 500 units), one reading per message, QoS 1.
 
-Two measurements, printed with their ratio:
+Three measurements, printed with their ratios:
 
 drain  N messages are queued in the broker for two persistent sessions, then each session
        drains them: ``mosquitto_sub`` (the reference: the broker's single-subscriber QoS 1
        delivery rate, no processing) and the collector (every reading decoded, validated,
        placed by the registry and stored; the clock stops when InfluxDB holds all N).
+naive  the same N queued messages drained by the naive baseline of bench/naive.py
+       (aiomqtt + json + one HTTP write per batch), into its own database.
 live   a publisher sends N messages as fast as it can while the collector runs; the rate
        is N / (first publish -> all N stored in InfluxDB).
 
@@ -37,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import naive
 from bench.mqttblast import blast
 from collector.config import InfluxSettings
 from collector.demo import wait_for_collector
@@ -247,6 +250,7 @@ def main() -> None:
             )
             stop_process(collector)
             register_session(broker, "bench-ref")
+            naive.run_register(broker.port, "bench-naive")
             publish_rate = publish_all(broker, batch)
             ref_rate = broker_drain_rate(broker, n)
             collector = start_collector(
@@ -256,6 +260,7 @@ def main() -> None:
             stop_process(collector)
             # Queued messages flow from the moment the collector connects.
             drain_rate = n / (done - connected_at(workdir / "bench_drain.log", last=True))
+            naive_rate = naive.run(broker.port, "bench-naive", influxdb.url, "bench_naive", n)
 
             # live: publish while the collector runs.
             live_db = InfluxSettings(url=influxdb.url, database="bench_live")
@@ -279,9 +284,13 @@ def main() -> None:
         f"live: publisher -> collector -> InfluxDB:          {live_rate:10.0f} readings/s"
         f"  (publisher alone {live_publish_rate:.0f} msg/s)"
     )
+    print(f"naive baseline (aiomqtt + json + HTTP per batch), drain: {naive_rate:10.0f} msg/s")
     print(
-        f"ratio_vs_broker={drain_rate / ref_rate:.3f} drain_rate={drain_rate:.0f} "
-        f"broker_rate={ref_rate:.0f} live_rate={live_rate:.0f}"
+        f"drain_rate={drain_rate:.0f} broker_rate={ref_rate:.0f} naive_rate={naive_rate:.0f} "
+        f"live_rate={live_rate:.0f}"
+    )
+    print(
+        f"ratio_vs_broker={drain_rate / ref_rate:.3f} ratio_vs_naive={drain_rate / naive_rate:.2f}"
     )
 
 

@@ -58,6 +58,9 @@ class MqttSettings(_Section):
     reconnect_min_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 30.0
     tls: MqttTls = MqttTls()
+    # "paho": paho-mqtt's network thread; "bulk": the collector's own MQTT v5 receiver on
+    # its event loop, which parses many packets per read (collector/mqttbulk.py).
+    receiver: Literal["paho", "bulk"] = "bulk"
 
     @field_validator("url")
     @classmethod

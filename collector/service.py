@@ -51,6 +51,7 @@ from collector.influx import InfluxClient, query_sync, quote_ident, quote_litera
 from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
+from collector.mqttbulk import BulkMqttSource
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -171,7 +172,8 @@ class Collector:
             if ingest.device_rate_per_s > 0
             else None
         )
-        self.source = MqttSource(
+        source = BulkMqttSource if settings.mqtt.receiver == "bulk" else MqttSource
+        self.source: MqttSource | BulkMqttSource = source(
             settings.mqtt,
             [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION, UNIT_ACK_SUBSCRIPTION],
             status_topic=collector_status_topic(settings.mqtt.client_id),
@@ -262,7 +264,7 @@ class Collector:
             await self.dispatcher.aclose()
         if self.alerts is not None:
             self.alerts.store.close()
-        self.source.stop()
+        await self.source.aclose()
         await self.influx.aclose()
         log.info("stopped", extra=self.stats.as_dict())
 

@@ -13,16 +13,9 @@ import threading
 import time
 from collections.abc import Sequence
 
+from collector.mqttbulk import encode_varint
+
 _WINDOW = 30_000  # unacknowledged packet ids in flight; ids 1..65535 are reused after
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _utf8(text: str) -> bytes:
@@ -32,12 +25,12 @@ def _utf8(text: str) -> bytes:
 
 def connect_packet(client_id: str) -> bytes:
     body = _utf8("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _utf8(client_id)
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + encode_varint(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
     body = _utf8(topic) + struct.pack("!H", packet_id) + payload
-    return b"\x32" + _remaining_length(len(body)) + body
+    return b"\x32" + encode_varint(len(body)) + body
 
 
 def blast(port: int, messages: Sequence[tuple[str, bytes]], client_id: str) -> float:

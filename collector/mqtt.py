@@ -86,7 +86,39 @@ def make_client(
     return client
 
 
-class MqttSource:
+class Inbox:
+    """The consumer's side shared by both receivers: wait for messages, take them."""
+
+    _inbox: collections.deque[Inbound]
+    _wakeup: asyncio.Event
+    _wake_at: int
+    _wakeup_pending: bool
+
+    async def wait(self, timeout_s: float, *, at_least: int = 1) -> None:
+        """Return when ``at_least`` messages are waiting, or after ``timeout_s``."""
+        self._wake_at = max(at_least, 1)
+        if len(self._inbox) >= self._wake_at:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+
+    def wake(self) -> None:
+        """End a pending ``wait`` now (used at shutdown)."""
+        self._wakeup.set()
+
+    def drain(self, limit: int) -> list[Inbound]:
+        self._wakeup.clear()
+        self._wakeup_pending = False
+        inbox = self._inbox
+        count = min(len(inbox), limit)
+        return [inbox.popleft() for _ in range(count)]
+
+    @property
+    def backlog(self) -> int:
+        return len(self._inbox)
+
+
+class MqttSource(Inbox):
     """Subscribes, collects inbound messages for an asyncio consumer, acknowledges on demand."""
 
     def __init__(
@@ -208,29 +240,6 @@ class MqttSource:
             properties=props,
         )
         self.client.loop_start()
-
-    async def wait(self, timeout_s: float, *, at_least: int = 1) -> None:
-        """Return when ``at_least`` messages are waiting, or after ``timeout_s``."""
-        self._wake_at = max(at_least, 1)
-        if len(self._inbox) >= self._wake_at:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
-
-    def wake(self) -> None:
-        """End a pending ``wait`` now (used at shutdown)."""
-        self._wakeup.set()
-
-    def drain(self, limit: int) -> list[Inbound]:
-        self._wakeup.clear()
-        self._wakeup_pending = False
-        inbox = self._inbox
-        count = min(len(inbox), limit)
-        return [inbox.popleft() for _ in range(count)]
-
-    @property
-    def backlog(self) -> int:
-        return len(self._inbox)
 
     def ack(self, messages: Sequence[Inbound]) -> int:
         """Acknowledge stored messages; those of an earlier connection come again anyway."""

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 
 from collector.config import MqttSettings
-from collector.mqtt import OFFLINE, ONLINE, Inbound
+from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ MAX_OUTGOING = 10_000
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP, DISCONNECT = 2, 3, 4, 9, 13, 14
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -55,14 +55,14 @@ def _string(text: str | bytes) -> bytes:
 
 
 def _packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + _varint(len(body)) + body
+    return bytes([first_byte]) + encode_varint(len(body)) + body
 
 
 class MqttProtocolError(Exception):
     """The broker sent something this client cannot follow; the connection is dropped."""
 
 
-class BulkMqttSource:
+class BulkMqttSource(Inbox):
     """Subscribes, collects inbound messages, acknowledges on demand; one event loop."""
 
     def __init__(
@@ -74,6 +74,7 @@ class BulkMqttSource:
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._wakeup = asyncio.Event()
         self._wake_at = 1
+        self._wakeup_pending = False
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -147,7 +148,7 @@ class BulkMqttSource:
         properties = b"\x11" + struct.pack("!I", settings.session_expiry_s)
         properties += b"\x21" + struct.pack("!H", settings.receive_maximum)
         head = _string("MQTT") + bytes([5, flags]) + struct.pack("!H", settings.keepalive_s)
-        return _packet(0x10, head + _varint(len(properties)) + properties + payload)
+        return _packet(0x10, head + encode_varint(len(properties)) + properties + payload)
 
     async def _session(self) -> None:
         endpoint = self.settings.endpoint
@@ -285,27 +286,6 @@ class BulkMqttSource:
         return position
 
     # -- the collector's side --------------------------------------------------------------
-
-    async def wait(self, timeout_s: float, *, at_least: int = 1) -> None:
-        """Return when ``at_least`` messages are waiting, or after ``timeout_s``."""
-        self._wake_at = max(at_least, 1)
-        if len(self._inbox) >= self._wake_at:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def drain(self, limit: int) -> list[Inbound]:
-        self._wakeup.clear()
-        inbox = self._inbox
-        count = min(len(inbox), limit)
-        return [inbox.popleft() for _ in range(count)]
-
-    @property
-    def backlog(self) -> int:
-        return len(self._inbox)
 
     def ack(self, messages: Sequence[Inbound]) -> int:
         """One write of PUBACKs for stored messages of the current connection."""

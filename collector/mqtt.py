@@ -87,12 +87,27 @@ def make_client(
 
 
 class Inbox:
-    """The consumer's side shared by both receivers: wait for messages, take them."""
+    """What both receivers share: the session they subscribe for, the inbox and its
+    consumer's side (wait for messages, take them), and the connection counters."""
 
-    _inbox: collections.deque[Inbound]
-    _wakeup: asyncio.Event
-    _wake_at: int
-    _wakeup_pending: bool
+    def __init__(
+        self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self.status_topic = status_topic
+        self._inbox: collections.deque[Inbound] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._wakeup_pending = False
+        # Wake the consumer only when this many messages wait: 1 when it is idle, a full
+        # batch while it holds an open batch (it wakes on its flush deadline anyway).
+        # Waking it for every message costs a syscall and a loop turn each.
+        self._wake_at = 1
+        self.generation = 0  # which connection: acknowledgements are only valid on it
+        self.connected = threading.Event()  # threading: read by /healthz and tests
+        self.connects = 0
+        self.disconnects = 0
+        self.received = 0
 
     async def wait(self, timeout_s: float, *, at_least: int = 1) -> None:
         """Return when ``at_least`` messages are waiting, or after ``timeout_s``."""
@@ -124,9 +139,7 @@ class MqttSource(Inbox):
     def __init__(
         self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
     ) -> None:
-        self.settings = settings
-        self.subscriptions = list(subscriptions)
-        self.status_topic = status_topic
+        super().__init__(settings, subscriptions, status_topic=status_topic)
         self.client = make_client(settings, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -134,19 +147,7 @@ class MqttSource(Inbox):
         self.client.on_subscribe = self._on_subscribe
         # Like a device: a retained status, "offline" left as the last will.
         self.client.will_set(status_topic, OFFLINE, qos=1, retain=True)
-        self._inbox: collections.deque[Inbound] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup = asyncio.Event()
-        self._wakeup_pending = False
-        # Wake the consumer only when this many messages wait: 1 when it is idle, a full
-        # batch while it holds an open batch (it wakes on its flush deadline anyway).
-        # Waking it for every message costs a syscall and a loop turn each.
-        self._wake_at = 1
-        self.generation = 0
-        self.connected = threading.Event()
-        self.connects = 0
-        self.disconnects = 0
-        self.received = 0
 
     # -- paho's network thread -------------------------------------------------------------
 

@@ -17,13 +17,11 @@ them: QoS 2, topic aliases, enhanced authentication.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Sequence
 
@@ -68,13 +66,7 @@ class BulkMqttSource(Inbox):
     def __init__(
         self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
     ) -> None:
-        self.settings = settings
-        self.subscriptions = list(subscriptions)
-        self.status_topic = status_topic
-        self._inbox: collections.deque[Inbound] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._wake_at = 1
-        self._wakeup_pending = False
+        super().__init__(settings, subscriptions, status_topic=status_topic)
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -82,11 +74,6 @@ class BulkMqttSource(Inbox):
         # our QoS 1 publishes not yet acknowledged: sent again after a reconnect
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
         self._acked_out = asyncio.Event()
-        self.generation = 0
-        self.connected = threading.Event()  # threading: read by /healthz and tests
-        self.connects = 0
-        self.disconnects = 0
-        self.received = 0
 
     # -- connection ------------------------------------------------------------------------
 

@@ -26,14 +26,15 @@ from pydantic import BaseModel, Field, SecretStr
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import (
     ACTIVE_STATES,
-    ESCALATES_FROM,
     Alert,
     AlertEvent,
     State,
     TransitionError,
+    ack_due_at_ms,
 )
 from collector.errors import StoreError
 from collector.registry import Registry
+from collector.snapshots import unit_states
 from detectors.levels import COLOURS
 
 CONSOLE = Path(__file__).resolve().parent / "console"
@@ -67,9 +68,7 @@ class ApiContext:
     ack_deadlines_s: Mapping[Any, float] = field(default_factory=dict)
 
     def alert_json(self, alert: Alert) -> dict[str, Any]:
-        deadline = self.ack_deadlines_s.get(alert.colour)
-        waiting = alert.state in ESCALATES_FROM and deadline is not None
-        due = alert.started_at_ms + round(deadline * 1000) if waiting and deadline else None
+        due = ack_due_at_ms(alert, self.ack_deadlines_s)
         return {
             **alert.summary(self.public_url),
             "condition_active": alert.condition_active,
@@ -210,29 +209,18 @@ def create_app(context: ApiContext) -> FastAPI:
     @app.get("/api/units")
     def units(caller: Caller) -> list[dict[str, Any]]:
         """Every unit with its worst active colour: the console's unit tree."""
-        registry = context.registry()
-        by_unit: dict[str, list[Alert]] = {}
-        for alert in book.store.alerts(states=sorted(ACTIVE_STATES)):
-            by_unit.setdefault(alert.unit, []).append(alert)
-        out = []
-        for unit_id in sorted(set(registry.units) | set(by_unit)):
-            unit = registry.units.get(unit_id)
-            alerts = by_unit.get(unit_id, [])
-            level = max((COLOURS.index(a.colour) for a in alerts), default=0)
-            hierarchy = (
-                unit.hierarchy.as_tags() if unit else (alerts[0].hierarchy if alerts else {})
-            )
-            out.append(
-                {
-                    "id": unit_id,
-                    "name": (unit.name if unit else "") or unit_id,
-                    "kind": unit.kind if unit else "other",
-                    "hierarchy": hierarchy,
-                    "colour": COLOURS[level],
-                    "active": len(alerts),
-                }
-            )
-        return out
+        active = book.store.alerts(states=sorted(ACTIVE_STATES))
+        return [
+            {
+                "id": state.id,
+                "name": (state.unit.name if state.unit else "") or state.id,
+                "kind": state.kind,
+                "hierarchy": state.hierarchy,
+                "colour": COLOURS[state.level],
+                "active": len(state.alerts),
+            }
+            for state in unit_states(context.registry(), active)
+        ]
 
     @app.get("/api/alerts/{alert_id}/series")
     def alert_series(

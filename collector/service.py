@@ -40,7 +40,7 @@ import uvicorn
 
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
+from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, worst_level
 from collector.alerts.notify import Notifier
 from collector.alerts.store import SqliteAlertStore
 from collector.api import ApiContext, create_app
@@ -540,11 +540,10 @@ class Collector:
         if not active:
             self.source.publish(topic, b"", qos=1, retain=True)  # all closed: clear it
             return
-        worst = max(active, key=lambda a: COLOURS.index(a.colour))
         body = orjson.dumps(
             {
                 "unit": alert.unit,
-                "colour": worst.colour,
+                "colour": COLOURS[worst_level(active)],
                 "count": len(active),
                 "alerts": [
                     {

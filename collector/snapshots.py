@@ -15,14 +15,49 @@ per unit with an active alert), tagged like its readings plus its ``kind``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from collector.alerts.model import ESCALATES_FROM, Alert
+from collector.alerts.model import Alert, ack_due_at_ms, worst_level
 from collector.lineprotocol import encode_line
-from collector.registry import Registry
+from collector.registry import Registry, Unit
 from detectors.levels import COLOURS
 
 UNIT_STATUS_MEASUREMENT = "unit_status"
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """A unit of the registry (or one only its alerts name) with its active alerts."""
+
+    id: str
+    unit: Unit | None
+    alerts: list[Alert]
+
+    @property
+    def level(self) -> int:
+        return worst_level(self.alerts)
+
+    @property
+    def hierarchy(self) -> dict[str, str]:
+        if self.unit is not None:
+            return self.unit.hierarchy.as_tags()
+        return dict(self.alerts[0].hierarchy) if self.alerts else {}
+
+    @property
+    def kind(self) -> str:
+        return self.unit.kind if self.unit is not None else "other"
+
+
+def unit_states(registry: Registry, active: Iterable[Alert]) -> list[UnitState]:
+    """Every unit of the registry and every unit with an active alert, by id."""
+    by_unit: dict[str, list[Alert]] = {unit: [] for unit in registry.units}
+    for alert in active:
+        by_unit.setdefault(alert.unit, []).append(alert)
+    return [
+        UnitState(unit_id, registry.units.get(unit_id), alerts)
+        for unit_id, alerts in sorted(by_unit.items())
+    ]
 
 
 def unit_status_lines(
@@ -31,24 +66,18 @@ def unit_status_lines(
     now_ms: int,
     ack_deadlines_s: Mapping[Any, float],
 ) -> list[str]:
-    by_unit: dict[str, list[Alert]] = {unit: [] for unit in registry.units}
-    for alert in active:
-        by_unit.setdefault(alert.unit, []).append(alert)
     lines = []
-    for unit_id, alerts in sorted(by_unit.items()):
-        unit = registry.units.get(unit_id)
-        tags = {"unit": unit_id, "kind": unit.kind if unit else "other"}
-        if unit is not None:
-            tags |= unit.hierarchy.as_tags()
-        elif alerts and alerts[0].hierarchy:
-            tags |= alerts[0].hierarchy
-        level = max((COLOURS.index(a.colour) for a in alerts), default=0)
+    for state in unit_states(registry, active):
+        unit, alerts = state.unit, state.alerts
+        tags = {"unit": state.id, "kind": state.kind, **state.hierarchy}
+        level = state.level
+        due = [ack_due_at_ms(a, ack_deadlines_s) for a in alerts]
         fields: dict[str, int | float | str] = {
             "level": level,
             "colour": COLOURS[level],
             "active": len(alerts),
             **{c: sum(a.colour == c for a in alerts) for c in COLOURS[1:]},
-            "overdue": sum(_overdue(a, now_ms, ack_deadlines_s) for a in alerts),
+            "overdue": sum(d is not None and now_ms >= d for d in due),
             "oldest_age_s": max(((now_ms - a.started_at_ms) / 1000 for a in alerts), default=0.0),
         }
         if unit is not None and unit.safe_capacity:
@@ -57,10 +86,3 @@ def unit_status_lines(
             fields["capacity"] = unit.capacity
         lines.append(encode_line(UNIT_STATUS_MEASUREMENT, tags, fields, now_ms))
     return lines
-
-
-def _overdue(alert: Alert, now_ms: int, ack_deadlines_s: Mapping[Any, float]) -> bool:
-    deadline = ack_deadlines_s.get(alert.colour)
-    if deadline is None or alert.state not in ESCALATES_FROM:
-        return False
-    return now_ms - alert.started_at_ms >= deadline * 1000

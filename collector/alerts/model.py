@@ -20,10 +20,13 @@ forever as the audit trail.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from detectors.levels import COLOURS
 
 
 class State(StrEnum):
@@ -134,6 +137,19 @@ class Alert:
             "updated_at": iso_time(self.updated_at_ms),
             "url": f"{public_url.rstrip('/')}/alerts/{self.id}",
         }
+
+
+def ack_due_at_ms(alert: Alert, ack_deadlines_s: Mapping[Any, float]) -> int | None:
+    """When an alert still waiting for acknowledgement is due; None when none is awaited."""
+    deadline = ack_deadlines_s.get(alert.colour)
+    if deadline is None or alert.state not in ESCALATES_FROM:
+        return None
+    return alert.started_at_ms + round(deadline * 1000)
+
+
+def worst_level(alerts: Iterable[Alert]) -> int:
+    """The highest colour among alerts, as a level (0 green .. 4 red); green for none."""
+    return max((COLOURS.index(a.colour) for a in alerts), default=0)
 
 
 def iso_time(ms: int | None) -> str | None:

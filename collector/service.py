@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import orjson
@@ -52,6 +51,7 @@ from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
+from collector.operator import OperatorAlarm
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -163,10 +163,29 @@ class Collector:
             else None
         )
         self._spooled = asyncio.Event()
-        self._spool_alert_raised = False
         self._arrival_ages: list[float] = []  # per message, since the last stats interval
-        self._behind_intervals = 0
-        self._behind_raised = False
+        collector_id = settings.mqtt.client_id
+        self._behind = (
+            OperatorAlarm(
+                detector=BEHIND_DETECTOR,
+                quantity="arrival_age_s",
+                limit=ingest.behind_alert_s,
+                collector=collector_id,
+                intervals=2,
+            )
+            if ingest.behind_alert_s > 0
+            else None
+        )
+        self._spool_alarm = (
+            OperatorAlarm(
+                detector=SPOOL_DETECTOR,
+                quantity="spool_fill",
+                limit=SPOOL_ALERT_FILL,
+                collector=collector_id,
+            )
+            if self.spool is not None
+            else None
+        )
         self.rate_limit = (
             DeviceRateLimit(rate_per_s=ingest.device_rate_per_s, burst=ingest.device_burst)
             if ingest.device_rate_per_s > 0
@@ -739,10 +758,10 @@ class Collector:
                 last_save = time.monotonic()
             if self.alerts is not None:
                 self.stats.outbox = self.alerts.store.outbox_counts()
-            behind = self._measure_arrival_age() + self._check_spool()
-            if behind:
+            operator = self._operator_checks()
+            if operator:
                 registry = self.registry.current
-                await self._queue.put(Batch(lines=self._record(behind, registry)))
+                await self._queue.put(Batch(lines=self._record(operator, registry)))
             log.info(
                 "ingest stats",
                 extra={
@@ -754,68 +773,18 @@ class Collector:
             with contextlib.suppress(RetryableStoreError):
                 await self._write_stats()
 
-    def _measure_arrival_age(self) -> list[DetectionEvent]:
-        """How late readings arrive; the operator alert's events when the collector lags."""
+    def _operator_checks(self) -> list[DetectionEvent]:
+        """Measure how late readings arrive and how full the spool is; alert on both."""
         ages, self._arrival_ages = self._arrival_ages, []
         if ages:
             self.stats.arrival_age_s = float(np.median(ages))
-        limit = self.settings.ingest.behind_alert_s
-        if limit <= 0:
-            return []
-        age = self.stats.arrival_age_s if ages else 0.0
-        self._behind_intervals = self._behind_intervals + 1 if age > limit else 0
-        if self._behind_intervals >= 2 and not self._behind_raised:
-            self._behind_raised = True
-            log.warning("the collector is falling behind", extra={"arrival_age_s": round(age, 1)})
-            return [self._operator_event(BEHIND_DETECTOR, "arrival_age_s", "raised", age, limit)]
-        if self._behind_raised and age < limit / 2:
-            self._behind_raised = False
-            log.info("the collector has caught up", extra={"arrival_age_s": round(age, 1)})
-            return [self._operator_event(BEHIND_DETECTOR, "arrival_age_s", "cleared", age, limit)]
-        return []
-
-    def _operator_event(
-        self,
-        detector: str,
-        quantity: str,
-        kind: Literal["raised", "cleared"],
-        value: float,
-        threshold: float,
-    ) -> DetectionEvent:
-        """An alert about the collector itself, for the same loop as the devices'."""
-        raised = kind == "raised"
-        return DetectionEvent(
-            kind,
-            detector,
-            self.settings.mqtt.client_id,
-            "system",
-            quantity,
-            "_collector",
-            "orange" if raised else "green",
-            "green" if raised else "orange",
-            value,
-            time.time_ns() // 1_000_000,
-            threshold=threshold,
-        )
-
-    def _check_spool(self) -> list[DetectionEvent]:
-        if self.spool is None:
-            return []
-        fill = self.spool.fill_ratio
-        if fill >= SPOOL_ALERT_FILL and not self._spool_alert_raised:
-            self._spool_alert_raised = True
-            log.error("the spool is nearly full", extra={"fill": round(fill, 3)})
-            return [
-                self._operator_event(SPOOL_DETECTOR, "spool_fill", "raised", fill, SPOOL_ALERT_FILL)
-            ]
-        if self._spool_alert_raised and fill < SPOOL_ALERT_FILL / 2:
-            self._spool_alert_raised = False
-            return [
-                self._operator_event(
-                    SPOOL_DETECTOR, "spool_fill", "cleared", fill, SPOOL_ALERT_FILL
-                )
-            ]
-        return []
+        now_ms = time.time_ns() // 1_000_000
+        events = []
+        if self._behind is not None:
+            events += self._behind.update(self.stats.arrival_age_s if ages else 0.0, now_ms)
+        if self._spool_alarm is not None and self.spool is not None:
+            events += self._spool_alarm.update(self.spool.fill_ratio, now_ms)
+        return events
 
     async def _write_stats(self) -> None:
         now_ms = time.time_ns() // 1_000_000

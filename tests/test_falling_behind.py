@@ -48,3 +48,24 @@ def test_late_arrivals_raise_and_clear_the_operator_alert(
     send(age_s=0.0, seconds=1.5)  # caught up
     assert wait_for(lambda: not behind()[0].condition_active, timeout_s=5)
     collector.stop()
+
+
+def test_an_operator_alarm_waits_its_intervals_and_clears_below_half() -> None:
+    from collector.operator import OperatorAlarm
+
+    spool = OperatorAlarm(
+        detector="spool-nearly-full", quantity="spool_fill", limit=0.8, collector="c1"
+    )
+    assert spool.update(0.5, 1) == []
+    (raised,) = spool.update(0.85, 2)
+    assert (raised.kind, raised.colour, raised.threshold) == ("raised", "orange", 0.8)
+    assert spool.update(0.9, 3) == [] and spool.update(0.5, 4) == []  # still above half
+    (cleared,) = spool.update(0.3, 5)
+    assert (cleared.kind, cleared.colour, cleared.device) == ("cleared", "green", "c1")
+
+    behind = OperatorAlarm(
+        detector="collector-behind", quantity="arrival_age_s", limit=60, collector="c1", intervals=2
+    )
+    assert behind.update(90, 1) == []  # one interval is not yet a trend
+    assert behind.update(10, 2) == [] and behind.update(90, 3) == []
+    assert [e.kind for e in behind.update(95, 4)] == ["raised"]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 import pytest
@@ -25,6 +25,8 @@ from collector.influx import query_sync, rows
 from collector.localservices import InfluxDB, Mosquitto, free_port
 from collector.registry import Registry, RegistryHolder
 from collector.service import Collector
+
+T = TypeVar("T")
 
 _ids = itertools.count(1)
 
@@ -46,6 +48,19 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
 @pytest.fixture
 def database() -> str:
     return f"test_{next(_ids)}_{int(time.time() * 1000) % 10**8}"
+
+
+def poll(
+    fetch: Callable[[], T],
+    done: Callable[[T], object],
+    timeout_s: float = 20.0,
+    every_s: float = 0.1,
+) -> T:
+    """Fetch until ``done`` holds for what came back, or the time is up; the last fetch."""
+    deadline = time.monotonic() + timeout_s
+    while not done(found := fetch()) and time.monotonic() < deadline:
+        time.sleep(every_s)
+    return found
 
 
 def collector_env(

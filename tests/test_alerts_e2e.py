@@ -20,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from collector.config import ReceiverSettings, SilenceSettings
+from tests.conftest import poll
 from tests.test_detection_e2e import PRESETS, REGISTRY, wait_rows
 from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
@@ -27,10 +28,7 @@ TOKEN = "tok-work-orders"
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (found := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
+    return poll(predicate, bool, timeout_s, 0.05)
 
 
 class Sensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import SilenceSettings
-from tests.conftest import influx_rows
+from tests.conftest import influx_rows, poll
 
 PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
 REGISTRY = """
@@ -42,12 +42,7 @@ def chem_park(make_settings, tmp_path: Path):
 
 
 def wait_rows(influx, query: str, count: int, timeout_s: float = 20.0) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = influx_rows(influx, query)
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+    return poll(lambda: influx_rows(influx, query), lambda rows: len(rows) >= count, timeout_s)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from collector.config import InfluxSettings
 from collector.localservices import InfluxDB
-from tests.conftest import influx_rows
+from tests.conftest import influx_rows, poll
 
 NOW = time.time()
 
@@ -27,10 +27,7 @@ def seqs(influx: InfluxSettings) -> list[int]:
 
 
 def wait_seqs(influx: InfluxSettings, expected: list[int], timeout_s: float = 30) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (found := seqs(influx)) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return found
+    return poll(lambda: seqs(influx), lambda found: found == expected, timeout_s)
 
 
 @pytest.mark.slow
@@ -83,10 +80,7 @@ def test_stop_flushes_everything_received(make_settings, run_collector, publishe
     before = source.received
     for i in range(1, 201):
         publisher.publish(*camera(i))
-    deadline = time.monotonic() + 20
-    while source.received < before + 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert source.received >= before + 200
+    assert poll(lambda: source.received, lambda n: n >= before + 200) >= before + 200
     assert seqs(settings.influx) == []
     collector.stop()
     assert seqs(settings.influx) == list(range(1, 201))

@@ -19,7 +19,7 @@ import pytest
 from collector.config import InfluxSettings
 from collector.demo import wait_for_collector
 from collector.localservices import InfluxDB, spawn, stop_process
-from tests.conftest import Publisher, collector_env, influx_rows
+from tests.conftest import Publisher, collector_env, influx_rows, poll
 
 DEVICES = [f"cam-load-{k}" for k in range(10)]
 
@@ -68,10 +68,7 @@ def stored(influx: InfluxSettings) -> dict[str, tuple[int, int, int]]:
 
 def wait_all(influx: InfluxSettings, sent: dict[str, int], timeout_s: float = 40) -> dict:
     expected = {d: (n, n, n) for d, n in sent.items()}
-    deadline = time.monotonic() + timeout_s
-    while (found := stored(influx)) != expected and time.monotonic() < deadline:
-        time.sleep(0.25)
-    return found
+    return poll(lambda: stored(influx), lambda found: found == expected, timeout_s, 0.25)
 
 
 @pytest.mark.slow

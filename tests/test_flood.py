@@ -8,7 +8,7 @@ import time
 import pytest
 
 from collector.ratelimit import DeviceRateLimit
-from tests.conftest import influx_rows
+from tests.conftest import influx_rows, poll
 from tests.test_detection_e2e import wait_rows
 
 
@@ -50,13 +50,11 @@ def test_a_flooding_device_is_limited_and_the_others_lose_nothing(
     calm = wait_rows(settings.influx, """SELECT * FROM "camera" WHERE "device" = 'cam-calm'""", 30)
     assert len(calm) == 30  # every reading of the neighbour stored
     query = """SELECT * FROM "camera" WHERE "device" = 'cam-flood'"""
-    deadline = time.monotonic() + 20
-    while True:  # each message stored or counted, none lost silently
-        flood = influx_rows(settings.influx, query)
-        limited = collector.stats.rejections["rate_limited"]
-        if len(flood) + limited >= 1500 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # each message stored or counted, none lost silently
+    flood, limited = poll(
+        lambda: (influx_rows(settings.influx, query), collector.stats.rejections["rate_limited"]),
+        lambda found: len(found[0]) + found[1] >= 1500,
+    )
     assert len(flood) + limited == 1500
     assert 100 <= len(flood) <= 100 + 20 * (elapsed + 2)  # the burst, then the rate
     time.sleep(0.5)

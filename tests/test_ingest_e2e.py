@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.influx import query_sync
-from tests.conftest import influx_rows
+from tests.conftest import influx_rows, poll
 
 NOW = time.time()
 
@@ -330,10 +330,7 @@ def test_registry_edit_moves_a_device_without_restart(
     ).replace('grid = "G0410"', 'grid = "G0499"')
     assert moved != REGISTRY
     registry.write_text(moved)
-    deadline = time.monotonic() + 10
-    while collector.holder.reloads < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert collector.holder.reloads == 1
+    assert poll(lambda: collector.holder.reloads, lambda n: n >= 1, 10, 0.05) == 1
 
     # A broken edit is refused and the last good registry stays in force.
     registry.write_text(moved + "\n[devices.bad]\nunit = 'nowhere'\nfamily = 'camera'\n")

@@ -256,9 +256,7 @@ class MqttSource(Inbox):
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     async def aclose(self) -> None:
-        self.stop()
-
-    def stop(self) -> None:
+        """Say "offline" (retained), disconnect cleanly, stop paho's thread."""
         if self.connected.is_set():
             info = self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):

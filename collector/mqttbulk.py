@@ -329,6 +329,3 @@ class BulkMqttSource(Inbox):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.connected.clear()
-
-    def stop(self) -> None:
-        """For the paho source's interface; the collector awaits ``aclose`` instead."""

@@ -42,6 +42,7 @@ class DiskSpool:
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
         self._cursor_path = directory / "cursor"
+        self._peeked: tuple[int, int] | None = None  # (segment, end) of the batch peek gave
         self._segment, self._offset = self._read_cursor()
         self._drop_consumed_segments()
         self._repair_tail()
@@ -132,23 +133,27 @@ class DiskSpool:
 
     def peek(self) -> list[str] | None:
         """The oldest batch not yet replayed, or None when the spool is empty."""
-        for _, _, lines, _ in self._records():
+        for number, _, lines, end in self._records():
+            self._peeked = (number, end)
             return lines
+        self._peeked = None
         return None
 
     def pop(self) -> None:
         """Forget the batch ``peek`` returned: it is in InfluxDB now."""
-        for number, _, _, end in self._records():
-            for older in self._segments():
-                if older < number:
-                    self._path(older).unlink(missing_ok=True)
-            self._segment, self._offset = number, end
-            if end >= self._path(number).stat().st_size and number != self._segments()[-1]:
-                self._path(number).unlink(missing_ok=True)
-                self._segment, self._offset = number + 1, 0
-            self._write_cursor()
-            self._size = self._pending_bytes()
+        if self._peeked is None and self.peek() is None:
             return
+        assert self._peeked is not None
+        (number, end), self._peeked = self._peeked, None
+        for older in self._segments():
+            if older < number:
+                self._path(older).unlink(missing_ok=True)
+        self._segment, self._offset = number, end
+        if end >= self._path(number).stat().st_size and number != self._segments()[-1]:
+            self._path(number).unlink(missing_ok=True)
+            self._segment, self._offset = number + 1, 0
+        self._write_cursor()
+        self._size = self._pending_bytes()
 
     def _records(self) -> Iterator[tuple[int, int, list[str], int]]:
         """(segment, offset, lines, end offset) from the cursor on."""

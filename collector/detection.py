@@ -126,7 +126,13 @@ class DetectionEngine:
         self._info: list[_Series] = []
         self._newest = np.full(0, -np.inf)
         self._runners: dict[int, _RuleRunner] = {}  # by id(spec): specs live in the rule book
-        self._selection: dict[tuple[int, int], list[_RuleRunner]] = {}  # (series, registry)
+        # Which rules watch each series depends on the registry (the unit): worked out once
+        # per series and registry, as an index into ``_selections`` (-1: not yet).
+        self._selected_by: Registry | None = None
+        self._selection_of = np.full(0, -1, dtype=np.int64)
+        self._selections: list[tuple[_RuleRunner, ...]] = []
+        self._selection_index: dict[tuple[int, ...], int] = {}
+        self._capacity_of: dict[str, np.ndarray] = {}  # capacity_from -> per series, NaN: none
         self._registry = Registry.empty()
         self._devices: dict[str, int] = {}
         self._device_names: list[str] = []
@@ -277,27 +283,44 @@ class DetectionEngine:
             add(kind, self._gateway_names[group], "gateway", "", SILENT_GATEWAY)
         return events
 
-    def _runners_for(self, series: int, registry: Registry) -> list[_RuleRunner]:
-        key = (series, id(registry))
-        found = self._selection.get(key)
-        if found is None:
-            info = self._info[series]
-            unit = registry.placement(info.device).unit
-            found = []
-            for spec in self.rules.rules_for(info.family, info.quantity, unit, info.device):
-                runner = self._runners.get(id(spec))
-                if runner is None:
-                    detector = spec.build()
-                    decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
-                    runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
-                    saved = self._saved_rules.pop(runner.key, None)
-                    if saved is not None:
-                        runner.restore(saved)
-                found.append(runner)
-            if len(self._selection) > 1_000_000:
-                self._selection.clear()
-            self._selection[key] = found
-        return found
+    def _runners_for(self, series: int, registry: Registry) -> tuple[_RuleRunner, ...]:
+        info = self._info[series]
+        unit = registry.placement(info.device).unit
+        found = []
+        for spec in self.rules.rules_for(info.family, info.quantity, unit, info.device):
+            runner = self._runners.get(id(spec))
+            if runner is None:
+                detector = spec.build()
+                decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
+                runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
+                saved = self._saved_rules.pop(runner.key, None)
+                if saved is not None:
+                    runner.restore(saved)
+            found.append(runner)
+        return tuple(found)
+
+    def _selections_for(self, ids: np.ndarray, registry: Registry) -> np.ndarray:
+        """The rule selection (index into ``_selections``) of each of ``ids``."""
+        if self._selected_by is not registry:
+            self._selected_by = registry
+            self._selection_of = np.full(len(self._info), -1, dtype=np.int64)
+            self._capacity_of.clear()
+        elif len(self._selection_of) < len(self._info):
+            missing = len(self._info) - len(self._selection_of)
+            self._selection_of = np.concatenate(
+                [self._selection_of, np.full(missing, -1, dtype=np.int64)]
+            )
+        chosen = self._selection_of[ids]
+        for series in np.unique(ids[chosen < 0]).tolist():
+            runners = self._runners_for(series, registry)
+            key = tuple(id(runner) for runner in runners)
+            index = self._selection_index.get(key)
+            if index is None:
+                index = self._selection_index[key] = len(self._selections)
+                self._selections.append(runners)
+            self._selection_of[series] = index
+        selected: np.ndarray = self._selection_of[ids]
+        return selected
 
     # -- the work --------------------------------------------------------------------------
 
@@ -306,16 +329,22 @@ class DetectionEngine:
         sid: list[int] = []
         t: list[float] = []
         x: list[float] = []
-        for reading in readings:
-            seconds = reading.ts_ms / 1000.0
-            for quantity, value in reading.fields.items():
+        device_ids: list[int] = []
+        device_times: list[float] = []
+        series, devices = self._series, self._devices
+        for family, device, ts_ms, fields, _ in readings:
+            seconds = ts_ms / 1000.0
+            found = devices.get(device)
+            device_ids.append(self._device_id(device) if found is None else found)
+            device_times.append(seconds)
+            for quantity, value in fields.items():
                 if quantity in NOT_QUANTITIES:
                     continue
-                sid.append(self._series_id(reading.device, reading.family, quantity))
+                found = series.get((device, quantity))
+                sid.append(self._series_id(device, family, quantity) if found is None else found)
                 t.append(seconds)
-                x.append(float(value))
-        device_times = [r.ts_ms / 1000.0 for r in readings]
-        self.silence.observe([self._device_id(r.device) for r in readings], device_times)
+                x.append(value)
+        self.silence.observe(device_ids, device_times)
         if device_times:
             self._lags.append(time.time() - float(np.median(device_times)))
         if not sid:
@@ -323,7 +352,7 @@ class DetectionEngine:
         self._registry = registry
         ids = np.array(sid, dtype=np.int64)
         times = np.array(t)
-        values = np.array(x)
+        values = np.array(x, dtype=np.float64)
         order = np.lexsort((times, ids))
         ids, times, values = ids[order], times[order], values[order]
         if len(self._newest) < len(self._info):
@@ -380,60 +409,74 @@ class DetectionEngine:
     def _rules(
         self, ids: np.ndarray, times: np.ndarray, values: np.ndarray, registry: Registry
     ) -> list[DetectionEvent]:
-        by_runner: dict[int, tuple[_RuleRunner, list[int]]] = {}
-        for position, series in enumerate(ids.tolist()):
-            for runner in self._runners_for(series, registry):
-                by_runner.setdefault(id(runner), (runner, []))[1].append(position)
+        selection = self._selections_for(ids, registry)
+        by_runner: dict[int, tuple[_RuleRunner, list[np.ndarray]]] = {}
+        for index in np.unique(selection).tolist():
+            runners = self._selections[index]
+            if runners:
+                where = np.flatnonzero(selection == index)
+                for runner in runners:
+                    by_runner.setdefault(id(runner), (runner, []))[1].append(where)
         events: list[DetectionEvent] = []
-        for runner, positions in by_runner.values():
-            chosen = np.array(positions, dtype=np.int64)
+        for runner, parts in by_runner.values():
+            # ascending positions: by series, then by time, as the detectors need
+            chosen = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
             s, now, x = ids[chosen], times[chosen], values[chosen]
-            capacities: dict[int, float] = {}
+            capacity = None
             if isinstance(runner.detector, CapacityRule):
-                known = self._capacities(s, runner.spec, registry)
-                runner.detector.set_capacity(s, known)
-                capacities = dict(zip(s.tolist(), known.tolist(), strict=True))
-            capacity_of = capacities.get
+                capacity = self._capacities(runner.spec.capacity_from, registry)[s]
+                runner.detector.set_capacity(s, capacity)
             scores = runner.detector.score(s, now, x)
-            levels = runner.decider.decide(s, now, scores).level
+            levels = runner.decider.decide(s, now, scores).level.astype(np.int64)
             if len(runner.last_level) < len(self._info):
                 grown = np.zeros(len(self._info), dtype=np.int64)
                 grown[: len(runner.last_level)] = runner.last_level
                 runner.last_level = grown
-            for k, series in enumerate(s.tolist()):
-                before, after = int(runner.last_level[series]), int(levels[k])
-                if before == after:
-                    continue
-                runner.last_level[series] = after
+            # each position's level before it: the previous position of its series in
+            # this batch, or what the series ended the last batch on
+            before = runner.last_level[s]
+            same_series = s[1:] == s[:-1]
+            before[1:][same_series] = levels[:-1][same_series]
+            last_of_series = np.flatnonzero(np.append(~same_series, True))
+            runner.last_level[s[last_of_series]] = levels[last_of_series]
+            for k in np.flatnonzero(before != levels).tolist():
+                was, now_level = int(before[k]), int(levels[k])
                 kind: Literal["raised", "changed", "cleared"] = (
-                    "raised" if before == 0 else "cleared" if after == 0 else "changed"
+                    "raised" if was == 0 else "cleared" if now_level == 0 else "changed"
                 )
                 events.append(
                     self._event(
                         kind=kind,
                         detector=runner.spec.name,
-                        series=series,
+                        series=int(s[k]),
                         t=now[k],
                         value=x[k],
-                        level=after,
-                        previous=before,
+                        level=now_level,
+                        previous=was,
                         score=float(scores[k]),
-                        threshold=_threshold(runner, after, capacity_of(series)),
+                        threshold=_threshold(
+                            runner, now_level, None if capacity is None else float(capacity[k])
+                        ),
                     )
                 )
         return events
 
-    def _capacities(self, series: np.ndarray, spec: RuleSpec, registry: Registry) -> np.ndarray:
-        out = np.full(len(series), np.nan)
-        for k, sid in enumerate(series.tolist()):
-            device = self._info[sid].device
-            placement = registry.placement(device)
-            unit = registry.units.get(placement.unit)
-            if spec.capacity_from == "safe_capacity" and unit is not None:
-                out[k] = unit.safe_capacity or np.nan
-            elif spec.capacity_from == "capacity":
-                out[k] = placement.capacity or np.nan
-        return out
+    def _capacities(self, capacity_from: str | None, registry: Registry) -> np.ndarray:
+        """The capacity a rule divides by, for every series (NaN: none known)."""
+        kind = capacity_from or ""
+        known = self._capacity_of.get(kind, np.full(0, np.nan))
+        if len(known) < len(self._info):
+            start = len(known)
+            known = np.concatenate([known, np.full(len(self._info) - start, np.nan)])
+            for sid in range(start, len(self._info)):
+                placement = registry.placement(self._info[sid].device)
+                unit = registry.units.get(placement.unit)
+                if kind == "safe_capacity" and unit is not None:
+                    known[sid] = unit.safe_capacity or np.nan
+                elif kind == "capacity":
+                    known[sid] = placement.capacity or np.nan
+            self._capacity_of[kind] = known
+        return known
 
     def _event(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -184,8 +184,8 @@ class Rejection:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    # A tuple, not a frozen dataclass: made once per reading, and three times cheaper.
     family: str
     device: str
     ts_ms: int
@@ -253,9 +253,10 @@ def parse_ts(value: float | str, *, family: str = "", device: str = "") -> int |
                 device,
             )
         return round(moment.timestamp() * 1000)
-    if not math.isfinite(value):
-        return Rejection("bad_timestamp", "ts must be a finite number", family, device)
-    return round(value * 1000)
+    scaled = value * 1000
+    if not math.isfinite(scaled):  # 1e308 is finite, its milliseconds are not
+        return Rejection("bad_timestamp", "ts must be a finite number of seconds", family, device)
+    return round(scaled)
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:
@@ -307,7 +308,7 @@ class Decoder:
         out = Decoded()
         index: int | None
         for index, obj in objects:
-            result = self._reading(model, obj, family, device, received_ms)
+            result = self.reading(model, obj, family, device, received_ms)
             if isinstance(result, Rejection):
                 result.index = index
                 result.payload = obj
@@ -355,7 +356,7 @@ class Decoder:
             )
         return list(enumerate(data))
 
-    def _reading(
+    def reading(
         self,
         model: type[_ReadingPayload],
         obj: Any,

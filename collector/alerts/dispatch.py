@@ -10,11 +10,16 @@ errors, 408, 429 and 5xx retried with capped exponential backoff, honouring Retr
 any other 4xx means the receiver refuses this message for good: it goes to the
 dead-letter list (status ``dead``) with an error log for the operator, and the alert's
 later events for that receiver go on.
+
+New rows go out at once: the alert book's listener calls ``wake`` (from any thread) after
+each committed change. The ``run`` loop also looks every ``interval_s`` for rows whose
+retry time has come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -50,15 +55,25 @@ class Dispatcher:
         self._http = httpx.AsyncClient(
             headers={"User-Agent": "smartunit-monitor", "Content-Type": "application/json"}
         )
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Deliver what is due now rather than at the next look; safe from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def run(self, interval_s: float = 0.5) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
+            self._wakeup.clear()
             sent = await self.deliver_due()
             if not sent:
-                await asyncio.sleep(interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), interval_s)
 
     async def deliver_due(self) -> int:
         rows = self.store.due(round(time.time() * 1000))

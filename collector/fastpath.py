@@ -1,0 +1,287 @@
+"""The common case, fast: well-formed data messages to lines and readings without pydantic.
+
+At tens of thousands of messages a second, pydantic validation and the general line
+encoder cost more than the rest of the pipeline together (``bench/stages.py``). Nearly
+every message is a well-formed reading from a device already seen, so ``FastDecoder``
+accepts exactly those with plain type and range checks, and writes their lines from a
+measurement-and-tags prefix kept per topic. Anything it is not sure of (a string ``ts``,
+a missing, extra-typed or out-of-range field, a bool, a device claim, bad JSON, an
+unknown topic) goes to ``Decoder``, which is the definition of the protocol: it gives
+the same answer for valid input and names the reason for invalid input.
+
+So the fast path never rejects anything on its own. ``tests/test_fastpath.py`` checks
+the one property that matters: whenever the fast path accepts an object, the slow path
+accepts it with the same reading and the same line.
+
+The per-topic cache belongs to one registry snapshot (a reload starts a new one) and is
+bounded: past ``MAX_ROUTES`` topics (a flood of made-up ids) it is dropped whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+import orjson
+
+from collector.lineprotocol import INT64_MAX, encode_fields, escape_measurement
+from collector.protocol import (
+    PAYLOAD_MODELS,
+    RESERVED_QUANTITIES,
+    Decoder,
+    Reading,
+    Rejection,
+    parse_topic,
+    reading_line,
+)
+from collector.registry import Placement, Registry
+
+MAX_COUNT = 2**31 - 1
+MAX_INTERVAL_S = 86_400
+MAX_QUANTITIES = 64
+MAX_ROUTES = 100_000
+_TS_MS_LIMIT = 1e18  # beyond any accepted age, and round() of it cannot overflow
+
+_NAME_HEAD = frozenset("abcdefghijklmnopqrstuvwxyz")
+_NAME_TAIL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What every message on one data topic shares: who sent it and how its line starts."""
+
+    family: str
+    device: str
+    placement: Placement
+    prefix: str  # "measurement,tags "
+    extra: str  # fields the registry adds (",safe_capacity=800i"), already encoded
+
+
+FastResult = tuple[Reading, str] | None
+FastEncoder = Callable[[dict[str, Any], Route, int, int, int], FastResult]
+
+
+def _stamp(
+    obj: dict[str, Any], device: str, now_ms: int, oldest: int, newest: int
+) -> tuple[int, int | None] | None:
+    """(ts_ms, seq) of a plain reading; None when ts, seq or a device claim is not plain."""
+    get = obj.get
+    ts, seq = get("ts"), get("seq")
+    if ts is None:
+        ts_ms = now_ms
+    else:
+        kind = type(ts)
+        if kind is not float and kind is not int:
+            return None
+        scaled = ts * 1000
+        if not -_TS_MS_LIMIT < scaled < _TS_MS_LIMIT:  # false for NaN and infinities too
+            return None
+        ts_ms = round(scaled)
+        if not oldest <= ts_ms <= newest:
+            return None
+    if seq is not None and not (type(seq) is int and 0 <= seq <= INT64_MAX):
+        return None
+    claimed = get("device")
+    if claimed is not None and claimed != device:
+        return None
+    claimed = get("device_id")
+    if claimed is not None and claimed != device:
+        return None
+    return ts_ms, seq
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def _camera(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
+    stamp = _stamp(obj, route.device, now_ms, oldest, newest)
+    if stamp is None:
+        return None
+    ts_ms, seq = stamp
+    get = obj.get
+    people, vehicles, interval = get("people"), get("vehicles"), get("interval_s")
+    fields: dict[str, int | float] = {}
+    if people is not None:
+        if not _count(people):
+            return None
+        fields["people"] = people
+    if vehicles is not None:
+        if not _count(vehicles):
+            return None
+        fields["vehicles"] = vehicles
+    if not fields:
+        return None
+    text = ",".join([f"{name}={count}i" for name, count in fields.items()])
+    if interval is not None:
+        kind = type(interval)
+        if not ((kind is int or kind is float) and 0 < interval <= MAX_INTERVAL_S):
+            return None  # NaN fails the comparison, infinity the bound
+        interval = fields["interval_s"] = float(interval)
+        text += f",interval_s={interval!r}"
+    text += route.extra if seq is None else f"{route.extra},seq={seq}i"
+    return Reading("camera", route.device, ts_ms, fields, seq), f"{route.prefix}{text} {ts_ms}"
+
+
+def _parking(
+    obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int
+) -> FastResult:
+    stamp = _stamp(obj, route.device, now_ms, oldest, newest)
+    occupied, capacity = obj.get("occupied"), obj.get("capacity")
+    if stamp is None or not _count(occupied):
+        return None
+    ts_ms, seq = stamp
+    fields: dict[str, int | float] = {"occupied": occupied}
+    if capacity is not None:
+        if not (_count(capacity) and capacity > 0):
+            return None
+        fields["capacity"] = capacity
+    text = f"occupied={occupied}i"
+    known = capacity or route.placement.capacity
+    if known:
+        text += f",capacity={known}i,free={max(known - occupied, 0)}i"
+    if seq is not None:
+        text += f",seq={seq}i"
+    return Reading("parking", route.device, ts_ms, fields, seq), f"{route.prefix}{text} {ts_ms}"
+
+
+_GOOD_NAMES: set[str] = set()  # quantity names already checked; bounded below
+
+
+def _quantity_name(name: str) -> bool:
+    good = (
+        1 <= len(name) <= 64
+        and name[0] in _NAME_HEAD
+        and all(c in _NAME_TAIL for c in name)
+        and name not in RESERVED_QUANTITIES
+    )
+    if good and len(_GOOD_NAMES) < 10_000:
+        _GOOD_NAMES.add(name)
+    return good
+
+
+def _chem(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
+    stamp = _stamp(obj, route.device, now_ms, oldest, newest)
+    readings = obj.get("readings")
+    if stamp is None or type(readings) is not dict or not 1 <= len(readings) <= MAX_QUANTITIES:
+        return None
+    ts_ms, seq = stamp
+    fields: dict[str, int | float] = {}
+    good_names = _GOOD_NAMES
+    for name, value in readings.items():
+        kind = type(value)
+        if not (kind is float or kind is int) or not -math.inf < value < math.inf:
+            return None
+        if name not in good_names and not _quantity_name(name):
+            return None
+        fields[name] = float(value)
+    text = ",".join([f"{name}={value!r}" for name, value in fields.items()])
+    if seq is not None:
+        text += f",seq={seq}i"
+    return Reading("chem", route.device, ts_ms, fields, seq), f"{route.prefix}{text} {ts_ms}"
+
+
+FAST_ENCODERS: dict[str, FastEncoder] = {"camera": _camera, "parking": _parking, "chem": _chem}
+
+
+def route_for(topic: str, registry: Registry) -> Route | None:
+    """The route of a valid data topic whose device the registry does not place elsewhere."""
+    parsed = parse_topic(topic)
+    if isinstance(parsed, Rejection) or parsed.kind != "data":
+        return None
+    placement = registry.placement(parsed.device)
+    if placement.family is not None and placement.family != parsed.family:
+        return None
+    extra: dict[str, int] = {}
+    if parsed.family == "camera" and placement.safe_capacity:
+        extra["safe_capacity"] = placement.safe_capacity
+    head = escape_measurement(parsed.family)
+    prefix = f"{head},{placement.tags} " if placement.tags else f"{head} "
+    return Route(
+        parsed.family,
+        parsed.device,
+        placement,
+        prefix,
+        "," + encode_fields(extra) if extra else "",
+    )
+
+
+@dataclass(slots=True)
+class Encoded:
+    """A message's readings with their lines (same order), and its rejections."""
+
+    readings: list[Reading]
+    rejections: list[Rejection]
+    lines: list[str]
+
+
+class FastDecoder:
+    """``Decoder.decode`` plus each reading's line, fast for well-formed messages."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self._routes: dict[str, Route] = {}
+        self._routes_for: Registry | None = None
+        self.fast = 0  # readings that took the fast path
+        self.slow = 0  # objects the slow path judged
+
+    def decode(
+        self, topic: str, payload: bytes, received_ms: int, registry: Registry
+    ) -> Encoded | Rejection:
+        if self._routes_for is not registry:
+            self._routes, self._routes_for = {}, registry
+        route = self._routes.get(topic)
+        if route is None:
+            route = route_for(topic, registry)
+            if route is None:
+                return self._slow(topic, payload, received_ms, registry)
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            self._routes[topic] = route
+        limits = self.decoder.limits
+        if len(payload) > limits.max_payload_bytes:
+            return self._slow(topic, payload, received_ms, registry)
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return self._slow(topic, payload, received_ms, registry)
+        encode = FAST_ENCODERS[route.family]
+        oldest, newest = received_ms - limits.max_age_ms, received_ms + limits.max_future_ms
+        if type(data) is dict:
+            done = encode(data, route, received_ms, oldest, newest)
+            if done is None:
+                return self._slow(topic, payload, received_ms, registry)
+            self.fast += 1
+            return Encoded([done[0]], [], [done[1]])
+        if type(data) is not list or not 0 < len(data) <= limits.max_objects_per_message:
+            return self._slow(topic, payload, received_ms, registry)
+        out = Encoded([], [], [])
+        model = PAYLOAD_MODELS[route.family]
+        for index, obj in enumerate(data):
+            done = encode(obj, route, received_ms, oldest, newest) if type(obj) is dict else None
+            if done is not None:
+                self.fast += 1
+                out.readings.append(done[0])
+                out.lines.append(done[1])
+                continue
+            self.slow += 1
+            judged = self.decoder.reading(model, obj, route.family, route.device, received_ms)
+            if isinstance(judged, Rejection):
+                judged.index, judged.payload = index, obj
+                out.rejections.append(judged)
+            else:
+                out.readings.append(judged)
+                out.lines.append(reading_line(judged, registry))
+        return out
+
+    def _slow(
+        self, topic: str, payload: bytes, received_ms: int, registry: Registry
+    ) -> Encoded | Rejection:
+        self.slow += 1
+        result = self.decoder.decode(topic, payload, received_ms, registry)
+        if isinstance(result, Rejection):
+            return result
+        lines = [reading_line(reading, registry) for reading in result.readings]
+        return Encoded(result.readings, result.rejections, lines)

@@ -2,20 +2,27 @@
 """Ingest throughput: MQTT -> collector -> InfluxDB, against the broker's own delivery rate.
 
 Everything runs here, on real servers started for the run (Mosquitto, InfluxDB 1.x) and the
-real collector process (``smartunit run``). Workload: a realistic mix of the three
-families from 10,000 registered devices (4,000 cameras, 3,000 parking sensors, 3,000
-chemical-park sensors, placed in 500 units), one reading per message, QoS 1.
+real collector process (``smartunit run``: decode, store, detectors and alert engine on).
+Workload: a realistic mix of the three families from 10,000 registered devices (4,000
+cameras, 3,000 parking sensors, 3,000 chemical-park sensors, placed in 500 units), one
+reading per message, QoS 1.
 
-Three measurements, printed with their ratios:
+drain    N messages are queued in the broker for persistent sessions, then each drains
+         them: ``mosquitto_sub`` (the reference: the broker's single-subscriber QoS 1
+         delivery rate, no processing), the collector (the clock stops when it has stored
+         all N readings, checked by counting them in InfluxDB), and the naive baseline of
+         bench/naive.py (aiomqtt + json + one HTTP write per batch).
+live     a publisher sends N messages as fast as the broker takes them while the
+         subscriber runs: ``mosquitto_sub`` first, then the collector (first publish ->
+         all N received / stored).
+arrays   N readings queued as backlog arrays of 20 per message, drained by the collector.
+alerts   at half the collector's drain rate, gas sensors cross the GB/T level-1 threshold
+         one by one; latency is the publish of the triggering reading -> the signed
+         webhook received by a receiver in this process.
+memory   the collector's resident memory grown over the drain, per 10,000 detector series.
 
-drain  N messages are queued in the broker for two persistent sessions, then each session
-       drains them: ``mosquitto_sub`` (the reference: the broker's single-subscriber QoS 1
-       delivery rate, no processing) and the collector (every reading decoded, validated,
-       placed by the registry and stored; the clock stops when InfluxDB holds all N).
-naive  the same N queued messages drained by the naive baseline of bench/naive.py
-       (aiomqtt + json + one HTTP write per batch), into its own database.
-live   a publisher sends N messages as fast as it can while the collector runs; the rate
-       is N / (first publish -> all N stored in InfluxDB).
+The last line is ``ratio_vs_broker=<x> ratio_vs_naive=<y> alert_p99_ms=<z>``, the drain
+figures (the rate at which a backlog is taken in, with no publisher sharing the CPU).
 
 Usage: bench/ingest.py [--messages N] [--devices D]
 """
@@ -25,14 +32,18 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -83,50 +94,70 @@ def write_registry(path: Path, devices: list[tuple[str, str]], units: int = 500)
     path.write_text("\n".join(lines) + "\n")
 
 
-def messages(devices: list[tuple[str, str]], count: int, seed: int = 7) -> list[tuple[str, bytes]]:
+def reading(family: str, seq: int, ts: float, rng: random.Random) -> dict[str, object]:
+    if family == "camera":
+        return {
+            "ts": ts,
+            "seq": seq,
+            "people": rng.randint(0, 900),
+            "vehicles": rng.randint(0, 120),
+            "interval_s": 10,
+        }
+    if family == "parking":
+        return {"ts": ts, "seq": seq, "occupied": rng.randint(0, 300)}
+    return {
+        "ts": ts,
+        "seq": seq,
+        "readings": {
+            "lel_pct": round(rng.uniform(0, 5), 2),
+            "h2s_ppm": round(rng.uniform(0, 2), 2),
+            "temp_c": round(rng.gauss(40, 2), 2),
+            "pressure_kpa": round(rng.gauss(310, 2), 1),
+            "level_pct": round(rng.uniform(20, 90), 1),
+        },
+    }
+
+
+def messages(
+    devices: list[tuple[str, str]],
+    count: int,
+    seed: int = 7,
+    *,
+    start: float | None = None,
+    spacing_s: float = 0.001,
+) -> list[tuple[str, bytes]]:
+    """``count`` messages of one reading, the devices in turn; device time from ``start``."""
     rng = random.Random(seed)
-    now = time.time() - 3600  # an hour of history: well inside the accepted age
+    now = time.time() - 3600 if start is None else start  # default: an hour of history
     seqs = dict.fromkeys((d for _, d in devices), 0)
     out = []
     for i in range(count):
         family, device = devices[i % len(devices)]
         seqs[device] += 1
-        ts = round(now + i * 0.001, 3)
-        if family == "camera":
-            body = {
-                "ts": ts,
-                "seq": seqs[device],
-                "people": rng.randint(0, 900),
-                "vehicles": rng.randint(0, 120),
-                "interval_s": 10,
-            }
-        elif family == "parking":
-            body = {"ts": ts, "seq": seqs[device], "occupied": rng.randint(0, 300)}
-        else:
-            body = {
-                "ts": ts,
-                "seq": seqs[device],
-                "readings": {
-                    "lel_pct": round(rng.uniform(0, 5), 2),
-                    "h2s_ppm": round(rng.uniform(0, 2), 2),
-                    "temp_c": round(rng.gauss(40, 2), 2),
-                    "pressure_kpa": round(rng.gauss(310, 2), 1),
-                    "level_pct": round(rng.uniform(20, 90), 1),
-                },
-            }
+        body = reading(family, seqs[device], round(now + i * spacing_s, 3), rng)
         out.append((f"smartunit/v1/{family}/{device}/data", orjson.dumps(body)))
     return out
 
 
-def publish_all(broker: Mosquitto, batch: list[tuple[str, bytes]]) -> float:
-    """Publish at QoS 1 as fast as the broker acknowledges; returns the publishing rate."""
-    return blast(broker.port, batch, f"bench-pub-{time.time_ns()}")
+def backlog_arrays(
+    devices: list[tuple[str, str]], readings: int, per_message: int = 20, seed: int = 9
+) -> list[tuple[str, bytes]]:
+    """Devices back from an outage: arrays of ``per_message`` buffered readings, 1 s apart."""
+    rng = random.Random(seed)
+    start = time.time() - 3 * 3600
+    out = []
+    for i in range(readings // per_message):
+        family, device = devices[i % len(devices)]
+        base = start + (i // len(devices)) * per_message
+        body = [reading(family, k + 1, round(base + k, 3), rng) for k in range(per_message)]
+        out.append((f"smartunit/v1/{family}/{device}/data", orjson.dumps(body)))
+    return out
 
 
-def register_session(broker: Mosquitto, client_id: str) -> None:
-    """Create a persistent session subscribed to device data, then leave."""
+def register_session(broker: Mosquitto, client_id: str, *, clean: bool = False) -> None:
+    """Create a persistent session subscribed to device data (``clean``: delete it)."""
     subscribed = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
     client.on_connect = lambda c, *_: c.subscribe(DATA_FILTER, qos=1)
     client.on_subscribe = lambda *_: subscribed.set()
     client.connect("127.0.0.1", broker.port)
@@ -136,28 +167,30 @@ def register_session(broker: Mosquitto, client_id: str) -> None:
     client.loop_stop()
 
 
-def broker_drain_rate(broker: Mosquitto, count: int) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            find_binary("mosquitto_sub"),
-            "-p",
-            str(broker.port),
-            "-c",
-            "-i",
-            "bench-ref",
-            "-q",
-            "1",
-            "-t",
-            DATA_FILTER,
-            "-C",
-            str(count),
-        ],
-        stdout=subprocess.DEVNULL,
-        check=True,
-        timeout=600,
+def mosquitto_sub(broker: Mosquitto, client_id: str, count: int) -> subprocess.Popen[bytes]:
+    args = ["-p", str(broker.port), "-c", "-i", client_id, "-q", "1", "-t", DATA_FILTER]
+    return subprocess.Popen(
+        [find_binary("mosquitto_sub"), *args, "-C", str(count)], stdout=subprocess.DEVNULL
     )
+
+
+def broker_drain_rate(broker: Mosquitto, client_id: str, count: int) -> float:
+    started = time.perf_counter()
+    if mosquitto_sub(broker, client_id, count).wait(600) != 0:
+        raise SystemExit("mosquitto_sub failed")
     return count / (time.perf_counter() - started)
+
+
+def broker_live_rate(broker: Mosquitto, batch: list[tuple[str, bytes]]) -> float:
+    register_session(broker, "bench-live-ref")
+    receiver = mosquitto_sub(broker, "bench-live-ref", len(batch))
+    started = time.perf_counter()
+    blast(broker.port, batch, f"bench-pub-{time.time_ns()}")
+    if receiver.wait(600) != 0:
+        raise SystemExit("mosquitto_sub failed")
+    rate = len(batch) / (time.perf_counter() - started)
+    register_session(broker, "bench-live-ref", clean=True)
+    return rate
 
 
 def stored(influx: InfluxSettings) -> int:
@@ -171,24 +204,59 @@ def stored(influx: InfluxSettings) -> int:
     return total
 
 
-def wait_stored(influx: InfluxSettings, count: int, timeout_s: float = 600) -> float:
-    """Wall-clock time (epoch seconds) at which InfluxDB held ``count`` readings."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if stored(influx) >= count:
-            return time.time()
-        time.sleep(0.02)
-    raise SystemExit(f"only {stored(influx)} of {count} readings stored")
+@dataclass
+class RunningCollector:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    log: Path
+    influx: InfluxSettings
 
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).text
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
-def connected_at(log: Path, *, last: bool) -> float:
-    """Epoch seconds of the collector's (last) "MQTT connected" log line."""
-    stamps = [
-        datetime.fromisoformat(orjson.loads(line)["ts"].replace("Z", "+00:00")).timestamp()
-        for line in log.read_text().splitlines()
-        if line.startswith("{") and '"MQTT connected"' in line
-    ]
-    return stamps[-1] if last else stamps[0]
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def wait_stored(self, count: int, timeout_s: float = 600) -> float:
+        """Epoch seconds at which all ``count`` readings were stored.
+
+        The collector's own counter is polled (a count query in InfluxDB every few
+        milliseconds would load the server being measured); InfluxDB is then asked whether
+        it really holds them all, and if it did not yet, the time it did counts instead.
+        """
+        deadline = time.time() + timeout_s
+        while self.metrics().get("smartunit_readings_stored_total", 0) < count:
+            if time.time() > deadline:
+                raise SystemExit(f"the collector stored fewer than {count} readings")
+            time.sleep(0.01)
+        done = time.time()
+        while stored(self.influx) < count:
+            if time.time() > deadline:
+                raise SystemExit(f"only {stored(self.influx)} of {count} readings in InfluxDB")
+            time.sleep(0.1)
+            done = time.time()
+        return done
+
+    def connected_at(self) -> float:
+        """Epoch seconds of the collector's last "MQTT connected" log line."""
+        stamps = [
+            datetime.fromisoformat(orjson.loads(line)["ts"].replace("Z", "+00:00")).timestamp()
+            for line in self.log.read_text().splitlines()
+            if line.startswith("{") and '"MQTT connected"' in line
+        ]
+        return stamps[-1]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def start_collector(
@@ -198,32 +266,149 @@ def start_collector(
     database: str,
     registry: Path,
     client_id: str,
-) -> subprocess.Popen[bytes]:
+    *,
+    extra_config: str = "",
+) -> RunningCollector:
     config = workdir / f"{database}.toml"
     config.write_text(
         f'[mqtt]\nclient_id = "{client_id}"\n[registry]\npath = "{registry}"\n'
         f'[detection]\nrules = ["{PRESETS}"]\n'
-        '[ingest]\npublish_rejections = true\n[logging]\nlevel = "info"\n'
+        '[ingest]\npublish_rejections = true\n[logging]\nlevel = "info"\n' + extra_config
     )
+    http_port = free_port()
     env = {
         **os.environ,
         "SMARTUNIT_MQTT_URL": broker.url,
         "SMARTUNIT_INFLUX_URL": influxdb.url,
         "SMARTUNIT_INFLUX_DB": database,
         "SMARTUNIT_DATA_DIR": str(workdir / f"{database}-data"),
-        "SMARTUNIT_HTTP_PORT": str(free_port()),
+        "SMARTUNIT_HTTP_PORT": str(http_port),
     }
+    log = workdir / f"{database}.log"
     proc = spawn(
         [sys.executable, "-m", "collector.cli", "run", "--config", str(config)],
         env=env,
-        log_path=workdir / f"{database}.log",
+        log_path=log,
     )
     wait_for_collector(broker.url, client_id)
-    return proc
+    influx = InfluxSettings(url=influxdb.url, database=database)
+    return RunningCollector(proc, http_port, log, influx)
+
+
+def drained(
+    workdir: Path,
+    broker: Mosquitto,
+    influxdb: InfluxDB,
+    registry: Path,
+    database: str,
+    batch: list[tuple[str, bytes]],
+    readings: int,
+) -> tuple[float, RunningCollector, int]:
+    """Queue ``batch`` for a collector's session, then let it drain; readings/s."""
+    client_id = f"bench-{database}"
+    start_collector(workdir, broker, influxdb, database, registry, client_id).stop()
+    blast(broker.port, batch, f"bench-pub-{time.time_ns()}")
+    collector = start_collector(workdir, broker, influxdb, database, registry, client_id)
+    rss_before = collector.rss_bytes()
+    done = collector.wait_stored(readings)
+    rate = readings / (done - collector.connected_at())  # queued messages flow at connect
+    return rate, collector, rss_before
+
+
+class WebhookReceiver:
+    """A dispatch receiver in this process: when each gas alert's webhook arrived."""
+
+    def __init__(self, detector: str) -> None:
+        self.arrived: dict[str, float] = {}  # device -> epoch seconds
+        arrived, lock = self.arrived, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                at = time.time()
+                body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                alert = body["alert"]
+                if alert["detector"] == detector:
+                    with lock:
+                        arrived.setdefault(alert["device"], at)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def alert_latencies(
+    workdir: Path,
+    broker: Mosquitto,
+    influxdb: InfluxDB,
+    registry: Path,
+    devices: list[tuple[str, str]],
+    rate: float,
+    triggers: int = 100,
+) -> list[float]:
+    """Milliseconds from publishing a level-1 gas reading to its webhook, under load."""
+    gas = [d for family, d in devices if family == "chem"][:triggers]
+    background = [(f, d) for f, d in devices if d not in set(gas)]
+    receiver = WebhookReceiver("combustible-gas")
+    hook = (
+        f'[[alerts.receivers]]\nname = "bench"\nurl = "{receiver.url}"\n'
+        'families = ["chem"]\ngroup_incidents = false\n'
+    )
+    collector = start_collector(
+        workdir, broker, influxdb, "bench_alerts", registry, "bench-alerts", extra_config=hook
+    )
+    spacing_s = 0.1
+    duration_s = 2.0 + triggers * spacing_s + 1.0
+    load = messages(
+        background, round(rate * duration_s), seed=11, start=time.time(), spacing_s=1 / rate
+    )
+    published: dict[str, float] = {}
+    sender = threading.Thread(
+        target=blast, args=(broker.port, load, "bench-load"), kwargs={"rate": rate}, daemon=True
+    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-gas")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    sender.start()
+    time.sleep(2.0)
+    for device in gas:
+        now = time.time()
+        # Level 1 (25 % LEL) held for 6 s of device time: the second reading raises it.
+        before = {"ts": round(now - 6, 3), "readings": {"lel_pct": 60.0}}
+        client.publish(f"smartunit/v1/chem/{device}/data", orjson.dumps(before), qos=1)
+        published[device] = time.time()
+        body = {"ts": round(now, 3), "readings": {"lel_pct": 60.0}}
+        client.publish(f"smartunit/v1/chem/{device}/data", orjson.dumps(body), qos=1)
+        time.sleep(spacing_s)
+    sender.join(120)
+    deadline = time.time() + 30
+    while len(receiver.arrived) < len(gas) and time.time() < deadline:
+        time.sleep(0.1)
+    client.loop_stop()
+    client.disconnect()
+    collector.stop()
+    receiver.close()
+    missing = set(gas) - set(receiver.arrived)
+    if missing:
+        raise SystemExit(f"no webhook for {len(missing)} of {len(gas)} gas alerts")
+    return [(receiver.arrived[d] - published[d]) * 1000 for d in gas]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--devices", type=int, default=10_000)
     args = parser.parse_args()
@@ -240,57 +425,74 @@ def main() -> None:
             batch = messages(devices, n)
             print(
                 f"workload: {n} messages from {len(devices)} devices "
-                f"(camera/parking/chem {FAMILY_SHARE}), QoS 1, one reading per message"
+                f"(camera/parking/chem {FAMILY_SHARE}), QoS 1, one reading per message",
+                flush=True,
             )
 
-            # drain: both sessions get the same N queued messages.
-            drain_db = InfluxSettings(url=influxdb.url, database="bench_drain")
-            collector = start_collector(
-                workdir, broker, influxdb, "bench_drain", registry, "bench-collector"
-            )
-            stop_process(collector)
+            # drain: the reference and the naive baseline get the same N queued messages
             register_session(broker, "bench-ref")
             naive.run_register(broker.port, "bench-naive")
-            publish_rate = publish_all(broker, batch)
-            ref_rate = broker_drain_rate(broker, n)
-            collector = start_collector(
-                workdir, broker, influxdb, "bench_drain", registry, "bench-collector"
+            drain_rate, collector, rss_before = drained(
+                workdir, broker, influxdb, registry, "bench_drain", batch, n
             )
-            done = wait_stored(drain_db, n)
-            stop_process(collector)
-            # Queued messages flow from the moment the collector connects.
-            drain_rate = n / (done - connected_at(workdir / "bench_drain.log", last=True))
+            metrics = collector.metrics()
+            series = int(metrics["smartunit_detector_series"])
+            grown = collector.rss_bytes() - rss_before
+            collector.stop()
+            ref_rate = broker_drain_rate(broker, "bench-ref", n)
             naive_rate = naive.run(broker.port, "bench-naive", influxdb.url, "bench_naive", n)
+            for drained_session in ("bench-ref", "bench-naive", "bench-bench_drain"):
+                register_session(broker, drained_session, clean=True)
+            print(f"drain: collector {drain_rate:.0f}/s, broker {ref_rate:.0f}/s", flush=True)
 
-            # live: publish while the collector runs.
-            live_db = InfluxSettings(url=influxdb.url, database="bench_live")
+            # live: a publisher sends while the subscriber runs
+            live_batch = messages(devices, n, seed=8)
+            live_ref_rate = broker_live_rate(broker, live_batch)
             collector = start_collector(
                 workdir, broker, influxdb, "bench_live", registry, "bench-live"
             )
-            live_batch = messages(devices, n, seed=8)
             started = time.time()
-            live_publish_rate = publish_all(broker, live_batch)
-            done = wait_stored(live_db, n)
-            stop_process(collector)
-            live_rate = n / (done - started)
+            blast(broker.port, live_batch, f"bench-pub-{time.time_ns()}")
+            live_rate = n / (collector.wait_stored(n) - started)
+            collector.stop()
+            register_session(broker, "bench-live", clean=True)
+
+            # backlog arrays of 20 readings per message
+            arrays = backlog_arrays(devices, n)
+            array_rate, collector, _ = drained(
+                workdir, broker, influxdb, registry, "bench_arrays", arrays, n
+            )
+            collector.stop()
+            register_session(broker, "bench-bench_arrays", clean=True)
+
+            # alert latency at half the drain rate
+            latencies = alert_latencies(
+                workdir, broker, influxdb, registry, devices, drain_rate / 2
+            )
         finally:
             influxdb.stop()
             broker.stop()
 
-    print(f"publisher (raw QoS 1 client, into broker queues):  {publish_rate:10.0f} msg/s")
-    print(f"broker -> mosquitto_sub, drain of queued QoS 1:    {ref_rate:10.0f} msg/s")
-    print(f"broker -> collector -> InfluxDB, drain:            {drain_rate:10.0f} readings/s")
+    p50, p99 = statistics.median(latencies), percentile(latencies, 99)
+    print(f"broker -> mosquitto_sub, drain of queued QoS 1:   {ref_rate:10.0f} msg/s")
+    print(f"broker -> collector -> InfluxDB, drain:           {drain_rate:10.0f} msg/s")
+    print(f"naive baseline (aiomqtt + json + HTTP), drain:    {naive_rate:10.0f} msg/s")
+    print(f"live: publisher -> mosquitto_sub:                 {live_ref_rate:10.0f} msg/s")
+    print(f"live: publisher -> collector -> InfluxDB:         {live_rate:10.0f} msg/s")
+    print(f"backlog arrays of 20, drain:                      {array_rate:10.0f} readings/s")
     print(
-        f"live: publisher -> collector -> InfluxDB:          {live_rate:10.0f} readings/s"
-        f"  (publisher alone {live_publish_rate:.0f} msg/s)"
+        f"alert latency at {drain_rate / 2:.0f} msg/s (half the drain rate), publish -> "
+        f"webhook, {len(latencies)} alerts: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {max(latencies):.1f} ms"
     )
-    print(f"naive baseline (aiomqtt + json + HTTP per batch), drain: {naive_rate:10.0f} msg/s")
     print(
-        f"drain_rate={drain_rate:.0f} broker_rate={ref_rate:.0f} naive_rate={naive_rate:.0f} "
-        f"live_rate={live_rate:.0f}"
+        f"memory: {grown / 2**20:.1f} MiB grown over the drain for {series} detector series "
+        f"= {grown / series * 10_000 / 2**20:.1f} MiB per 10,000 series"
     )
+    print(f"live_ratio_vs_broker={live_rate / live_ref_rate:.3f}")
     print(
-        f"ratio_vs_broker={drain_rate / ref_rate:.3f} ratio_vs_naive={drain_rate / naive_rate:.2f}"
+        f"ratio_vs_broker={drain_rate / ref_rate:.3f} ratio_vs_naive={drain_rate / naive_rate:.2f} "
+        f"alert_p99_ms={p99:.1f}"
     )
 
 

@@ -33,8 +33,18 @@ def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
     return b"\x32" + encode_varint(len(body)) + body
 
 
-def blast(port: int, messages: Sequence[tuple[str, bytes]], client_id: str) -> float:
-    """Publish every message at QoS 1 and wait for all PUBACKs; returns messages/s."""
+def blast(
+    port: int,
+    messages: Sequence[tuple[str, bytes]],
+    client_id: str,
+    *,
+    rate: float | None = None,
+) -> float:
+    """Publish every message at QoS 1 and wait for all PUBACKs; returns messages/s.
+
+    With ``rate``, publish at that many messages per second (in 5 ms slices) instead of
+    as fast as the broker takes them.
+    """
     packets = [publish_packet(t, p, i % 65535 + 1) for i, (t, p) in enumerate(messages)]
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(connect_packet(client_id))
@@ -64,7 +74,13 @@ def blast(port: int, messages: Sequence[tuple[str, bytes]], client_id: str) -> f
     while sent < len(packets):
         while sent - acked >= _WINDOW:
             time.sleep(0.0005)
-        upto = min(sent + 1000, len(packets), acked + _WINDOW)
+        step = 1000
+        if rate is not None:
+            step = max(1, round(rate / 200))
+            ahead = sent / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        upto = min(sent + step, len(packets), acked + _WINDOW)
         sock.sendall(b"".join(packets[sent:upto]))
         sent = upto
     all_acked.wait(600)

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from collector.config import InfluxSettings, MqttSettings
+from collector.config import InfluxSettings, MqttSettings, MqttTls
 from collector.errors import ServiceStartError, SmartUnitError
 from collector.influx import query_sync
 from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
@@ -32,10 +32,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEMO_DB = "smartunit"
 
 
-def wait_for_collector(mqtt_url: str, client_id: str, timeout_s: float = 30.0) -> None:
+def wait_for_collector(
+    mqtt_url: str, client_id: str, timeout_s: float = 30.0, *, tls: MqttTls | None = None
+) -> None:
     """Block until the collector's retained status says it is online (i.e. subscribed)."""
     online = threading.Event()
-    client = make_client(MqttSettings(url=mqtt_url), client_id=f"wait-{os.getpid()}")
+    settings = MqttSettings(url=mqtt_url, tls=tls or MqttTls())
+    client = make_client(settings, client_id=f"wait-{os.getpid()}")
     topic = collector_status_topic(client_id)
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
     client.on_message = lambda _c, _u, msg: online.set() if b'"online"' in msg.payload else None

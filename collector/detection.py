@@ -146,6 +146,11 @@ class DetectionEngine:
 
     # -- series bookkeeping ----------------------------------------------------------------
 
+    @property
+    def series_count(self) -> int:
+        """(device, quantity) series the detectors keep state for."""
+        return len(self._info)
+
     def _series_id(self, device: str, family: str, quantity: str) -> int:
         key = (device, quantity)
         found = self._series.get(key)

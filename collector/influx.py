@@ -24,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ def _connection(settings: InfluxSettings) -> tuple[str, dict[str, str], tuple[st
     elif parts.username:
         auth = (parts.username, parts.password or "")
     return base_url, headers, auth
+
+
+def tls_verification(settings: InfluxSettings) -> ssl.SSLContext | bool:
+    """How to check the server's certificate: against ``ca_file``, the system, or not."""
+    if settings.ca_file:
+        return ssl.create_default_context(cafile=str(settings.ca_file))
+    return settings.verify_tls
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -119,7 +127,7 @@ class InfluxClient:
     def __init__(self, settings: InfluxSettings) -> None:
         self.settings = settings
         self.base_url, headers, auth = _connection(settings)
-        verify: Any = str(settings.ca_file) if settings.ca_file else settings.verify_tls
+        verify = tls_verification(settings)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
@@ -220,7 +228,7 @@ def query_sync(settings: InfluxSettings, influxql: str) -> list[dict[str, Any]]:
     """Blocking InfluxQL query for the command line and tests."""
     base_url, headers, auth = _connection(settings)
     url = f"{base_url}/query"
-    verify: Any = str(settings.ca_file) if settings.ca_file else settings.verify_tls
+    verify = tls_verification(settings)
     try:
         response = httpx.post(
             url,

@@ -16,6 +16,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -119,19 +120,29 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServerTls:
+    """PEM files for a server's TLS listener; with ``client_ca`` clients need certificates."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca: Path | None = None
+
+
 @dataclass
 class Mosquitto:
-    """A Mosquitto broker listening on 127.0.0.1:port."""
+    """A Mosquitto broker listening on 127.0.0.1:port (TLS only, with ``tls``)."""
 
     directory: Path
     port: int = 0
     persistence: bool = True
     extra_config: str = ""
+    tls: ServerTls | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -147,6 +158,7 @@ class Mosquitto:
             # our private directory: no persistence file, no log. Stay who we are.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
             f"listener {self.port} 127.0.0.1",
+            *self._tls_lines(),
             "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.directory}/",
@@ -161,6 +173,15 @@ class Mosquitto:
             "connection_messages false",
         ]
         return "\n".join(lines) + "\n" + self.extra_config
+
+    def _tls_lines(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        lines = [f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
+        if tls.client_ca is not None:
+            lines += [f"cafile {tls.client_ca}", "require_certificate true"]
+        return lines
 
     def start(self, *, timeout_s: float = 15.0) -> Mosquitto:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -186,11 +207,12 @@ class InfluxDB:
     port: int = 0
     rpc_port: int = 0
     max_body_size: int = 25_000_000
+    tls: ServerTls | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -221,6 +243,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
   max-body-size = {self.max_body_size}
+{self._tls_lines()}
 
 [logging]
   level = "warn"
@@ -228,6 +251,15 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 [continuous_queries]
   enabled = false
 """
+
+    def _tls_lines(self) -> str:
+        if self.tls is None:
+            return ""
+        return (
+            "  https-enabled = true\n"
+            f'  https-certificate = "{self.tls.cert_file}"\n'
+            f'  https-private-key = "{self.tls.key_file}"\n'
+        )
 
     def start(self, *, timeout_s: float = 30.0) -> InfluxDB:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -244,7 +276,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
     def _ping(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=0.5) as resp:  # noqa: S310
+            # Only "is it up yet": whether its certificate is trusted is the client's test.
+            context = ssl._create_unverified_context() if self.tls else None  # noqa: S323
+            with urllib.request.urlopen(  # noqa: S310
+                f"{self.url}/ping", timeout=0.5, context=context
+            ) as resp:
                 return bool(resp.status == 204)
         except (urllib.error.URLError, OSError):
             return False

@@ -145,11 +145,17 @@ class MqttSource(Inbox):
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_connect_fail = self._on_connect_fail
         # Like a device: a retained status, "offline" left as the last will.
         self.client.will_set(status_topic, OFFLINE, qos=1, retain=True)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- paho's network thread -------------------------------------------------------------
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        # paho retries by itself and keeps the reason (refused, unreachable, a TLS
+        # certificate it does not trust) to a debug message: say it where operators look.
+        log.warning("MQTT connection to %s failed, retrying", self.settings.endpoint.host)
 
     def _on_connect(
         self,

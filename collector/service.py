@@ -349,6 +349,7 @@ class Collector:
             "inbox_messages": self.source.backlog,
             "late_readings_total": self.engine.late_readings if self.engine else 0,
             "judged_readings_total": self.engine.judged_readings if self.engine else 0,
+            "detector_series": self.engine.series_count if self.engine else 0,
             "write_queue_batches": self._queue.qsize(),
             "arrival_age_seconds": s.arrival_age_s,
             "spool_bytes": self.spool.pending_bytes if self.spool else 0,

@@ -137,7 +137,8 @@ class CollectorThread:
 
     def start(self) -> CollectorThread:
         self._thread.start()
-        wait_for_collector(self.settings.mqtt.url, self.settings.mqtt.client_id)
+        mqtt = self.settings.mqtt
+        wait_for_collector(mqtt.url, mqtt.client_id, tls=mqtt.tls)
         return self
 
     def stop(self) -> None:

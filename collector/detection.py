@@ -99,11 +99,10 @@ class _RuleRunner:
         self.last_level = state["last_level"].astype(np.int64)
 
 
-@dataclass(frozen=True)
-class _Series:
-    device: str
-    family: str
-    quantity: str
+# (device, family, quantity): a plain tuple of strings, which the garbage collector stops
+# tracking; tens of thousands of objects would lengthen every full collection, a pause
+# that alerts wait through.
+_Series = tuple[str, str, str]
 
 
 class DetectionEngine:
@@ -157,7 +156,7 @@ class DetectionEngine:
         if found is None:
             found = len(self._info)
             self._series[key] = found
-            self._info.append(_Series(device, family, quantity))
+            self._info.append((device, family, quantity))
         return found
 
     # -- restart without forgetting --------------------------------------------------------
@@ -176,7 +175,7 @@ class DetectionEngine:
             arrays |= {f"{key}|{k}": v for k, v in state.items()}
         meta = {
             "format": self.STATE_FORMAT,
-            "series": [[i.device, i.family, i.quantity] for i in self._info],
+            "series": [list(info) for info in self._info],
             "devices": self._device_names,
         }
         arrays["meta"] = np.array(json.dumps(meta))
@@ -201,8 +200,8 @@ class DetectionEngine:
         except (OSError, ValueError, KeyError) as exc:
             log.warning("detector state in %s not used (%s); starting afresh", path, exc)
             return False
-        self._info = [_Series(*item) for item in meta["series"]]
-        self._series = {(i.device, i.quantity): n for n, i in enumerate(self._info)}
+        self._info = [(device, family, quantity) for device, family, quantity in meta["series"]]
+        self._series = {(device, quantity): n for n, (device, _, quantity) in enumerate(self._info)}
         self._device_names = list(meta["devices"])
         self._devices = {d: n for n, d in enumerate(self._device_names)}
         self._newest = arrays.pop("newest")
@@ -289,10 +288,10 @@ class DetectionEngine:
         return events
 
     def _runners_for(self, series: int, registry: Registry) -> tuple[_RuleRunner, ...]:
-        info = self._info[series]
-        unit = registry.placement(info.device).unit
+        device, family, quantity = self._info[series]
+        unit = registry.placement(device).unit
         found = []
-        for spec in self.rules.rules_for(info.family, info.quantity, unit, info.device):
+        for spec in self.rules.rules_for(family, quantity, unit, device):
             runner = self._runners.get(id(spec))
             if runner is None:
                 detector = spec.build()
@@ -474,7 +473,7 @@ class DetectionEngine:
             start = len(known)
             known = np.concatenate([known, np.full(len(self._info) - start, np.nan)])
             for sid in range(start, len(self._info)):
-                placement = registry.placement(self._info[sid].device)
+                placement = registry.placement(self._info[sid][0])
                 unit = registry.units.get(placement.unit)
                 if kind == "safe_capacity" and unit is not None:
                     known[sid] = unit.safe_capacity or np.nan
@@ -496,15 +495,14 @@ class DetectionEngine:
         score: float,
         threshold: float | None = None,
     ) -> DetectionEvent:
-        info = self._info[series]
-        unit = self._registry.placement(info.device).unit
+        device, family, quantity = self._info[series]
         return DetectionEvent(
             kind,
             detector,
-            info.device,
-            info.family,
-            info.quantity,
-            unit,
+            device,
+            family,
+            quantity,
+            self._registry.placement(device).unit,
             COLOURS[level],
             COLOURS[previous],
             float(value),

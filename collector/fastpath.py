@@ -36,7 +36,7 @@ from collector.protocol import (
     parse_topic,
     reading_line,
 )
-from collector.registry import Placement, Registry
+from collector.registry import Registry
 
 MAX_COUNT = 2**31 - 1
 MAX_INTERVAL_S = 86_400
@@ -48,15 +48,11 @@ _NAME_HEAD = frozenset("abcdefghijklmnopqrstuvwxyz")
 _NAME_TAIL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """What every message on one data topic shares: who sent it and how its line starts."""
-
-    family: str
-    device: str
-    placement: Placement
-    prefix: str  # "measurement,tags "
-    extra: str  # fields the registry adds (",safe_capacity=800i"), already encoded
+# What every message on one data topic shares: (family, device, capacity of a parking lot
+# from the registry, "measurement,tags " line prefix, fields the registry adds such as
+# ",safe_capacity=800i"). A plain tuple of plain values, which the garbage collector stops
+# tracking: 10,000 objects would lengthen every full collection, a pause alerts wait for.
+Route = tuple[str, str, int | None, str, str]
 
 
 FastResult = tuple[Reading, str] | None
@@ -97,7 +93,8 @@ def _count(value: Any) -> TypeGuard[int]:
 
 
 def _camera(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    stamp = _stamp(obj, route.device, now_ms, oldest, newest)
+    _, device, _, prefix, extra = route
+    stamp = _stamp(obj, device, now_ms, oldest, newest)
     if stamp is None:
         return None
     ts_ms, seq = stamp
@@ -121,14 +118,15 @@ def _camera(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest:
             return None  # NaN fails the comparison, infinity the bound
         interval = fields["interval_s"] = float(interval)
         text += f",interval_s={interval!r}"
-    text += route.extra if seq is None else f"{route.extra},seq={seq}i"
-    return Reading("camera", route.device, ts_ms, fields, seq), f"{route.prefix}{text} {ts_ms}"
+    text += extra if seq is None else f"{extra},seq={seq}i"
+    return Reading("camera", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
 
 
 def _parking(
     obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int
 ) -> FastResult:
-    stamp = _stamp(obj, route.device, now_ms, oldest, newest)
+    _, device, known_capacity, prefix, _ = route
+    stamp = _stamp(obj, device, now_ms, oldest, newest)
     occupied, capacity = obj.get("occupied"), obj.get("capacity")
     if stamp is None or not _count(occupied):
         return None
@@ -139,12 +137,12 @@ def _parking(
             return None
         fields["capacity"] = capacity
     text = f"occupied={occupied}i"
-    known = capacity or route.placement.capacity
+    known = capacity or known_capacity
     if known:
         text += f",capacity={known}i,free={max(known - occupied, 0)}i"
     if seq is not None:
         text += f",seq={seq}i"
-    return Reading("parking", route.device, ts_ms, fields, seq), f"{route.prefix}{text} {ts_ms}"
+    return Reading("parking", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
 
 
 _GOOD_NAMES: set[str] = set()  # quantity names already checked; bounded below
@@ -163,7 +161,8 @@ def _quantity_name(name: str) -> bool:
 
 
 def _chem(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    stamp = _stamp(obj, route.device, now_ms, oldest, newest)
+    _, device, _, prefix, _ = route
+    stamp = _stamp(obj, device, now_ms, oldest, newest)
     readings = obj.get("readings")
     if stamp is None or type(readings) is not dict or not 1 <= len(readings) <= MAX_QUANTITIES:
         return None
@@ -180,7 +179,7 @@ def _chem(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: i
     text = ",".join([f"{name}={value!r}" for name, value in fields.items()])
     if seq is not None:
         text += f",seq={seq}i"
-    return Reading("chem", route.device, ts_ms, fields, seq), f"{route.prefix}{text} {ts_ms}"
+    return Reading("chem", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
 
 
 FAST_ENCODERS: dict[str, FastEncoder] = {"camera": _camera, "parking": _parking, "chem": _chem}
@@ -199,10 +198,10 @@ def route_for(topic: str, registry: Registry) -> Route | None:
         extra["safe_capacity"] = placement.safe_capacity
     head = escape_measurement(parsed.family)
     prefix = f"{head},{placement.tags} " if placement.tags else f"{head} "
-    return Route(
+    return (
         parsed.family,
         parsed.device,
-        placement,
+        placement.capacity,
         prefix,
         "," + encode_fields(extra) if extra else "",
     )
@@ -247,7 +246,8 @@ class FastDecoder:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return self._slow(topic, payload, received_ms, registry)
-        encode = FAST_ENCODERS[route.family]
+        family, device = route[0], route[1]
+        encode = FAST_ENCODERS[family]
         oldest, newest = received_ms - limits.max_age_ms, received_ms + limits.max_future_ms
         if type(data) is dict:
             done = encode(data, route, received_ms, oldest, newest)
@@ -258,7 +258,7 @@ class FastDecoder:
         if type(data) is not list or not 0 < len(data) <= limits.max_objects_per_message:
             return self._slow(topic, payload, received_ms, registry)
         out = Encoded([], [], [])
-        model = PAYLOAD_MODELS[route.family]
+        model = PAYLOAD_MODELS[family]
         for index, obj in enumerate(data):
             done = encode(obj, route, received_ms, oldest, newest) if type(obj) is dict else None
             if done is not None:
@@ -267,7 +267,7 @@ class FastDecoder:
                 out.lines.append(done[1])
                 continue
             self.slow += 1
-            judged = self.decoder.reading(model, obj, route.family, route.device, received_ms)
+            judged = self.decoder.reading(model, obj, family, device, received_ms)
             if isinstance(judged, Rejection):
                 judged.index, judged.payload = index, obj
                 out.rejections.append(judged)

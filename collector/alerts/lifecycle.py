@@ -156,8 +156,8 @@ class AlertBook:
             return None
         leaders = [
             a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES))
-            if a.unit == unit and a.leads_incident
+            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=unit)
+            if a.leads_incident
         ]
         return min(leaders, key=lambda a: a.id) if leaders else None
 
@@ -183,7 +183,7 @@ class AlertBook:
     def _members(self, leader: Alert) -> list[Alert]:
         return [
             a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES))
+            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=leader.unit)
             if a.incident == leader.id and a.id != leader.id
         ]
 

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_alert_per_fingerprint
     ON alerts(fingerprint) WHERE state != 'closed';
 CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state);
+CREATE INDEX IF NOT EXISTS alerts_by_unit ON alerts(unit, state);
 CREATE TABLE IF NOT EXISTS alert_events (
     alert_id INTEGER NOT NULL REFERENCES alerts(id),
     seq INTEGER NOT NULL,
@@ -118,7 +119,7 @@ class AlertStore(Protocol):
     def silences(self, now_ms: int) -> list[Silence]: ...
     def get(self, alert_id: int) -> Alert | None: ...
     def find_active(self, fingerprint: Fingerprint) -> Alert | None: ...
-    def alerts(self, *, states: Sequence[State] = ()) -> list[Alert]: ...
+    def alerts(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]: ...
     def events(self, alert_id: int) -> list[AlertEvent]: ...
     def last_seq(self, alert_id: int) -> int: ...
     def close(self) -> None: ...
@@ -334,12 +335,17 @@ class SqliteAlertStore:
             ).fetchone()
         return self._alert(row) if row else None
 
-    def alerts(self, *, states: Sequence[State] = ()) -> list[Alert]:
-        query = f"SELECT {self._COLUMNS} FROM alerts"
+    def alerts(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
+        """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
+        query = f"SELECT {self._COLUMNS} FROM alerts WHERE 1"
         params: list[str] = []
         if states:
-            query += f" WHERE state IN ({', '.join('?' for _ in states)})"
-            params = [s.value for s in states]
+            query += f" AND state IN ({', '.join('?' for _ in states)})"
+            params += [s.value for s in states]
+        if unit is not None:
+            # Each alert event looks up its unit's alerts: by index, not by reading them all.
+            query += " AND unit = ?"
+            params.append(unit)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", params).fetchall()
         return [self._alert(row) for row in rows]

@@ -138,6 +138,9 @@ class IngestSettings(_Section):
     max_future_s: Annotated[float, Field(ge=0)] = 300.0
     max_age_s: PositiveFloat = 30 * 24 * 3600.0
     write_queue_batches: Annotated[int, Field(ge=1, le=64)] = 4
+    # InfluxDB writes in flight at once: the server parses one batch while it stores the
+    # last. Messages are still acknowledged in the order they arrived.
+    write_concurrency: Annotated[int, Field(ge=1, le=16)] = 2
     retry_initial_s: PositiveFloat = 0.5
     retry_max_s: PositiveFloat = 30.0
     stats_interval_s: PositiveFloat = 10.0

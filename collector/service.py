@@ -2,18 +2,23 @@
 
 Pipeline and its bounds (every queue is bounded; what happens when it is full):
 
-  paho thread -> inbox  -> decode task -> write queue -> write task -> InfluxDB, then PUBACK
-                 (deque)                  (asyncio.Queue)
+  receiver -> inbox -> decode task -> write queue -> write task -> InfluxDB | spool, PUBACK
+              (deque)   (+ detectors)   (asyncio.Queue)
 
+- receiver: ``mqttbulk`` on the event loop (default), or paho's network thread.
 - inbox: bounded by MQTT v5 receive-maximum (``mqtt.receive_maximum``): the broker sends
   no more unacknowledged messages than that, and keeps the rest of the backlog itself.
+- decode task: at most ``MESSAGES_PER_TURN`` messages per turn of the event loop; the
+  detectors judge new readings within ``DETECT_EVERY_S``.
 - write queue: ``ingest.write_queue_batches`` batches of at most ``ingest.batch_size``
   lines; when full, the decode task waits (backpressure) and the inbox fills up to the
   receive-maximum, then the broker holds further messages.
-- a batch that cannot be written (InfluxDB down, slow, 429/5xx) is retried with capped
-  exponential backoff, forever: its messages stay unacknowledged, so nothing is lost even
-  if the collector is killed meanwhile. Lines InfluxDB refuses outright (400 after
-  bisection, 413 for a single line) are dropped, logged and counted.
+- write task: up to ``ingest.write_concurrency`` hand-offs in flight. A batch InfluxDB
+  does not take within ``ingest.spool_after_s`` goes to the disk spool (bounded; when
+  full, it is retried with capped exponential backoff, forever, and its messages stay
+  unacknowledged, so nothing is lost even if the collector is killed meanwhile). Lines
+  InfluxDB refuses outright (400 after bisection, 413 for a single line) are dropped,
+  logged and counted.
 
 Messages are acknowledged in the order they arrived, after the batch holding their
 readings is written, so a crash costs at most a redelivery; the duplicates it writes
@@ -93,6 +98,7 @@ DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 # long a webhook, a write or the MQTT reader waits behind a backlog being taken in.
 MESSAGES_PER_TURN = 500
 DETECT_EVERY_S = 0.01  # readings wait at most this long for the detectors
+OWN_TOPICS = f"{TOPIC_ROOT}/_"  # rejections, collector status: never device input
 WARM_START_CHUNK_MS = 3_600_000
 REJECTIONS_MEASUREMENT = "smartunit_rejections"
 
@@ -453,7 +459,7 @@ class Collector:
     def _decode_one(self, message: Inbound, batch: Batch, registry: Registry) -> None:
         self.stats.messages_received += 1
         topic = message.topic
-        if topic.startswith(f"{TOPIC_ROOT}/_"):
+        if topic.startswith(OWN_TOPICS):
             return  # our own namespace (rejections, collector status): never device input
         if topic.startswith(UNIT_TOPIC_ROOT):
             self._field_ack(topic, message.payload)
@@ -672,9 +678,23 @@ class Collector:
     # -- write -----------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Hand batches off, up to ``ingest.write_concurrency`` at once; ack in order."""
         abandoned = 0
+        in_flight: collections.deque[tuple[Batch, asyncio.Task[bool]]] = collections.deque()
+        limit = self.settings.ingest.write_concurrency
         while True:
             batch = await self._queue.get()
+            if batch is not None:
+                in_flight.append((batch, asyncio.create_task(self._hand_off(batch.lines))))
+            while in_flight and (
+                batch is None or len(in_flight) >= limit or in_flight[0][1].done()
+            ):
+                done, task = in_flight.popleft()
+                if not await task:
+                    abandoned += 1
+                    continue  # not acknowledged: the broker keeps these messages for us
+                self.source.ack(done.messages)
+                self.stats.readings_stored += len(done.readings)
             if batch is None:
                 if abandoned:
                     log.warning(
@@ -683,17 +703,14 @@ class Collector:
                         extra={"batches": abandoned},
                     )
                 return
-            if batch.lines and not await self._hand_off(batch.lines):
-                abandoned += 1
-                continue  # not acknowledged: the broker keeps these messages for us
-            self.source.ack(batch.messages)
-            self.stats.readings_stored += len(batch.readings)
 
     async def _hand_off(self, lines: list[str]) -> bool:
         """Store durably: InfluxDB, or the spool while InfluxDB is down, slow or behind.
 
         False only when stopping and neither took the lines in time.
         """
+        if not lines:
+            return True
         spool = self.spool
         if spool is None:
             return await self._write_with_retry(lines)

@@ -129,9 +129,13 @@ def messages(
     start: float | None = None,
     spacing_s: float = 0.001,
 ) -> list[tuple[str, bytes]]:
-    """``count`` messages of one reading, the devices in turn; device time from ``start``."""
+    """``count`` messages of one reading, the devices in turn; device time from ``start``.
+
+    By default the device times end now: a fleet an hour quiet would (rightly) raise
+    thousands of silence alerts while the benchmark waits.
+    """
     rng = random.Random(seed)
-    now = time.time() - 3600 if start is None else start  # default: an hour of history
+    now = time.time() - count * spacing_s if start is None else start
     seqs = dict.fromkeys((d for _, d in devices), 0)
     out = []
     for i in range(count):
@@ -147,7 +151,8 @@ def backlog_arrays(
 ) -> list[tuple[str, bytes]]:
     """Devices back from an outage: arrays of ``per_message`` buffered readings, 1 s apart."""
     rng = random.Random(seed)
-    start = time.time() - 3 * 3600
+    rounds = -(-readings // per_message // len(devices))  # arrays per device
+    start = time.time() - rounds * per_message  # the newest readings are from just now
     out = []
     for i in range(readings // per_message):
         family, device = devices[i % len(devices)]

@@ -98,6 +98,7 @@ DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 # long a webhook, a write or the MQTT reader waits behind a backlog being taken in.
 MESSAGES_PER_TURN = 500
 DETECT_EVERY_S = 0.01  # readings wait at most this long for the detectors
+EVENTS_PER_TURN = 50  # silence events recorded (alerts, webhooks queued) per loop turn
 OWN_TOPICS = f"{TOPIC_ROOT}/_"  # rejections, collector status: never device input
 WARM_START_CHUNK_MS = 3_600_000
 REJECTIONS_MEASUREMENT = "smartunit_rejections"
@@ -646,8 +647,12 @@ class Collector:
             await asyncio.sleep(silence.check_interval_s)
             registry = self.registry.current
             events = self.engine.check_silence(time.time(), registry)
-            if events:
-                await self._queue.put(Batch(lines=self._record(events, registry)))
+            # A whole fleet can fall silent at once (a network cut): thousands of alerts,
+            # recorded a slice at a time so that live readings and the API keep going.
+            for start in range(0, len(events), EVENTS_PER_TURN):
+                lines = self._record(events[start : start + EVENTS_PER_TURN], registry)
+                await self._queue.put(Batch(lines=lines))
+                await asyncio.sleep(0)
 
     async def _verify_loop(self) -> None:
         """Verify resolved alerts, and store every alert event as an annotation."""

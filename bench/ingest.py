@@ -393,7 +393,8 @@ def alert_latencies(
     )
     spacing_s = 0.1
     settle_s = 5.0  # every background device has reported and its series are known
-    duration_s = settle_s + (warmup + triggers) * spacing_s + 1.0
+    # the publisher builds its packets first (seconds): the load runs on past the triggers
+    duration_s = settle_s + (warmup + triggers) * spacing_s + 15.0
     load = messages(
         background, round(rate * duration_s), seed=11, start=time.time(), spacing_s=1 / rate
     )
@@ -406,7 +407,12 @@ def alert_latencies(
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-gas")
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
-    time.sleep(settle_s)
+    settled = rate * settle_s  # messages the collector has taken in before the first trigger
+    poll_until = time.time() + 120
+    while collector.metrics().get("smartunit_messages_received_total", 0) < settled:
+        if time.time() > poll_until:
+            raise SystemExit("the background load did not arrive")
+        time.sleep(0.1)
     for device in gas:
         now = time.time()
         # Level 1 (25 % LEL) held for 6 s of device time: the second reading raises it.

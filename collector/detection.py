@@ -136,7 +136,9 @@ class DetectionEngine:
         self._devices: dict[str, int] = {}
         self._device_names: list[str] = []
         self._gateway_names: list[str] = []
+        self._gateway_index: dict[str, int] = {}
         self._grouped_by: Registry | None = None
+        self._grouped = 0  # devices (in order of first sight) already given their gateway
         self._saved_rules: dict[str, dict[str, np.ndarray]] = {}
         self._lags: list[float] = []  # how old the readings of each batch were on arrival
         self.catching_up = False
@@ -222,7 +224,6 @@ class DetectionEngine:
         if found is None:
             found = self._devices[device] = len(self._devices)
             self._device_names.append(device)
-            self._grouped_by = None  # a new device may belong to a gateway
         return found
 
     def device_alive(self, device: str, now_s: float) -> bool:
@@ -234,18 +235,21 @@ class DetectionEngine:
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
-        if self._grouped_by is not registry:
-            gateways = [
-                registry.devices[d].gateway if d in registry.devices else None
-                for d in self._device_names
-            ]
-            names = sorted({g for g in gateways if g})
-            self._gateway_names = names
-            index = {g: i for i, g in enumerate(names)}
-            self.silence.set_groups(
-                np.arange(len(gateways)), [index[g] if g else -1 for g in gateways]
-            )
-            self._grouped_by = registry
+        if self._grouped_by is not registry:  # a new registry: every device again
+            self._gateway_names, self._gateway_index = [], {}
+            self._grouped_by, self._grouped = registry, 0
+        if self._grouped < len(self._device_names):  # devices seen since the last check
+            new = self._device_names[self._grouped :]
+            groups = []
+            for device in new:
+                known = registry.devices.get(device)
+                gateway = known.gateway if known is not None else None
+                if gateway and gateway not in self._gateway_index:
+                    self._gateway_index[gateway] = len(self._gateway_names)
+                    self._gateway_names.append(gateway)
+                groups.append(self._gateway_index[gateway] if gateway else -1)
+            self.silence.set_groups(np.arange(self._grouped, len(self._device_names)), groups)
+            self._grouped = len(self._device_names)
         lags, self._lags = self._lags, []
         if lags and float(np.median(lags)) > self.silence.allowance_s:
             # The readings we are taking in are old: we are catching up a backlog (after an

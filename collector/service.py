@@ -693,20 +693,17 @@ class Collector:
         abandoned = 0
         in_flight: collections.deque[tuple[Batch, asyncio.Task[bool]]] = collections.deque()
         limit = self.settings.ingest.write_concurrency
+        closing = False
         while True:
-            batch = await self._queue.get()
-            if batch is not None:
-                in_flight.append((batch, asyncio.create_task(self._hand_off(batch.lines))))
-            while in_flight and (
-                batch is None or len(in_flight) >= limit or in_flight[0][1].done()
-            ):
+            # Acknowledge in arrival order whatever is done; when closing or full, wait for it.
+            while in_flight and (closing or len(in_flight) >= limit or in_flight[0][1].done()):
                 done, task = in_flight.popleft()
                 if not await task:
                     abandoned += 1
                     continue  # not acknowledged: the broker keeps these messages for us
                 self.source.ack(done.messages)
                 self.stats.readings_stored += len(done.readings)
-            if batch is None:
+            if closing:
                 if abandoned:
                     log.warning(
                         "stopped with batches InfluxDB did not take; their messages "
@@ -714,6 +711,20 @@ class Collector:
                         extra={"batches": abandoned},
                     )
                 return
+            if not in_flight:
+                batch = await self._queue.get()
+            else:  # the next batch, or the oldest hand-off finishing, whichever comes first
+                getter = asyncio.ensure_future(self._queue.get())
+                oldest = in_flight[0][1]
+                await asyncio.wait((getter, oldest), return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()  # nothing taken: the queue keeps its batch
+                    continue
+                batch = getter.result()
+            if batch is None:
+                closing = True
+            else:
+                in_flight.append((batch, asyncio.create_task(self._hand_off(batch.lines))))
 
     async def _hand_off(self, lines: list[str]) -> bool:
         """Store durably: InfluxDB, or the spool while InfluxDB is down, slow or behind.

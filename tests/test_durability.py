@@ -159,3 +159,15 @@ def test_both_receivers_store_and_resume_a_persistent_session(
         "BulkMqttSource" if receiver == "bulk" else "MqttSource"
     )
     second.stop()
+
+
+def test_a_lone_batch_is_acknowledged_without_waiting_for_more(
+    make_settings, run_collector, publisher
+) -> None:
+    """With writes in flight concurrently, the last batch of a burst must not wait for a
+    next one to be acknowledged (its messages would stay with the broker, unacked)."""
+    collector = run_collector(make_settings())
+    for i in range(1, 6):
+        publisher.publish(*camera(i))
+    stored = poll(lambda: collector.stats.readings_stored, lambda n: n >= 5, timeout_s=10)
+    assert stored == 5

@@ -438,6 +438,7 @@ class Collector:
             if messages and not batch.messages:
                 batch.started = now
             registry = self.registry.current
+            self.stats.messages_received += len(messages)
             for message in messages:
                 self._decode_one(message, batch, registry)
             batch.messages.extend(messages)
@@ -458,7 +459,6 @@ class Collector:
             await asyncio.sleep(0)  # let the receiver, writer and dispatcher have their turn
 
     def _decode_one(self, message: Inbound, batch: Batch, registry: Registry) -> None:
-        self.stats.messages_received += 1
         topic = message.topic
         if topic.startswith(OWN_TOPICS):
             return  # our own namespace (rejections, collector status): never device input
@@ -487,12 +487,13 @@ class Collector:
             return
         for rejection in result.rejections:
             self._reject(rejection, message)
-        batch.lines += result.lines
-        if result.readings:
-            newest = max(r.ts_ms for r in result.readings)
+        readings = result.readings
+        if readings:
+            batch.lines += result.lines
+            batch.readings += readings
+            self.stats.readings_accepted += len(readings)
+            newest = readings[0].ts_ms if len(readings) == 1 else max(r.ts_ms for r in readings)
             self._arrival_ages.append((message.received_ms - newest) / 1000)
-        batch.readings.extend(result.readings)
-        self.stats.readings_accepted += len(result.readings)
 
     def _decode_status(
         self, topic: Topic, message: Inbound, batch: Batch, registry: Registry

@@ -85,14 +85,9 @@ def make_settings(
     """Settings pointing at the test servers; keyword sections override the file's."""
 
     def build(registry: Path | None = None, **sections: dict[str, Any]) -> Settings:
-        env = {
-            "SMARTUNIT_MQTT_URL": broker.url,
-            "SMARTUNIT_INFLUX_URL": influxdb.url,
-            "SMARTUNIT_INFLUX_DB": database,
-            "SMARTUNIT_DATA_DIR": str(tmp_path / "data"),
-            "SMARTUNIT_HTTP_PORT": str(free_port()),
-        }
-        settings = load_settings(None, env=env)
+        settings = load_settings(
+            None, env=collector_env(broker, influxdb, database, tmp_path / "data")
+        )
         updates: dict[str, Any] = {}
         mqtt = {"client_id": f"collector-{database}", **sections.pop("mqtt", {})}
         updates["mqtt"] = settings.mqtt.model_copy(update=mqtt)

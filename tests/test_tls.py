@@ -23,8 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.config import InfluxSettings, MqttTls, Settings, load_settings
 from collector.errors import RetryableStoreError
 from collector.influx import InfluxClient, query_sync
-from collector.localservices import InfluxDB, Mosquitto, ServerTls, free_port
-from tests.conftest import CollectorThread, poll
+from collector.localservices import InfluxDB, Mosquitto, ServerTls
+from tests.conftest import CollectorThread, collector_env, poll
 
 
 def _openssl(*args: str | Path) -> None:
@@ -85,14 +85,7 @@ def servers(
 def _settings(
     pki: Path, broker: Mosquitto, influxdb: InfluxDB, database: str, tmp_path: Path, **mqtt: Any
 ) -> Settings:
-    env = {
-        "SMARTUNIT_MQTT_URL": broker.url,
-        "SMARTUNIT_INFLUX_URL": influxdb.url,
-        "SMARTUNIT_INFLUX_DB": database,
-        "SMARTUNIT_DATA_DIR": str(tmp_path / "data"),
-        "SMARTUNIT_HTTP_PORT": str(free_port()),
-    }
-    settings = load_settings(None, env=env)
+    settings = load_settings(None, env=collector_env(broker, influxdb, database, tmp_path / "data"))
     tls = MqttTls(
         ca_file=pki / "ca.crt", cert_file=pki / "collector.crt", key_file=pki / "collector.key"
     )

@@ -192,16 +192,26 @@ def broker_drain_rate(broker: Mosquitto, client_id: str, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def broker_live_rate(broker: Mosquitto, batch: list[tuple[str, bytes]]) -> float:
-    register_session(broker, "bench-live-ref")
-    receiver = mosquitto_sub(broker, "bench-live-ref", len(batch))
+def timed_live(
+    broker: Mosquitto,
+    batch: list[tuple[str, bytes]],
+    receiver: subprocess.Popen[bytes],
+    session: str,
+) -> float:
+    """Publish ``batch`` while ``receiver`` takes it: messages/s until the receiver is done."""
     started = time.perf_counter()
     blast(broker.port, batch, f"bench-pub-{time.time_ns()}")
     if receiver.wait(600) != 0:
-        raise SystemExit("mosquitto_sub failed")
+        raise SystemExit(f"{session} failed")
     rate = len(batch) / (time.perf_counter() - started)
-    register_session(broker, "bench-live-ref", clean=True)
+    register_session(broker, session, clean=True)
     return rate
+
+
+def broker_live_rate(broker: Mosquitto, batch: list[tuple[str, bytes]]) -> float:
+    register_session(broker, "bench-live-ref")
+    receiver = mosquitto_sub(broker, "bench-live-ref", len(batch))
+    return timed_live(broker, batch, receiver, "bench-live-ref")
 
 
 def stored(influx: InfluxSettings) -> int:
@@ -450,13 +460,7 @@ def naive_live(broker: Mosquitto, influxdb: InfluxDB, batch: list[tuple[str, byt
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
     time.sleep(2)  # connected and waiting
-    started = time.time()
-    blast(broker.port, batch, f"bench-pub-{time.time_ns()}")
-    if proc.wait(600) != 0:
-        raise SystemExit("the naive baseline failed")
-    rate = len(batch) / (time.time() - started)
-    register_session(broker, "bench-naive-live", clean=True)
-    return rate
+    return timed_live(broker, batch, proc, "bench-naive-live")
 
 
 def percentile(values: list[float], q: float) -> float:

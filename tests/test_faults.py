@@ -47,11 +47,18 @@ class Load:
         self.sent = dict.fromkeys(DEVICES, 0)
         self._period = len(DEVICES) / rate
         self._stop = threading.Event()
+        self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._base = time.time()
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._play()
+        except BaseException as exc:  # the test must hear of it, not a thread warning
+            self._failed = exc
+
+    def _play(self) -> None:
         tick = time.monotonic()
         while not self._stop.is_set():
             for device in DEVICES:
@@ -68,8 +75,8 @@ class Load:
             info = self.publisher.client.publish(topic, payload, qos=1)
             with contextlib.suppress(RuntimeError, ValueError):  # not connected right now
                 info.wait_for_publish(2)
-            if info.is_published():
-                return
+                if info.is_published():
+                    return
             time.sleep(0.2)
         raise AssertionError(f"the broker never acknowledged {payload!r}")
 
@@ -77,6 +84,8 @@ class Load:
         self._stop.set()
         self._thread.join(10)
         self.publisher.close()
+        if self._failed is not None:
+            raise AssertionError("the load stopped early") from self._failed
         return dict(self.sent)
 
 

@@ -28,24 +28,21 @@ import orjson
 
 from collector.lineprotocol import INT64_MAX, encode_fields, escape_measurement
 from collector.protocol import (
+    MAX_COUNT,
+    MAX_INTERVAL_S,
+    MAX_QUANTITIES,
     PAYLOAD_MODELS,
-    RESERVED_QUANTITIES,
     Decoder,
     Reading,
     Rejection,
+    is_quantity_name,
     parse_topic,
     reading_line,
 )
 from collector.registry import Registry
 
-MAX_COUNT = 2**31 - 1
-MAX_INTERVAL_S = 86_400
-MAX_QUANTITIES = 64
 MAX_ROUTES = 100_000
 _TS_MS_LIMIT = 1e18  # beyond any accepted age, and round() of it cannot overflow
-
-_NAME_HEAD = frozenset("abcdefghijklmnopqrstuvwxyz")
-_NAME_TAIL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 # What every message on one data topic shares: (family, device, capacity of a parking lot
@@ -149,12 +146,7 @@ _GOOD_NAMES: set[str] = set()  # quantity names already checked; bounded below
 
 
 def _quantity_name(name: str) -> bool:
-    good = (
-        1 <= len(name) <= 64
-        and name[0] in _NAME_HEAD
-        and all(c in _NAME_TAIL for c in name)
-        and name not in RESERVED_QUANTITIES
-    )
+    good = is_quantity_name(name)
     if good and len(_GOOD_NAMES) < 10_000:
         _GOOD_NAMES.add(name)
     return good

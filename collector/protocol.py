@@ -63,16 +63,24 @@ _RANGE_ERRORS = {
 }
 
 RESERVED_QUANTITIES = frozenset({"seq", "ts", "time", "device", "device_id"})
-_MAX_COUNT = 2**31 - 1
+# The protocol's limits, shared by the payload models and the fast path (fastpath.py).
+MAX_COUNT = 2**31 - 1
+MAX_INTERVAL_S = 86_400
+MAX_QUANTITIES = 64
+
+
+def is_quantity_name(name: str) -> bool:
+    """[a-z][a-z0-9_]{0,63}, and not a reserved name."""
+    return (
+        1 <= len(name) <= 64
+        and "a" <= name[0] <= "z"
+        and all("a" <= c <= "z" or "0" <= c <= "9" or c == "_" for c in name)
+        and name not in RESERVED_QUANTITIES
+    )
 
 
 def _quantity_name(name: str) -> str:
-    if (
-        not 1 <= len(name) <= 64
-        or not ("a" <= name[0] <= "z")
-        or not all("a" <= c <= "z" or "0" <= c <= "9" or c == "_" for c in name)
-        or name in RESERVED_QUANTITIES
-    ):
+    if not is_quantity_name(name):
         raise PydanticCustomError(
             "bad_quantity_name",
             "quantity name {name!r} must match [a-z][a-z0-9_]{{0,63}} and not be reserved",
@@ -81,7 +89,7 @@ def _quantity_name(name: str) -> str:
     return name
 
 
-Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 QuantityName = Annotated[str, AfterValidator(_quantity_name)]
 
@@ -102,7 +110,7 @@ class _ReadingPayload(BaseModel):
 class CameraPayload(_ReadingPayload):
     people: Count | None = None
     vehicles: Count | None = None
-    interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] | None = None
+    interval_s: Annotated[float, Field(gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _needs_a_count(self) -> CameraPayload:
@@ -123,7 +131,7 @@ class CameraPayload(_ReadingPayload):
 
 class ParkingPayload(_ReadingPayload):
     occupied: Count
-    capacity: Annotated[int, Field(gt=0, le=_MAX_COUNT)] | None = None
+    capacity: Annotated[int, Field(gt=0, le=MAX_COUNT)] | None = None
 
     def storable_fields(self) -> dict[str, int | float]:
         fields: dict[str, int | float] = {"occupied": self.occupied}
@@ -133,7 +141,9 @@ class ParkingPayload(_ReadingPayload):
 
 
 class ChemPayload(_ReadingPayload):
-    readings: Annotated[dict[QuantityName, FiniteFloat], Field(min_length=1, max_length=64)]
+    readings: Annotated[
+        dict[QuantityName, FiniteFloat], Field(min_length=1, max_length=MAX_QUANTITIES)
+    ]
 
     def storable_fields(self) -> dict[str, int | float]:
         # Always floats: a quantity first written as 62 and later as 62.5 must not hit a

@@ -22,18 +22,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
 from collector.config import InfluxSettings, ReceiverSettings
 from collector.demo import wait_for_collector
 from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
 from tests.conftest import Publisher, collector_env, influx_rows, poll
+from tests.test_webhooks import SECRET, Receiver
 
 PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
-SECRET = "shared-with-the-work-order-system"
 
 DEVICES = [f"cam-load-{k}" for k in range(10)]
 
@@ -193,35 +191,11 @@ def test_broker_restarted_under_load_loses_nothing(
     own.stop()
 
 
-class WorkOrders(http.server.BaseHTTPRequestHandler):
-    """A work-order system: processes each idempotency key once, records arrivals."""
-
-    processed: ClassVar[list[tuple[str, dict]]] = []
-    deliveries = 0
-    bad_signatures = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        cls = type(self)
-        cls.deliveries += 1
-        signature = self.headers.get(SIGNATURE_HEADER, "")
-        if not verify_signature(SECRET, body, signature, now=int(time.time())):
-            cls.bad_signatures += 1
-        key = self.headers[EVENT_ID_HEADER]
-        if key not in {k for k, _ in cls.processed}:
-            cls.processed.append((key, json.loads(body)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.slow
 def test_webhook_receiver_down_under_load_gets_every_event_once(
     broker, make_settings, run_collector, tmp_path: Path
 ) -> None:
-    WorkOrders.processed, WorkOrders.deliveries, WorkOrders.bad_signatures = [], 0, 0
+    Receiver.reset()  # the work-order system of test_webhooks: each key processed once
     port = free_port()  # nothing listens yet: connection refused, as when the system is down
     receiver = ReceiverSettings(
         name="orders", url=f"http://127.0.0.1:{port}/hook", secret=SECRET, timeout_s=1.0
@@ -244,7 +218,7 @@ def test_webhook_receiver_down_under_load_gets_every_event_once(
     assert book is not None
     poll(book.store.outbox_counts, lambda c: c.get("pending", 0) >= 10, 10)
     time.sleep(max(0.0, outage_end - time.monotonic()))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), WorkOrders)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         counts = poll(book.store.outbox_counts, lambda c: not c.get("pending"), 30, 0.2)
@@ -252,17 +226,16 @@ def test_webhook_receiver_down_under_load_gets_every_event_once(
     finally:
         server.shutdown()
     assert counts.get("dead", 0) == 0 and counts.get("delivered", 0) > 0
-    assert WorkOrders.bad_signatures == 0
+    assert Receiver.bad_signatures == 0
     database = settings.data_dir / settings.alerts.database
     with contextlib.closing(sqlite3.connect(database)) as db:
         keys = [k for (k,) in db.execute("SELECT event_key FROM outbox WHERE receiver = 'orders'")]
-    received = [key for key, _ in WorkOrders.processed]
-    assert sorted(received) == sorted(keys)  # every event, each processed once
-    assert len(set(received)) == len(received)
-    for alert_id in {m["alert"]["id"] for _, m in WorkOrders.processed}:  # in order per alert
-        seqs = [m["event"]["seq"] for _, m in WorkOrders.processed if m["alert"]["id"] == alert_id]
+    assert Receiver.keys_seen == set(keys)  # every event, each processed once
+    assert len(Receiver.processed) == len(keys) == len(set(keys))
+    for alert_id in {m["alert"]["id"] for m in Receiver.processed}:  # in order per alert
+        seqs = [m["event"]["seq"] for m in Receiver.processed if m["alert"]["id"] == alert_id]
         assert seqs == sorted(seqs)
-    types = {m["event"]["type"] for _, m in WorkOrders.processed}
+    types = {m["event"]["type"] for m in Receiver.processed}
     assert {"opened", "colour_changed"} <= types, types
     assert collector.collector.dispatcher is not None
     assert collector.collector.dispatcher.results["retried"] >= 10

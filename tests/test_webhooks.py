@@ -38,6 +38,12 @@ class Receiver(http.server.BaseHTTPRequestHandler):
     requests = 0
     bad_signatures = 0
 
+    @classmethod
+    def reset(cls) -> None:
+        cls.failures_left, cls.hang_once = 0, False
+        cls.processed, cls.keys_seen = [], set()
+        cls.requests = cls.bad_signatures = 0
+
     def do_POST(self) -> None:
         cls = type(self)
         cls.requests += 1
@@ -72,9 +78,7 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver_url() -> Iterator[str]:
-    Receiver.failures_left, Receiver.hang_once = 0, False
-    Receiver.processed, Receiver.keys_seen = [], set()
-    Receiver.requests = Receiver.bad_signatures = 0
+    Receiver.reset()
     port = free_port()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -127,7 +127,6 @@ class DetectionEngine:
         self._runners: dict[int, _RuleRunner] = {}  # by id(spec): specs live in the rule book
         # Which rules watch each series depends on the registry (the unit): worked out once
         # per series and registry, as an index into ``_selections`` (-1: not yet).
-        self._selected_by: Registry | None = None
         self._selection_of = np.full(0, -1, dtype=np.int64)
         self._selections: list[tuple[_RuleRunner, ...]] = []
         self._selection_index: dict[tuple[int, ...], int] = {}
@@ -309,11 +308,7 @@ class DetectionEngine:
 
     def _selections_for(self, ids: np.ndarray, registry: Registry) -> np.ndarray:
         """The rule selection (index into ``_selections``) of each of ``ids``."""
-        if self._selected_by is not registry:
-            self._selected_by = registry
-            self._selection_of = np.full(len(self._info), -1, dtype=np.int64)
-            self._capacity_of.clear()
-        elif len(self._selection_of) < len(self._info):
+        if len(self._selection_of) < len(self._info):
             missing = len(self._info) - len(self._selection_of)
             self._selection_of = np.concatenate(
                 [self._selection_of, np.full(missing, -1, dtype=np.int64)]
@@ -357,7 +352,10 @@ class DetectionEngine:
             self._lags.append(time.time() - float(np.median(device_times)))
         if not sid:
             return []
-        self._registry = registry
+        if registry is not self._registry:  # units, hence rules and capacities, may differ
+            self._registry = registry
+            self._selection_of = np.full(0, -1, dtype=np.int64)
+            self._capacity_of.clear()
         ids = np.array(sid, dtype=np.int64)
         times = np.array(t)
         values = np.array(x, dtype=np.float64)

@@ -99,20 +99,15 @@ class Inbox:
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._wakeup = asyncio.Event()
         self._wakeup_pending = False
-        # Wake the consumer only when this many messages wait: 1 when it is idle, a full
-        # batch while it holds an open batch (it wakes on its flush deadline anyway).
-        # Waking it for every message costs a syscall and a loop turn each.
-        self._wake_at = 1
         self.generation = 0  # which connection: acknowledgements are only valid on it
         self.connected = threading.Event()  # threading: read by /healthz and tests
         self.connects = 0
         self.disconnects = 0
         self.received = 0
 
-    async def wait(self, timeout_s: float, *, at_least: int = 1) -> None:
-        """Return when ``at_least`` messages are waiting, or after ``timeout_s``."""
-        self._wake_at = max(at_least, 1)
-        if len(self._inbox) >= self._wake_at:
+    async def wait(self, timeout_s: float) -> None:
+        """Return when messages are waiting, or after ``timeout_s``."""
+        if self._inbox:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout_s)
@@ -222,11 +217,8 @@ class MqttSource(Inbox):
             )
         )
         self.received += 1
-        if (
-            not self._wakeup_pending
-            and len(self._inbox) >= self._wake_at
-            and self._loop is not None
-        ):
+        # One wake-up until the consumer drains: not a syscall and a loop turn per message.
+        if not self._wakeup_pending and self._loop is not None:
             self._wakeup_pending = True
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 self._loop.call_soon_threadsafe(self._wakeup.set)

@@ -268,8 +268,7 @@ class BulkMqttSource(Inbox):
             view.release()
         if arrived:
             self.received += arrived
-            if len(self._inbox) >= self._wake_at:
-                self._wakeup.set()
+            self._wakeup.set()
         return position
 
     # -- the collector's side --------------------------------------------------------------

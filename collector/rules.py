@@ -14,7 +14,7 @@ rule off where it matches.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -81,9 +81,22 @@ class RuleFile(BaseModel):
     rules: list[RuleSpec] = []
 
 
+MAX_CACHED_QUANTITIES = 10_000  # (family, quantity) pairs; quantity names come from devices
+
+
 @dataclass(frozen=True)
 class RuleBook:
     rules: tuple[RuleSpec, ...]
+    # (family, quantity) -> the rules covering it, with their order; and the answer for
+    # every series of that pair when none of those rules lists units or devices. A new
+    # series (10,000 arrive at once when a collector restarts on a backlog) then costs a
+    # dictionary lookup instead of a pass over every rule.
+    _covering: dict[tuple[str, str], tuple[tuple[int, RuleSpec], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _unplaced: dict[tuple[str, str], tuple[RuleSpec, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, paths: Sequence[Path]) -> RuleBook:
@@ -98,10 +111,33 @@ class RuleBook:
         return cls(tuple(specs))
 
     def rules_for(self, family: str, quantity: str, unit: str, device: str) -> list[RuleSpec]:
+        key = (family, quantity)
+        same_everywhere = self._unplaced.get(key)
+        if same_everywhere is not None:
+            return list(same_everywhere)
+        covering = self._covering.get(key)
+        if covering is None:
+            if len(self._covering) >= MAX_CACHED_QUANTITIES:
+                self._covering.clear()
+                self._unplaced.clear()
+            covering = tuple(
+                (order, rule)
+                for order, rule in enumerate(self.rules)
+                if rule.covers(family, quantity)
+            )
+            self._covering[key] = covering
+            if not any(rule.units or rule.devices for _, rule in covering):
+                chosen = self._choose(covering, unit, device)
+                self._unplaced[key] = tuple(chosen)
+                return chosen
+        return self._choose(covering, unit, device)
+
+    @staticmethod
+    def _choose(
+        covering: Iterable[tuple[int, RuleSpec]], unit: str, device: str
+    ) -> list[RuleSpec]:
         best: dict[str, tuple[int, int, RuleSpec]] = {}
-        for order, rule in enumerate(self.rules):
-            if not rule.covers(family, quantity):
-                continue
+        for order, rule in covering:
             level = rule.specificity(unit, device)
             if level is None:
                 continue

@@ -290,21 +290,27 @@ class DetectionEngine:
             add(kind, self._gateway_names[group], "gateway", "", SILENT_GATEWAY)
         return events
 
-    def _runners_for(self, series: int, registry: Registry) -> tuple[_RuleRunner, ...]:
+    def _selection_for(self, series: int, registry: Registry) -> int:
+        """The index in ``_selections`` of the rules that watch ``series``."""
         device, family, quantity = self._info[series]
-        unit = registry.placement(device).unit
-        found = []
-        for spec in self.rules.rules_for(family, quantity, unit, device):
-            runner = self._runners.get(id(spec))
-            if runner is None:
-                detector = spec.build()
-                decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
-                runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
-                saved = self._saved_rules.pop(runner.key, None)
-                if saved is not None:
-                    runner.restore(saved)
-            found.append(runner)
-        return tuple(found)
+        specs = self.rules.rules_for(family, quantity, registry.placement(device).unit, device)
+        key = tuple(map(id, specs))  # a runner per spec: the same specs, the same runners
+        index = self._selection_index.get(key)
+        if index is None:
+            index = self._selection_index[key] = len(self._selections)
+            self._selections.append(tuple(map(self._runner, specs)))
+        return index
+
+    def _runner(self, spec: RuleSpec) -> _RuleRunner:
+        runner = self._runners.get(id(spec))
+        if runner is None:
+            detector = spec.build()
+            decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
+            runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
+            saved = self._saved_rules.pop(runner.key, None)
+            if saved is not None:
+                runner.restore(saved)
+        return runner
 
     def _selections_for(self, ids: np.ndarray, registry: Registry) -> np.ndarray:
         """The rule selection (index into ``_selections``) of each of ``ids``."""
@@ -314,14 +320,11 @@ class DetectionEngine:
                 [self._selection_of, np.full(missing, -1, dtype=np.int64)]
             )
         chosen = self._selection_of[ids]
-        for series in np.unique(ids[chosen < 0]).tolist():
-            runners = self._runners_for(series, registry)
-            key = tuple(id(runner) for runner in runners)
-            index = self._selection_index.get(key)
-            if index is None:
-                index = self._selection_index[key] = len(self._selections)
-                self._selections.append(runners)
-            self._selection_of[series] = index
+        unknown = np.unique(ids[chosen < 0])
+        if len(unknown):
+            self._selection_of[unknown] = [
+                self._selection_for(series, registry) for series in unknown.tolist()
+            ]
         selected: np.ndarray = self._selection_of[ids]
         return selected
 

@@ -133,9 +133,7 @@ class RuleBook:
         return self._choose(covering, unit, device)
 
     @staticmethod
-    def _choose(
-        covering: Iterable[tuple[int, RuleSpec]], unit: str, device: str
-    ) -> list[RuleSpec]:
+    def _choose(covering: Iterable[tuple[int, RuleSpec]], unit: str, device: str) -> list[RuleSpec]:
         best: dict[str, tuple[int, int, RuleSpec]] = {}
         for order, rule in covering:
             level = rule.specificity(unit, device)

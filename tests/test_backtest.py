@@ -119,3 +119,31 @@ def test_a_preset_is_overridden_for_one_unit(tmp_path: Path) -> None:
         "red": 50.0,
     }
     assert "chem-stuck-sensor" in {r.name for r in elsewhere}
+
+
+def test_rule_choice_does_not_depend_on_what_was_asked_before(tmp_path: Path) -> None:
+    """The rule book remembers its answers per (family, quantity): never across units."""
+    from collector.rules import RuleBook
+
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[[rules]]\nname = "combustible-gas"\nfamily = "chem"\nquantity = "lel_pct"\n'
+        'detector = "threshold"\ndevices = ["gas-7"]\n'
+        "params = { levels = { orange = 10.0, red = 20.0 } }\n"
+    )
+    questions = [
+        ("chem", "lel_pct", "u1", "gas-8"),
+        ("chem", "lel_pct", "u1", "gas-7"),
+        ("camera", "people", "u1", "cam-1"),
+        ("camera", "people", "u2", "cam-2"),
+        ("chem", "lel_pct", "u2", "gas-9"),
+    ]
+    fresh = [RuleBook.load([PRESETS, site]).rules_for(*q) for q in questions]
+    book = RuleBook.load([PRESETS, site])
+    for _ in range(2):
+        asked = [book.rules_for(*q) for q in questions]
+        assert asked == fresh
+        for answer in asked:
+            answer.clear()  # callers own what they get
+    gas_7 = {rule.name: rule for rule in fresh[1]}["combustible-gas"]
+    assert gas_7.params["levels"]["orange"] == 10.0 and fresh[0] != fresh[1]

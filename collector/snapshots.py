@@ -66,23 +66,50 @@ def unit_status_lines(
     now_ms: int,
     ack_deadlines_s: Mapping[Any, float],
 ) -> list[str]:
+    quiet = _quiet_lines(registry)
     lines = []
     for state in unit_states(registry, active):
-        unit, alerts = state.unit, state.alerts
-        tags = {"unit": state.id, "kind": state.kind, **state.hierarchy}
-        level = state.level
-        due = [ack_due_at_ms(a, ack_deadlines_s) for a in alerts]
-        fields: dict[str, int | float | str] = {
-            "level": level,
-            "colour": COLOURS[level],
-            "active": len(alerts),
-            **{c: sum(a.colour == c for a in alerts) for c in COLOURS[1:]},
-            "overdue": sum(d is not None and now_ms >= d for d in due),
-            "oldest_age_s": max(((now_ms - a.started_at_ms) / 1000 for a in alerts), default=0.0),
-        }
-        if unit is not None and unit.safe_capacity:
-            fields["safe_capacity"] = unit.safe_capacity
-        if unit is not None and unit.capacity:
-            fields["capacity"] = unit.capacity
-        lines.append(encode_line(UNIT_STATUS_MEASUREMENT, tags, fields, now_ms))
+        line = None if state.alerts else quiet.get(state.id)
+        if line is not None:
+            lines.append(f"{line} {now_ms}")
+        else:
+            lines.append(_status_line(state, now_ms, ack_deadlines_s))
+    return lines
+
+
+def _status_line(state: UnitState, now_ms: int, ack_deadlines_s: Mapping[Any, float]) -> str:
+    unit, alerts = state.unit, state.alerts
+    tags = {"unit": state.id, "kind": state.kind, **state.hierarchy}
+    level = state.level
+    due = [ack_due_at_ms(a, ack_deadlines_s) for a in alerts]
+    fields: dict[str, int | float | str] = {
+        "level": level,
+        "colour": COLOURS[level],
+        "active": len(alerts),
+        **{c: sum(a.colour == c for a in alerts) for c in COLOURS[1:]},
+        "overdue": sum(d is not None and now_ms >= d for d in due),
+        "oldest_age_s": max(((now_ms - a.started_at_ms) / 1000 for a in alerts), default=0.0),
+    }
+    if unit is not None and unit.safe_capacity:
+        fields["safe_capacity"] = unit.safe_capacity
+    if unit is not None and unit.capacity:
+        fields["capacity"] = unit.capacity
+    return encode_line(UNIT_STATUS_MEASUREMENT, tags, fields, now_ms)
+
+
+# The registry last snapshotted, with the line (less its timestamp) of each of its units
+# while no alert is active there: most units, most of the time. Building every line anew
+# cost ~40 ms per snapshot for 500 units, on a thread that shares the GIL with live alerts.
+_quiet: list[tuple[Registry, dict[str, str]]] = []  # at most one entry
+
+
+def _quiet_lines(registry: Registry) -> dict[str, str]:
+    for cached, lines in _quiet:
+        if cached is registry:
+            return lines
+    lines = {
+        unit_id: _status_line(UnitState(unit_id, unit, []), 0, {}).removesuffix(" 0")
+        for unit_id, unit in registry.units.items()
+    }
+    _quiet[:] = [(registry, lines)]
     return lines

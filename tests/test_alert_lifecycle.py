@@ -235,6 +235,26 @@ def test_unacknowledged_alerts_climb_the_hierarchy_until_someone_acknowledges(
     assert store.get(red.alert_id).extra["level"] == "district"  # acknowledged: it stays
 
 
+def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
+    book: AlertBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escalation and verification scan without the lock (a live alert must not wait for
+    the scan), so a person may act between the scan and the change: their act wins."""
+    (red,) = book.on_detection(detection("raised", "red", 0))
+    (gone,) = book.on_detection(detection("raised", "red", 0, device="gas-2"))
+    book.on_detection(detection("cleared", "green", MIN, device="gas-2"))
+    book.resolve(gone.alert_id, actor="handler", now_ms=MIN)
+    seen_by_the_scan = book.store.alerts()
+    book.acknowledge(red.alert_id, actor="desk", now_ms=MIN)  # meanwhile, a person acts
+    book.on_detection(detection("raised", "red", 2 * MIN, device="gas-2"))  # it is back
+
+    monkeypatch.setattr(book.store, "alerts", lambda **_: seen_by_the_scan)
+    assert book.escalate(30 * MIN, {"red": 60.0}) == []
+    assert book.verify(30 * MIN, alive) == []
+    assert book.store.get(red.alert_id).extra.get("level", "grid") == "grid"
+    assert book.store.get(gone.alert_id).state != State.CLOSED
+
+
 def test_escalation_clocks_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "alerts.db"
     (red,) = AlertBook(SqliteAlertStore(path)).on_detection(detection("raised", "red", 0))

@@ -8,7 +8,8 @@ Pipeline and its bounds (every queue is bounded; what happens when it is full):
 - receiver: ``mqttbulk`` on the event loop (default), or paho's network thread.
 - inbox: bounded by MQTT v5 receive-maximum (``mqtt.receive_maximum``): the broker sends
   no more unacknowledged messages than that, and keeps the rest of the backlog itself.
-- decode task: at most ``MESSAGES_PER_TURN`` messages per turn of the event loop; the
+- decode task: at most ``MESSAGES_PER_TURN`` messages per turn of the event loop
+  (``MESSAGES_PER_URGENT_TURN`` while new alert events are being delivered); the
   detectors judge new readings within ``DETECT_EVERY_S``.
 - write queue: ``ingest.write_queue_batches`` batches of at most ``ingest.batch_size``
   lines; when full, the decode task waits (backpressure) and the inbox fills up to the
@@ -97,6 +98,7 @@ DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 # Messages decoded and judged per turn of the event loop (~10 ms of work): what bounds how
 # long a webhook, a write or the MQTT reader waits behind a backlog being taken in.
 MESSAGES_PER_TURN = 500
+MESSAGES_PER_URGENT_TURN = 50  # while new alert events are being delivered
 DETECT_EVERY_S = 0.01  # readings wait at most this long for the detectors
 EVENTS_PER_TURN = 50  # silence events recorded (alerts, webhooks queued) per loop turn
 OWN_TOPICS = f"{TOPIC_ROOT}/_"  # rejections, collector status: never device input
@@ -433,7 +435,9 @@ class Collector:
             else:
                 timeout = flush_s
             await self.source.wait(timeout)  # at once while messages are waiting
-            messages = self.source.drain(min(ingest.batch_size, MESSAGES_PER_TURN))
+            urgent = self.dispatcher is not None and self.dispatcher.urgent
+            per_turn = MESSAGES_PER_URGENT_TURN if urgent else MESSAGES_PER_TURN
+            messages = self.source.drain(min(ingest.batch_size, per_turn))
             now = time.monotonic()
             if messages and not batch.messages:
                 batch.started = now

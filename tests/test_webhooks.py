@@ -180,3 +180,31 @@ def test_the_first_delivery_marks_the_alert_dispatched(tmp_path: Path, receiver_
     history = [e.type.value for e in book.history(opened.alert_id)]
     assert history == ["opened", "dispatched"]
     assert history[-1] in [m["event"]["type"] for m in Receiver.processed]
+
+
+def test_a_first_delivery_is_urgent_and_a_retry_is_not(tmp_path: Path, receiver_url: str) -> None:
+    """While new events go out the collector decodes in short turns; retries do not slow it."""
+    Receiver.failures_left = 1
+    book, dispatcher = make(tmp_path, receiver_url)
+    seen: list[bool] = []
+
+    async def run() -> None:
+        post = dispatcher._http.post
+
+        async def watched(*args: object, **kwargs: object) -> object:
+            seen.append(dispatcher.urgent)
+            return await post(*args, **kwargs)  # type: ignore[arg-type]
+
+        dispatcher._http.post = watched  # type: ignore[method-assign]
+        dispatcher._loop = asyncio.get_running_loop()
+        book.on_detection(gas("raised", "orange", 0, "gas-5"))
+        dispatcher.wake()
+        await asyncio.sleep(0)
+        assert dispatcher.urgent  # woken: events are on their way out
+        await drain(dispatcher)
+        assert not dispatcher.urgent
+        await dispatcher.aclose()
+
+    asyncio.run(run())
+    # refused once, retried without urgency; the 'dispatched' event it caused is new
+    assert seen == [True, False, True]

@@ -57,10 +57,15 @@ class Dispatcher:
         )
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # New alert events are on their way out: the decode loop takes shorter turns
+        # meanwhile, so each step of a delivery (outbox, request, response) waits for
+        # ~1 ms of decoding instead of ~10 ms. Retries do not count: they are not urgent.
+        self.urgent = False
 
     def wake(self) -> None:
         """Deliver what is due now rather than at the next look; safe from any thread."""
         if self._loop is not None:
+            self.urgent = True
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
     async def aclose(self) -> None:
@@ -77,8 +82,10 @@ class Dispatcher:
 
     async def deliver_due(self) -> int:
         rows = self.store.due(round(time.time() * 1000))
+        self.urgent = any(row.attempts == 0 for row in rows)
         if rows:
             await asyncio.gather(*(self._deliver(row) for row in rows))
+        self.urgent = False
         return len(rows)
 
     async def _deliver(self, row: OutboxRow) -> None:

@@ -87,16 +87,13 @@ MAX_CACHED_QUANTITIES = 10_000  # (family, quantity) pairs; quantity names come 
 @dataclass(frozen=True)
 class RuleBook:
     rules: tuple[RuleSpec, ...]
-    # (family, quantity) -> the rules covering it, with their order; and the answer for
-    # every series of that pair when none of those rules lists units or devices. A new
-    # series (10,000 arrive at once when a collector restarts on a backlog) then costs a
-    # dictionary lookup instead of a pass over every rule.
-    _covering: dict[tuple[str, str], tuple[tuple[int, RuleSpec], ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _unplaced: dict[tuple[str, str], tuple[RuleSpec, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    # (family, quantity) -> the rules covering it, with their order, and the answer for
+    # every series of that pair when none of those rules lists units or devices (else
+    # None). A new series (10,000 arrive at once when a collector restarts on a backlog)
+    # then costs a dictionary lookup instead of a pass over every rule.
+    _by_quantity: dict[
+        tuple[str, str], tuple[tuple[tuple[int, RuleSpec], ...], tuple[RuleSpec, ...] | None]
+    ] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, paths: Sequence[Path]) -> RuleBook:
@@ -112,24 +109,21 @@ class RuleBook:
 
     def rules_for(self, family: str, quantity: str, unit: str, device: str) -> list[RuleSpec]:
         key = (family, quantity)
-        same_everywhere = self._unplaced.get(key)
-        if same_everywhere is not None:
-            return list(same_everywhere)
-        covering = self._covering.get(key)
-        if covering is None:
-            if len(self._covering) >= MAX_CACHED_QUANTITIES:
-                self._covering.clear()
-                self._unplaced.clear()
+        found = self._by_quantity.get(key)
+        if found is None:
+            if len(self._by_quantity) >= MAX_CACHED_QUANTITIES:
+                self._by_quantity.clear()
             covering = tuple(
                 (order, rule)
                 for order, rule in enumerate(self.rules)
                 if rule.covers(family, quantity)
             )
-            self._covering[key] = covering
-            if not any(rule.units or rule.devices for _, rule in covering):
-                chosen = self._choose(covering, unit, device)
-                self._unplaced[key] = tuple(chosen)
-                return chosen
+            placed = any(rule.units or rule.devices for _, rule in covering)
+            everywhere = None if placed else tuple(self._choose(covering, unit, device))
+            found = self._by_quantity[key] = (covering, everywhere)
+        covering, everywhere = found
+        if everywhere is not None:
+            return list(everywhere)
         return self._choose(covering, unit, device)
 
     @staticmethod

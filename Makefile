@@ -18,7 +18,7 @@ test: deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 deps:
-	@scripts/install-deps.sh
+	@PYTHON=$(PYTHON) scripts/install-deps.sh
 
 venv: $(STAMP)
 

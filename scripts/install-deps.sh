@@ -9,8 +9,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
-python=/usr/bin/python3; [ -x "$python" ] || python=python3  # the Makefile's choice
-"$python" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# the interpreter the Makefile builds the venv with
+"${PYTHON:-python3}" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # validates docker-compose.yml in the tests
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser test (Playwright drives it)
 

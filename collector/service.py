@@ -40,7 +40,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import orjson
 import uvicorn
 
@@ -59,7 +58,7 @@ from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
-from collector.operator import OperatorAlarm
+from collector.operator import OperatorAlarm, RecentMedian
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -180,7 +179,7 @@ class Collector:
             else None
         )
         self._spooled = asyncio.Event()
-        self._arrival_ages: list[float] = []  # per message, since the last stats interval
+        self._arrival_ages = RecentMedian()  # per message, since the last stats interval
         collector_id = settings.mqtt.client_id
         self._behind = (
             OperatorAlarm(
@@ -497,7 +496,7 @@ class Collector:
             batch.readings += readings
             self.stats.readings_accepted += len(readings)
             newest = readings[0].ts_ms if len(readings) == 1 else max(r.ts_ms for r in readings)
-            self._arrival_ages.append((message.received_ms - newest) / 1000)
+            self._arrival_ages.add((message.received_ms - newest) / 1000)
 
     def _decode_status(
         self, topic: Topic, message: Inbound, batch: Batch, registry: Registry
@@ -862,13 +861,13 @@ class Collector:
 
     def _operator_checks(self) -> list[DetectionEvent]:
         """Measure how late readings arrive and how full the spool is; alert on both."""
-        ages, self._arrival_ages = self._arrival_ages, []
-        if ages:
-            self.stats.arrival_age_s = float(np.median(ages))
+        age = self._arrival_ages.take()
+        if age is not None:
+            self.stats.arrival_age_s = age
         now_ms = time.time_ns() // 1_000_000
         events = []
         if self._behind is not None:
-            events += self._behind.update(self.stats.arrival_age_s if ages else 0.0, now_ms)
+            events += self._behind.update(0.0 if age is None else age, now_ms)
         if self._spool_alarm is not None and self.spool is not None:
             events += self._spool_alarm.update(self.spool.fill_ratio, now_ms)
         return events

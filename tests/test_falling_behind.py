@@ -69,3 +69,15 @@ def test_an_operator_alarm_waits_its_intervals_and_clears_below_half() -> None:
     assert behind.update(90, 1) == []  # one interval is not yet a trend
     assert behind.update(10, 2) == [] and behind.update(90, 3) == []
     assert [e.kind for e in behind.update(95, 4)] == ["raised"]
+
+
+def test_the_arrival_age_keeps_only_the_newest_values_and_restarts_when_taken() -> None:
+    from collector.operator import RecentMedian
+
+    ages = RecentMedian(keep=5)
+    assert ages.take() is None  # nothing arrived: no figure, not zero
+    for age in [100.0] * 10_000 + [1.0, 2.0, 3.0, 4.0, 5.0]:
+        ages.add(age)
+    assert len(ages) == 5  # bounded, however many messages an interval brings
+    assert ages.take() == 3.0  # the old backlog no longer counts
+    assert len(ages) == 0 and ages.take() is None

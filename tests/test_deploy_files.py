@@ -1,4 +1,5 @@
-"""The shipped deployment files: a valid compose file and broker configs that do not drop."""
+"""The shipped deployment files: a valid compose file, broker configs that do not drop, and
+the local servers' CPU priority."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from collector.localservices import Mosquitto
+from collector.localservices import InfluxDB, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +52,10 @@ def test_compose_file_is_valid_and_needs_its_secrets() -> None:
     assert {"mosquitto", "influxdb", "grafana", "collector", "simulator"} <= set(services)
     assert services["influxdb"]["image"].startswith("influxdb:2")
     assert services["simulator"]["profiles"] == ["demo"]
+    # the alert path comes first when the stack shares a host (docs/deploy.md)
+    default_weight = 1024
+    influx_weight = services["influxdb"].get("cpu_shares", default_weight)
+    assert influx_weight < services["collector"].get("cpu_shares", default_weight)
     mounts = {Path(m["target"]): m["source"] for m in _volumes(services["mosquitto"])}
     assert Path(mounts[Path("/mosquitto/config/mosquitto.conf")]) == ROOT / "config/mosquitto.conf"
     assert Path(mounts[Path("/mosquitto/config/mosquitto.acl")]) == ROOT / "config/mosquitto.acl"
@@ -124,3 +129,16 @@ def test_shipped_broker_configs_do_not_drop_qos1_messages(tmp_path: Path) -> Non
         assert _setting(text, "max_queued_messages") == "0"
         assert int(_setting(text, "max_queued_bytes") or 0) >= 256 * 1024 * 1024
         assert _setting(text, "persistence") == "true"
+
+
+def test_the_local_influxdb_yields_the_cpu_to_the_collector(influxdb: InfluxDB) -> None:
+    assert influxdb.proc is not None and influxdb.cpu_nice > 0
+    proc = Path(f"/proc/{influxdb.proc.pid}")
+    threads = [t / "stat" for t in (proc / "task").iterdir()]
+    # field 19 of stat is the nice value; the command name before it may hold spaces
+    nices = {int(t.read_text().rsplit(")", 1)[1].split()[16]) for t in threads}
+    assert nices == {influxdb.cpu_nice}  # every thread, the ones started later too
+    autogroup_on = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if autogroup_on.exists() and autogroup_on.read_text().strip() == "1":
+        # nice ranks threads only inside a scheduling group: its own group is lowered too
+        assert (proc / "autogroup").read_text().split()[-1] == str(influxdb.cpu_nice)

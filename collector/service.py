@@ -12,8 +12,10 @@ Pipeline and its bounds (every queue is bounded; what happens when it is full):
   (``MESSAGES_PER_URGENT_TURN`` while new alert events are being delivered); the
   detectors judge new readings within ``DETECT_EVERY_S``.
 - write queue: ``ingest.write_queue_batches`` batches of at most ``ingest.batch_size``
-  lines; when full, the decode task waits (backpressure) and the inbox fills up to the
-  receive-maximum, then the broker holds further messages.
+  lines; when full, the decode task goes on decoding and judging (an alert never waits
+  for storage) and keeps the judged batches until there is room, up to the
+  receive-maximum in messages; then the broker holds further messages (QoS 0 ones,
+  which it does not count, make the decode task wait instead).
 - write task: up to ``ingest.write_concurrency`` hand-offs in flight. A batch InfluxDB
   does not take within ``ingest.spool_after_s`` goes to the disk spool (bounded; when
   full, it is retried with capped exponential backoff, forever, and its messages stay
@@ -425,6 +427,13 @@ class Collector:
         batch = Batch()
         judged = 0  # readings of the batch the detectors have seen
         judge_by = math.inf  # when the oldest of the others must be judged
+        # Judged batches the write queue has no room for yet: storage being slow must not
+        # stop detection. Their messages are unacknowledged, so the broker sends no more
+        # than mqtt.receive_maximum of them; only QoS 0 traffic could pass that, and there
+        # the decode task waits for the writer.
+        ready: collections.deque[Batch] = collections.deque()
+        held = 0  # messages in ``ready``
+        hold_at_most = self.settings.mqtt.receive_maximum
         while True:
             stopping = self._stopping.is_set()
             if stopping:
@@ -433,6 +442,8 @@ class Collector:
                 timeout = max(min(judge_by, batch.started + flush_s) - time.monotonic(), 0.0)
             else:
                 timeout = flush_s
+            if ready:
+                timeout = min(timeout, DETECT_EVERY_S)  # soon look again for room to hand off
             await self.source.wait(timeout)  # at once while messages are waiting
             urgent = self.dispatcher is not None and self.dispatcher.urgent
             per_turn = MESSAGES_PER_URGENT_TURN if urgent else MESSAGES_PER_TURN
@@ -454,8 +465,16 @@ class Collector:
                 batch.lines += self._detect(batch.readings[judged:], registry)
                 judged, judge_by = len(batch.readings), math.inf
             if batch.messages and (due or stopping):
-                await self._queue.put(batch)
+                ready.append(batch)
+                held += len(batch.messages)
                 batch, judged = Batch(), 0
+            while ready and not self._queue.full():
+                held -= len(ready[0].messages)
+                self._queue.put_nowait(ready.popleft())
+            if ready and (stopping or held >= hold_at_most):
+                held -= len(ready[0].messages)
+                await self._queue.put(ready.popleft())
+                continue
             if stopping and not self.source.backlog:
                 await self._queue.put(None)
                 return

@@ -29,7 +29,7 @@ from collector.config import InfluxSettings, ReceiverSettings
 from collector.demo import wait_for_collector
 from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
 from tests.conftest import Publisher, collector_env, influx_rows, poll
-from tests.test_webhooks import SECRET, Receiver
+from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
 PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
 
@@ -242,3 +242,60 @@ def test_webhook_receiver_down_under_load_gets_every_event_once(
     found = wait_all(settings.influx, sent)  # and the readings went on being stored
     assert found == {d: (n, n, n) for d, n in sent.items()}
     collector.stop()
+
+
+@pytest.mark.slow
+def test_an_alert_goes_out_while_influxdb_hangs_and_nothing_is_lost(
+    broker,
+    make_settings,
+    run_collector,
+    tmp_path: Path,
+    receiver_url: str,  # noqa: F811
+) -> None:
+    """InfluxDB stopped (SIGSTOP: it takes connections and never answers), shorter than
+    the collector waits for it (no write times out, nothing is spooled): the write queue
+    fills, yet a gas alarm read meanwhile is judged and dispatched, and afterwards every
+    reading is stored."""
+    own = InfluxDB(tmp_path / "influx").start()
+    assert own.proc is not None
+    settings = make_settings(
+        influx={"url": own.url, "timeout_s": 120.0},
+        ingest={
+            "batch_size": 50,
+            "write_queue_batches": 1,
+            "write_concurrency": 1,
+            "flush_interval_ms": 50,
+            "spool_after_s": 120.0,
+        },
+        detection={"statistical": None, "rules": [PRESETS]},
+        alerts={"receivers": [ReceiverSettings(name="orders", url=receiver_url, secret=SECRET)]},
+    )
+    collector = run_collector(settings)
+    load = Load(broker, "load-hang")
+    time.sleep(1)
+    own.proc.send_signal(signal.SIGSTOP)
+    try:
+        queue = collector.collector._queue
+        poll(queue.full, bool, 10)  # storage no longer keeps up
+        time.sleep(1)  # ... and messages keep coming
+        gas = Publisher(broker, "gas-hang")
+        start = time.time() - 30
+        for offset, lel in ((0, 60.0), (6, 60.0)):  # level 2 held past for_s
+            gas.publish(
+                "smartunit/v1/chem/gas-hang/data",
+                json.dumps({"ts": start + offset, "readings": {"lel_pct": lel}}),
+            )
+        gas.close()
+        opened = poll(
+            lambda: [m for m in Receiver.processed if m["event"]["type"] == "opened"], bool, 20
+        )
+        assert opened and opened[0]["alert"]["device"] == "gas-hang"
+        assert queue.full()  # InfluxDB was still hanging when it went out
+    finally:
+        own.proc.send_signal(signal.SIGCONT)
+    sent = load.stop()
+    found = wait_all(settings.influx, sent)
+    assert found == {d: (n, n, n) for d, n in sent.items()}
+    assert collector.stats.spool_replayed == 0  # waited for InfluxDB, as configured
+    collector.stop()
+    own.stop()

@@ -157,7 +157,8 @@ class IngestStats:
 class Batch:
     lines: list[str] = field(default_factory=list)
     messages: list[Inbound] = field(default_factory=list)
-    readings: list[Reading] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)  # not judged yet
+    reading_count: int = 0  # judged or not: what storing the batch stores
     started: float = field(default_factory=time.monotonic)
 
 
@@ -218,6 +219,7 @@ class Collector:
         self.influx = InfluxClient(settings.influx)
         self.stats = IngestStats()
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(ingest.write_queue_batches)
+        self._side_puts = 0  # batches of other tasks waiting for room: they go first
         self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
         self._stopping = asyncio.Event()
         self._flush_deadline = math.inf
@@ -425,8 +427,7 @@ class Collector:
         ingest = self.settings.ingest
         flush_s = ingest.flush_interval_ms / 1000
         batch = Batch()
-        judged = 0  # readings of the batch the detectors have seen
-        judge_by = math.inf  # when the oldest of the others must be judged
+        judge_by = math.inf  # when the oldest reading not judged yet must be
         # Judged batches the write queue has no room for yet: storage being slow must not
         # stop detection. Their messages are unacknowledged, so the broker sends no more
         # than mqtt.receive_maximum of them; only QoS 0 traffic could pass that, and there
@@ -456,19 +457,20 @@ class Collector:
             for message in messages:
                 self._decode_one(message, batch, registry)
             batch.messages.extend(messages)
-            if judge_by == math.inf and judged < len(batch.readings):
+            if judge_by == math.inf and batch.readings:
                 judge_by = now + DETECT_EVERY_S
             due = len(batch.lines) >= ingest.batch_size or (
                 batch.messages and now - batch.started >= flush_s
             )
-            if judged < len(batch.readings) and (due or stopping or now >= judge_by):
-                batch.lines += self._detect(batch.readings[judged:], registry)
-                judged, judge_by = len(batch.readings), math.inf
+            if batch.readings and (due or stopping or now >= judge_by):
+                batch.lines += self._detect(batch.readings, registry)
+                batch.readings = []  # judged: only lines and messages wait for storage
+                judge_by = math.inf
             if batch.messages and (due or stopping):
                 ready.append(batch)
                 held += len(batch.messages)
-                batch, judged = Batch(), 0
-            while ready and not self._queue.full():
+                batch = Batch()
+            while ready and not self._queue.full() and not self._side_puts:
                 held -= len(ready[0].messages)
                 self._queue.put_nowait(ready.popleft())
             if ready and (stopping or held >= hold_at_most):
@@ -479,6 +481,15 @@ class Collector:
                 await self._queue.put(None)
                 return
             await asyncio.sleep(0)  # let the receiver, writer and dispatcher have their turn
+
+    async def _put_aside(self, batch: Batch) -> None:
+        """Queue a batch from outside the decode task (detections of silence, alert
+        events, operator alerts), ahead of the decode task's own when storage is behind."""
+        self._side_puts += 1
+        try:
+            await self._queue.put(batch)
+        finally:
+            self._side_puts -= 1
 
     def _decode_one(self, message: Inbound, batch: Batch, registry: Registry) -> None:
         topic = message.topic
@@ -513,6 +524,7 @@ class Collector:
         if readings:
             batch.lines += result.lines
             batch.readings += readings
+            batch.reading_count += len(readings)
             self.stats.readings_accepted += len(readings)
             newest = readings[0].ts_ms if len(readings) == 1 else max(r.ts_ms for r in readings)
             self._arrival_ages.add((message.received_ms - newest) / 1000)
@@ -674,7 +686,7 @@ class Collector:
             # recorded a slice at a time so that live readings and the API keep going.
             for start in range(0, len(events), EVENTS_PER_TURN):
                 lines = self._record(events[start : start + EVENTS_PER_TURN], registry)
-                await self._queue.put(Batch(lines=lines))
+                await self._put_aside(Batch(lines=lines))
                 await asyncio.sleep(0)
 
     async def _verify_loop(self) -> None:
@@ -702,7 +714,7 @@ class Collector:
                     log.exception("alert verification failed")
             if self._annotations:
                 lines = [self._annotations.popleft() for _ in range(len(self._annotations))]
-                await self._queue.put(Batch(lines=lines))
+                await self._put_aside(Batch(lines=lines))
 
     def _verify_and_escalate(self, now_ms: int, alive: Callable[[str], bool]) -> None:
         assert self.alerts is not None
@@ -725,7 +737,7 @@ class Collector:
                     abandoned += 1
                     continue  # not acknowledged: the broker keeps these messages for us
                 self.source.ack(done.messages)
-                self.stats.readings_stored += len(done.readings)
+                self.stats.readings_stored += done.reading_count
             if closing:
                 if abandoned:
                     log.warning(
@@ -866,7 +878,7 @@ class Collector:
             operator = self._operator_checks()
             if operator:
                 registry = self.registry.current
-                await self._queue.put(Batch(lines=self._record(operator, registry)))
+                await self._put_aside(Batch(lines=self._record(operator, registry)))
             log.info(
                 "ingest stats",
                 extra={

@@ -276,7 +276,7 @@ def test_an_alert_goes_out_while_influxdb_hangs_and_nothing_is_lost(
     own.proc.send_signal(signal.SIGSTOP)
     try:
         queue = collector.collector._queue
-        poll(queue.full, bool, 10)  # storage no longer keeps up
+        assert poll(queue.full, bool, 10)  # storage no longer keeps up
         time.sleep(1)  # ... and messages keep coming
         gas = Publisher(broker, "gas-hang")
         start = time.time() - 30
@@ -297,5 +297,9 @@ def test_an_alert_goes_out_while_influxdb_hangs_and_nothing_is_lost(
     found = wait_all(settings.influx, sent)
     assert found == {d: (n, n, n) for d, n in sent.items()}
     assert collector.stats.spool_replayed == 0  # waited for InfluxDB, as configured
+    # what the alert path wrote meanwhile got its turn too: the detection, the annotation
+    query = 'SELECT count("value") FROM "{}" WHERE "device" = \'gas-hang\''
+    for measurement in ("detections", "alert_events"):
+        assert poll(lambda m=measurement: influx_rows(settings.influx, query.format(m)), bool, 10)
     collector.stop()
     own.stop()

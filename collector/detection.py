@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 from collector.protocol import Reading
 from collector.registry import Registry
@@ -166,7 +167,15 @@ class DetectionEngine:
 
     def save(self, path: Path) -> None:
         """Everything the detectors know, written atomically (temporary file, then rename)."""
-        arrays: dict[str, np.ndarray] = {"newest": self._newest}
+        self.write_state(path, self.snapshot())
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """A copy of everything the detectors know, for ``write_state``.
+
+        Copying is the cheap part; compressing and syncing it is not, and ``write_state``
+        may do that in another thread while the detectors go on changing their state.
+        """
+        arrays: dict[str, np.ndarray] = {"newest": self._newest.copy()}
         if self.chain is not None:
             arrays |= {f"chain|{k}": v for k, v in self.chain.state().items()}
         arrays |= {f"silence|{k}": v for k, v in self.silence.state().items()}
@@ -174,12 +183,13 @@ class DetectionEngine:
         saved_rules |= {runner.key: runner.state() for runner in self._runners.values()}
         for key, state in saved_rules.items():
             arrays |= {f"{key}|{k}": v for k, v in state.items()}
-        meta = {
-            "format": self.STATE_FORMAT,
-            "series": [list(info) for info in self._info],
-            "devices": self._device_names,
-        }
-        arrays["meta"] = np.array(json.dumps(meta))
+        meta = {"format": self.STATE_FORMAT, "series": self._info, "devices": self._device_names}
+        arrays["meta"] = np.array(orjson.dumps(meta).decode())  # json: 10 ms at 26k series
+        return arrays
+
+    @staticmethod
+    def write_state(path: Path, arrays: dict[str, np.ndarray]) -> None:
+        """Write a ``snapshot`` atomically (temporary file, then rename)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + ".tmp")
         with temporary.open("wb") as handle:

@@ -247,6 +247,7 @@ class Collector:
         # Alert events can come from any thread (the HTTP API): lines wait here.
         self._annotations: collections.deque[str] = collections.deque()
         self.state_path = settings.data_dir / DETECTOR_STATE_FILE
+        self._state_saving: asyncio.Future[None] | None = None
         self._needs_warm_start = False
         self._frozen_registry: Registry | None = None
         if self.engine is not None:
@@ -300,7 +301,7 @@ class Collector:
         stop_wait.cancel()
         await asyncio.gather(*tasks[2:], stop_wait, return_exceptions=True)
         await self._write_stats()
-        self._save_detector_state()
+        await self._save_detector_state()
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
         if self.alerts is not None:
@@ -844,11 +845,19 @@ class Collector:
 
     # -- stats -----------------------------------------------------------------------------
 
-    def _save_detector_state(self) -> None:
+    async def _save_detector_state(self) -> None:
+        """Copied on the event loop (~10 ms at 26,000 series), compressed and synced in a
+        worker thread: ~270 ms that every alert in flight used to wait through."""
         if self.engine is None:
             return
+        if self._state_saving is not None:  # one file, one writer, the newest state last
+            await asyncio.gather(self._state_saving, return_exceptions=True)
+        arrays = self.engine.snapshot()
+        self._state_saving = asyncio.ensure_future(
+            asyncio.to_thread(DetectionEngine.write_state, self.state_path, arrays)
+        )
         try:
-            self.engine.save(self.state_path)
+            await asyncio.shield(self._state_saving)  # a stop cancels the stats loop, not this
         except OSError as exc:
             log.error("could not save detector state to %s: %s", self.state_path, exc)
 
@@ -871,7 +880,7 @@ class Collector:
             if self.registry.current is not self._frozen_registry:
                 self._freeze_long_lived()  # a reloaded registry is as long-lived
             if time.monotonic() - last_save >= DETECTOR_STATE_SAVE_S:
-                self._save_detector_state()
+                await self._save_detector_state()
                 last_save = time.monotonic()
             if self.alerts is not None:
                 self.stats.outbox = self.alerts.store.outbox_counts()

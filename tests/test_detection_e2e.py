@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from collector import service
 from collector.config import SilenceSettings
+from collector.detection import DetectionEngine
+from collector.rules import RuleBook
 from tests.conftest import influx_rows, poll
 
 PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
@@ -127,6 +130,23 @@ def test_detectors_remember_across_a_restart(chem_park, run_collector, publisher
     rows = sorted(wait_rows(settings.influx, query, 2), key=lambda r: r["time"])
     assert [(r["kind"], r["value"]) for r in rows] == [("raised", 30.0), ("cleared", 10.0)]
     second.stop()
+
+
+def test_the_detector_state_is_also_saved_while_running(
+    chem_park, run_collector, publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "DETECTOR_STATE_SAVE_S", 0.5)  # every stats interval (1 s)
+    settings = chem_park()
+    state = settings.data_dir / "detector-state.npz"
+    collector = run_collector(settings)
+    publisher.publish(
+        "smartunit/v1/chem/gas-1/data", json.dumps({"ts": time.time(), "readings": {"lel_pct": 3}})
+    )
+    collector.wait_received(1)
+    assert poll(state.is_file, bool, 10)  # a crash now would not lose what was learnt
+    reloaded = DetectionEngine(RuleBook.load([PRESETS]))
+    assert reloaded.load(state) and reloaded.series_count >= 1
+    collector.stop()
 
 
 @pytest.mark.slow

@@ -68,6 +68,18 @@ def test_good_objects_survive_a_bad_neighbour() -> None:
     assert [(r.reason, r.index) for r in result.rejections] == [("out_of_range", 1)]
 
 
+def test_an_integer_beyond_64_bits_costs_only_its_own_reading() -> None:
+    huge = 10**23  # JSON allows it; 64-bit parsers refuse the whole document
+    payload = f'[{{"people": 1}}, {{"people": {huge}}}, {{"seq": {huge}, "people": 2}}]'
+    result = decode("smartunit/v1/camera/cam-1/data", payload.encode())
+    assert isinstance(result, Decoded)
+    assert [r.fields for r in result.readings] == [{"people": 1}]
+    assert [(r.reason, r.index) for r in result.rejections] == [
+        ("wrong_type", 1),
+        ("wrong_type", 2),
+    ]
+
+
 def test_rfc3339_and_epoch_seconds_agree() -> None:
     received = 1795377200000
     a = decode("smartunit/v1/camera/cam-1/data", {"people": 1, "ts": 1795377198.5}, received)

@@ -179,6 +179,9 @@ class InfluxClient:
             result.written += len(lines)
             return
         if isinstance(error, RetryableStoreError):
+            if error.status == 404 and "database not found" in str(error):
+                # It was out of reach when the collector started; the write is retried.
+                await self.ensure_database()
             raise error
         if len(lines) == 1:
             why = "too_large" if error.status == 413 else "rejected"
@@ -202,6 +205,7 @@ class InfluxClient:
         return _series_of(response)
 
     async def ensure_database(self) -> None:
+        """Create the database (1.x) if configured to; failures are logged, not raised."""
         if not self.settings.create_database:
             return
         try:

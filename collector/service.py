@@ -257,9 +257,19 @@ class Collector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then flush everything received and return."""
-        await self._ensure_database()
-        await self._warm_start()
-        self._freeze_long_lived()
+        # Until InfluxDB answers nothing is received, so a stop meanwhile has nothing to
+        # flush; it must still stop us (a service manager's SIGTERM during an outage).
+        starting = asyncio.ensure_future(self._start_up())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self._close()
+            log.info("stopped before InfluxDB could be reached; nothing was received")
+            return
+        stopped.cancel()
+        starting.result()  # what failed to start, raised
         self.source.start()
         tasks = [
             asyncio.create_task(self._decode_loop(), name="decode"),
@@ -302,13 +312,23 @@ class Collector:
         await asyncio.gather(*tasks[2:], stop_wait, return_exceptions=True)
         await self._write_stats()
         await self._save_detector_state()
+        await self.source.aclose()
+        await self._close()
+        log.info("stopped", extra=self.stats.as_dict())
+
+    async def _start_up(self) -> None:
+        # Best effort: InfluxDB may be down now, and the spool covers that; a write that
+        # finds the database missing later creates it (InfluxClient).
+        await self.influx.ensure_database()
+        await self._warm_start()
+        self._freeze_long_lived()
+
+    async def _close(self) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
         if self.alerts is not None:
             self.alerts.store.close()
-        await self.source.aclose()
         await self.influx.aclose()
-        log.info("stopped", extra=self.stats.as_dict())
 
     def _api_server(self) -> uvicorn.Server | None:
         http = self.settings.http
@@ -383,17 +403,6 @@ class Collector:
             counts = self.alerts.store.outbox_counts()
             out |= {f'outbox_entries{{status="{k}"}}': v for k, v in counts.items()}
         return out
-
-    async def _ensure_database(self) -> None:
-        delay = self.settings.ingest.retry_initial_s
-        while True:
-            try:
-                await self.influx.ensure_database()
-                return
-            except RetryableStoreError as exc:
-                log.warning("InfluxDB not reachable yet: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.ingest.retry_max_s)
 
     async def _warm_start(self) -> None:
         hours = self.settings.detection.warm_start_hours

@@ -27,6 +27,7 @@ import pytest
 
 from collector.config import InfluxSettings, ReceiverSettings
 from collector.demo import wait_for_collector
+from collector.errors import StoreError
 from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
 from tests.conftest import Publisher, collector_env, influx_rows, poll
 from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
@@ -303,3 +304,61 @@ def test_an_alert_goes_out_while_influxdb_hangs_and_nothing_is_lost(
         assert poll(lambda m=measurement: influx_rows(settings.influx, query.format(m)), bool, 10)
     collector.stop()
     own.stop()
+
+
+@pytest.mark.slow
+def test_influxdb_down_at_start_then_fresh_loses_nothing(
+    broker, make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    """Its database did not exist and could not be created at start: the first write that
+    finds it missing creates it."""
+    own = InfluxDB(tmp_path / "influx", port=free_port())  # not started yet
+    settings = make_settings(
+        influx={"url": own.url},
+        ingest={"spool_after_s": 1.0, "retry_initial_s": 0.2, "retry_max_s": 1.0},
+    )
+    collector = run_collector(settings)
+    now = time.time()
+    for seq in range(1, 21):
+        body = {"ts": now - 20 + seq, "seq": seq, "people": seq}
+        publisher.publish("smartunit/v1/camera/cam-load-0/data", json.dumps(body))
+    collector.wait_received(20)
+    own.start()
+
+    def found() -> dict:
+        with contextlib.suppress(StoreError):  # "database not found" until the first write
+            return stored(settings.influx)
+        return {}
+
+    try:
+        expected = {"cam-load-0": (20, 20, 20)}
+        assert poll(found, lambda now_stored: now_stored == expected, 40, 0.25) == expected
+    finally:
+        collector.stop()
+        own.stop()
+
+
+def test_a_collector_waiting_for_influxdb_at_start_stops_on_sigterm(
+    broker, database, tmp_path: Path
+) -> None:
+    """InfluxDB hangs (SIGSTOP) and the collector waits for its answer at start (long
+    timeout): a service manager's stop must not wait for InfluxDB."""
+    hung = InfluxDB(tmp_path / "influx").start()
+    assert hung.proc is not None
+    hung.proc.send_signal(signal.SIGSTOP)
+    config = tmp_path / "smartunit.toml"
+    config.write_text("[influx]\ntimeout_s = 300.0\n")
+    env = collector_env(broker, hung, database, tmp_path / "data")
+    log = tmp_path / "collector.log"
+    command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+    proc = spawn(command, env=env, log_path=log)
+    try:
+        assert poll(log.read_text, lambda text: "starting collector" in text, 30)
+        time.sleep(1)  # waiting for InfluxDB to answer CREATE DATABASE
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+        assert "nothing was received" in log.read_text()
+    finally:
+        stop_process(proc)
+        hung.proc.send_signal(signal.SIGCONT)
+        hung.stop()

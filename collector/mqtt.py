@@ -11,8 +11,10 @@ appends to a deque and wakes the loop only when the deque was empty.
 Durability: the session is persistent (MQTT v5, ``clean_start=False`` and a session
 expiry) and messages are acknowledged by hand only after their readings were stored, so
 a crash or a broker restart loses nothing: unacknowledged messages are delivered again.
-The inbox needs no bound of its own: MQTT v5 receive-maximum caps how many unacknowledged
-messages the broker may send us, so the broker holds the rest of the backlog, persisted.
+The inbox needs no bound of its own for QoS 1: MQTT v5 receive-maximum caps how many
+unacknowledged messages the broker may send us, so the broker holds the rest of the
+backlog, persisted. QoS 0 messages are not counted; only the bulk receiver (the default)
+also stops reading while its inbox is full.
 """
 
 from __future__ import annotations

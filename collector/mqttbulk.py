@@ -74,6 +74,7 @@ class BulkMqttSource(Inbox):
         # our QoS 1 publishes not yet acknowledged: sent again after a reconnect
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
         self._acked_out = asyncio.Event()
+        self.reads_paused = 0  # times the inbox was full (QoS 0 traffic) and reading waited
 
     # -- connection ------------------------------------------------------------------------
 
@@ -191,13 +192,29 @@ class BulkMqttSource(Inbox):
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         buffer = bytearray()
         deadline = self.settings.keepalive_s * 1.5
+        full = self.settings.receive_maximum
         while True:
+            if len(self._inbox) >= full:
+                await self._wait_for_room(full)
             chunk = await asyncio.wait_for(reader.read(READ_SIZE), deadline)
             if not chunk:
                 raise MqttProtocolError("the broker closed the connection")
             buffer += chunk
             consumed = self._parse(buffer)
             del buffer[:consumed]
+
+    async def _wait_for_room(self, full: int) -> None:
+        """Stop reading until the decode task has taken messages from a full inbox.
+
+        The broker sends no more unacknowledged QoS 1 messages than the receive-maximum,
+        but QoS 0 ones it does not count: a device flooding at QoS 0 could otherwise fill
+        memory while storage is behind. Not reading pushes back over TCP; the broker
+        keeps what it queues for us (QoS 1 persisted), and drops QoS 0 past its limits.
+        """
+        self.reads_paused += 1
+        log.warning("inbox full: reading from the broker paused", extra={"inbox": full})
+        while len(self._inbox) >= full and not self._stopping:
+            await asyncio.sleep(0.01)
 
     def _parse(self, buffer: bytearray) -> int:
         """Handle every whole packet in ``buffer``; returns how many bytes were used."""

@@ -61,3 +61,42 @@ def test_a_flooding_device_is_limited_and_the_others_lose_nothing(
     reasons = {json.loads(m.payload)["reason"] for m in quarantine.messages}
     assert "rate_limited" not in reasons  # the flood is not echoed back to the broker
     collector.stop()
+
+
+def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker) -> None:
+    """QoS 0 messages are not counted by the receive-maximum: the receiver stops reading
+    when its inbox is full, so a flood waits at the broker instead of in our memory."""
+    import asyncio
+
+    from collector.config import MqttSettings
+    from collector.mqttbulk import READ_SIZE, BulkMqttSource
+    from tests.conftest import Publisher
+
+    limit = 100
+    payload = b"x" * 200
+    sent = 5_000  # ~1.1 MB: many reads' worth
+
+    async def flood() -> tuple[int, int, int]:
+        settings = MqttSettings(url=broker.url, client_id="qos0-bound", receive_maximum=limit)
+        source = BulkMqttSource(settings, ["smartunit/v1/camera/+/data"], status_topic="s/q0")
+        source.start()
+        while not source.connected.is_set():
+            await asyncio.sleep(0.05)
+        device = Publisher(broker, "qos0-flooder")
+        for _ in range(sent):
+            device.client.publish("smartunit/v1/camera/cam-q0/data", payload, qos=0)
+        await asyncio.sleep(2)  # nothing is drained meanwhile: storage is stuck
+        held = source.backlog
+        taken = 0
+        for _ in range(200):  # storage back: the decode task takes everything in turn
+            taken += len(source.drain(1000))
+            await asyncio.sleep(0.02)
+        device.close()
+        await source.aclose()
+        return held, taken, source.reads_paused
+
+    held, taken, paused = asyncio.run(flood())
+    per_read = READ_SIZE // len(payload) + 1
+    assert held < limit + per_read  # one read past the limit at most, not the whole flood
+    assert paused > 0
+    assert taken > held  # reading went on once there was room

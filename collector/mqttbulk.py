@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 
 from collector.config import MqttSettings
+from collector.logs import RateLimitedLog
 from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class BulkMqttSource(Inbox):
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
         self._acked_out = asyncio.Event()
         self.reads_paused = 0  # times the inbox was full (QoS 0 traffic) and reading waited
+        self._paused_log = RateLimitedLog(log, 60.0)  # a sustained flood pauses every turn
 
     # -- connection ------------------------------------------------------------------------
 
@@ -212,7 +214,9 @@ class BulkMqttSource(Inbox):
         keeps what it queues for us (QoS 1 persisted), and drops QoS 0 past its limits.
         """
         self.reads_paused += 1
-        log.warning("inbox full: reading from the broker paused", extra={"inbox": full})
+        self._paused_log.warning(
+            "inbox_full", "inbox full: reading from the broker paused", inbox=full
+        )
         while len(self._inbox) >= full and not self._stopping:
             await asyncio.sleep(0.01)
 

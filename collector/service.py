@@ -259,8 +259,9 @@ class Collector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then flush everything received and return."""
-        # Until InfluxDB answers nothing is received, so a stop meanwhile has nothing to
-        # flush; it must still stop us (a service manager's SIGTERM during an outage).
+        # Start-up asks InfluxDB for the database and the detectors' history, each for up
+        # to influx.timeout_s while it hangs. Nothing is received yet, so a stop meanwhile
+        # has nothing to flush, and must still stop us (a service manager's SIGTERM).
         starting = asyncio.ensure_future(self._start_up())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -268,7 +269,7 @@ class Collector:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
             await self._close()
-            log.info("stopped before InfluxDB could be reached; nothing was received")
+            log.info("stopped during start-up; nothing was received")
             return
         stopped.cancel()
         starting.result()  # what failed to start, raised

@@ -11,10 +11,10 @@ appends to a deque and wakes the loop only when the deque was empty.
 Durability: the session is persistent (MQTT v5, ``clean_start=False`` and a session
 expiry) and messages are acknowledged by hand only after their readings were stored, so
 a crash or a broker restart loses nothing: unacknowledged messages are delivered again.
-The inbox needs no bound of its own for QoS 1: MQTT v5 receive-maximum caps how many
-unacknowledged messages the broker may send us, so the broker holds the rest of the
-backlog, persisted. QoS 0 messages are not counted; only the bulk receiver (the default)
-also stops reading while its inbox is full.
+The inbox is bounded by MQTT v5 receive-maximum, which caps how many unacknowledged
+messages the broker may send us, so the broker holds the rest of the backlog, persisted;
+QoS 0 messages it does not count, so both receivers also stop reading while the inbox
+holds that many (``Inbox._inbox_full``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collector.config import MqttSettings
+from collector.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class Inbox:
         self.connects = 0
         self.disconnects = 0
         self.received = 0
+        self.reads_paused = 0  # times the inbox was full (QoS 0 traffic) and reading waited
+        self._paused_log = RateLimitedLog(log, 60.0)  # a sustained flood pauses every turn
+        self._closing = False
 
     async def wait(self, timeout_s: float) -> None:
         """Return when messages are waiting, or after ``timeout_s``."""
@@ -128,6 +132,27 @@ class Inbox:
     @property
     def backlog(self) -> int:
         return len(self._inbox)
+
+    def _inbox_full(self) -> bool:
+        """True while reading must wait for the consumer (noted and logged, rate-limited).
+
+        The broker sends no more unacknowledged QoS 1 messages than the receive-maximum,
+        but QoS 0 ones it does not count: a device flooding at QoS 0 could otherwise fill
+        memory while storage is behind. Not reading pushes back over TCP; the broker
+        keeps what it queues for us (QoS 1 persisted), and drops QoS 0 past its limits.
+        """
+        if len(self._inbox) < self.settings.receive_maximum or self._closing:
+            return False
+        self.reads_paused += 1
+        self._paused_log.warning(
+            "inbox_full",
+            "inbox full: reading from the broker paused",
+            inbox=self.settings.receive_maximum,
+        )
+        return True
+
+    def _room(self) -> bool:
+        return len(self._inbox) < self.settings.receive_maximum or self._closing
 
 
 class MqttSource(Inbox):
@@ -201,6 +226,9 @@ class MqttSource(Inbox):
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         # Must never raise: an exception here would end paho's network thread.
+        if self._inbox_full():
+            while not self._room():  # holding paho's thread: it reads no more meanwhile
+                time.sleep(0.01)
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -257,6 +285,7 @@ class MqttSource(Inbox):
 
     async def aclose(self) -> None:
         """Say "offline" (retained), disconnect cleanly, stop paho's thread."""
+        self._closing = True
         if self.connected.is_set():
             info = self.client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):

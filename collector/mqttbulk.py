@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 
 from collector.config import MqttSettings
-from collector.logs import RateLimitedLog
 from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox
 
 log = logging.getLogger(__name__)
@@ -75,8 +74,6 @@ class BulkMqttSource(Inbox):
         # our QoS 1 publishes not yet acknowledged: sent again after a reconnect
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
         self._acked_out = asyncio.Event()
-        self.reads_paused = 0  # times the inbox was full (QoS 0 traffic) and reading waited
-        self._paused_log = RateLimitedLog(log, 60.0)  # a sustained flood pauses every turn
 
     # -- connection ------------------------------------------------------------------------
 
@@ -194,31 +191,16 @@ class BulkMqttSource(Inbox):
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         buffer = bytearray()
         deadline = self.settings.keepalive_s * 1.5
-        full = self.settings.receive_maximum
         while True:
-            if len(self._inbox) >= full:
-                await self._wait_for_room(full)
+            if self._inbox_full():
+                while not self._room():
+                    await asyncio.sleep(0.01)
             chunk = await asyncio.wait_for(reader.read(READ_SIZE), deadline)
             if not chunk:
                 raise MqttProtocolError("the broker closed the connection")
             buffer += chunk
             consumed = self._parse(buffer)
             del buffer[:consumed]
-
-    async def _wait_for_room(self, full: int) -> None:
-        """Stop reading until the decode task has taken messages from a full inbox.
-
-        The broker sends no more unacknowledged QoS 1 messages than the receive-maximum,
-        but QoS 0 ones it does not count: a device flooding at QoS 0 could otherwise fill
-        memory while storage is behind. Not reading pushes back over TCP; the broker
-        keeps what it queues for us (QoS 1 persisted), and drops QoS 0 past its limits.
-        """
-        self.reads_paused += 1
-        self._paused_log.warning(
-            "inbox_full", "inbox full: reading from the broker paused", inbox=full
-        )
-        while len(self._inbox) >= full and not self._stopping:
-            await asyncio.sleep(0.01)
 
     def _parse(self, buffer: bytearray) -> int:
         """Handle every whole packet in ``buffer``; returns how many bytes were used."""
@@ -332,7 +314,7 @@ class BulkMqttSource(Inbox):
 
     async def aclose(self) -> None:
         """Say "offline" (retained), disconnect cleanly, stop reconnecting."""
-        self._stopping = True
+        self._stopping = self._closing = True
         writer = self._writer
         if writer is not None and self.connected.is_set():
             self.publish(self.status_topic, OFFLINE, qos=1, retain=True)

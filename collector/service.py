@@ -8,8 +8,8 @@ Pipeline and its bounds (every queue is bounded; what happens when it is full):
 - receiver: ``mqttbulk`` on the event loop (default), or paho's network thread.
 - inbox: bounded by MQTT v5 receive-maximum (``mqtt.receive_maximum``): the broker sends
   no more unacknowledged messages than that, and keeps the rest of the backlog itself.
-  QoS 0 messages it does not count: the bulk receiver stops reading while the inbox
-  holds that many, and the broker queues (QoS 0: drops, past its limits) the rest.
+  QoS 0 messages it does not count: the receiver stops reading while the inbox holds
+  that many, and the broker queues (QoS 0: drops, past its limits) the rest.
 - decode task: at most ``MESSAGES_PER_TURN`` messages per turn of the event loop
   (``MESSAGES_PER_URGENT_TURN`` while new alert events are being delivered); the
   detectors judge new readings within ``DETECT_EVERY_S``.

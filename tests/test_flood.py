@@ -63,22 +63,28 @@ def test_a_flooding_device_is_limited_and_the_others_lose_nothing(
     collector.stop()
 
 
-def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker) -> None:
+@pytest.mark.parametrize("receiver", ["bulk", "paho"])
+def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker, receiver) -> None:
     """QoS 0 messages are not counted by the receive-maximum: the receiver stops reading
     when its inbox is full, so a flood waits at the broker instead of in our memory."""
     import asyncio
 
     from collector.config import MqttSettings
+    from collector.mqtt import MqttSource
     from collector.mqttbulk import READ_SIZE, BulkMqttSource
     from tests.conftest import Publisher
+
+    kind = BulkMqttSource if receiver == "bulk" else MqttSource
 
     limit = 100
     payload = b"x" * 200
     sent = 5_000  # ~1.1 MB: many reads' worth
 
     async def flood() -> tuple[int, int, int]:
-        settings = MqttSettings(url=broker.url, client_id="qos0-bound", receive_maximum=limit)
-        source = BulkMqttSource(settings, ["smartunit/v1/camera/+/data"], status_topic="s/q0")
+        settings = MqttSettings(
+            url=broker.url, client_id=f"qos0-{receiver}", receive_maximum=limit, receiver=receiver
+        )
+        source = kind(settings, ["smartunit/v1/camera/+/data"], status_topic="s/q0")
         source.start()
         while not source.connected.is_set():
             await asyncio.sleep(0.05)
@@ -96,7 +102,7 @@ def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker) -> Non
         return held, taken, source.reads_paused
 
     held, taken, paused = asyncio.run(flood())
-    per_read = READ_SIZE // len(payload) + 1
+    per_read = READ_SIZE // len(payload) + 1 if receiver == "bulk" else 1  # paho: per message
     assert held < limit + per_read  # one read past the limit at most, not the whole flood
     assert paused > 0
     assert taken > held  # reading went on once there was room

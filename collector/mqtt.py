@@ -14,7 +14,7 @@ a crash or a broker restart loses nothing: unacknowledged messages are delivered
 The inbox is bounded by MQTT v5 receive-maximum, which caps how many unacknowledged
 messages the broker may send us, so the broker holds the rest of the backlog, persisted;
 QoS 0 messages it does not count, so both receivers also stop reading while the inbox
-holds that many (``Inbox._inbox_full``).
+holds that many (``Inbox._full``).
 """
 
 from __future__ import annotations
@@ -133,26 +133,23 @@ class Inbox:
     def backlog(self) -> int:
         return len(self._inbox)
 
-    def _inbox_full(self) -> bool:
-        """True while reading must wait for the consumer (noted and logged, rate-limited).
+    def _full(self) -> bool:
+        """Reading must wait for the consumer: the inbox holds receive-maximum messages.
 
         The broker sends no more unacknowledged QoS 1 messages than the receive-maximum,
         but QoS 0 ones it does not count: a device flooding at QoS 0 could otherwise fill
         memory while storage is behind. Not reading pushes back over TCP; the broker
         keeps what it queues for us (QoS 1 persisted), and drops QoS 0 past its limits.
         """
-        if len(self._inbox) < self.settings.receive_maximum or self._closing:
-            return False
+        return len(self._inbox) >= self.settings.receive_maximum and not self._closing
+
+    def _note_paused(self) -> None:
         self.reads_paused += 1
         self._paused_log.warning(
             "inbox_full",
             "inbox full: reading from the broker paused",
             inbox=self.settings.receive_maximum,
         )
-        return True
-
-    def _room(self) -> bool:
-        return len(self._inbox) < self.settings.receive_maximum or self._closing
 
 
 class MqttSource(Inbox):
@@ -226,8 +223,9 @@ class MqttSource(Inbox):
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         # Must never raise: an exception here would end paho's network thread.
-        if self._inbox_full():
-            while not self._room():  # holding paho's thread: it reads no more meanwhile
+        if self._full():
+            self._note_paused()
+            while self._full():  # holding paho's thread: it reads no more meanwhile
                 time.sleep(0.01)
         try:
             topic = message.topic

@@ -192,8 +192,9 @@ class BulkMqttSource(Inbox):
         buffer = bytearray()
         deadline = self.settings.keepalive_s * 1.5
         while True:
-            if self._inbox_full():
-                while not self._room():
+            if self._full():
+                self._note_paused()
+                while self._full():
                     await asyncio.sleep(0.01)
             chunk = await asyncio.wait_for(reader.read(READ_SIZE), deadline)
             if not chunk:

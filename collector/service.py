@@ -446,7 +446,6 @@ class Collector:
         # than mqtt.receive_maximum of them; only QoS 0 traffic could pass that, and there
         # the decode task waits for the writer.
         ready: collections.deque[Batch] = collections.deque()
-        held = 0  # messages in ``ready``
         hold_at_most = self.settings.mqtt.receive_maximum
         while True:
             stopping = self._stopping.is_set()
@@ -481,13 +480,11 @@ class Collector:
                 judge_by = math.inf
             if batch.messages and (due or stopping):
                 ready.append(batch)
-                held += len(batch.messages)
                 batch = Batch()
             while ready and not self._queue.full() and not self._side_puts:
-                held -= len(ready[0].messages)
                 self._queue.put_nowait(ready.popleft())
-            if ready and (stopping or held >= hold_at_most):
-                held -= len(ready[0].messages)
+            # a few dozen batches at most while storage is behind: counted when needed
+            if ready and (stopping or sum(len(b.messages) for b in ready) >= hold_at_most):
                 await self._queue.put(ready.popleft())
                 continue
             if stopping and not self.source.backlog:

@@ -165,10 +165,6 @@ class DetectionEngine:
 
     STATE_FORMAT = 1
 
-    def save(self, path: Path) -> None:
-        """Everything the detectors know, written atomically (temporary file, then rename)."""
-        self.write_state(path, self.snapshot())
-
     def snapshot(self) -> dict[str, np.ndarray]:
         """A copy of everything the detectors know, for ``write_state``.
 
@@ -199,7 +195,7 @@ class DetectionEngine:
         temporary.replace(path)
 
     def load(self, path: Path) -> bool:
-        """Restore what ``save`` wrote; False (and a fresh start) if it cannot be used."""
+        """Restore what ``write_state`` wrote; False (and a fresh start) if it cannot be used."""
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {key: stored[key] for key in stored.files}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import pytest
 
+from collector.config import MqttSettings
+from collector.mqtt import MqttSource
+from collector.mqttbulk import READ_SIZE, BulkMqttSource
 from collector.ratelimit import DeviceRateLimit
-from tests.conftest import influx_rows, poll
+from tests.conftest import Publisher, influx_rows, poll
 from tests.test_detection_e2e import wait_rows
 
 
@@ -67,13 +71,6 @@ def test_a_flooding_device_is_limited_and_the_others_lose_nothing(
 def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker, receiver) -> None:
     """QoS 0 messages are not counted by the receive-maximum: the receiver stops reading
     when its inbox is full, so a flood waits at the broker instead of in our memory."""
-    import asyncio
-
-    from collector.config import MqttSettings
-    from collector.mqtt import MqttSource
-    from collector.mqttbulk import READ_SIZE, BulkMqttSource
-    from tests.conftest import Publisher
-
     kind = BulkMqttSource if receiver == "bulk" else MqttSource
 
     limit = 100

@@ -109,7 +109,7 @@ class Inbox:
         self.received = 0
         self.reads_paused = 0  # times the inbox was full (QoS 0 traffic) and reading waited
         self._paused_log = RateLimitedLog(log, 60.0)  # a sustained flood pauses every turn
-        self._closing = False
+        self._closing = False  # aclose was called: stop reading, reconnecting, waiting
 
     async def wait(self, timeout_s: float) -> None:
         """Return when messages are waiting, or after ``timeout_s``."""

@@ -69,7 +69,6 @@ class BulkMqttSource(Inbox):
         super().__init__(settings, subscriptions, status_topic=status_topic)
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self._next_id = 0
         # our QoS 1 publishes not yet acknowledged: sent again after a reconnect
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
@@ -82,7 +81,7 @@ class BulkMqttSource(Inbox):
 
     async def _run(self) -> None:
         delay = self.settings.reconnect_min_s
-        while not self._stopping:
+        while not self._closing:
             try:
                 await self._session()
                 delay = self.settings.reconnect_min_s
@@ -93,7 +92,7 @@ class BulkMqttSource(Inbox):
                 asyncio.IncompleteReadError,
                 ssl.SSLError,
             ) as exc:
-                if not self._stopping:
+                if not self._closing:
                     log.warning("MQTT connection lost, reconnecting: %s", exc)
             finally:
                 if self.connected.is_set():
@@ -102,7 +101,7 @@ class BulkMqttSource(Inbox):
                 if self._writer is not None:
                     self._writer.close()
                     self._writer = None
-            if self._stopping:
+            if self._closing:
                 return
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.settings.reconnect_max_s)
@@ -315,7 +314,7 @@ class BulkMqttSource(Inbox):
 
     async def aclose(self) -> None:
         """Say "offline" (retained), disconnect cleanly, stop reconnecting."""
-        self._stopping = self._closing = True
+        self._closing = True
         writer = self._writer
         if writer is not None and self.connected.is_set():
             self.publish(self.status_topic, OFFLINE, qos=1, retain=True)

@@ -26,7 +26,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from collector.lineprotocol import INT64_MAX, encode_fields, escape_measurement
+from collector.lineprotocol import INT64_MAX, escape_measurement
 from collector.protocol import (
     MAX_COUNT,
     MAX_INTERVAL_S,
@@ -46,10 +46,10 @@ _TS_MS_LIMIT = 1e18  # beyond any accepted age, and round() of it cannot overflo
 
 
 # What every message on one data topic shares: (family, device, capacity of a parking lot
-# from the registry, "measurement,tags " line prefix, fields the registry adds such as
-# ",safe_capacity=800i"). A plain tuple of plain values, which the garbage collector stops
-# tracking: 10,000 objects would lengthen every full collection, a pause alerts wait for.
-Route = tuple[str, str, int | None, str, str]
+# from the registry, "measurement,tags " line prefix). A plain tuple of plain values, which
+# the garbage collector stops tracking: 10,000 objects would lengthen every full
+# collection, a pause alerts wait for.
+Route = tuple[str, str, int | None, str]
 
 
 FastResult = tuple[Reading, str] | None
@@ -90,7 +90,7 @@ def _count(value: Any) -> TypeGuard[int]:
 
 
 def _camera(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix, extra = route
+    _, device, _, prefix = route
     stamp = _stamp(obj, device, now_ms, oldest, newest)
     if stamp is None:
         return None
@@ -115,14 +115,15 @@ def _camera(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest:
             return None  # NaN fails the comparison, infinity the bound
         interval = fields["interval_s"] = float(interval)
         text += f",interval_s={interval!r}"
-    text += extra if seq is None else f"{extra},seq={seq}i"
+    if seq is not None:
+        text += f",seq={seq}i"
     return Reading("camera", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
 
 
 def _parking(
     obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int
 ) -> FastResult:
-    _, device, known_capacity, prefix, _ = route
+    _, device, known_capacity, prefix = route
     stamp = _stamp(obj, device, now_ms, oldest, newest)
     occupied, capacity = obj.get("occupied"), obj.get("capacity")
     if stamp is None or not _count(occupied):
@@ -153,7 +154,7 @@ def _quantity_name(name: str) -> bool:
 
 
 def _chem(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix, _ = route
+    _, device, _, prefix = route
     stamp = _stamp(obj, device, now_ms, oldest, newest)
     readings = obj.get("readings")
     if stamp is None or type(readings) is not dict or not 1 <= len(readings) <= MAX_QUANTITIES:
@@ -185,18 +186,9 @@ def route_for(topic: str, registry: Registry) -> Route | None:
     placement = registry.placement(parsed.device)
     if placement.family is not None and placement.family != parsed.family:
         return None
-    extra: dict[str, int] = {}
-    if parsed.family == "camera" and placement.safe_capacity:
-        extra["safe_capacity"] = placement.safe_capacity
     head = escape_measurement(parsed.family)
     prefix = f"{head},{placement.tags} " if placement.tags else f"{head} "
-    return (
-        parsed.family,
-        parsed.device,
-        placement.capacity,
-        prefix,
-        "," + encode_fields(extra) if extra else "",
-    )
+    return (parsed.family, parsed.device, placement.capacity, prefix)
 
 
 @dataclass(slots=True)

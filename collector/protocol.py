@@ -454,9 +454,6 @@ def reading_line(reading: Reading, registry: Registry) -> str:
             fields["capacity"] = int(capacity)
             # Over-full lots happen (illegal parking); free space does not go negative.
             fields["free"] = max(int(capacity) - int(fields["occupied"]), 0)
-    elif reading.family == "camera" and placement.safe_capacity:
-        # beside the count, so a panel can divide one by the other (InfluxQL cannot join)
-        fields["safe_capacity"] = placement.safe_capacity
     if reading.seq is not None:
         fields["seq"] = reading.seq
     return encode_line(reading.family, placement.tags, fields, reading.ts_ms)

@@ -146,7 +146,6 @@ class Placement:
     tags: str  # encoded line-protocol tag set, device included
     capacity: int | None
     registered: bool
-    safe_capacity: int | None = None  # of the unit: people it can safely hold
 
 
 class Registry:
@@ -181,15 +180,7 @@ class Registry:
         unit = self.units[device.unit]
         tags = {"device": device.id, "unit": unit.id, **unit.hierarchy.as_tags()}
         capacity = device.capacity or unit.capacity
-        return Placement(
-            device.id,
-            device.family,
-            unit.id,
-            encode_tags(tags),
-            capacity,
-            True,
-            unit.safe_capacity,
-        )
+        return Placement(device.id, device.family, unit.id, encode_tags(tags), capacity, True)
 
     # A flood of made-up device ids must not grow memory without bound.
     _UNREGISTERED_CACHE_MAX = 10_000

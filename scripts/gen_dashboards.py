@@ -312,11 +312,15 @@ def crowd() -> dict[str, Any]:
         'SELECT last("safe_capacity") AS "safe capacity" FROM "unit_status" '
         f'WHERE {where()} AND "safe_capacity" > 0 GROUP BY time($__interval), "unit"'
     )
-    busiest = (
-        'SELECT last("people") AS "people now", max("people") AS "peak", '
-        'last("safe_capacity") AS "safe capacity", '
-        '100 * last("people") / last("safe_capacity") AS "% of safe capacity" '
-        f'FROM "camera" WHERE {where()} GROUP BY "unit", "device"'
+    # A site's people are the sum of its cameras' latest counts; its safe capacity is the
+    # unit's (unit_status). Grafana joins the two on "unit": InfluxQL cannot.
+    people_now = (
+        'SELECT sum("people") AS "people now" FROM (SELECT last("people") AS "people" '
+        f'FROM "camera" WHERE {where()} GROUP BY "unit", "device") GROUP BY "unit"'
+    )
+    safe_now = (
+        'SELECT last("safe_capacity") AS "safe capacity" FROM "unit_status" '
+        f'WHERE {where()} AND "safe_capacity" > 0 GROUP BY "unit"'
     )
     vehicles = (
         'SELECT sum("vehicles") AS "vehicles" FROM (SELECT mean("vehicles") AS "vehicles" '
@@ -340,13 +344,7 @@ def crowd() -> dict[str, Any]:
                 ],
                 w=16,
             ),
-            panel(
-                "table",
-                "Busiest sites (last reading)",
-                [target(busiest, table=True)],
-                w=8,
-                thresholds=steps(("yellow", 70), ("orange", 85), ("red", 100)),
-            ),
+            busiest_sites(people_now, safe_now),
             panel(
                 "timeseries",
                 "Vehicles per site",
@@ -363,6 +361,50 @@ def crowd() -> dict[str, Any]:
         ],
         ["crowd"],
     )
+
+
+def busiest_sites(people_now: str, safe_now: str) -> dict[str, Any]:
+    """People now per site against its safe capacity: two queries joined on the unit."""
+    share = "share of safe capacity"
+    table = panel(
+        "table",
+        "Busiest sites (last reading)",
+        [target(people_now, table=True), target(safe_now, "B", table=True)],
+        w=8,
+    )
+    table["transformations"] = [
+        {"id": "joinByField", "options": {"byField": "unit", "mode": "outer"}},
+        {
+            "id": "calculateField",
+            "options": {
+                "mode": "binary",
+                "binary": {"left": "people now", "operator": "/", "right": "safe capacity"},
+                "alias": share,
+            },
+        },
+        {  # the two queries' time columns out, whatever Grafana names them after the join
+            "id": "filterFieldsByName",
+            "options": {"include": {"names": ["unit", "people now", "safe capacity", share]}},
+        },
+        {"id": "sortBy", "options": {"sort": [{"field": share, "desc": True}]}},
+    ]
+    table["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byName", "options": share},
+            "properties": [
+                {"id": "unit", "value": "percentunit"},
+                {
+                    "id": "thresholds",
+                    "value": {
+                        "mode": "absolute",
+                        "steps": steps(("yellow", 0.7), ("orange", 0.85), ("red", 1.0)),
+                    },
+                },
+                {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+            ],
+        }
+    ]
+    return table
 
 
 def parking() -> dict[str, Any]:

@@ -10,6 +10,7 @@ above it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import subprocess
@@ -116,6 +117,7 @@ def test_every_panel_query_runs_and_returns_rows(filled) -> None:
         board = json.loads(path.read_text())
         everything = {v["name"]: ".*" for v in board["templating"]["list"][1:]}
         chosen = resolve_variables(settings, board)
+        columns: dict[str, set[str]] = collections.defaultdict(set)
         for panel in panels(board):
             for target in panel.get("targets", []):
                 for variables, need_rows in ((everything, True), (chosen, False)):
@@ -126,9 +128,15 @@ def test_every_panel_query_runs_and_returns_rows(filled) -> None:
                         failures.append(f"{path.name} / {panel['title']}: {exc}\n  {query}")
                         continue
                     checked += 1
+                    if variables is everything:
+                        columns[panel["title"]] |= column_names(query, settings)
                     may_be_empty = panel.get("description", "").startswith(MAY_BE_EMPTY)
                     if need_rows and not found and not may_be_empty:
                         failures.append(f"{path.name} / {panel['title']}: no rows\n  {query}")
+        for panel in panels(board):
+            missing = transformation_fields(panel) - columns[panel["title"]]
+            if missing:
+                failures.append(f"{path.name} / {panel['title']}: no column {sorted(missing)}")
         for annotation in board["annotations"]["list"]:
             query = substitute(annotation["query"], everything)
             try:
@@ -137,6 +145,36 @@ def test_every_panel_query_runs_and_returns_rows(filled) -> None:
                 failures.append(f"{path.name} / annotation: {exc}")
     assert not failures, "\n".join(failures)
     assert checked > 60
+
+
+def column_names(query: str, settings) -> set[str]:
+    """The columns Grafana makes of a query's result: its fields, and its tags."""
+    names: set[str] = set()
+    for series in query_sync(settings.influx, query):
+        names |= set(series.get("columns", [])) | set(series.get("tags", {}))
+    return names
+
+
+def transformation_fields(panel: dict[str, Any]) -> set[str]:
+    """Field names a panel's transformations need from its queries (what the fake Grafana
+    of this test can check: that joins and sums name columns that exist)."""
+    needed: set[str] = set()
+    made: set[str] = set()
+    for step in panel.get("transformations", []):
+        options = step["options"]
+        if step["id"] == "joinByField":
+            needed.add(options["byField"])
+        elif step["id"] == "calculateField":
+            binary = options["binary"]
+            needed |= {binary["left"], binary["right"]} - made
+            made.add(options["alias"])
+        elif step["id"] == "filterFieldsByName":
+            needed |= set(options["include"]["names"]) - made
+        elif step["id"] == "sortBy":
+            needed |= {sort["field"] for sort in options["sort"]} - made
+        else:
+            raise AssertionError(f"transformation {step['id']} is not checked here")
+    return needed
 
 
 def resolve_variables(settings, board: dict[str, Any]) -> dict[str, str]:

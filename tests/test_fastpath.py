@@ -116,7 +116,8 @@ def test_well_formed_messages_take_the_fast_path_and_the_rest_the_slow_one() -> 
         assert not isinstance(result, type(None))
         lines += result.lines  # type: ignore[union-attr]
     assert (decoder.fast, decoder.slow) == (23, 0)
-    assert "safe_capacity=800i" in lines[0]
+    # the registry's safe capacity is the unit's (unit_status), not repeated on every point
+    assert lines[0].split(" ")[1] == "people=5i,vehicles=0i,interval_s=10.0,seq=1i"
     assert lines[1].startswith("parking,city=suzhou,community=dudu,device=lot-2,")
     assert "capacity=40i,free=0i,seq=2i" in lines[1]  # over-full: free space never negative
     assert "capacity=10i,free=7i" in lines[2]

@@ -135,6 +135,9 @@ class DetectionEngine:
         self._registry = Registry.empty()
         self._devices: dict[str, int] = {}
         self._device_names: list[str] = []
+        # device -> (its id, {field: series id, -1 for a field that is not a quantity}):
+        # what ``process`` asks of every reading, one lookup per device and one per field.
+        self._by_device: dict[str, tuple[int, dict[str, int]]] = {}
         self._gateway_names: list[str] = []
         self._gateway_index: dict[str, int] = {}
         self._grouped_by: Registry | None = None
@@ -211,6 +214,7 @@ class DetectionEngine:
         self._series = {(device, quantity): n for n, (device, _, quantity) in enumerate(self._info)}
         self._device_names = list(meta["devices"])
         self._devices = {d: n for n, d in enumerate(self._device_names)}
+        self._by_device = {}
         self._newest = arrays.pop("newest")
         groups: dict[str, dict[str, np.ndarray]] = {}
         for name, value in arrays.items():
@@ -343,19 +347,28 @@ class DetectionEngine:
         x: list[float] = []
         device_ids: list[int] = []
         device_times: list[float] = []
-        series, devices = self._series, self._devices
+        by_device = self._by_device
+        add_series, add_time, add_value = sid.append, t.append, x.append
         for family, device, ts_ms, fields, _ in readings:
             seconds = ts_ms / 1000.0
-            found = devices.get(device)
-            device_ids.append(self._device_id(device) if found is None else found)
+            known = by_device.get(device)
+            if known is None:
+                known = by_device[device] = (self._device_id(device), {})
+            device_ids.append(known[0])
             device_times.append(seconds)
+            series_of = known[1]
             for quantity, value in fields.items():
-                if quantity in NOT_QUANTITIES:
-                    continue
-                found = series.get((device, quantity))
-                sid.append(self._series_id(device, family, quantity) if found is None else found)
-                t.append(seconds)
-                x.append(value)
+                found = series_of.get(quantity)
+                if found is None:
+                    found = series_of[quantity] = (
+                        -1
+                        if quantity in NOT_QUANTITIES
+                        else self._series_id(device, family, quantity)
+                    )
+                if found >= 0:
+                    add_series(found)
+                    add_time(seconds)
+                    add_value(value)
         self.silence.observe(device_ids, device_times)
         if device_times:
             self._lags.append(time.time() - float(np.median(device_times)))

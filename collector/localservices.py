@@ -236,13 +236,6 @@ class InfluxDB:
     # alerts waited 130-290 ms instead of 40-70 ms (p99, bench/ingest.py's alert phase).
     # Lower, it takes what the alert path leaves: docs/deploy.md, "Sharing a host".
     cpu_nice: int = 10
-    # Go's garbage collector was a fifth of InfluxDB's CPU while writing. Collecting when
-    # the heap has grown 4x instead of 2x cut its CPU per point by a fifth for ~200 MB
-    # more; the memory limit makes the collector work harder before the heap outgrows it
-    # (docs/deploy.md, "InfluxDB's garbage collector").
-    go_gc: dict[str, str] = field(
-        default_factory=lambda: {"GOGC": "400", "GOMEMLIMIT": "1GiB"}
-    )
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -306,10 +299,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         conf.write_text(self.config_text())
         binary = find_binary("influxd")
         self.proc = spawn(
-            [binary, "-config", str(conf)],
-            log_path=self.log_path,
-            nice=self.cpu_nice,
-            env={**os.environ, **self.go_gc},
+            [binary, "-config", str(conf)], log_path=self.log_path, nice=self.cpu_nice
         )
         _wait_until(self._ping, self.proc, "influxd", self.log_path, timeout_s)
         return self

@@ -122,7 +122,6 @@ class DetectionEngine:
         )
         self.statistical_level = colour_level(statistical_colour)
         self.silence = silence or SilenceWatch()
-        self._series: dict[tuple[str, str], int] = {}
         self._info: list[_Series] = []
         self._newest = np.full(0, -np.inf)
         self._runners: dict[int, _RuleRunner] = {}  # by id(spec): specs live in the rule book
@@ -133,11 +132,10 @@ class DetectionEngine:
         self._selection_index: dict[tuple[int, ...], int] = {}
         self._capacity_of: dict[str, np.ndarray] = {}  # capacity_from -> per series, NaN: none
         self._registry = Registry.empty()
-        self._devices: dict[str, int] = {}
-        self._device_names: list[str] = []
         # device -> (its id, {field: series id, -1 for a field that is not a quantity}):
         # what ``process`` asks of every reading, one lookup per device and one per field.
-        self._by_device: dict[str, tuple[int, dict[str, int]]] = {}
+        self._devices: dict[str, tuple[int, dict[str, int]]] = {}
+        self._device_names: list[str] = []
         self._gateway_names: list[str] = []
         self._gateway_index: dict[str, int] = {}
         self._grouped_by: Registry | None = None
@@ -155,13 +153,21 @@ class DetectionEngine:
         """(device, quantity) series the detectors keep state for."""
         return len(self._info)
 
-    def _series_id(self, device: str, family: str, quantity: str) -> int:
-        key = (device, quantity)
-        found = self._series.get(key)
+    def _device(self, device: str) -> tuple[int, dict[str, int]]:
+        found = self._devices.get(device)
         if found is None:
-            found = len(self._info)
-            self._series[key] = found
-            self._info.append((device, family, quantity))
+            found = self._devices[device] = (len(self._devices), {})
+            self._device_names.append(device)
+        return found
+
+    def _series_id(self, device: str, family: str, quantity: str) -> int:
+        """A field's series id, the series created on first sight; -1: not a quantity."""
+        series_of = self._device(device)[1]
+        found = series_of.get(quantity)
+        if found is None:
+            found = series_of[quantity] = -1 if quantity in NOT_QUANTITIES else len(self._info)
+            if found >= 0:
+                self._info.append((device, family, quantity))
         return found
 
     # -- restart without forgetting --------------------------------------------------------
@@ -211,10 +217,10 @@ class DetectionEngine:
             log.warning("detector state in %s not used (%s); starting afresh", path, exc)
             return False
         self._info = [(device, family, quantity) for device, family, quantity in meta["series"]]
-        self._series = {(device, quantity): n for n, (device, _, quantity) in enumerate(self._info)}
         self._device_names = list(meta["devices"])
-        self._devices = {d: n for n, d in enumerate(self._device_names)}
-        self._by_device = {}
+        self._devices = {d: (n, {}) for n, d in enumerate(self._device_names)}
+        for n, (device, _, quantity) in enumerate(self._info):
+            self._device(device)[1][quantity] = n
         self._newest = arrays.pop("newest")
         groups: dict[str, dict[str, np.ndarray]] = {}
         for name, value in arrays.items():
@@ -228,19 +234,12 @@ class DetectionEngine:
         log.info("detector state restored", extra={"series": len(self._info), "path": str(path)})
         return True
 
-    def _device_id(self, device: str) -> int:
-        found = self._devices.get(device)
-        if found is None:
-            found = self._devices[device] = len(self._devices)
-            self._device_names.append(device)
-        return found
-
     def device_alive(self, device: str, now_s: float) -> bool:
         """Whether a device's newest reading is within its silence timeout."""
         found = self._devices.get(device)
         if found is None:
             return False
-        return bool(self.silence.alive(found, now_s))
+        return bool(self.silence.alive(found[0], now_s))
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
@@ -347,24 +346,17 @@ class DetectionEngine:
         x: list[float] = []
         device_ids: list[int] = []
         device_times: list[float] = []
-        by_device = self._by_device
+        devices = self._devices
         add_series, add_time, add_value = sid.append, t.append, x.append
         for family, device, ts_ms, fields, _ in readings:
             seconds = ts_ms / 1000.0
-            known = by_device.get(device)
-            if known is None:
-                known = by_device[device] = (self._device_id(device), {})
-            device_ids.append(known[0])
+            device_id, series_of = devices.get(device) or self._device(device)
+            device_ids.append(device_id)
             device_times.append(seconds)
-            series_of = known[1]
             for quantity, value in fields.items():
                 found = series_of.get(quantity)
                 if found is None:
-                    found = series_of[quantity] = (
-                        -1
-                        if quantity in NOT_QUANTITIES
-                        else self._series_id(device, family, quantity)
-                    )
+                    found = self._series_id(device, family, quantity)
                 if found >= 0:
                     add_series(found)
                     add_time(seconds)

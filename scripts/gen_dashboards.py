@@ -42,6 +42,7 @@ LEVEL_MAPPINGS = [
     }
 ]
 MAY_BE_EMPTY = "May be empty"
+SAFE_CAPACITY_KNOWN = '"safe_capacity" > 0'
 
 
 def steps(*levels: tuple[str, float]) -> list[dict[str, Any]]:
@@ -308,20 +309,7 @@ def crowd() -> dict[str, Any]:
         f'FROM "camera" WHERE {where()} GROUP BY time($__interval), "unit", "device") '
         'GROUP BY time($__interval), "unit"'
     )
-    safe = (
-        'SELECT last("safe_capacity") AS "safe capacity" FROM "unit_status" '
-        f'WHERE {where()} AND "safe_capacity" > 0 GROUP BY time($__interval), "unit"'
-    )
-    # A site's people are the sum of its cameras' latest counts; its safe capacity is the
-    # unit's (unit_status). Grafana joins the two on "unit": InfluxQL cannot.
-    people_now = (
-        'SELECT sum("people") AS "people now" FROM (SELECT last("people") AS "people" '
-        f'FROM "camera" WHERE {where()} GROUP BY "unit", "device") GROUP BY "unit"'
-    )
-    safe_now = (
-        'SELECT last("safe_capacity") AS "safe capacity" FROM "unit_status" '
-        f'WHERE {where()} AND "safe_capacity" > 0 GROUP BY "unit"'
-    )
+    safe = last_per_unit("safe_capacity", extra=SAFE_CAPACITY_KNOWN, by_time=True)
     vehicles = (
         'SELECT sum("vehicles") AS "vehicles" FROM (SELECT mean("vehicles") AS "vehicles" '
         f'FROM "camera" WHERE {where()} GROUP BY time($__interval), "unit", "device") '
@@ -344,7 +332,7 @@ def crowd() -> dict[str, Any]:
                 ],
                 w=16,
             ),
-            busiest_sites(people_now, safe_now),
+            busiest_sites(),
             panel(
                 "timeseries",
                 "Vehicles per site",
@@ -363,8 +351,17 @@ def crowd() -> dict[str, Any]:
     )
 
 
-def busiest_sites(people_now: str, safe_now: str) -> dict[str, Any]:
-    """People now per site against its safe capacity: two queries joined on the unit."""
+def busiest_sites() -> dict[str, Any]:
+    """People now per site against its safe capacity: two queries joined on the unit.
+
+    A site's people are the sum of its cameras' latest counts; its safe capacity is the
+    unit's (unit_status). Grafana joins the two: InfluxQL cannot.
+    """
+    people_now = (
+        'SELECT sum("people") AS "people now" FROM (SELECT last("people") AS "people" '
+        f'FROM "camera" WHERE {where()} GROUP BY "unit", "device") GROUP BY "unit"'
+    )
+    safe_now = last_per_unit("safe_capacity", extra=SAFE_CAPACITY_KNOWN)
     share = "share of safe capacity"
     table = panel(
         "table",
@@ -378,13 +375,13 @@ def busiest_sites(people_now: str, safe_now: str) -> dict[str, Any]:
             "id": "calculateField",
             "options": {
                 "mode": "binary",
-                "binary": {"left": "people now", "operator": "/", "right": "safe capacity"},
+                "binary": {"left": "people now", "operator": "/", "right": "safe_capacity"},
                 "alias": share,
             },
         },
         {  # the two queries' time columns out, whatever Grafana names them after the join
             "id": "filterFieldsByName",
-            "options": {"include": {"names": ["unit", "people now", "safe capacity", share]}},
+            "options": {"include": {"names": ["unit", "people now", "safe_capacity", share]}},
         },
         {"id": "sortBy", "options": {"sort": [{"field": share, "desc": True}]}},
     ]

@@ -210,19 +210,32 @@ class FastDecoder:
         self.fast = 0  # readings that took the fast path
         self.slow = 0  # objects the slow path judged
 
-    def decode(
-        self, topic: str, payload: bytes, received_ms: int, registry: Registry
-    ) -> Encoded | Rejection:
+    def route(self, topic: str, registry: Registry) -> Route | None:
         if self._routes_for is not registry:
             self._routes, self._routes_for = {}, registry
         route = self._routes.get(topic)
         if route is None:
             route = route_for(topic, registry)
             if route is None:
-                return self._slow(topic, payload, received_ms, registry)
+                return None
             if len(self._routes) >= MAX_ROUTES:
                 self._routes.clear()
             self._routes[topic] = route
+        return route
+
+    def device(self, topic: str, registry: Registry) -> str:
+        """The device a data topic names ("" for a topic too short to name one)."""
+        route = self.route(topic, registry)
+        if route is not None:
+            return route[1]
+        return topic.split("/", 4)[3] if topic.count("/") >= 4 else ""
+
+    def decode(
+        self, topic: str, payload: bytes, received_ms: int, registry: Registry
+    ) -> Encoded | Rejection:
+        route = self.route(topic, registry)
+        if route is None:
+            return self._slow(topic, payload, received_ms, registry)
         limits = self.decoder.limits
         if len(payload) > limits.max_payload_bytes:
             return self._slow(topic, payload, received_ms, registry)

@@ -7,6 +7,10 @@ but not republished to the quarantine topic, which would double the flood. A bac
 array counts as one message, so a device that comes back after an outage sends its
 buffer as arrays (docs/device-protocol.md) and is not limited.
 
+The bucket is kept in its equivalent one-number form (the generic cell rate algorithm):
+the time at which the bucket would be full again. Every message passes through here, and
+one float per device costs a third of a (tokens, time) pair refilled on each message.
+
 Memory is bounded: past ``max_devices`` buckets (a flood of made-up ids) all are
 forgotten at once, which only ever lets more through, never less.
 """
@@ -19,15 +23,20 @@ class DeviceRateLimit:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s > 0 and burst >= 1 required")
         self.rate_per_s, self.burst, self.max_devices = rate_per_s, burst, max_devices
-        self._buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
+        self._interval_s = 1.0 / rate_per_s  # what one message takes out of the bucket
+        # How far ahead of now the full-again time may be and a message still fit: an
+        # empty bucket plus the burst, less one message. The millionth of an interval
+        # absorbs float rounding at the exact boundary, where a token would be 1.0.
+        self._tolerance_s = (burst - 1 + 1e-6) * self._interval_s
+        self._full_at: dict[str, float] = {}  # device -> when its bucket is full again
 
     def allow(self, device: str, now_s: float) -> bool:
-        tokens, at = self._buckets.get(device, (self.burst, now_s))
-        tokens = min(self.burst, tokens + max(now_s - at, 0.0) * self.rate_per_s)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        if len(self._buckets) >= self.max_devices and device not in self._buckets:
-            self._buckets.clear()
-        self._buckets[device] = (tokens, now_s)
-        return allowed
+        full_at = self._full_at.get(device)
+        if full_at is None or full_at < now_s:
+            full_at = now_s
+        elif full_at - now_s > self._tolerance_s:
+            return False
+        if len(self._full_at) >= self.max_devices and device not in self._full_at:
+            self._full_at.clear()
+        self._full_at[device] = full_at + self._interval_s
+        return True

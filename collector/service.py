@@ -516,7 +516,7 @@ class Collector:
             self._decode_status(parsed, message, batch, registry)
             return
         if self.rate_limit is not None:
-            device = topic.split("/", 4)[3] if topic.count("/") >= 4 else ""
+            device = self.fast_decoder.device(topic, registry)
             if not self.rate_limit.allow(device, message.received_ms / 1000):
                 self._reject(
                     Rejection("rate_limited", "too many messages", "_", device),

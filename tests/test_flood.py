@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import pytest
@@ -24,11 +25,28 @@ def test_token_bucket_allows_the_burst_then_the_rate() -> None:
     assert sum(limit.allow("a", 101.2) for _ in range(5)) == 2  # 0.2 s at 10/s
 
 
+def test_the_one_number_form_decides_as_a_token_bucket_does() -> None:
+    rng = random.Random(6)
+    for _ in range(100):
+        rate, burst = rng.choice([0.5, 3, 20, 33.3]), rng.choice([1, 2, 5, 100])
+        limit = DeviceRateLimit(rate_per_s=rate, burst=burst)
+        buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
+        now = 1000.0
+        for _ in range(500):
+            now += rng.expovariate(rate * rng.choice([0.5, 1, 2, 5]))
+            device = rng.choice("abc")
+            tokens, at = buckets.get(device, (burst, now))
+            tokens = min(burst, tokens + (now - at) * rate)
+            expected = tokens >= 1.0
+            buckets[device] = (tokens - expected, now)
+            assert limit.allow(device, now) == expected
+
+
 def test_forgetting_buckets_bounds_memory_and_only_lets_more_through() -> None:
     limit = DeviceRateLimit(rate_per_s=1, burst=1, max_devices=100)
     for k in range(1000):
         assert limit.allow(f"made-up-{k}", 0.0)
-    assert len(limit._buckets) <= 100
+    assert len(limit._full_at) <= 100
 
 
 @pytest.mark.slow

@@ -583,10 +583,10 @@ def main() -> None:
     print(f"broker -> mosquitto_sub, drain of queued QoS 1:   {ref_rate:10.0f} msg/s")
     print(f"broker -> collector -> InfluxDB, drain:           {drain_rate:10.0f} msg/s")
     print(f"naive baseline (aiomqtt + json + HTTP), drain:    {naive_rate:10.0f} msg/s")
-    median = f"msg/s (median of {len(rounds)} rounds)"
-    print(f"live: publisher -> mosquitto_sub:                 {live_ref_rate:10.0f} {median}")
-    print(f"live: publisher -> collector -> InfluxDB:         {live_rate:10.0f} {median}")
-    print(f"live: publisher -> naive baseline -> InfluxDB:    {naive_live_rate:10.0f} {median}")
+    rate_unit = f"msg/s (median of {len(rounds)} rounds)"
+    print(f"live: publisher -> mosquitto_sub:                 {live_ref_rate:10.0f} {rate_unit}")
+    print(f"live: publisher -> collector -> InfluxDB:         {live_rate:10.0f} {rate_unit}")
+    print(f"live: publisher -> naive baseline -> InfluxDB:    {naive_live_rate:10.0f} {rate_unit}")
     for number, (ref, collector_rate, naive_rate_live) in enumerate(rounds, 1):
         print(
             f"  round {number}: broker {ref:.0f}, collector {collector_rate:.0f}, naive "

@@ -186,6 +186,8 @@ class SilenceSettings(_Section):
     interval_multiple: PositiveFloat = 5.0
     minimum_s: Annotated[float, Field(ge=0)] = 120.0
     allowance_s: Annotated[float, Field(ge=0)] = 60.0
+    fleet_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    fleet_min: Annotated[int, Field(ge=1)] = 20
 
 
 class DetectionSettings(_Section):

@@ -44,6 +44,8 @@ NOT_QUANTITIES = frozenset({"seq", "capacity", "free", "interval_s", "safe_capac
 STATISTICAL = "statistical"
 SILENT_DEVICE = "yellow"
 SILENT_GATEWAY = "orange"  # a gateway takes many devices with it
+SILENT_FLEET = "red"  # most of the fleet at once: the command centre is blind
+FLEET = "_fleet"  # the silent fleet's "device": no device id starts with "_"
 
 
 EventKind = Literal["raised", "changed", "cleared", "silent", "resumed"]
@@ -274,19 +276,46 @@ class DetectionEngine:
         ts_ms = round(now_s * 1000)
         events: list[DetectionEvent] = []
 
-        def add(kind: EventKind, name: str, family: str, unit: str, colour: str) -> None:
+        def add(
+            kind: EventKind,
+            name: str,
+            family: str,
+            unit: str,
+            colour: str,
+            *,
+            quantity: str = "",
+            value: float = math.nan,
+        ) -> None:
             previous = colour if kind == "resumed" else "green"
             shown = "green" if kind == "resumed" else colour
             events.append(
                 DetectionEvent(
-                    kind, "silence", name, family, "", unit, shown, previous, math.nan, ts_ms
+                    kind, "silence", name, family, quantity, unit, shown, previous, value, ts_ms
                 )
             )
+
+        kind: EventKind
+        if report.fleet_started or report.fleet_recovered:
+            kind = "silent" if report.fleet_started else "resumed"
+            add(
+                kind,
+                FLEET,
+                "system",
+                "",
+                SILENT_FLEET,
+                quantity="silent_devices",
+                value=report.quiet,
+            )
+            if report.fleet_started:
+                log.error(
+                    "most of the fleet stopped reporting at once: one alert stands for it",
+                    extra={"silent_devices": report.quiet},
+                )
 
         for device_id in report.started.tolist() + report.recovered.tolist():
             device = self._device_names[device_id]
             known = registry.devices.get(device)
-            kind: EventKind = "silent" if device_id in report.started else "resumed"
+            kind = "silent" if device_id in report.started else "resumed"
             add(
                 kind,
                 device,

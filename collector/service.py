@@ -1005,6 +1005,8 @@ def build_engine(settings: Settings) -> DetectionEngine:
             interval_multiple=silence.interval_multiple,
             minimum_s=silence.minimum_s,
             allowance_s=silence.allowance_s,
+            fleet_share=silence.fleet_share,
+            fleet_min=silence.fleet_min,
         ),
     )
 

@@ -216,6 +216,37 @@ def test_catching_up_a_backlog_does_not_make_every_device_silent() -> None:
     assert not engine.catching_up
 
 
+def test_a_network_cut_is_one_fleet_alert_not_one_per_device() -> None:
+    from collector.detection import FLEET, DetectionEngine
+    from collector.protocol import Reading
+    from collector.registry import Registry
+    from collector.rules import RuleBook
+    from detectors.rules.silence import SilenceWatch
+
+    engine = DetectionEngine(
+        RuleBook(()), statistical=None, silence=SilenceWatch(timeout_s=60, allowance_s=30)
+    )
+    registry = Registry.empty()
+    now = time.time()
+    fleet = [Reading("camera", f"cam-{d}", round(now * 1000), {"people": 1}) for d in range(50)]
+    engine.process(fleet, registry)
+    assert engine.check_silence(now + 1, registry) == []
+    silent = engine.check_silence(now + 120, registry)  # nothing arrived since
+    assert [(e.device, e.family, e.kind, e.colour, e.value) for e in silent] == [
+        (FLEET, "system", "silent", "red", 50.0)
+    ]
+    back = [
+        Reading("camera", f"cam-{d}", round((now + 125) * 1000), {"people": 1})
+        for d in range(1, 50)
+    ]
+    engine.process(back, registry)
+    resumed = engine.check_silence(now + 126, registry)
+    assert sorted((e.device, e.kind) for e in resumed) == [
+        ("_fleet", "resumed"),
+        ("cam-0", "silent"),
+    ]
+
+
 def test_detections_carry_the_threshold_in_the_quantitys_unit(tmp_path: Path) -> None:
     from collector.detection import DetectionEngine
     from collector.protocol import Reading

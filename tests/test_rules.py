@@ -196,15 +196,61 @@ def test_a_silent_gateway_is_one_alert_not_fifty() -> None:
     watch.set_groups(behind_gateway, np.zeros(50))
     watch.set_groups([50], [-1])  # a device with its own connection
     watch.observe(np.arange(51), np.full(51, 1000.0))
-    report = watch.check(1100)  # everything went quiet at once
+    watch.observe(np.arange(51, 151), np.full(100, 1090.0))  # the rest of the fleet
+    report = watch.check(1100)  # the gateway's devices and one other went quiet at once
+    assert not report.fleet_silent
     assert report.silent_groups.tolist() == [0]
     assert report.groups_started.tolist() == [0]
     assert report.silent.tolist() == [50]  # only the device outside the gateway
 
     # the gateway is back, but three of its devices are not: those are device problems
     watch.observe(np.arange(3, 50), np.full(47, 1150.0))
+    watch.observe(np.arange(51, 151), np.full(100, 1150.0))
     report = watch.check(1160)
     assert report.silent_groups.tolist() == []
     assert report.groups_recovered.tolist() == [0]
     assert report.silent.tolist() == [0, 1, 2, 50]
     assert report.started.tolist() == [0, 1, 2]
+
+
+def test_a_silent_fleet_is_one_alert_and_what_stays_silent_is_reported_after() -> None:
+    from detectors.rules.silence import SilenceWatch
+
+    watch = SilenceWatch(timeout_s=60, allowance_s=0, fleet_share=0.5, fleet_min=20)
+    watch.set_groups(np.arange(10), np.zeros(10))  # ten devices behind one gateway
+    watch.observe(np.arange(100), np.full(100, 1000.0))
+    watch.observe(np.arange(1, 100), np.full(99, 1050.0))
+    report = watch.check(1070)  # device 0 stopped first: a device problem, reported
+    assert report.started.tolist() == [0] and not report.fleet_silent
+
+    watch.observe(np.arange(70, 100), np.full(30, 1150.0))
+    report = watch.check(1160)  # 70 of 100 quiet at once (the gateway too): the network
+    assert report.fleet_started and report.fleet_silent and report.quiet == 70
+    assert report.started.tolist() == [] and report.groups_started.tolist() == []
+    assert report.silent.tolist() == [0] and report.recovered.tolist() == []
+
+    watch.observe(np.arange(40, 100), np.full(60, 1200.0))
+    report = watch.check(1210)  # 40 quiet: above half the share, still the fleet's alert
+    assert report.fleet_silent and not report.fleet_started and report.started.tolist() == []
+
+    watch.observe(np.arange(3, 100), np.full(97, 1250.0))
+    report = watch.check(1260)  # back, but for the gateway's first three devices
+    assert report.fleet_recovered and not report.fleet_silent
+    assert report.started.tolist() == [1, 2] and report.silent.tolist() == [0, 1, 2]
+
+    restored = SilenceWatch(timeout_s=60, allowance_s=0, fleet_share=0.5, fleet_min=20)
+    watch.observe(np.arange(3, 100), np.full(97, 1300.0))
+    report = watch.check(1400)  # everything quiet again
+    assert report.fleet_started
+    restored.restore(watch.state())  # a restart does not raise the fleet's alert again
+    report = restored.check(1410)
+    assert report.fleet_silent and not report.fleet_started
+
+
+def test_a_small_fleet_is_never_a_silent_fleet() -> None:
+    from detectors.rules.silence import SilenceWatch
+
+    watch = SilenceWatch(timeout_s=60, allowance_s=0, fleet_min=20)
+    watch.observe(np.arange(19), np.full(19, 1000.0))
+    report = watch.check(1100)
+    assert not report.fleet_silent and report.started.tolist() == list(range(19))

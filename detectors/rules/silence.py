@@ -11,6 +11,12 @@ never less than ``minimum_s``.
 Series can be grouped by gateway (``set_groups``). When every series of a group (with at
 least ``min_members``) is silent at once, the gateway is reported silent once and its
 members are not reported on their own: one alert for the gateway, not fifty.
+
+When at least ``fleet_share`` of all series (and at least ``fleet_min`` of them) are
+silent at once, the cause is upstream of the devices (the network, the broker, a bridge):
+the fleet is reported silent once, and no further series or gateway is reported on its
+own until fewer than half that share are silent. What was reported before stays so;
+what is still silent when the fleet comes back is then reported on its own.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ class SilenceReport:
     recovered: IntArray  # series reported silent before that are no longer
     groups_started: IntArray
     groups_recovered: IntArray
+    quiet: int = 0  # series silent now, covered or not
+    fleet_silent: bool = False
+    fleet_started: bool = False
+    fleet_recovered: bool = False
 
 
 class SilenceWatch:
@@ -43,13 +53,19 @@ class SilenceWatch:
         minimum_s: float = 60.0,
         allowance_s: float = 30.0,
         min_members: int = 2,
+        fleet_share: float = 0.5,
+        fleet_min: int = 20,
     ) -> None:
         if (timeout_s is not None and timeout_s <= 0) or interval_multiple <= 0:
             raise ValueError("timeout_s and interval_multiple must be > 0")
         if minimum_s < 0 or allowance_s < 0 or min_members < 1:
             raise ValueError("minimum_s >= 0, allowance_s >= 0 and min_members >= 1 required")
+        if not 0 < fleet_share <= 1 or fleet_min < 1:
+            raise ValueError("0 < fleet_share <= 1 and fleet_min >= 1 required")
         self.timeout_s, self.interval_multiple = timeout_s, interval_multiple
         self.minimum_s, self.allowance_s, self.min_members = minimum_s, allowance_s, min_members
+        self.fleet_share, self.fleet_min = fleet_share, fleet_min
+        self._fleet_reported = False
         self._state = SeriesState(
             {"newest": math.nan, "interval": math.nan, "group": -1.0, "reported": 0.0}
         )
@@ -58,11 +74,13 @@ class SilenceWatch:
     def state(self) -> dict[str, FloatArray]:
         out = self._state.snapshot()
         out["reported_groups"] = self._reported_groups.astype(np.float64)
+        out["reported_fleet"] = np.array([float(self._fleet_reported)])
         return out
 
     def restore(self, state: dict[str, FloatArray]) -> None:
         state = dict(state)
         self._reported_groups = state.pop("reported_groups", np.zeros(0)).astype(bool)
+        self._fleet_reported = bool(state.pop("reported_fleet", np.zeros(1)).any())
         self._state.restore(state, "SilenceWatch")
 
     def observe(self, series: Any, t: Any) -> None:
@@ -112,23 +130,34 @@ class SilenceWatch:
         known = np.isfinite(newest)
         quiet = known & (now - newest > self.timeouts() + self.allowance_s)
 
+        known_count, quiet_count = int(known.sum()), int(quiet.sum())
+        share = quiet_count / known_count if known_count else 0.0
+        was_fleet = self._fleet_reported
+        fleet = known_count >= self.fleet_min and (
+            share >= self.fleet_share or (was_fleet and share >= self.fleet_share / 2)
+        )
+
         grouped = known & (group >= 0)
         size = int(group.max()) + 1 if count and group.max() >= 0 else 0
+        previous_groups = np.zeros(size, dtype=bool)
+        previous_groups[: min(size, len(self._reported_groups))] = self._reported_groups[:size]
         members = np.bincount(group[grouped], minlength=size)
         quiet_members = np.bincount(group[grouped & quiet], minlength=size)
         group_silent = (members >= self.min_members) & (quiet_members == members)
+        before = st["reported"][:count] > 0
+        if fleet:  # nothing new on its own: the fleet alert stands for it
+            group_silent &= previous_groups
         covered = (
             grouped & group_silent[np.where(grouped, group, 0)]
             if size
             else np.zeros(count, dtype=bool)
         )
         alone = quiet & ~covered
-
-        before = st["reported"][:count] > 0
+        if fleet:
+            alone &= before
         st["reported"][:count] = alone
-        previous_groups = np.zeros(size, dtype=bool)
-        previous_groups[: min(size, len(self._reported_groups))] = self._reported_groups[:size]
         self._reported_groups = group_silent
+        self._fleet_reported = fleet
         ids = np.arange(count)
         gids = np.arange(size)
         return SilenceReport(
@@ -138,4 +167,8 @@ class SilenceWatch:
             recovered=ids[before & ~alone],
             groups_started=gids[group_silent & ~previous_groups],
             groups_recovered=gids[previous_groups & ~group_silent],
+            quiet=quiet_count,
+            fleet_silent=fleet,
+            fleet_started=fleet and not was_fleet,
+            fleet_recovered=was_fleet and not fleet,
         )

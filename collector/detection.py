@@ -237,11 +237,16 @@ class DetectionEngine:
         return True
 
     def device_alive(self, device: str, now_s: float) -> bool:
-        """Whether a device's newest reading is within its silence timeout."""
+        """Whether a device's newest reading is within its silence timeout; for a
+        gateway, any of its devices'; for the fleet, whether it was not silent at the
+        last check. What an alert needs before it can be verified closed."""
+        if device == FLEET:
+            return not self.silence.fleet_silent
         found = self._devices.get(device)
-        if found is None:
-            return False
-        return bool(self.silence.alive(found[0], now_s))
+        if found is not None:
+            return bool(self.silence.alive(found[0], now_s))
+        group = self._gateway_index.get(device)
+        return group is not None and self.silence.group_alive(group, now_s)
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""

@@ -235,6 +235,7 @@ def test_a_network_cut_is_one_fleet_alert_not_one_per_device() -> None:
     assert [(e.device, e.family, e.kind, e.colour, e.value) for e in silent] == [
         (FLEET, "system", "silent", "red", 50.0)
     ]
+    assert not engine.device_alive(FLEET, now + 120)  # its alert cannot be verified closed
     back = [
         Reading("camera", f"cam-{d}", round((now + 125) * 1000), {"people": 1})
         for d in range(1, 50)
@@ -245,6 +246,34 @@ def test_a_network_cut_is_one_fleet_alert_not_one_per_device() -> None:
         ("_fleet", "resumed"),
         ("cam-0", "silent"),
     ]
+    assert engine.device_alive(FLEET, now + 126)
+
+
+def test_a_gateway_is_alive_while_any_of_its_devices_reports() -> None:
+    from collector.detection import DetectionEngine
+    from collector.protocol import Reading
+    from collector.registry import Registry
+    from collector.rules import RuleBook
+    from detectors.rules.silence import SilenceWatch
+
+    engine = DetectionEngine(
+        RuleBook(()), statistical=None, silence=SilenceWatch(timeout_s=60, allowance_s=30)
+    )
+    registry = Registry.load(Path(__file__).parent.parent / "config" / "registry.example.toml")
+    behind = ("chem-xh-gas-01", "chem-xh-tank-01")  # both report through gw-xh-01
+    now = time.time()
+    engine.process(
+        [Reading("chem", d, round(now * 1000), {"lel_pct": 1.0}) for d in behind], registry
+    )
+    assert engine.check_silence(now + 1, registry) == []
+    assert engine.device_alive("gw-xh-01", now + 1)
+    silent = engine.check_silence(now + 120, registry)
+    assert [(e.device, e.kind) for e in silent] == [("gw-xh-01", "silent")]
+    assert not engine.device_alive("gw-xh-01", now + 120)  # not verified closed meanwhile
+    late = Reading("chem", behind[1], round((now + 125) * 1000), {"lel_pct": 1.0})
+    engine.process([late], registry)
+    assert engine.device_alive("gw-xh-01", now + 126)
+    assert not engine.device_alive("gw-nowhere", now + 126)
 
 
 def test_detections_carry_the_threshold_in_the_quantitys_unit(tmp_path: Path) -> None:

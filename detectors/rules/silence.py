@@ -122,6 +122,20 @@ class SilenceWatch:
         timeout = float(self.timeouts()[series])
         return bool(now - st["newest"][series] <= timeout + self.allowance_s)
 
+    def group_alive(self, group: int, now: float) -> bool:
+        """Whether any series of a group (gateway) has reported within its timeout."""
+        st = self._state
+        count = st.count
+        members = st["group"][:count] == group
+        newest = st["newest"][:count][members]
+        timeouts = self.timeouts()[members]
+        return bool(np.any(now - newest <= timeouts + self.allowance_s))
+
+    @property
+    def fleet_silent(self) -> bool:
+        """Whether the last check found the fleet silent (``check``)."""
+        return self._fleet_reported
+
     def check(self, now: float) -> SilenceReport:
         st = self._state
         count = st.count

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
 
 
 def split_rounds(series: IntArray) -> list[IntArray]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Detector, FloatArray
-from detectors.decide import AlertDecider, BoolArray
+from detectors.base import BoolArray, Detector, FloatArray
+from detectors.decide import AlertDecider
 from detectors.registry import create
 
 

@@ -11,11 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from detectors.base import FloatArray, SeriesState, as_batch, split_rounds
-
-BoolArray = NDArray[np.bool_]
+from detectors.base import BoolArray, FloatArray, SeriesState, as_batch, split_rounds
 
 
 @dataclass(frozen=True)

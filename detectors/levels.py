@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from detectors.base import FloatArray, SeriesState, as_batch, split_rounds
+from detectors.base import BoolArray, FloatArray, SeriesState, as_batch, split_rounds
 
 COLOURS: tuple[str, ...] = ("green", "blue", "yellow", "orange", "red")
 RAISE_AT: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # score at which blue..red start
 IntArray = NDArray[np.int64]
-BoolArray = NDArray[np.bool_]
 
 
 def colour_level(colour: str) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import FloatArray, IntArray, SeriesState, as_batch, split_rounds
+from detectors.base import BoolArray, FloatArray, IntArray, SeriesState, as_batch, split_rounds
 
 
 @dataclass(frozen=True)
@@ -122,14 +122,17 @@ class SilenceWatch:
         timeout = float(self.timeouts()[series])
         return bool(now - st["newest"][series] <= timeout + self.allowance_s)
 
+    def _known_and_quiet(self, now: float) -> tuple[BoolArray, BoolArray]:
+        """Series that have reported at all, and those of them now past their timeout."""
+        newest = self._state["newest"][: self._state.count]
+        known = np.isfinite(newest)
+        return known, known & (now - newest > self.timeouts() + self.allowance_s)
+
     def group_alive(self, group: int, now: float) -> bool:
         """Whether any series of a group (gateway) has reported within its timeout."""
-        st = self._state
-        count = st.count
-        members = st["group"][:count] == group
-        newest = st["newest"][:count][members]
-        timeouts = self.timeouts()[members]
-        return bool(np.any(now - newest <= timeouts + self.allowance_s))
+        known, quiet = self._known_and_quiet(now)
+        members = self._state["group"][: self._state.count] == group
+        return bool(np.any(members & known & ~quiet))
 
     @property
     def fleet_silent(self) -> bool:
@@ -139,10 +142,8 @@ class SilenceWatch:
     def check(self, now: float) -> SilenceReport:
         st = self._state
         count = st.count
-        newest = st["newest"][:count]
         group = st["group"][:count].astype(np.int64)
-        known = np.isfinite(newest)
-        quiet = known & (now - newest > self.timeouts() + self.allowance_s)
+        known, quiet = self._known_and_quiet(now)
 
         known_count, quiet_count = int(known.sum()), int(quiet.sum())
         share = quiet_count / known_count if known_count else 0.0

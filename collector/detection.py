@@ -46,6 +46,7 @@ SILENT_DEVICE = "yellow"
 SILENT_GATEWAY = "orange"  # a gateway takes many devices with it
 SILENT_FLEET = "red"  # most of the fleet at once: the command centre is blind
 FLEET = "_fleet"  # the silent fleet's "device": no device id starts with "_"
+SYSTEM_FAMILY = "system"  # alerts about the service itself, not about a device's readings
 
 
 EventKind = Literal["raised", "changed", "cleared", "silent", "resumed"]
@@ -305,7 +306,7 @@ class DetectionEngine:
             add(
                 kind,
                 FLEET,
-                "system",
+                SYSTEM_FAMILY,
                 "",
                 SILENT_FLEET,
                 quantity="silent_devices",

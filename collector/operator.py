@@ -14,11 +14,10 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collector.detection import DetectionEvent, EventKind
+from collector.detection import SYSTEM_FAMILY, DetectionEvent, EventKind
 
 log = logging.getLogger(__name__)
 
-OPERATOR_FAMILY = "system"
 OPERATOR_UNIT = "_collector"
 
 
@@ -51,7 +50,7 @@ class OperatorAlarm:
             kind,
             self.detector,
             self.collector,
-            OPERATOR_FAMILY,
+            SYSTEM_FAMILY,
             self.quantity,
             OPERATOR_UNIT,
             colour,

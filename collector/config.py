@@ -238,7 +238,12 @@ class ReceiverSettings(_Section):
     # One work order per incident: alerts that join a unit's open incident reach this
     # receiver as "incident_joined" events of the leading alert, not on their own.
     group_incidents: bool = True
+    # The whole request, from connecting to the last byte of the answer: a receiver that
+    # answers a byte at a time is given up on (and retried) after this long.
     timeout_s: PositiveFloat = 10.0
+    # Deliveries to this receiver at once (each its own connection). Each receiver has its
+    # own, so a slow one never holds up another; one alert's events still go in order.
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
 
     _check_url = field_validator("url")(classmethod(lambda cls, url: _http_url(url)))
 

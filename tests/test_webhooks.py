@@ -94,20 +94,21 @@ def gas(kind: str, colour: str, at_ms: int, device: str) -> DetectionEvent:
     )  # type: ignore[arg-type]
 
 
-def make(tmp_path: Path, url: str) -> tuple[AlertBook, Dispatcher]:
-    receiver = ReceiverSettings(name="work-orders", url=url, secret=SECRET, timeout_s=0.5)
+def make(tmp_path: Path, url: str, secret: str | None = SECRET) -> tuple[AlertBook, Dispatcher]:
+    receiver = ReceiverSettings(name="work-orders", url=url, secret=secret, timeout_s=0.5)
     store = SqliteAlertStore(tmp_path / "alerts.db")
     book = AlertBook(store, router=Notifier([receiver], "http://console").route)
     return book, Dispatcher(store, [receiver], book, retry_initial_s=0.05, retry_max_s=0.2)
 
 
 async def drain(dispatcher: Dispatcher, deadline_s: float = 20.0) -> None:
+    """Run the dispatcher until nothing is pending (or the deadline), then stop it."""
+    running = asyncio.create_task(dispatcher.run(interval_s=0.05))
     end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        await dispatcher.deliver_due()
-        if not dispatcher.store.outbox_counts().get("pending"):
-            return
+    while dispatcher.store.outbox_counts().get("pending") and time.monotonic() < end:
         await asyncio.sleep(0.05)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
 
 
 def test_a_receiver_down_for_a_while_gets_every_event_once_and_in_order(
@@ -148,10 +149,7 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_and_in_order(
 
 
 def test_a_refusing_receiver_fills_the_dead_letter_list(tmp_path: Path, receiver_url: str) -> None:
-    book, dispatcher = make(tmp_path, receiver_url)
-    dispatcher.receivers["work-orders"] = dispatcher.receivers["work-orders"].model_copy(
-        update={"secret": None}
-    )  # unsigned: the receiver answers 401, for good
+    book, dispatcher = make(tmp_path, receiver_url, secret=None)  # unsigned: 401, for good
     book.on_detection(gas("raised", "orange", 0, "gas-3"))
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
@@ -189,13 +187,14 @@ def test_a_first_delivery_is_urgent_and_a_retry_is_not(tmp_path: Path, receiver_
     seen: list[bool] = []
 
     async def run() -> None:
-        post = dispatcher._http.post
+        http = dispatcher.lanes["work-orders"].http
+        post = http.post
 
         async def watched(*args: object, **kwargs: object) -> object:
             seen.append(dispatcher.urgent)
             return await post(*args, **kwargs)  # type: ignore[arg-type]
 
-        dispatcher._http.post = watched  # type: ignore[method-assign]
+        http.post = watched  # type: ignore[method-assign]
         dispatcher._loop = asyncio.get_running_loop()
         book.on_detection(gas("raised", "orange", 0, "gas-5"))
         dispatcher.wake()

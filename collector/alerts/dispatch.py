@@ -5,6 +5,13 @@ alert change that caused it, so nothing decided is ever lost, even if the servic
 killed mid-delivery (the row is simply sent again: receivers drop repeats by the
 ``X-SmartUnit-Event-Id`` idempotency key).
 
+Receivers are independent: each has its own lane (a task, its own connections, at most
+``max_in_flight`` requests at once) that takes its own due rows from the outbox, so a
+receiver that is down, slow, or answers a byte at a time delays nobody else. The outbox
+is each lane's queue: durable, so it holds whatever a receiver has not taken yet; only
+the requests in flight are in memory. Each request has a total deadline of the
+receiver's ``timeout_s``, from connecting to the answer's last byte.
+
 Answers are classified like the InfluxDB writes: 2xx delivered; timeouts, connection
 errors, 408, 429 and 5xx retried with capped exponential backoff, honouring Retry-After;
 any other 4xx means the receiver refuses this message for good: it goes to the
@@ -12,8 +19,8 @@ dead-letter list (status ``dead``) with an error log for the operator, and the a
 later events for that receiver go on.
 
 New rows go out at once: the alert book's listener calls ``wake`` (from any thread) after
-each committed change. The ``run`` loop also looks every ``interval_s`` for rows whose
-retry time has come.
+each committed change. Each lane also looks every ``interval_s`` for rows whose retry
+time has come, and again whenever one of its requests ends.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
 from collector.alerts.store import AlertStore, OutboxRow
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
+from collector.urls import scrub
 
 log = logging.getLogger(__name__)
 
@@ -48,52 +56,112 @@ class Dispatcher:
         retry_max_s: float = 300.0,
     ) -> None:
         self.store = store
-        self.receivers = {r.name: r for r in receivers}
         self.book = book
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
         self.results: Counter[str] = Counter()
-        self._http = httpx.AsyncClient(
-            headers={"User-Agent": "smartunit-monitor", "Content-Type": "application/json"}
-        )
-        self._wakeup = asyncio.Event()
+        self.lanes = {r.name: ReceiverLane(self, r) for r in receivers}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # New alert events are on their way out: the decode loop takes shorter turns
-        # meanwhile, so each step of a delivery (outbox, request, response) waits for
-        # ~1 ms of decoding instead of ~10 ms. Retries do not count: they are not urgent.
-        self.urgent = False
+
+    @property
+    def urgent(self) -> bool:
+        """New alert events are on their way out: the decode loop takes shorter turns
+        meanwhile, so each step of a delivery (outbox, request, response) waits for ~1 ms
+        of decoding instead of ~10 ms. Retries do not count: they are not urgent."""
+        return any(lane.woken or lane.first_attempts for lane in self.lanes.values())
 
     def wake(self) -> None:
         """Deliver what is due now rather than at the next look; safe from any thread."""
-        if self._loop is not None:
-            self.urgent = True
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+        if self._loop is None:
+            return
+        for lane in self.lanes.values():
+            lane.woken = True
+            self._loop.call_soon_threadsafe(lane.wakeup.set)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for lane in self.lanes.values():
+            await lane.http.aclose()
 
     async def run(self, interval_s: float = 0.5) -> None:
         self._loop = asyncio.get_running_loop()
-        while True:
-            self._wakeup.clear()
-            sent = await self.deliver_due()
-            if not sent:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), interval_s)
+        # Receivers are configured at start: rows left for one that is gone never go out.
+        orphans = self.store.dead_unless_receiver(list(self.lanes), "receiver not configured")
+        if orphans:
+            self.results["dead"] += orphans
+            log.error(
+                "webhook events for receivers no longer configured; moved to the dead-letter list",
+                extra={"events": orphans},
+            )
+        async with asyncio.TaskGroup() as lanes:
+            for name, lane in self.lanes.items():
+                lanes.create_task(lane.run(interval_s), name=f"webhook:{name}")
 
-    async def deliver_due(self) -> int:
-        rows = self.store.due(round(time.time() * 1000))
-        self.urgent = any(row.attempts == 0 for row in rows)
-        if rows:
-            await asyncio.gather(*(self._deliver(row) for row in rows))
-        self.urgent = False
-        return len(rows)
+
+class ReceiverLane:
+    """One receiver's deliveries: its own task, connections and bound on requests."""
+
+    def __init__(self, dispatcher: Dispatcher, receiver: ReceiverSettings) -> None:
+        self.dispatcher = dispatcher
+        self.receiver = receiver
+        # Its own pool: a receiver that holds its connections open cannot starve another's.
+        self.http = httpx.AsyncClient(
+            headers={"User-Agent": "smartunit-monitor", "Content-Type": "application/json"},
+            limits=httpx.Limits(max_connections=receiver.max_in_flight),
+            timeout=receiver.timeout_s,
+        )
+        self.in_flight: dict[int, asyncio.Task[None]] = {}
+        self.first_attempts = 0  # first attempts among those in flight: they are urgent
+        self.woken = False
+        self.wakeup = asyncio.Event()
+
+    async def run(self, interval_s: float) -> None:
+        try:
+            while True:
+                self.wakeup.clear()
+                self._start_due()
+                self.woken = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), interval_s)
+        finally:
+            # Cancelled requests leave their rows pending: they go again at the next start.
+            for task in self.in_flight.values():
+                task.cancel()
+            await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+
+    def _start_due(self) -> None:
+        room = self.receiver.max_in_flight - len(self.in_flight)
+        if room <= 0:
+            return
+        # A row in flight is still pending, so it comes back: ask for that many more.
+        rows = self.dispatcher.store.due(
+            round(time.time() * 1000), self.receiver.name, limit=len(self.in_flight) + room
+        )
+        for row in rows:
+            if room == 0:
+                break
+            if row.id in self.in_flight:
+                continue
+            room -= 1
+            self.first_attempts += row.attempts == 0
+            self.in_flight[row.id] = asyncio.create_task(self._deliver(row))
 
     async def _deliver(self, row: OutboxRow) -> None:
-        receiver = self.receivers.get(row.receiver)
-        if receiver is None:
-            self.store.dead(row.id, "receiver no longer configured")
-            self.results["dead"] += 1
-            return
+        look_again = True
+        try:
+            await self._send(row)
+        except Exception:
+            # A bug or a failing store: the row stays pending; look again at the next
+            # interval, not at once, so a lasting failure does not spin.
+            look_again = False
+            log.exception("webhook delivery broke", extra={"receiver": self.receiver.name})
+        finally:
+            del self.in_flight[row.id]
+            self.first_attempts -= row.attempts == 0
+            if look_again:
+                self.wakeup.set()  # a slot is free, and the alert's next event may go
+
+    async def _send(self, row: OutboxRow) -> None:
+        receiver, dispatcher = self.receiver, self.dispatcher
+        store, results = dispatcher.store, dispatcher.results
         headers = {EVENT_ID_HEADER: row.event_key}
         if receiver.secret is not None:
             headers[SIGNATURE_HEADER] = sign(
@@ -102,35 +170,42 @@ class Dispatcher:
         error: str
         retry_after: float | None = None
         try:
-            response = await self._http.post(
-                receiver.url, content=row.payload, headers=headers, timeout=receiver.timeout_s
-            )
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            # httpx's timeouts are per connect and per read: a receiver sending a byte
+            # every few seconds would never trip them. This deadline covers it all.
+            async with asyncio.timeout(receiver.timeout_s):
+                response = await self.http.post(receiver.url, content=row.payload, headers=headers)
+        except TimeoutError:
+            error = f"no complete answer within {receiver.timeout_s:g} s"
+        except Exception as exc:
+            # Whatever the network or the answer does to the client library, this attempt
+            # failed and is retried. Its message may name the URL: never its secrets.
+            error = f"{type(exc).__name__}: {scrub(str(exc), receiver.url)}"
         else:
             status = response.status_code
             if 200 <= status < 300:
                 now_ms = round(time.time() * 1000)
-                self.store.delivered(row.id, now_ms)
-                self.results["delivered"] += 1
-                self.book.dispatched(row.alert_id, now_ms=now_ms, actor=f"webhook:{row.receiver}")
+                store.delivered(row.id, now_ms)
+                results["delivered"] += 1
+                dispatcher.book.dispatched(
+                    row.alert_id, now_ms=now_ms, actor=f"webhook:{row.receiver}"
+                )
                 return
-            error = f"HTTP {status}: {response.text[:200]}"
+            error = f"HTTP {status}: {scrub(response.text[:200], receiver.url)}"
             if 400 <= status < 500 and status not in (408, 429):
-                self.store.dead(row.id, error)
-                self.results["dead"] += 1
+                store.dead(row.id, error)
+                results["dead"] += 1
                 log.error(
                     "webhook refused for good; moved to the dead-letter list",
                     extra={"receiver": row.receiver, "event": row.event_key, "error": error},
                 )
                 return
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        delay = min(self.retry_initial_s * 2**row.attempts, self.retry_max_s)
+        delay = min(dispatcher.retry_initial_s * 2**row.attempts, dispatcher.retry_max_s)
         delay *= random.uniform(0.8, 1.2)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_max_s))
-        self.store.retry_later(row.id, round((time.time() + delay) * 1000), error)
-        self.results["retried"] += 1
+            delay = max(delay, min(retry_after, dispatcher.retry_max_s))
+        store.retry_later(row.id, round((time.time() + delay) * 1000), error)
+        results["retried"] += 1
         log.warning(
             "webhook delivery failed; will retry",
             extra={

@@ -110,7 +110,8 @@ class AlertStore(Protocol):
     def save(
         self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
     ) -> None: ...
-    def due(self, now_ms: int, limit: int = 100) -> list[OutboxRow]: ...
+    def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]: ...
+    def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int: ...
     def delivered(self, row_id: int, now_ms: int) -> None: ...
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
     def dead(self, row_id: int, error: str) -> None: ...
@@ -205,19 +206,32 @@ class SqliteAlertStore:
             [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload) for e in entries],
         )
 
-    def due(self, now_ms: int, limit: int = 100) -> list[OutboxRow]:
-        """Pending deliveries that may go now: per receiver and alert, only the oldest, so
-        one alert's events reach each receiver in order."""
+    def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
+        """Pending deliveries to ``receiver`` that may go now: per alert, only the oldest,
+        so one alert's events reach the receiver in order."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts "
-                "FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ? "
+                "FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
+                "AND o.next_attempt_ms <= ? "
                 "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
                 "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq) "
                 "ORDER BY o.id LIMIT ?",
-                (now_ms, limit),
+                (receiver, now_ms, limit),
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
+
+    def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int:
+        """Move pending deliveries to any receiver not in ``receivers`` to the dead-letter
+        list; how many."""
+        marks = ", ".join("?" for _ in receivers)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET status = 'dead', last_error = ? "
+                f"WHERE status = 'pending' AND receiver NOT IN ({marks})",
+                (error[:500], *receivers),
+            )
+        return cursor.rowcount
 
     def delivered(self, row_id: int, now_ms: int) -> None:
         with self._transaction() as db:

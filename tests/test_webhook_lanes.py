@@ -1,0 +1,169 @@
+"""Receivers are independent: one that answers a byte at a time delays nobody else.
+
+A running collector has two receivers: a work-order system that answers at once, and one
+that accepts every request and then trickles its answer a byte at a time, faster than any
+per-read timeout but never finishing. Gas alarms raised one after another over MQTT must
+each reach the first receiver while the second is still stalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from collector.config import ReceiverSettings
+from collector.localservices import free_port
+from tests.conftest import poll
+
+DEVICES = [f"gas-{i}" for i in range(1, 5)]
+REGISTRY = "\n".join(
+    f'[units.plant-{d}]\nkind = "chem_enterprise"\n'
+    f'hierarchy = {{ city = "suzhou", district = "zjg", street = "park", community = "e", '
+    f'grid = "G-{d}" }}\n[devices.{d}]\nunit = "plant-{d}"\nfamily = "chem"\n'
+    for d in DEVICES  # one unit each: every alarm is its own incident
+)
+GAS_RULE = """
+[[rules]]
+name = "combustible-gas"
+family = "chem"
+quantity = "lel_pct"
+detector = "threshold"
+[rules.params]
+levels = { orange = 25.0, red = 50.0 }
+clear = { orange = 20.0, red = 45.0 }
+for_s = 1.0
+"""
+TRICKLE_EVERY_S = 0.5
+SLOW_TIMEOUT_S = 2.0  # several trickled bytes fit in it: a per-read timeout never trips
+
+
+class Trickler(http.server.BaseHTTPRequestHandler):
+    """Takes the request, then sends its answer's head one byte per TRICKLE_EVERY_S."""
+
+    stop = threading.Event()
+    requests = 0
+
+    def do_POST(self) -> None:
+        type(self).requests += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 100_000
+        try:
+            for byte in head:
+                if self.stop.wait(TRICKLE_EVERY_S):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+        except OSError:  # the sender gave up on us
+            return
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class WorkOrders(http.server.BaseHTTPRequestHandler):
+    """Answers at once; records each event once (by idempotency key) with its arrival."""
+
+    arrivals: ClassVar[list[tuple[float, dict[str, Any]]]] = []
+    keys: ClassVar[set[str]] = set()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        key = self.headers["X-SmartUnit-Event-Id"]
+        if key not in self.keys:
+            self.keys.add(key)
+            self.arrivals.append((time.time(), json.loads(body)))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[str, Any]:
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{port}/hook", server
+
+
+@pytest.fixture
+def receivers() -> Iterator[tuple[str, str]]:
+    Trickler.stop.clear()
+    Trickler.requests = 0
+    WorkOrders.arrivals, WorkOrders.keys = [], set()
+    slow_url, slow = serve(Trickler)
+    fast_url, fast = serve(WorkOrders)
+    yield slow_url, fast_url
+    Trickler.stop.set()
+    for server in (slow, fast):
+        server.shutdown()
+        server.server_close()
+
+
+def events_of(device: str) -> list[dict[str, Any]]:
+    return [m["event"] for _, m in WorkOrders.arrivals if m["alert"]["device"] == device]
+
+
+@pytest.mark.slow
+def test_a_trickling_receiver_delays_no_other_receiver(
+    make_settings, run_collector, publisher, tmp_path: Path, receivers: tuple[str, str]
+) -> None:
+    slow_url, fast_url = receivers
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(GAS_RULE)
+    settings = make_settings(
+        registry,
+        detection={"rules": [rules], "statistical": None},
+        alerts={
+            "receivers": [
+                ReceiverSettings(name="slow", url=slow_url, timeout_s=SLOW_TIMEOUT_S),
+                ReceiverSettings(name="work-orders", url=fast_url),
+            ],
+            "retry_initial_s": 1.0,
+            "retry_max_s": 4.0,
+        },
+    )
+    collector = run_collector(settings)
+
+    for device in DEVICES:  # one alarm after another, each once the last one went out
+        now = time.time()
+        for ts in (now - 1.5, now):  # 60 % LEL held past the rule's 1 s: level 2
+            publisher.publish(
+                f"smartunit/v1/chem/{device}/data",
+                json.dumps({"ts": ts, "readings": {"lel_pct": 60.0}}),
+            )
+        types = poll(lambda d=device: [e["type"] for e in events_of(d)], lambda t: len(t) >= 2)
+        assert types == ["opened", "dispatched"], (device, types, Trickler.requests)
+
+    # Every event came while the trickler was stalled: it took requests, finished none.
+    assert Trickler.requests >= 1
+    database = settings.data_dir / settings.alerts.database
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        slow = db.execute("SELECT status FROM outbox WHERE receiver = 'slow'").fetchall()
+    assert len(slow) >= len(DEVICES) and {status for (status,) in slow} == {"pending"}
+    delays = []
+    for arrived, message in WorkOrders.arrivals:
+        at = datetime.fromisoformat(message["event"]["at"].replace("Z", "+00:00"))
+        delays.append(arrived - at.timestamp())
+    for device in DEVICES:  # in order per alert, each once
+        assert [e["seq"] for e in events_of(device)] == [1, 2]
+    print(
+        f"\nper-event delay to the other receiver, {len(delays)} events: "
+        f"max {max(delays):.3f} s, mean {sum(delays) / len(delays):.3f} s; "
+        f"trickler requests {Trickler.requests}"
+    )
+    collector.stop()

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from collector.errors import ConfigError
+from collector.urls import redact_url, url_problem
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -86,13 +87,11 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     parts = urlsplit(url)
     if parts.scheme not in {"mqtt", "mqtts"}:
         raise ValueError(f"scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'!r}")
-    if not parts.hostname:
-        raise ValueError("the URL names no host")
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(f"the URL {problem}")
     tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ValueError(f"bad port: {exc}") from None
+    port = parts.port or (8883 if tls else 1883)
     return MqttEndpoint(
         host=parts.hostname,
         port=port,
@@ -103,9 +102,11 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
 
 
 def _http_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
+    if urlsplit(url).scheme not in {"http", "https"}:
+        raise ValueError("must be an http:// or https:// URL")
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(f"the URL {problem}")
     return url
 
 
@@ -394,16 +395,12 @@ def load_settings(
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The settings as a dict fit for a log line: secrets and URL passwords masked."""
+    """The settings as a dict fit for a log line: secrets, URL users, passwords and query
+    values masked (a webhook's token often rides in its query string)."""
     data = settings.model_dump(mode="json")
-    data["mqtt"]["url"] = _mask_url_password(settings.mqtt.url)
-    data["influx"]["url"] = _mask_url_password(settings.influx.url)
+    data["mqtt"]["url"] = redact_url(settings.mqtt.url)
+    data["influx"]["url"] = redact_url(settings.influx.url)
+    receivers = settings.alerts.receivers
+    for receiver, dumped in zip(receivers, data["alerts"]["receivers"], strict=True):
+        dumped["url"] = redact_url(receiver.url)
     return data
-
-
-def _mask_url_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()

@@ -46,23 +46,26 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     netloc = f"***@{host}" if "@" in parts.netloc else host
-    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
+    return SplitResult(parts.scheme, netloc, parts.path, _redact_query(parts.query), "").geturl()
+
+
+def _redact_query(query: str) -> str:
+    return "&".join(f"{key}=***" for key, _ in parse_qsl(query, keep_blank_values=True))
 
 
 def scrub(text: str, url: str) -> str:
     """``text`` with every secret part of ``url`` replaced, the URL itself by its log form."""
-    text = text.replace(url, redact_url(url))
     try:
         parts = urlsplit(url)
     except ValueError:
         return text
-    secrets = {parts.netloc.rpartition("@")[0], parts.query, parts.fragment}
-    secrets |= {value for _, value in parse_qsl(parts.query, keep_blank_values=True)}
+    masks = {parts.netloc.rpartition("@")[0]: "***", parts.fragment: "***"}
+    masks |= {value: "***" for _, value in parse_qsl(parts.query, keep_blank_values=True)}
     if parts.password:
-        secrets |= {parts.password, unquote(parts.password)}
+        masks |= {parts.password: "***", unquote(parts.password): "***"}
+    masks |= {parts.query: _redact_query(parts.query), url: redact_url(url)}
     # Longest first, so a secret containing another is replaced whole; very short values
     # ("1", "on") would mangle the message and say nothing on their own.
-    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, "***")
+    for secret in sorted((s for s in masks if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, masks[secret])
     return text

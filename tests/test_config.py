@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,50 @@ def test_mqtt_url_forms() -> None:
     assert parse_mqtt_url("mqtts://h").port == 8883
     with pytest.raises(ValueError, match="scheme"):
         parse_mqtt_url("tcp://h:1883")
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"SMARTUNIT_WEBHOOK_URL": "http://ops:hunter2/x@hooks.example/in"}, "receivers.0.url"),
+        ({"SMARTUNIT_WEBHOOK_URL": "https://ops:hunter2#x@hooks.example/in"}, "receivers.0.url"),
+        ({"SMARTUNIT_WEBHOOK_URL": "https://ops:12/hunter2@hooks.example/in"}, "receivers.0.url"),
+        ({"SMARTUNIT_MQTT_URL": "mqtt://dev:hunter2/x@broker.example:1883"}, "mqtt.url"),
+        ({"SMARTUNIT_MQTT_URL": "mqtts://dev:hunter2?x@broker.example"}, "mqtt.url"),
+        ({"SMARTUNIT_INFLUX_URL": "http://a:hunter2#x@influx.example:8086"}, "influx.url"),
+    ],
+)
+def test_a_password_with_a_reserved_character_is_refused_without_echoing_it(
+    tmp_path: Path, env: dict[str, str], key: str
+) -> None:
+    """Unencoded, its tail would be read as the path: the host would be the user name."""
+    with pytest.raises(ConfigError, match=r"percent-encode") as refused:
+        load_settings(None, env=env)
+    assert key in str(refused.value) and "hunter2" not in str(refused.value)
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert key in done.stderr and "hunter2" not in done.stdout + done.stderr
+
+
+def test_receiver_urls_reach_a_log_line_without_their_secrets() -> None:
+    settings = load_settings(
+        None,
+        env={
+            "SMARTUNIT_WEBHOOK_URL": "https://ops:p%2Fw-hunter2@hooks.example/in?access_token=tok-x9"
+        },
+    )
+    (receiver,) = settings.alerts.receivers
+    assert receiver.url.startswith("https://ops:p%2Fw-hunter2@")  # used as written
+    record = logging.LogRecord("t", logging.INFO, "", 0, "settings", (), None)
+    record.settings = redacted(settings)
+    line = JsonFormatter().format(record)
+    for secret in ("hunter2", "ops:", "tok-x9"):
+        assert secret not in line
+    assert "https://***@hooks.example/in?access_token=***" in line

@@ -155,6 +155,16 @@ def test_a_trickling_receiver_delays_no_other_receiver(
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         slow = db.execute("SELECT status FROM outbox WHERE receiver = 'slow'").fetchall()
     assert len(slow) >= len(DEVICES) and {status for (status,) in slow} == {"pending"}
+
+    def slow_errors() -> list[str]:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT last_error FROM outbox WHERE receiver = 'slow'")
+            return [error for (error,) in rows.fetchall()]
+
+    # Its requests are given up on at their total deadline and retried, although a byte
+    # came every TRICKLE_EVERY_S: the collector is not stuck on them either.
+    errors = poll(slow_errors, any)
+    assert f"no complete answer within {SLOW_TIMEOUT_S:g} s" in errors, errors
     delays = []
     for arrived, message in WorkOrders.arrivals:
         at = datetime.fromisoformat(message["event"]["at"].replace("Z", "+00:00"))

@@ -102,6 +102,7 @@ class ReceiverLane:
     def __init__(self, dispatcher: Dispatcher, receiver: ReceiverSettings) -> None:
         self.dispatcher = dispatcher
         self.receiver = receiver
+        self.name = receiver.name
         # Its own pool: a receiver that holds its connections open cannot starve another's.
         self.http = httpx.AsyncClient(
             headers={"User-Agent": "smartunit-monitor", "Content-Type": "application/json"},
@@ -117,7 +118,12 @@ class ReceiverLane:
         try:
             while True:
                 self.wakeup.clear()
-                self._start_due()
+                try:
+                    self._start_due()
+                except Exception:
+                    # The store failing: this lane tries again at its next look, and the
+                    # other lanes go on (a TaskGroup would stop them all on a raise).
+                    log.exception("webhook outbox unreadable", extra={"receiver": self.name})
                 self.woken = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), interval_s)
@@ -152,7 +158,7 @@ class ReceiverLane:
             # A bug or a failing store: the row stays pending; look again at the next
             # interval, not at once, so a lasting failure does not spin.
             look_again = False
-            log.exception("webhook delivery broke", extra={"receiver": self.receiver.name})
+            log.exception("webhook delivery broke", extra={"receiver": self.name})
         finally:
             del self.in_flight[row.id]
             self.first_attempts -= row.attempts == 0

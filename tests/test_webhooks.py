@@ -207,3 +207,17 @@ def test_a_first_delivery_is_urgent_and_a_retry_is_not(tmp_path: Path, receiver_
     asyncio.run(run())
     # refused once, retried without urgency; the 'dispatched' event it caused is new
     assert seen == [True, False, True]
+
+
+def test_events_for_a_receiver_no_longer_configured_go_to_the_dead_letter_list(
+    tmp_path: Path, receiver_url: str
+) -> None:
+    book, dispatcher = make(tmp_path, receiver_url)
+    book.on_detection(gas("raised", "orange", 0, "gas-6"))
+    asyncio.run(dispatcher.aclose())
+    other = ReceiverSettings(name="other", url=receiver_url, secret=SECRET)
+    restarted = Dispatcher(dispatcher.store, [other], book)  # reconfigured, restarted
+    asyncio.run(drain(restarted))
+    asyncio.run(restarted.aclose())
+    assert restarted.store.outbox_counts() == {"dead": 1}
+    assert Receiver.requests == 0

@@ -118,13 +118,13 @@ class ReceiverLane:
         try:
             while True:
                 self.wakeup.clear()
+                self.woken = False  # before the look: a wake during it is not lost
                 try:
                     self._start_due()
                 except Exception:
                     # The store failing: this lane tries again at its next look, and the
                     # other lanes go on (a TaskGroup would stop them all on a raise).
                     log.exception("webhook outbox unreadable", extra={"receiver": self.name})
-                self.woken = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), interval_s)
         finally:

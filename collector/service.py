@@ -532,7 +532,7 @@ class Collector:
             unit, kind = unit_topic
             if kind == "ack":
                 self._field_ack(unit, message)
-            else:
+            elif self.alerts is not None:  # without alerts there is no state to keep
                 self.unit_states.observe(topic, message.payload)
             return  # any other topic under units/ is decoded below, and refused as such
         if topic.endswith("/status"):

@@ -11,10 +11,20 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
 from collector.alerts.model import State
-from collector.brokerauth import COLLECTOR_USER, broker_acl, panel_user, write_password_file
+from collector.brokerauth import (
+    COLLECTOR_USER,
+    broker_acl,
+    panel_acl,
+    panel_user,
+    write_password_file,
+)
+from collector.errors import ConfigError
 from collector.localservices import BrokerAuth, Mosquitto
+from collector.registry import RegistryFile
+from collector.unitlink import parse_unit_topic
 from tests.test_alerts_e2e import wait_for
 from tests.test_downlink import alert_of
 
@@ -122,3 +132,27 @@ def test_only_the_units_panel_acknowledges_its_alert(
     acks = [e.actor for e in book.history(alert_id) if e.type.value == "acknowledged"]
     assert acks == ["field:xinghua:guard-3"]
     collector.stop()
+
+
+def test_no_registry_unit_can_pass_for_a_pseudo_unit_or_break_its_topics() -> None:
+    hierarchy = {"city": "c", "district": "d", "street": "s", "community": "m", "grid": "g"}
+    for unit in ("_fleet", "_collector", "a/b", "a+", "#"):
+        with pytest.raises(ValidationError):
+            RegistryFile.model_validate({"units": {unit: {"hierarchy": hierarchy}}})
+        with pytest.raises(ConfigError):
+            panel_acl([unit])
+    RegistryFile.model_validate({"units": {"Gusu, Pingjiang": {"hierarchy": hierarchy}}})
+
+
+def test_only_the_exact_unit_topics_are_parsed_as_such() -> None:
+    assert parse_unit_topic("smartunit/v1/units/xinghua/ack") == ("xinghua", "ack")
+    assert parse_unit_topic("smartunit/v1/units/xinghua/alert") == ("xinghua", "alert")
+    for topic in (
+        "smartunit/v1/units/xinghua/data",
+        "smartunit/v1/units/xinghua/ack/more",
+        "smartunit/v1/units//ack",
+        "smartunit/v1/unitsx/xinghua/ack",
+        "smartunit/v2/units/xinghua/ack",
+        "/smartunit/v1/units/xinghua/ack",
+    ):
+        assert parse_unit_topic(topic) is None, topic

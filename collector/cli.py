@@ -121,6 +121,14 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_acl(args: argparse.Namespace) -> int:
+    from collector.brokerauth import broker_acl  # noqa: PLC0415
+
+    registry = _registry(_settings(args)).current
+    print(broker_acl(registry.units), end="")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from collector.simulator import run_simulator_cli  # noqa: PLC0415
 
@@ -182,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="devices that sent readings but are missing from the registry",
     )
     devices.set_defaults(func=cmd_devices)
+
+    acl = sub.add_parser(
+        "broker-acl",
+        help="the Mosquitto ACL: config/mosquitto.acl plus a panel principal per registry unit",
+    )
+    acl.add_argument("--config", type=Path)
+    acl.set_defaults(func=cmd_broker_acl)
 
     from collector.simulator import add_simulator_arguments  # noqa: PLC0415
 

@@ -20,12 +20,27 @@ import threading
 import time
 from pathlib import Path
 
-from collector.config import InfluxSettings, MqttSettings, MqttTls
+from collector.brokerauth import (
+    COLLECTOR_USER,
+    OBSERVER_USER,
+    SIMULATOR_USER,
+    broker_acl,
+    panel_user,
+    write_password_file,
+)
+from collector.config import InfluxSettings, MqttSettings, MqttTls, load_settings
 from collector.errors import ServiceStartError, SmartUnitError
 from collector.influx import query_sync
-from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
+from collector.localservices import (
+    BrokerAuth,
+    InfluxDB,
+    Mosquitto,
+    free_port,
+    spawn,
+    stop_process,
+)
 from collector.mqtt import make_client
-from collector.registry import FAMILIES
+from collector.registry import FAMILIES, Registry
 from collector.service import collector_status_topic
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -53,6 +68,27 @@ def wait_for_collector(
         client.loop_stop()
 
 
+def secure_broker(directory: Path, unit_ids: list[str]) -> tuple[Mosquitto, dict[str, str]]:
+    """A broker that lets in only the demo's principals, each with a fresh password: the
+    collector, the simulator, a read-only observer and a panel for each unit."""
+    users = {
+        name: secrets.token_urlsafe(16)
+        for name in (COLLECTOR_USER, SIMULATOR_USER, OBSERVER_USER, *map(panel_user, unit_ids))
+    }
+    auth = BrokerAuth(password_file=directory / "passwd", acl_file=directory / "mosquitto.acl")
+    write_password_file(auth.password_file, users)
+    auth.acl_file.write_text(broker_acl(unit_ids))
+    # the plain passwords, for the person running the demo
+    credentials = directory / "credentials.txt"
+    credentials.touch(mode=0o600)
+    credentials.write_text("".join(f"{name} {password}\n" for name, password in users.items()))
+    return Mosquitto(directory, auth=auth), users
+
+
+def mqtt_url(broker: Mosquitto, user: str, password: str) -> str:
+    return f"mqtt://{user}:{password}@127.0.0.1:{broker.port}"
+
+
 def count_readings(influx: InfluxSettings) -> dict[str, int]:
     counts = dict.fromkeys(FAMILIES, 0)
     field_of = {"camera": "seq", "parking": "occupied", "chem": "seq"}
@@ -67,15 +103,19 @@ def run_demo(args: argparse.Namespace) -> int:
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="smartunit-demo-")) if temporary else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Mosquitto(workdir / "mosquitto")
+    config = CONFIG_DIR / "smartunit.example.toml"
+    registry_path = load_settings(config).registry.path
+    unit_ids = list(Registry.load(registry_path).units) if registry_path else []
+    broker, users = secure_broker(workdir / "mosquitto", unit_ids)
     influxdb = InfluxDB(workdir / "influxdb")
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         broker.start()
         influxdb.start()
+        collector_url = mqtt_url(broker, COLLECTOR_USER, users[COLLECTOR_USER])
         env = {
             **os.environ,
-            "SMARTUNIT_MQTT_URL": broker.url,
+            "SMARTUNIT_MQTT_URL": collector_url,
             "SMARTUNIT_INFLUX_URL": influxdb.url,
             "SMARTUNIT_INFLUX_DB": DEMO_DB,
             "SMARTUNIT_DATA_DIR": str(workdir / "data"),
@@ -84,22 +124,26 @@ def run_demo(args: argparse.Namespace) -> int:
             "SMARTUNIT_API_TOKEN": os.environ.get("SMARTUNIT_API_TOKEN")
             or secrets.token_urlsafe(12),
         }
-        config = CONFIG_DIR / "smartunit.example.toml"
         smartunit = [sys.executable, "-m", "collector.cli"]
         children["collector"] = spawn(
             [*smartunit, "run", "--config", str(config)],
             env=env,
             log_path=workdir / "collector.log",
         )
-        wait_for_collector(broker.url, "smartunit-collector")
+        wait_for_collector(collector_url, "smartunit-collector")
         labels = workdir / "labels.jsonl"
         simulate = [
             *smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
             "--anomaly-every", "45", "--labels", str(labels), "--backfill-hours", "6",
         ]  # fmt: skip
-        children["simulator"] = spawn(simulate, env=env, log_path=workdir / "simulator.log")
+        simulator_url = mqtt_url(broker, SIMULATOR_USER, users[SIMULATOR_USER])
+        children["simulator"] = spawn(
+            simulate,
+            env={**env, "SMARTUNIT_MQTT_URL": simulator_url},
+            log_path=workdir / "simulator.log",
+        )
         influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
-        _banner(broker, influxdb, workdir, env)
+        _banner(broker, influxdb, workdir, env, users=users, unit_ids=unit_ids)
         _watch(influx, args.duration, children)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
@@ -117,15 +161,28 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _banner(broker: Mosquitto, influxdb: InfluxDB, workdir: Path, env: dict[str, str]) -> None:
+def _banner(
+    broker: Mosquitto,
+    influxdb: InfluxDB,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    users: dict[str, str],
+    unit_ids: list[str],
+) -> None:
+    observe = f"mosquitto_sub -p {broker.port} -u {OBSERVER_USER} -P {users[OBSERVER_USER]} -v"
+    unit = unit_ids[0] if unit_ids else "UNIT"
+    panel = panel_user(unit)
     print(
         f"""
 SmartUnit Monitor demo is running (Ctrl-C stops everything).
   Console       http://127.0.0.1:{env["SMARTUNIT_HTTP_PORT"]}/
       sign in with any name and the token {env["SMARTUNIT_API_TOKEN"]}
-  MQTT broker   {broker.url}
-      watch devices:   mosquitto_sub -p {broker.port} -v -t 'smartunit/v1/#'
-      rejections:      mosquitto_sub -p {broker.port} -v -t 'smartunit/v1/_rejected/#'
+  MQTT broker   {broker.url}  (signed-in clients only: {broker.directory}/credentials.txt)
+      watch devices:   {observe} -t 'smartunit/v1/#'
+      rejections:      {observe} -t 'smartunit/v1/_rejected/#'
+      ack on site:     mosquitto_pub -p {broker.port} -u '{panel}' -P {users.get(panel, "...")} \\
+                         -t 'smartunit/v1/units/{unit}/ack' -m '{{"alert_id": 1}}'
   InfluxDB      {influxdb.url}  database {DEMO_DB!r}
       query:           influx -port {influxdb.port} -database {DEMO_DB} \\
                          -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'

@@ -152,15 +152,27 @@ class ServerTls:
     client_ca: Path | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class BrokerAuth:
+    """Who may sign in (a Mosquitto password file) and publish what (an ACL file)."""
+
+    password_file: Path
+    acl_file: Path
+
+
 @dataclass
 class Mosquitto:
-    """A Mosquitto broker listening on 127.0.0.1:port (TLS only, with ``tls``)."""
+    """A Mosquitto broker listening on 127.0.0.1:port (TLS only, with ``tls``).
+
+    Without ``auth`` anyone on this machine may connect and publish anything: for tests
+    and benchmarks only; ``smartunit demo`` always gives it (collector/demo.py)."""
 
     directory: Path
     port: int = 0
     persistence: bool = True
     extra_config: str = ""
     tls: ServerTls | None = None
+    auth: BrokerAuth | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -182,7 +194,7 @@ class Mosquitto:
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
             f"listener {self.port} 127.0.0.1",
             *self._tls_lines(),
-            "allow_anonymous true",
+            *self._auth_lines(),
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.directory}/",
             "autosave_interval 5",
@@ -196,6 +208,15 @@ class Mosquitto:
             "connection_messages false",
         ]
         return "\n".join(lines) + "\n" + self.extra_config
+
+    def _auth_lines(self) -> list[str]:
+        if self.auth is None:
+            return ["allow_anonymous true"]
+        return [
+            "allow_anonymous false",
+            f"password_file {self.auth.password_file}",
+            f"acl_file {self.auth.acl_file}",
+        ]
 
     def _tls_lines(self) -> list[str]:
         tls = self.tls

@@ -94,10 +94,17 @@ class Inbox:
     consumer's side (wait for messages, take them), and the connection counters."""
 
     def __init__(
-        self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
+        self,
+        settings: MqttSettings,
+        subscriptions: Sequence[str],
+        *,
+        status_topic: str,
+        no_local: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.subscriptions = list(subscriptions)
+        # subscriptions that do not deliver this client's own publications (MQTT v5)
+        self.no_local = frozenset(no_local)
         self.status_topic = status_topic
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -156,9 +163,14 @@ class MqttSource(Inbox):
     """Subscribes, collects inbound messages for an asyncio consumer, acknowledges on demand."""
 
     def __init__(
-        self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
+        self,
+        settings: MqttSettings,
+        subscriptions: Sequence[str],
+        *,
+        status_topic: str,
+        no_local: Sequence[str] = (),
     ) -> None:
-        super().__init__(settings, subscriptions, status_topic=status_topic)
+        super().__init__(settings, subscriptions, status_topic=status_topic, no_local=no_local)
         self.client = make_client(settings, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -189,8 +201,12 @@ class MqttSource(Inbox):
             return
         self.generation += 1
         self.connects += 1
-        options = SubscribeOptions(qos=1)
-        client.subscribe([(topic, options) for topic in self.subscriptions])
+        client.subscribe(
+            [
+                (topic, SubscribeOptions(qos=1, noLocal=topic in self.no_local))
+                for topic in self.subscriptions
+            ]
+        )
         self.connected.set()
         log.info(
             "MQTT connected",

@@ -35,6 +35,7 @@ READ_SIZE = 256 * 1024
 # disconnected; beyond this the oldest are given up (the downlink is retained and
 # republished on the next change; rejection copies are a courtesy).
 MAX_OUTGOING = 10_000
+SUBSCRIBE_QOS1_NO_LOCAL = b"\x05"  # subscription options: QoS 1, bit 2 no-local (MQTT v5)
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP, DISCONNECT = 2, 3, 4, 9, 13, 14
 
 
@@ -64,9 +65,14 @@ class BulkMqttSource(Inbox):
     """Subscribes, collects inbound messages, acknowledges on demand; one event loop."""
 
     def __init__(
-        self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
+        self,
+        settings: MqttSettings,
+        subscriptions: Sequence[str],
+        *,
+        status_topic: str,
+        no_local: Sequence[str] = (),
     ) -> None:
-        super().__init__(settings, subscriptions, status_topic=status_topic)
+        super().__init__(settings, subscriptions, status_topic=status_topic, no_local=no_local)
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
@@ -156,7 +162,10 @@ class BulkMqttSource(Inbox):
         self.generation += 1
         self.connects += 1
         subscribe = struct.pack("!H", self._packet_id()) + b"\x00"
-        subscribe += b"".join(_string(topic) + b"\x01" for topic in self.subscriptions)
+        subscribe += b"".join(
+            _string(topic) + (SUBSCRIBE_QOS1_NO_LOCAL if topic in self.no_local else b"\x01")
+            for topic in self.subscriptions
+        )
         writer.write(_packet(0x82, subscribe))
         for packet_id, (topic, payload, retain) in self._outgoing.items():  # resend, DUP
             writer.write(self._publish_packet(topic, payload, 1, retain, packet_id, dup=True))

@@ -49,6 +49,9 @@ REJECTION_REASONS: dict[str, str] = {
     "bad_status": 'a status message that is not {"state": "online"|"offline"}',
     "rate_limited": "the device sent more than ingest.device_rate_per_s messages per second "
     "(beyond ingest.device_burst at once)",
+    "ack_refused": "an on-site acknowledgement on smartunit/v1/units/{unit}/ack that is not "
+    'a JSON {"alert_id": n}, names an alert of another unit or none, or comes for a '
+    "pseudo-unit (_fleet, _collector, _unregistered), which has no panel",
 }
 
 _TYPE_ERRORS = {"int_type", "float_type", "string_type", "dict_type", "bool_type", "model_type"}
@@ -283,6 +286,13 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     if kind in _RANGE_ERRORS:
         return "out_of_range", message
     return "wrong_type", message
+
+
+def topic_level(text: str) -> str:
+    """``text`` as one topic level that cannot break the topic tree (no separators,
+    wildcards or NUL; never empty)."""
+    cleaned = "".join("_" if c in "/+#\x00" else c for c in text)[:128]
+    return cleaned or "_"
 
 
 def _raw_preview(payload: bytes) -> str:

@@ -73,7 +73,18 @@ def _device_id(value: str) -> str:
     return value
 
 
+def _unit_id(value: str) -> str:
+    # A unit id is one level of its on-site topics (smartunit/v1/units/{unit}/...), and
+    # the "_" prefix marks the service's own pseudo-units (_fleet, _collector, ...).
+    if value.startswith("_") or any(c in value for c in "/+#") or len(value) > 128:
+        raise ValueError(
+            'unit ids must not start with "_", nor contain / + #, nor exceed 128 characters'
+        )
+    return value
+
+
 TagText = Annotated[str, AfterValidator(_tag_text)]
+UnitId = Annotated[str, AfterValidator(_tag_text), AfterValidator(_unit_id)]
 DeviceId = Annotated[str, AfterValidator(_device_id)]
 UnitKind = Literal[
     "checkpoint",
@@ -125,7 +136,7 @@ class Device(_Strict):
 
 
 class RegistryFile(_Strict):
-    units: dict[TagText, Unit] = {}
+    units: dict[UnitId, Unit] = {}
     devices: dict[DeviceId, Device] = {}
 
     @model_validator(mode="after")

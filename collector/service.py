@@ -44,12 +44,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import orjson
 import uvicorn
 
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, worst_level
+from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
 from collector.alerts.notify import Notifier
 from collector.alerts.store import SqliteAlertStore
 from collector.api import ApiContext, create_app
@@ -75,12 +74,25 @@ from collector.protocol import (
     Topic,
     parse_topic,
     status_line,
+    topic_level,
 )
 from collector.ratelimit import DeviceRateLimit
 from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
 from collector.rules import RuleBook
 from collector.snapshots import unit_status_lines
 from collector.spool import DiskSpool, SpoolFull
+from collector.unitlink import (
+    RESTORE_INTERVAL_S,
+    UNIT_ACK_SUBSCRIPTION,
+    UNIT_STATE_SUBSCRIPTION,
+    UNIT_TOPIC_ROOT,
+    UnitStates,
+    is_pseudo_unit,
+    parse_ack,
+    parse_unit_topic,
+    unit_state_body,
+    unit_state_topic,
+)
 from detectors.levels import COLOURS
 from detectors.rules.silence import SilenceWatch
 
@@ -94,8 +106,6 @@ SPOOL_DETECTOR = "spool-nearly-full"
 SPOOL_ALERT_FILL = 0.8
 ALERT_EVENTS_MEASUREMENT = "alert_events"
 ANNOTATION_FLUSH_S = 1.0
-UNIT_TOPIC_ROOT = f"{TOPIC_ROOT}/units"
-UNIT_ACK_SUBSCRIPTION = f"{UNIT_TOPIC_ROOT}/+/ack"
 DETECTOR_STATE_FILE = "detector-state.npz"
 DETECTOR_STATE_SAVE_S = 300.0  # and at every clean stop
 # Messages decoded and judged per turn of the event loop (~10 ms of work): what bounds how
@@ -215,8 +225,18 @@ class Collector:
         source = BulkMqttSource if settings.mqtt.receiver == "bulk" else MqttSource
         self.source: MqttSource | BulkMqttSource = source(
             settings.mqtt,
-            [DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION, UNIT_ACK_SUBSCRIPTION],
+            [
+                DATA_SUBSCRIPTION,
+                STATUS_SUBSCRIPTION,
+                UNIT_ACK_SUBSCRIPTION,
+                UNIT_STATE_SUBSCRIPTION,
+            ],
             status_topic=collector_status_topic(settings.mqtt.client_id),
+            # the collector's own retained states must not come back as someone else's
+            no_local=[UNIT_STATE_SUBSCRIPTION],
+        )
+        self.unit_states = UnitStates(
+            lambda topic, body: self.source.publish(topic, body, qos=1, retain=True)
         )
         self.influx = InfluxClient(settings.influx)
         self.stats = IngestStats()
@@ -237,6 +257,7 @@ class Collector:
                 listeners=[self._annotate, self._downlink, self._dispatch_now],
                 router=notifier.route,
             )
+            self.unit_states.prime(self._unit_state_bodies())
             self.dispatcher: Dispatcher | None = Dispatcher(
                 store,
                 settings.alerts.receivers,
@@ -283,6 +304,7 @@ class Collector:
             asyncio.create_task(self._stats_loop(), name="stats"),
             asyncio.create_task(self._silence_loop(), name="silence"),
             asyncio.create_task(self._verify_loop(), name="verify"),
+            asyncio.create_task(self._unit_state_loop(), name="unit-states"),
         ]
         if self.spool is not None:
             if self.spool:
@@ -398,6 +420,7 @@ class Collector:
             "spool_bytes": self.spool.pending_bytes if self.spool else 0,
             "spool_fill_ratio": self.spool.fill_ratio if self.spool else 0.0,
             "write_latency_ms": s.write_latency_ms,
+            "unit_state_overwrites_total": self.unit_states.overwrites,
         }
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
         out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
@@ -505,9 +528,13 @@ class Collector:
         topic = message.topic
         if topic.startswith(OWN_TOPICS):
             return  # our own namespace (rejections, collector status): never device input
-        if topic.startswith(UNIT_TOPIC_ROOT):
-            self._field_ack(topic, message.payload)
-            return
+        if topic.startswith(UNIT_TOPIC_ROOT) and (unit_topic := parse_unit_topic(topic)):
+            unit, kind = unit_topic
+            if kind == "ack":
+                self._field_ack(unit, message)
+            elif self.alerts is not None:  # without alerts there is no state to keep
+                self.unit_states.observe(topic, message.payload)
+            return  # any other topic under units/ is decoded below, and refused as such
         if topic.endswith("/status"):
             parsed = parse_topic(topic)
             if isinstance(parsed, Rejection):
@@ -562,8 +589,8 @@ class Collector:
         )
         if not (quarantine and self.settings.ingest.publish_rejections):
             return
-        family = _topic_safe(rejection.family)
-        device = _topic_safe(rejection.device)
+        family = topic_level(rejection.family)
+        device = topic_level(rejection.device)
         self.source.publish(
             f"{REJECTED_ROOT}/{family}/{device}",
             rejection.to_json(message.topic, message.received_ms),
@@ -633,42 +660,43 @@ class Collector:
 
     def _downlink(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
         """The unit's worst active colour, retained for on-site displays and sirens."""
-        assert self.alerts is not None
-        active = self.alerts.store.alerts(states=sorted(ACTIVE_STATES), unit=alert.unit)
-        topic = f"{UNIT_TOPIC_ROOT}/{_topic_safe(alert.unit)}/alert"
-        if not active:
-            self.source.publish(topic, b"", qos=1, retain=True)  # all closed: clear it
-            return
-        body = orjson.dumps(
-            {
-                "unit": alert.unit,
-                "colour": COLOURS[worst_level(active)],
-                "count": len(active),
-                "alerts": [
-                    {
-                        "id": a.id,
-                        "colour": a.colour,
-                        "state": a.state.value,
-                        "device": a.fingerprint.device,
-                    }
-                    for a in active
-                ],
-            }
+        alerts = self.alerts
+        assert alerts is not None
+        states = sorted(ACTIVE_STATES)
+        self.unit_states.publish(
+            unit_state_topic(alert.unit),
+            lambda: unit_state_body(
+                alert.unit, alerts.store.alerts(states=states, unit=alert.unit)
+            ),
         )
-        self.source.publish(topic, body, qos=1, retain=True)
 
-    def _field_ack(self, topic: str, payload: bytes) -> None:
-        """An on-site acknowledgement: ``{"alert_id": 42, "actor": "guard-3", "note": ...}``."""
-        if self.alerts is None:
-            return
-        unit = topic.split("/")[3] if topic.count("/") == 4 else ""
+    def _unit_state_bodies(self) -> dict[str, bytes]:
+        """Every unit's retained state as the alert store has it now."""
+        assert self.alerts is not None
+        by_unit: dict[str, list[Alert]] = {}
+        for alert in self.alerts.store.alerts(states=sorted(ACTIVE_STATES)):
+            by_unit.setdefault(alert.unit, []).append(alert)
+        return {unit_state_topic(u): unit_state_body(u, a) for u, a in by_unit.items()}
+
+    async def _unit_state_loop(self) -> None:
+        """Overwritten unit states get the collector's again, once per interval at most."""
+        while True:
+            await asyncio.sleep(RESTORE_INTERVAL_S)
+            self.unit_states.restore()
+
+    def _field_ack(self, unit: str, message: Inbound) -> None:
+        """An on-site acknowledgement: ``{"alert_id": 42, "actor": "guard-3", "note": ...}``.
+
+        The broker let only the unit's own principal publish here; the unit in the topic
+        must still be a real one and the alert that unit's."""
         try:
-            request = orjson.loads(payload)
-            alert_id = int(request["alert_id"])
-            actor = str(request.get("actor", "on-site"))[:200]
-            note = str(request.get("note", ""))[:4000]
+            if self.alerts is None:
+                raise ValueError("alerts are disabled")
+            if is_pseudo_unit(unit):
+                raise ValueError(f"{unit!r} is a pseudo-unit: its alerts have no on-site panel")
+            alert_id, actor, note = parse_ack(message.payload)
             alert = self.alerts.store.get(alert_id)
-            if alert is None or _topic_safe(alert.unit) != unit:
+            if alert is None or alert.unit != unit:
                 raise ValueError(f"no alert {alert_id} in unit {unit!r}")
             self.alerts.acknowledge(
                 alert_id,
@@ -676,13 +704,10 @@ class Collector:
                 note=note,
                 now_ms=time.time_ns() // 1_000_000,
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            self._rejection_log.warning(
-                "field_ack",
-                "on-site acknowledgement refused",
-                topic=topic[:200],
-                error=str(exc)[:200],
-            )
+        except ValueError as exc:  # the alert book's TransitionError too
+            preview = message.payload[:512].decode("utf-8", errors="replace")
+            rejection = Rejection("ack_refused", str(exc)[:200], "units", unit, payload=preview)
+            self._reject(rejection, message)
 
     async def _silence_loop(self) -> None:
         silence = self.settings.detection.silence
@@ -1082,10 +1107,4 @@ class _EmbeddedServer(uvicorn.Server):
 
 def collector_status_topic(client_id: str) -> str:
     """Retained ``{"state": "online"|"offline"}`` of a collector, online once subscribed."""
-    return f"{TOPIC_ROOT}/_collector/{_topic_safe(client_id)}/status"
-
-
-def _topic_safe(segment: str) -> str:
-    """A topic level that cannot break the topic tree (no separators, wildcards or NUL)."""
-    cleaned = "".join("_" if c in "/+#\x00" else c for c in segment)[:128]
-    return cleaned or "_"
+    return f"{TOPIC_ROOT}/_collector/{topic_level(client_id)}/status"

@@ -1,5 +1,5 @@
-"""The shipped deployment files: a valid compose file, broker configs that do not drop, and
-the local servers' CPU priority."""
+"""The shipped deployment files: a valid compose file, broker configs that admit only
+signed-in clients and do not drop, and the local servers' CPU priority."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.localservices import InfluxDB, Mosquitto
+from collector.demo import secure_broker
+from collector.localservices import BrokerAuth, InfluxDB, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +27,7 @@ COMPOSE_SECRETS = {
     "INFLUXDB_PASSWORD": "p",
     "GRAFANA_PASSWORD": "g",
     "SMARTUNIT_API_TOKEN": "a",
+    "SMARTUNIT_MQTT_PASSWORD": "m",
 }
 
 
@@ -59,9 +64,23 @@ def test_compose_file_is_valid_and_needs_its_secrets() -> None:
     mounts = {Path(m["target"]): m["source"] for m in _volumes(services["mosquitto"])}
     assert Path(mounts[Path("/mosquitto/config/mosquitto.conf")]) == ROOT / "config/mosquitto.conf"
     assert Path(mounts[Path("/mosquitto/config/mosquitto.acl")]) == ROOT / "config/mosquitto.acl"
+    # the broker starts only once its password file holds the service's own users
+    assert services["mosquitto"]["depends_on"]["mosquitto-passwd"] == {
+        "condition": "service_completed_successfully"
+    }
+    init = services["mosquitto-passwd"]
+    script = {Path(m["target"]): m["source"] for m in _volumes(init)}
+    assert Path(script[Path(init["entrypoint"][-1])]) == ROOT / "config/mosquitto-passwd.sh"
+    assert {m["source"] for m in _volumes(init)} & {
+        m["source"] for m in _volumes(services["mosquitto"])
+    }
+    collector_url = services["collector"]["environment"]["SMARTUNIT_MQTT_URL"]
+    assert collector_url == "mqtt://smartunit-collector:m@mosquitto:1883"
+    assert "SMARTUNIT_MQTT_URL" not in services["grafana"]["environment"]  # not its secret
     # a missing secret stops the stack instead of starting it with a default
-    missing = compose_config({k: v for k, v in COMPOSE_SECRETS.items() if k != "INFLUXDB_PASSWORD"})
-    assert missing.returncode != 0 and "INFLUXDB_PASSWORD" in missing.stderr
+    for secret in ("INFLUXDB_PASSWORD", "SMARTUNIT_MQTT_PASSWORD"):
+        missing = compose_config({k: v for k, v in COMPOSE_SECRETS.items() if k != secret})
+        assert missing.returncode != 0 and secret in missing.stderr
 
 
 def _volumes(service: dict) -> list[dict]:
@@ -129,6 +148,63 @@ def test_shipped_broker_configs_do_not_drop_qos1_messages(tmp_path: Path) -> Non
         assert _setting(text, "max_queued_messages") == "0"
         assert int(_setting(text, "max_queued_bytes") or 0) >= 256 * 1024 * 1024
         assert _setting(text, "persistence") == "true"
+
+
+def test_every_shipped_broker_config_admits_only_signed_in_clients(tmp_path: Path) -> None:
+    shipped = (ROOT / "config" / "mosquitto.conf").read_text()
+    demo, _users = secure_broker(tmp_path / "demo", ["xinghua"])
+    for text in (shipped, demo.config_text()):
+        assert _setting(text, "allow_anonymous") == "false"
+        assert _setting(text, "password_file")
+        assert _setting(text, "acl_file")
+    assert "allow_anonymous true" not in shipped
+
+
+def signs_in(port: int, user: str | None, password: str | None) -> bool:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"signin-{user}")
+    if user is not None:
+        client.username_pw_set(user, password)
+    codes: list[object] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: codes.append(reason)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    deadline = time.monotonic() + 5
+    while not codes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.loop_stop()
+    client.disconnect()
+    assert codes, "the broker did not answer"
+    return not getattr(codes[0], "is_failure", True)
+
+
+def test_the_compose_password_script_lets_in_the_collector_and_no_one_else(
+    tmp_path: Path,
+) -> None:
+    """config/mosquitto-passwd.sh with the real mosquitto_passwd, on a real broker with the
+    shipped ACL: what the compose stack runs before its broker starts."""
+    passwords = tmp_path / "auth" / "passwd"
+    env = {
+        "PATH": f"{os.environ['PATH']}:/usr/sbin:/usr/local/sbin",
+        "MOSQUITTO_PASSWORD_FILE": str(passwords),
+        "SMARTUNIT_MQTT_PASSWORD": "first",
+    }
+    script = str(ROOT / "config" / "mosquitto-passwd.sh")
+    subprocess.run(["sh", script], env=env, check=True, capture_output=True)
+    with passwords.open("a") as added_by_hand:  # a device's entry survives a restart
+        added_by_hand.write(passwords.read_text().replace("smartunit-collector:", "cam-1:"))
+    # the next start: a new collector password replaces the old one
+    subprocess.run(["sh", script], env={**env, "SMARTUNIT_MQTT_PASSWORD": "second"}, check=True)
+    assert oct(passwords.stat().st_mode & 0o777) == "0o600"
+    auth = BrokerAuth(password_file=passwords, acl_file=ROOT / "config" / "mosquitto.acl")
+    broker = Mosquitto(tmp_path / "broker", persistence=False, auth=auth).start()
+    try:
+        assert signs_in(broker.port, "smartunit-collector", "second")
+        assert signs_in(broker.port, "cam-1", "first")
+        assert not signs_in(broker.port, "smartunit-collector", "first")
+        assert not signs_in(broker.port, None, None)  # anonymous
+        assert not signs_in(broker.port, "smartunit-simulator", "")  # no password set
+    finally:
+        broker.stop()
 
 
 def test_the_local_influxdb_yields_the_cpu_to_the_collector(influxdb: InfluxDB) -> None:

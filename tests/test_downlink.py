@@ -93,3 +93,90 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
         )
     )
     collector.stop()
+
+
+def alert_of(book, device: str, unit: str, *, family: str = "chem", detector: str = "rule"):
+    (event,) = book.on_detection(
+        DetectionEvent(
+            "raised",
+            detector,
+            device,
+            family,
+            "lel_pct",
+            unit,
+            "red",
+            "green",
+            40.0,
+            round(time.time() * 1000),
+        )  # type: ignore[arg-type]
+    )
+    return event.alert_id
+
+
+@pytest.mark.slow
+def test_acks_for_pseudo_units_or_on_any_other_topic_are_refused(
+    make_settings, run_collector, publisher
+) -> None:
+    settings = make_settings()
+    collector = run_collector(settings)
+    book = collector.collector.alerts
+    fleet = alert_of(book, "_fleet", "", family="system", detector="silence")
+    operator = alert_of(book, "collector-behind", "_collector", family="system")
+    unregistered = alert_of(book, "gas-x", "_unregistered")
+    xinghua = alert_of(book, "gas-1", "xinghua")
+    hostile = [
+        ("smartunit/v1/units/_/ack", fleet),  # the fleet's alert has unit "", shown as "_"
+        ("smartunit/v1/units/_fleet/ack", fleet),
+        ("smartunit/v1/units/_collector/ack", operator),
+        ("smartunit/v1/units/_unregistered/ack", unregistered),
+        # a device named like the unit may publish its "data" and "status" under any family
+        ("smartunit/v1/units/xinghua/data", xinghua),
+        ("smartunit/v1/units/xinghua/status", xinghua),
+    ]
+    for topic, alert_id in hostile:
+        publisher.publish(topic, json.dumps({"alert_id": alert_id, "actor": "intruder"}))
+    # one valid ack last: once it is applied, every message before it has been judged
+    other = alert_of(book, "gas-2", "xinghua")
+    publisher.publish("smartunit/v1/units/xinghua/ack", json.dumps({"alert_id": other}))
+    assert wait_for(lambda: book.store.get(other).state == State.ACKNOWLEDGED)
+    for alert_id in (fleet, operator, unregistered, xinghua):
+        assert book.store.get(alert_id).state != State.ACKNOWLEDGED, alert_id
+    rejections = collector.stats.rejections
+    assert rejections["ack_refused"] == 4
+    assert rejections["unknown_family"] == 2  # "units" is no device family
+    collector.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("receiver", ["bulk", "paho"])
+def test_a_units_overwritten_alert_state_is_restored(
+    make_settings, run_collector, publisher, subscribe, receiver
+) -> None:
+    settings = make_settings(mqtt={"receiver": receiver})
+    collector = run_collector(settings)
+    book = collector.collector.alerts
+    topic = "smartunit/v1/units/restore-me/alert"
+    display = subscribe(topic)
+    alert_of(book, "gas-1", "restore-me")
+    assert wait_for(lambda: display.messages and display.messages[-1].payload)
+    alert_of(book, "gas-2", "restore-me")  # the collector's own updates are no overwrite
+    assert wait_for(lambda: json.loads(display.messages[-1].payload or b"{}").get("count") == 2)
+    ours = display.messages[-1].payload
+    assert json.loads(ours)["colour"] == "red"
+
+    # someone else silences the siren: green, retained
+    before = collector.collector.metrics()["unit_state_overwrites_total"]
+    publisher.publish(topic, json.dumps({"unit": "restore-me", "colour": "green"}), retain=True)
+    assert wait_for(lambda: len(display.messages) >= 4 and display.messages[-1].payload == ours)
+    assert collector.collector.metrics()["unit_state_overwrites_total"] == before + 1
+    # a display switched on now sees the collector's state, not the intruder's
+    late = subscribe(topic)
+    assert wait_for(lambda: bool(late.messages))
+    assert late.messages[-1].retain and late.messages[-1].payload == ours
+    # a retained state for a unit without active alerts is cleared
+    ghost = "smartunit/v1/units/ghost-unit/alert"
+    ghost_display = subscribe(ghost)
+    publisher.publish(ghost, json.dumps({"unit": "ghost-unit", "colour": "red"}), retain=True)
+    assert wait_for(lambda: ghost_display.messages and ghost_display.messages[-1].payload == b"")
+    assert collector.collector.metrics()["unit_state_overwrites_total"] == before + 2
+    collector.stop()

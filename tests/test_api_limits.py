@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from collector.demo import wait_for_collector
 from collector.localservices import spawn, stop_process
@@ -108,3 +110,60 @@ def test_large_posts_leave_the_collectors_memory_where_it_was(
         assert collector.poll() is None
     finally:
         stop_process(collector)
+
+
+def stalled_request(port: int, path: str) -> socket.socket:
+    """A request whose body stops after a few of the bytes it announced."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"actor"'.encode()
+    )
+    return sock
+
+
+def healthz(base: str) -> int:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=5).status_code
+    except httpx.TransportError:
+        return 0
+
+
+@pytest.mark.slow
+def test_connections_beyond_the_limit_are_turned_away(make_settings, run_collector) -> None:
+    settings = make_settings(
+        http={"tokens": {"t": SecretStr(TOKEN)}, "max_connections": 4, "body_timeout_s": 120}
+    )
+    run_collector(settings)
+    base = f"http://127.0.0.1:{settings.http.port}"
+    assert poll(lambda: healthz(base), lambda status: status == 200) == 200
+    stalled: list[socket.socket] = []
+    answers = []
+    try:
+        # slow clients take the slots one by one; once all are taken, a newcomer is
+        # answered 503 at once instead of being queued behind them
+        while len(stalled) < 8 and 503 not in answers:
+            stalled.append(stalled_request(settings.http.port, "/api/alerts/1/comment"))
+            answers.append(healthz(base))
+        assert answers[-1] == 503, answers
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert poll(lambda: healthz(base), lambda status: status == 200) == 200
+
+
+@pytest.mark.slow
+def test_slow_senders_are_cut_off(make_settings, run_collector) -> None:
+    settings = make_settings(http={"tokens": {"t": SecretStr(TOKEN)}, "body_timeout_s": 1.0})
+    run_collector(settings)
+    base = f"http://127.0.0.1:{settings.http.port}"
+    assert poll(lambda: healthz(base), lambda status: status == 200) == 200
+    stalled = [stalled_request(settings.http.port, "/api/alerts/1/comment") for _ in range(3)]
+    try:
+        for sock in stalled:
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert healthz(base) == 200

@@ -15,7 +15,6 @@ a refused or invalid request is answered without echoing what it sent.
 # run time, and they name types local to create_app.
 import dataclasses
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from collector.alerts.model import (
 )
 from collector.apiguard import Refused, RequestGuard, Tokens
 from collector.errors import StoreError
+from collector.plaintext import check_name, check_text
 from collector.registry import Registry
 from collector.snapshots import unit_states
 from detectors.levels import COLOURS
@@ -48,32 +48,7 @@ CONSOLE = Path(__file__).resolve().parent / "console"
 # Alert ids are SQLite integers: anything past int64 can name no alert.
 AlertId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
-# Bidirectional overrides and isolates: they make recorded text read differently than it is.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f"  # marks
-    "\u202a\u202b\u202c\u202d\u202e"  # embeddings and overrides
-    "\u2066\u2067\u2068\u2069"  # isolates
-)
-
-
-def _no_invisible(name: str) -> str:
-    """A name as shown in the history: no control or format characters (Cc, Cf)."""
-    for char in name:
-        if unicodedata.category(char) in {"Cc", "Cf"}:
-            raise ValueError(f"control or format character U+{ord(char):04X} not allowed")
-    return name
-
-
-def _plain_text(text: str) -> str:
-    """Free text (a note, a reason): line breaks and tabs, but no other control characters
-    and no bidirectional controls."""
-    for char in text:
-        if char in _BIDI_CONTROLS or (unicodedata.category(char) == "Cc" and char not in "\t\n\r"):
-            raise ValueError(f"control character U+{ord(char):04X} not allowed")
-    return text
-
-
-ActorName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_invisible)]
+ActorName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name)]
 Identifier = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -82,12 +57,12 @@ class SilenceRequest(BaseModel):
     device: Identifier | None = None
     minutes: float = Field(gt=0, le=60 * 24 * 31)
     actor: ActorName
-    reason: Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(_plain_text)]
+    reason: Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(check_text)]
 
 
 class Action(BaseModel):
     actor: ActorName
-    note: Annotated[str, Field(max_length=4000), AfterValidator(_plain_text)] = ""
+    note: Annotated[str, Field(max_length=4000), AfterValidator(check_text)] = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,6 +63,7 @@ from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
 from collector.operator import OperatorAlarm, RecentMedian
+from collector.plaintext import clean_name, clean_text
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -668,8 +669,9 @@ class Collector:
         try:
             request = orjson.loads(payload)
             alert_id = int(request["alert_id"])
-            actor = str(request.get("actor", "on-site"))[:200]
-            note = str(request.get("note", ""))[:4000]
+            # stripped, not refused: a panel cannot be told, and its ack must count
+            actor = clean_name(str(request.get("actor", "")))[:200] or "on-site"
+            note = clean_text(str(request.get("note", "")))[:4000]
             alert = self.alerts.store.get(alert_id)
             if alert is None or _topic_safe(alert.unit) != unit:
                 raise ValueError(f"no alert {alert_id} in unit {unit!r}")

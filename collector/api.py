@@ -78,7 +78,7 @@ class ApiContext:
     # (family, device, quantity, start_ms, end_ms) -> [(time_ms, value)], from InfluxDB
     series: Callable[[str, str, str, int, int], list[tuple[int, float]]] | None = None
     ack_deadlines_s: Mapping[Any, float] = field(default_factory=dict)
-    max_body_bytes: int = 16 * 1024
+    max_body_bytes: int = 32 * 1024
     body_timeout_s: float = 10.0
 
     def alert_json(self, alert: Alert) -> dict[str, Any]:

@@ -173,7 +173,7 @@ class HttpSettings(_Section):
     # takes). SMARTUNIT_API_TOKEN adds one named "default".
     tokens: dict[str, SecretStr] = {}
     # Largest request body; anything larger is refused (413) before it is read.
-    max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     # Time a client has to send its body once the headers are in (408 after).
     body_timeout_s: PositiveFloat = 10.0
     # Connections served at once; more are answered 503 at once.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -247,3 +248,24 @@ def test_no_page_loads_code_from_elsewhere(api) -> None:
     links = re.findall(r'(?:src|href)="([^"]*)"', page.text)
     assert links and all(link.startswith("/") and not link.startswith("//") for link in links)
     assert "/api/alerts/{alert_id}/ack" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+@pytest.mark.slow
+def test_the_longest_valid_action_fits_the_body_limit(api) -> None:
+    base, alert_id, _ = api
+    longest = {"actor": "值" * 200, "note": "阀" * 4000}
+    body = json.dumps(longest).encode()  # every character escaped: 6 bytes each
+    assert len(body) > 24_000
+    commented = httpx.post(
+        f"{base}/api/alerts/{alert_id}/comment",
+        content=body,
+        headers={**as_("tok-hotline"), "Content-Type": "application/json"},
+    )
+    assert commented.status_code == 200
+    over = body + b" " * 32 * 1024  # valid JSON still, but over the limit
+    refused = httpx.post(
+        f"{base}/api/alerts/{alert_id}/comment",
+        content=over,
+        headers={**as_("tok-hotline"), "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 413

@@ -15,6 +15,7 @@ a refused or invalid request is answered without echoing what it sent.
 # run time, and they name types local to create_app.
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,11 +134,13 @@ def create_app(context: ApiContext) -> FastAPI:
         redoc_url=None,
     )
     tokens = Tokens({name: token.get_secret_value() for name, token in context.tokens.items()})
+    refused: Counter[int] = Counter()
     app.add_middleware(
         RequestGuard,
         tokens=tokens,
         max_body_bytes=context.max_body_bytes,
         body_timeout_s=context.body_timeout_s,
+        refused=refused,
     )
 
     @app.exception_handler(RequestValidationError)
@@ -315,7 +318,11 @@ def create_app(context: ApiContext) -> FastAPI:
     def prometheus() -> str:
         lines = []
         typed: set[str] = set()
-        for key, value in sorted(context.metrics().items()):
+        counted = {
+            **context.metrics(),
+            **{f'api_refused_total{{status="{status}"}}': n for status, n in refused.items()},
+        }
+        for key, value in sorted(counted.items()):
             name = "smartunit_" + key.replace(".", "_").replace("-", "_")
             family = name.partition("{")[0]
             if family not in typed:  # one TYPE line per family, before its samples

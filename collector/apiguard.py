@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections import Counter
 from collections.abc import Mapping
 
 from starlette.datastructures import Headers
@@ -55,15 +56,24 @@ class Tokens:
 
 
 class RequestGuard:
-    """ASGI middleware: credentials from the headers first, then a bounded body."""
+    """ASGI middleware: credentials from the headers first, then a bounded body.
+
+    ``refused`` counts what it turned away, by status, for /metrics."""
 
     def __init__(
-        self, app: ASGIApp, *, tokens: Tokens, max_body_bytes: int, body_timeout_s: float
+        self,
+        app: ASGIApp,
+        *,
+        tokens: Tokens,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        refused: Counter[int] | None = None,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.refused = refused if refused is not None else Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,9 +84,11 @@ class RequestGuard:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await self._read_body(receive)
         except Refused as refused:
+            self.refused[refused.status] += 1
             await _refuse(send, refused)
             return
         except TimeoutError:
+            self.refused[408] += 1
             await _refuse(send, Refused(408, "request body not received in time"))
             return
         except _ClientGone:

@@ -5,23 +5,28 @@
 changes anything. Actions are idempotent (acknowledging twice records one
 acknowledgement) and answer 409 when the alert's state forbids them. ``/healthz`` and
 ``/metrics`` (Prometheus text format) are open; the OpenAPI description is at
-``/openapi.json``.
+``/openapi.json`` (no interactive ``/docs``: its page would load scripts from a CDN).
+
+Credentials and the body's size are checked before the body is read (collector.apiguard);
+a refused or invalid request is answered without echoing what it sent.
 """
 
 # No "from __future__ import annotations" here: FastAPI reads the route signatures at
 # run time, and they name types local to create_app.
 import dataclasses
-import hmac
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
 
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import (
@@ -32,25 +37,33 @@ from collector.alerts.model import (
     TransitionError,
     ack_due_at_ms,
 )
+from collector.apiguard import Refused, RequestGuard, Tokens
 from collector.errors import StoreError
+from collector.plaintext import check_name, check_text
 from collector.registry import Registry
 from collector.snapshots import unit_states
 from detectors.levels import COLOURS
 
 CONSOLE = Path(__file__).resolve().parent / "console"
 
+# Alert ids are SQLite integers: anything past int64 can name no alert.
+AlertId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
+
+ActorName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name)]
+Identifier = Annotated[str, Field(min_length=1, max_length=200)]
+
 
 class SilenceRequest(BaseModel):
-    unit: str | None = None
-    device: str | None = None
+    unit: Identifier | None = None
+    device: Identifier | None = None
     minutes: float = Field(gt=0, le=60 * 24 * 31)
-    actor: str = Field(min_length=1, max_length=200)
-    reason: str = Field(min_length=1, max_length=4000)
+    actor: ActorName
+    reason: Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(check_text)]
 
 
 class Action(BaseModel):
-    actor: str = Field(min_length=1, max_length=200)
-    note: str = Field(default="", max_length=4000)
+    actor: ActorName
+    note: Annotated[str, Field(max_length=4000), AfterValidator(check_text)] = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +79,8 @@ class ApiContext:
     # (family, device, quantity, start_ms, end_ms) -> [(time_ms, value)], from InfluxDB
     series: Callable[[str, str, str, int, int], list[tuple[int, float]]] | None = None
     ack_deadlines_s: Mapping[Any, float] = field(default_factory=dict)
+    max_body_bytes: int = 32 * 1024
+    body_timeout_s: float = 10.0
 
     def alert_json(self, alert: Alert) -> dict[str, Any]:
         due = ack_due_at_ms(alert, self.ack_deadlines_s)
@@ -102,22 +117,50 @@ def _event_json(event: AlertEvent) -> dict[str, Any]:
     }
 
 
+def _known_to(registry: Registry, *, unit: str | None, device: str | None) -> bool:
+    """Whether a silence names a unit, device or gateway of the registry."""
+    if unit is not None:
+        return unit in registry.units
+    return device in registry.devices or any(d.gateway == device for d in registry.devices.values())
+
+
 def create_app(context: ApiContext) -> FastAPI:
     book = context.book
-    app = FastAPI(title="SmartUnit Monitor", version="1", description=__doc__)
-    known = {name: token.get_secret_value() for name, token in context.tokens.items()}
+    app = FastAPI(
+        title="SmartUnit Monitor",
+        version="1",
+        description=__doc__,
+        docs_url=None,
+        redoc_url=None,
+    )
+    tokens = Tokens({name: token.get_secret_value() for name, token in context.tokens.items()})
+    refused: Counter[int] = Counter()
+    app.add_middleware(
+        RequestGuard,
+        tokens=tokens,
+        max_body_bytes=context.max_body_bytes,
+        body_timeout_s=context.body_timeout_s,
+        refused=refused,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # where and why, never the input: it is the caller's own, and may be large
+        detail = [
+            {
+                "loc": [str(part)[:100] for part in error.get("loc", ())],
+                "msg": str(error.get("msg", ""))[:200],
+                "type": str(error.get("type", "")),
+            }
+            for error in exc.errors()[:20]
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     def integration(request: Request) -> str:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(
-                401, "bearer token required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        for name, expected in known.items():
-            if hmac.compare_digest(token.encode(), expected.encode()):
-                return name
-        raise HTTPException(403, "unknown token")
+        try:
+            return tokens.caller(request.headers.get("Authorization", ""))
+        except Refused as refused:
+            raise HTTPException(refused.status, refused.detail, refused.headers) from None
 
     Caller = Annotated[str, Depends(integration)]
 
@@ -150,7 +193,7 @@ def create_app(context: ApiContext) -> FastAPI:
         ]
 
     @app.get("/api/alerts/{alert_id}")
-    def get_alert(alert_id: int, caller: Caller) -> dict[str, Any]:
+    def get_alert(alert_id: AlertId, caller: Caller) -> dict[str, Any]:
         alert = require(alert_id)
         return {
             **context.alert_json(alert),
@@ -175,19 +218,23 @@ def create_app(context: ApiContext) -> FastAPI:
         }
 
     @app.post("/api/alerts/{alert_id}/ack")
-    def acknowledge(alert_id: int, body: Action, caller: Caller) -> dict[str, Any]:
+    def acknowledge(alert_id: AlertId, body: Action, caller: Caller) -> dict[str, Any]:
         return act("ack", alert_id, body, caller)
 
     @app.post("/api/alerts/{alert_id}/resolve")
-    def resolve(alert_id: int, body: Action, caller: Caller) -> dict[str, Any]:
+    def resolve(alert_id: AlertId, body: Action, caller: Caller) -> dict[str, Any]:
         return act("resolve", alert_id, body, caller)
 
     @app.post("/api/alerts/{alert_id}/comment")
-    def comment(alert_id: int, body: Action, caller: Caller) -> dict[str, Any]:
+    def comment(alert_id: AlertId, body: Action, caller: Caller) -> dict[str, Any]:
         return act("comment", alert_id, body, caller)
 
     @app.post("/api/silences")
     def add_silence(body: SilenceRequest, caller: Caller) -> dict[str, Any]:
+        # a typo would silence nothing and look as if it did
+        one = (body.unit is None) != (body.device is None)  # else the book refuses it
+        if one and not _known_to(context.registry(), unit=body.unit, device=body.device):
+            raise HTTPException(422, "no such unit or device in the registry")
         start = now_ms()
         try:
             silence = book.silence(
@@ -224,7 +271,7 @@ def create_app(context: ApiContext) -> FastAPI:
 
     @app.get("/api/alerts/{alert_id}/series")
     def alert_series(
-        alert_id: int,
+        alert_id: AlertId,
         caller: Caller,
         before_s: Annotated[float, Query(gt=0, le=31 * 86400)] = 900,
         after_s: Annotated[float, Query(gt=0, le=31 * 86400)] = 3600,
@@ -271,7 +318,11 @@ def create_app(context: ApiContext) -> FastAPI:
     def prometheus() -> str:
         lines = []
         typed: set[str] = set()
-        for key, value in sorted(context.metrics().items()):
+        counted = {
+            **context.metrics(),
+            **{f'api_refused_total{{status="{status}"}}': n for status, n in refused.items()},
+        }
+        for key, value in sorted(counted.items()):
             name = "smartunit_" + key.replace(".", "_").replace("-", "_")
             family = name.partition("{")[0]
             if family not in typed:  # one TYPE line per family, before its samples

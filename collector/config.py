@@ -173,6 +173,12 @@ class HttpSettings(_Section):
     # Bearer tokens, one per integration (its name is recorded with every action it
     # takes). SMARTUNIT_API_TOKEN adds one named "default".
     tokens: dict[str, SecretStr] = {}
+    # Largest request body; anything larger is refused (413) before it is read.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
+    # Time a client has to send its body once the headers are in (408 after).
+    body_timeout_s: PositiveFloat = 10.0
+    # Connections served at once; more are answered 503 at once.
+    max_connections: Annotated[int, Field(ge=1)] = 100
 
 
 class RegistrySettings(_Section):

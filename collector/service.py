@@ -388,6 +388,8 @@ class Collector:
                 registry=lambda: self.registry.current,
                 series=series,
                 ack_deadlines_s=self.settings.alerts.ack_deadlines_s,
+                max_body_bytes=http.max_body_bytes,
+                body_timeout_s=http.body_timeout_s,
             )
         )
         config = uvicorn.Config(
@@ -397,6 +399,7 @@ class Collector:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            limit_concurrency=http.max_connections,
         )
         return _EmbeddedServer(config)
 

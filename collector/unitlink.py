@@ -28,6 +28,7 @@ import orjson
 
 from collector.alerts.model import Alert, worst_level
 from collector.logs import RateLimitedLog
+from collector.plaintext import clean_name, clean_text
 from collector.protocol import TOPIC_ROOT, topic_level
 from detectors.levels import COLOURS
 
@@ -96,11 +97,12 @@ def parse_ack(payload: bytes) -> tuple[int, str, str]:
     alert_id = request.get("alert_id")
     if not isinstance(alert_id, int) or isinstance(alert_id, bool) or alert_id < 1:
         raise ValueError('"alert_id" must be a positive JSON integer')
-    actor = request.get("actor", "on-site")
+    actor = request.get("actor", "")
     note = request.get("note", "")
     if not isinstance(actor, str) or not isinstance(note, str):
         raise ValueError('"actor" and "note" must be strings')
-    return alert_id, actor[:200], note[:4000]
+    # stripped, not refused: a panel cannot be told, and its ack must count
+    return alert_id, clean_name(actor)[:200] or "on-site", clean_text(note)[:4000]
 
 
 class UnitStates:

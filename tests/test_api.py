@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,12 +14,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from collector.detection import DetectionEvent
+from tests.test_detection_e2e import REGISTRY
 
 
 @pytest.fixture
-def api(make_settings, run_collector):
+def api(make_settings, run_collector, tmp_path: Path):
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
     settings = make_settings(
-        http={"tokens": {"hotline": SecretStr("tok-hotline"), "console": SecretStr("tok-console")}}
+        registry,
+        http={"tokens": {"hotline": SecretStr("tok-hotline"), "console": SecretStr("tok-console")}},
     )
     collector = run_collector(settings)
     book = collector.collector.alerts
@@ -148,3 +155,117 @@ def test_maintenance_windows_through_the_api(api) -> None:
     assert (
         httpx.post(f"{base}/api/silences", json=both, headers=as_("tok-console")).status_code == 422
     )
+
+
+@pytest.mark.slow
+def test_silences_name_a_unit_device_or_gateway_of_the_registry(api) -> None:
+    base, _, _ = api
+    console = as_("tok-console")
+    window = {"minutes": 5, "actor": "park-ops", "reason": "works"}
+    for target in ({"unit": "xinghau"}, {"device": "gas-9"}, {"unit": "_unregistered"}):
+        refused = httpx.post(f"{base}/api/silences", json={**target, **window}, headers=console)
+        assert refused.status_code == 422, target
+        assert "registry" in refused.text
+    for target in ({"unit": "xinghua"}, {"device": "gas-1"}, {"device": "gw-1"}):
+        created = httpx.post(f"{base}/api/silences", json={**target, **window}, headers=console)
+        assert created.status_code == 200, target
+    listed = httpx.get(f"{base}/api/silences", headers=console).json()
+    assert sorted((s["unit"] or s["device"]) for s in listed) == ["gas-1", "gw-1", "xinghua"]
+
+
+@pytest.mark.slow
+def test_alert_ids_past_int64_are_refused_cleanly(api) -> None:
+    base, alert_id, _ = api
+    hotline = as_("tok-hotline")
+    for bad in (2**63, 2**64, 10**30, 0, -1):
+        assert httpx.get(f"{base}/api/alerts/{bad}", headers=hotline).status_code == 422, bad
+        acted = httpx.post(f"{base}/api/alerts/{bad}/ack", json={"actor": "a"}, headers=hotline)
+        assert acted.status_code == 422, bad
+        assert str(bad) not in acted.text  # the input is not echoed
+        series = httpx.get(f"{base}/api/alerts/{bad}/series", headers=hotline)
+        assert series.status_code == 422, bad
+    assert httpx.get(f"{base}/api/alerts/{2**63 - 1}", headers=hotline).status_code == 404
+    assert httpx.get(f"{base}/api/alerts/{alert_id}", headers=hotline).status_code == 200
+
+
+@pytest.mark.slow
+def test_actor_names_with_control_or_bidi_characters_are_refused(api) -> None:
+    base, alert_id, book = api
+    hotline = as_("tok-hotline")
+    for actor in ("evil\u202egnp.exe", "a\u200bb", "line\nbreak", "bell\x07", "\u2066x\u2069"):
+        for path, extra in (
+            (f"/api/alerts/{alert_id}/comment", {"note": "n"}),
+            ("/api/silences", {"unit": "xinghua", "minutes": 5, "reason": "r"}),
+        ):
+            refused = httpx.post(f"{base}{path}", json={"actor": actor, **extra}, headers=hotline)
+            assert refused.status_code == 422, (actor, path)
+            assert actor not in refused.text and actor not in refused.json()["detail"][0]["msg"]
+    bidi_note = {"actor": "desk", "note": "paid \u202e0001"}
+    assert (
+        httpx.post(
+            f"{base}/api/alerts/{alert_id}/comment", json=bidi_note, headers=hotline
+        ).status_code
+        == 422
+    )
+    # what people do write stays welcome: other scripts, accents, line breaks in a note
+    fine = {"actor": "值班员 Zoë", "note": "阀门已关闭\n第二行\tok"}
+    commented = httpx.post(f"{base}/api/alerts/{alert_id}/comment", json=fine, headers=hotline)
+    assert commented.status_code == 200
+    assert [(e.actor, e.note) for e in book.history(alert_id)][1:] == [
+        ("hotline:值班员 Zoë", "阀门已关闭\n第二行\tok")
+    ]
+    assert httpx.get(f"{base}/api/silences", headers=hotline).json() == []
+
+
+@pytest.mark.slow
+def test_invalid_bodies_are_described_not_echoed(api) -> None:
+    base, alert_id, _ = api
+    marker = "SECRET-ISH-INPUT-" * 100
+    too_long = httpx.post(
+        f"{base}/api/alerts/{alert_id}/comment",
+        json={"actor": marker, "note": "n"},
+        headers=as_("tok-hotline"),
+    )
+    assert too_long.status_code == 422
+    (error,) = too_long.json()["detail"]
+    assert error["loc"] == ["body", "actor"] and error["type"] == "string_too_long"
+    assert "SECRET-ISH" not in too_long.text
+    broken = httpx.post(
+        f"{base}/api/silences",
+        content=b'{"actor": "' + marker.encode(),
+        headers={**as_("tok-hotline"), "Content-Type": "application/json"},
+    )
+    assert broken.status_code == 422 and "SECRET-ISH" not in broken.text
+
+
+@pytest.mark.slow
+def test_no_page_loads_code_from_elsewhere(api) -> None:
+    base, _, _ = api
+    assert httpx.get(f"{base}/docs").status_code == 404  # its page would fetch a CDN's scripts
+    assert httpx.get(f"{base}/redoc").status_code == 404
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200
+    links = re.findall(r'(?:src|href)="([^"]*)"', page.text)
+    assert links and all(link.startswith("/") and not link.startswith("//") for link in links)
+    assert "/api/alerts/{alert_id}/ack" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+@pytest.mark.slow
+def test_the_longest_valid_action_fits_the_body_limit(api) -> None:
+    base, alert_id, _ = api
+    longest = {"actor": "值" * 200, "note": "阀" * 4000}
+    body = json.dumps(longest).encode()  # every character escaped: 6 bytes each
+    assert len(body) > 24_000
+    commented = httpx.post(
+        f"{base}/api/alerts/{alert_id}/comment",
+        content=body,
+        headers={**as_("tok-hotline"), "Content-Type": "application/json"},
+    )
+    assert commented.status_code == 200
+    over = body + b" " * 32 * 1024  # valid JSON still, but over the limit
+    refused = httpx.post(
+        f"{base}/api/alerts/{alert_id}/comment",
+        content=over,
+        headers={**as_("tok-hotline"), "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 413

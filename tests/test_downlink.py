@@ -64,6 +64,16 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
     assert wait_for(lambda: book.store.get(red.alert_id).state == State.ACKNOWLEDGED)
     acks = [e for e in book.history(red.alert_id) if e.type.value == "acknowledged"]
     assert [(e.actor, e.note) for e in acks] == [("field:xinghua:guard-3", "evacuating hall B")]
+    # a name that would read backwards in the trail is kept, without its control characters
+    publisher.publish(
+        "smartunit/v1/units/xinghua/ack",
+        json.dumps(
+            {"alert_id": orange.alert_id, "actor": "guard\u202e-4\x07", "note": "a\u202eb\n"}
+        ),
+    )
+    assert wait_for(lambda: book.store.get(orange.alert_id).state == State.ACKNOWLEDGED)
+    acks = [e for e in book.history(orange.alert_id) if e.type.value == "acknowledged"]
+    assert [(e.actor, e.note) for e in acks] == [("field:xinghua:guard-4", "ab\n")]
 
     # when every alert of a unit is closed, its retained state is cleared
     now = round(time.time() * 1000)

@@ -30,8 +30,10 @@ from collector.alerts.model import (
     Silence,
     State,
     TransitionError,
+    worst_level,
 )
-from collector.alerts.store import AlertStore, Router
+from collector.alerts.notify import OutboxEntry
+from collector.alerts.store import AlertStore
 from collector.detection import DetectionEvent
 from detectors.levels import COLOURS
 
@@ -44,6 +46,8 @@ class _Change:
     alert: Alert
     events: list[AlertEvent]
     next_seq: int
+    # The alert rose above the colour someone acknowledged: that acknowledgement is void.
+    ack_voided: bool = False
 
     def record(self, kind: EventType, at_ms: int, actor: str, note: str = "") -> None:
         self.alert.updated_at_ms = max(self.alert.updated_at_ms, at_ms)
@@ -64,6 +68,8 @@ class _Change:
 
 
 EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
+# Outbox entries for an alert's events, given the other active alerts of its incident.
+IncidentRouter = Callable[[Alert, Sequence[AlertEvent], Sequence[Alert]], Sequence[OutboxEntry]]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +94,7 @@ class AlertBook:
         *,
         verify_window_s: float = 300.0,
         listeners: Sequence[EventListener] = (),
-        router: Router | None = None,
+        router: IncidentRouter | None = None,
         flap_window_s: float = 3600.0,
         flap_toggles: int = 6,
     ) -> None:
@@ -112,12 +118,76 @@ class AlertBook:
         return _Change(alert, [], self.store.last_seq(alert.id) + 1)
 
     def _commit(self, change: _Change) -> list[AlertEvent]:
-        if change.events:
-            self._watch_flapping(change)
-            outbox = self.router(change.alert, self._notifiable(change)) if self.router else ()
-            self.store.save(change.alert, change.events, outbox)
-            self._tell(change.alert, change.events)
-        return change.events
+        """Save the change with its outbox; tell the incident's leader what it means."""
+        if not change.events:
+            return []
+        self._watch_flapping(change)
+        alert = change.alert
+        incident = self._incident(alert)
+        alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
+        outbox = self.router(alert, self._notifiable(change), incident) if self.router else ()
+        self.store.save(alert, change.events, outbox)
+        self._tell(alert, change.events)
+        return list(change.events) + self._tell_leader(change, incident)
+
+    def _incident(self, alert: Alert) -> list[Alert]:
+        """The other active alerts of the alert's incident."""
+        if not alert.unit:
+            return []
+        return [
+            a
+            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=alert.unit)
+            if a.incident == alert.incident and a.id != alert.id
+        ]
+
+    def _tell_leader(self, change: _Change, incident: Sequence[Alert]) -> list[AlertEvent]:
+        """Record on the incident's leader what a member's change means for the incident:
+        it joined, it rose, it escalated. Receivers that group incidents hear only the
+        leader, and take it as soon as the incident matches them: these events are how a
+        red alert in a yellow incident reaches an orange-only receiver."""
+        member = change.alert
+        leader = next((a for a in incident if a.id == member.incident), None)
+        if leader is None or member.leads_incident:
+            return []  # a leader speaks for itself; a closed leader's incident is over
+        before = str(leader.extra.get("incident_colour", leader.colour))
+        rose = COLOURS.index(member.colour) > COLOURS.index(before)
+        what = f"alert {member.id} ({member.fingerprint.device} {member.fingerprint.quantity})"
+        told: list[tuple[EventType, int, str]] = []
+        for event in change.events:
+            if event.type == EventType.OPENED:
+                note = f"{what} joined, {event.colour}"
+                if rose:
+                    note += f": incident {before} -> {member.colour}"
+                told.append((EventType.INCIDENT_JOINED, event.at_ms, note))
+            elif event.type == EventType.ESCALATED:
+                told.append((EventType.INCIDENT_ESCALATED, event.at_ms, f"{what} {event.note}"))
+            elif event.type == EventType.COLOUR_CHANGED and (rose or change.ack_voided):
+                note = f"{what} {event.note}"
+                if rose:
+                    note += f": incident {before} -> {member.colour}"
+                if change.ack_voided:
+                    note += "; it needs acknowledgement again"
+                told.append((EventType.INCIDENT_ROSE, event.at_ms, note))
+        if not told:
+            return []
+        lead = self._change(leader)
+        if leader.state == State.ACKNOWLEDGED and not member.acknowledged:
+            # The leader was acknowledged for the incident as it was then; what joined or
+            # rose since has not been seen by anyone: the incident needs a fresh one.
+            self._await_acknowledgement(leader, told[0][1])
+        for kind, at_ms, note in told:
+            lead.record(kind, at_ms, SYSTEM, note)
+        return self._commit(lead)
+
+    @staticmethod
+    def _await_acknowledgement(alert: Alert, at_ms: int) -> None:
+        """An acknowledged alert needs someone again; its escalation clock starts now."""
+        alert.acknowledged = False
+        if not alert.condition_active:
+            alert.state = State.RECOVERED
+        else:
+            alert.state = State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN
+        alert.extra["level_since_ms"] = at_ms
 
     def _notifiable(self, change: _Change) -> list[AlertEvent]:
         """The events that may notify: none under a silence, no toggles while flapping."""
@@ -265,27 +335,21 @@ class AlertBook:
                 value,
             )
             leader = self._incident_leader(alert.unit)
+            incident: list[Alert] = []
             if leader is not None:
                 alert.extra["incident"] = leader.id
+                incident = self._incident(alert)
+            alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
             route = None
             if self.router is not None and not self.silenced(alert, event.ts_ms):
-                route = self.router
+                router = self.router
+
+                def route(new: Alert, events: Sequence[AlertEvent]) -> Sequence[OutboxEntry]:
+                    return router(new, events, incident)
+
             created, events = self.store.create(alert, [opened], route)  # assigns the id
             self._tell(created, events)
-            if leader is not None:
-                change = self._change(leader)
-                change.record(
-                    EventType.INCIDENT_JOINED,
-                    event.ts_ms,
-                    SYSTEM,
-                    f"alert {created.id} joined: {fingerprint.device} "
-                    f"{fingerprint.quantity} {event.colour}",
-                )
-                worst = leader.extra.get("incident_colour", leader.colour)
-                if COLOURS.index(event.colour) > COLOURS.index(worst):
-                    leader.extra["incident_colour"] = event.colour
-                self._commit(change)
-            return events
+            return events + self._tell_leader(_Change(created, events, 2), incident)
         change = self._change(alert)
         alert.value = value
         if not alert.condition_active:
@@ -313,9 +377,16 @@ class AlertBook:
         if event.colour != alert.colour:
             previous, alert.colour = alert.colour, event.colour
             alert.extra["threshold"] = event.threshold
-            change.record(
-                EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, f"{previous} -> {event.colour}"
-            )
+            note = f"{previous} -> {event.colour}"
+            seen = str(alert.extra.get("acknowledged_colour", previous))
+            if alert.state == State.ACKNOWLEDGED and COLOURS.index(event.colour) > COLOURS.index(
+                seen
+            ):
+                # Someone took on a lesser alarm than this one: it needs them again.
+                self._await_acknowledgement(alert, event.ts_ms)
+                change.ack_voided = True
+                note += f", above the {seen} acknowledged"
+            change.record(EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, note)
         return self._commit(change)
 
     def _clear(self, fingerprint: Fingerprint, at_ms: int, value: float | None) -> list[AlertEvent]:
@@ -358,18 +429,21 @@ class AlertBook:
         self, alert_id: int, *, actor: str, note: str = "", now_ms: int
     ) -> list[AlertEvent]:
         alert = self._require(alert_id)
-        if alert.state == State.ACKNOWLEDGED or (
-            alert.acknowledged and alert.state in (State.RESOLVED, State.CLOSED)
-        ):
+        if alert.acknowledged and alert.state in (State.RESOLVED, State.CLOSED):
             return []  # idempotent
-        if alert.state not in ACK_FROM:
-            raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
-        change = self._change(alert)
-        alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-        change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
-        return self._commit(change) + self._for_incident(
-            alert, self.acknowledge, ACK_FROM, actor, now_ms
-        )
+        events: list[AlertEvent] = []
+        if alert.state != State.ACKNOWLEDGED:
+            if alert.state not in ACK_FROM:
+                raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
+            change = self._change(alert)
+            alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
+            alert.extra["acknowledged_colour"] = alert.colour
+            change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
+            events = self._commit(change)
+        # An incident's acknowledgement covers its alerts as they are now; one that joins
+        # or rises later needs a fresh acknowledgement of the leader (idempotent for the
+        # rest: an acknowledged alert records nothing).
+        return events + self._for_incident(alert, self.acknowledge, ACK_FROM, actor, now_ms)
 
     @_serialised
     def resolve(
@@ -383,6 +457,7 @@ class AlertBook:
         change = self._change(alert)
         if not alert.acknowledged:  # resolving implies someone handled it
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
+            alert.extra["acknowledged_colour"] = alert.colour
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
         alert.state = State.RESOLVED
         alert.extra["resolved_at_ms"] = now_ms

@@ -30,6 +30,7 @@ import httpx
 
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
+from collector.alerts.pending import STORE_ERRORS
 from collector.alerts.store import AlertStore, OutboxRow
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
@@ -75,7 +76,13 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
-            sent = await self.deliver_due()
+            try:
+                sent = await self.deliver_due()
+            except STORE_ERRORS as exc:
+                # The outbox cannot be written: what went out stays pending and goes
+                # again later (receivers drop repeats by the event id).
+                log.error("webhook outbox cannot be written", extra={"error": str(exc)[:300]})
+                sent = 0
             if not sent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), interval_s)

@@ -9,6 +9,7 @@ itself. PostgreSQL can implement the same interface later.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -146,13 +147,22 @@ class SqliteAlertStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._db.in_transaction:  # a failed write whose rollback failed too
+                self._rollback()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # An unwritable disk may fail the rollback as well (SQLite then rolls back on
+        # its own) or leave the transaction open: the next write tries again.
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def create(
         self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import EventType
 from collector.alerts.pending import PendingDetections
@@ -71,3 +73,37 @@ def test_a_full_waiting_list_gives_up_the_least_severe_fingerprint(tmp_path: Pat
     store.writable, store.now = True, 100.0
     pending.retry(10)
     assert sorted(a.fingerprint.device for a in store.book.store.alerts()) == ["gas-1", "gas-3"]
+
+
+def test_a_join_is_stored_with_its_alert_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails between the new alert and its incident leader's change: a retry must
+    find neither stored, or the leader would never hear of the alert that joined."""
+    store = Store(tmp_path)
+    pending = PendingDetections(store.apply, clock=lambda: store.now)
+    tank = DetectionEvent(
+        "raised", "tank-high", "tank-1", "chem", "level_pct", "xinghua", "yellow", "", 90.0, 0
+    )  # type: ignore[arg-type]
+    red = DetectionEvent(
+        "raised", "combustible-gas", "gas-1", "chem", "lel_pct", "xinghua", "red", "", 55.0, 1
+    )  # type: ignore[arg-type]
+    assert pending.submit(tank, {})
+    sqlite_store = store.book.store
+    insert_events = sqlite_store._insert_events
+    failing = {"left": 1}
+
+    def fails_at_the_leader(db, alert, events):  # type: ignore[no-untyped-def]
+        if alert.fingerprint.device == "tank-1" and failing["left"]:
+            failing["left"] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return insert_events(db, alert, events)
+
+    monkeypatch.setattr(sqlite_store, "_insert_events", fails_at_the_leader)
+    assert not pending.submit(red, {})
+    assert [a.fingerprint.device for a in sqlite_store.alerts()] == ["tank-1"]  # all or none
+    store.now = 100.0
+    assert pending.retry(10) == 1
+    leader, member = sqlite_store.alerts()
+    assert member.incident == leader.id
+    assert [e.type for e in store.book.history(leader.id)][-1] == EventType.INCIDENT_JOINED

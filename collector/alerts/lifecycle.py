@@ -33,7 +33,7 @@ from collector.alerts.model import (
     worst_level,
 )
 from collector.alerts.notify import OutboxEntry
-from collector.alerts.store import AlertStore
+from collector.alerts.store import AlertStore, Write
 from collector.detection import DetectionEvent
 from detectors.levels import COLOURS
 
@@ -118,17 +118,36 @@ class AlertBook:
         return _Change(alert, [], self.store.last_seq(alert.id) + 1)
 
     def _commit(self, change: _Change) -> list[AlertEvent]:
-        """Save the change with its outbox; tell the incident's leader what it means."""
+        """Save the change, with its outbox and what it means for the incident's leader,
+        in one transaction: a retry after a failed write finds all of it or none."""
         if not change.events:
             return []
-        self._watch_flapping(change)
         alert = change.alert
         incident = self._incident(alert)
+        writes = [self._write(change, incident, self._silenced_at(change))]
+        leader = self._leader_of(alert, incident)
+        if leader is not None:
+            lead = self._change(leader)
+            if self._tell_leader(change, lead):
+                others = [a for a in incident if a.id != leader.id] + [alert]
+                writes.append(self._write(lead, others, self._silenced_at(lead)))
+        self.store.save_all(writes)
+        for saved, events, _ in writes:
+            self._tell(saved, events)
+        return [event for _, events, _ in writes for event in events]
+
+    def _write(self, change: _Change, incident: Sequence[Alert], silenced: bool) -> Write:
+        """The alert's row, events and outbox entries, decided in memory (no store access:
+        a new alert's are decided inside the store's transaction)."""
+        self._watch_flapping(change)
+        alert = change.alert
         alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
-        outbox = self.router(alert, self._notifiable(change), incident) if self.router else ()
-        self.store.save(alert, change.events, outbox)
-        self._tell(alert, change.events)
-        return list(change.events) + self._tell_leader(change, incident)
+        notifiable = self._notifiable(change, silenced)
+        outbox = self.router(alert, notifiable, incident) if self.router else ()
+        return alert, change.events, outbox
+
+    def _silenced_at(self, change: _Change) -> bool:
+        return self.silenced(change.alert, max(e.at_ms for e in change.events))
 
     def _incident(self, alert: Alert) -> list[Alert]:
         """The other active alerts of the alert's incident."""
@@ -140,15 +159,22 @@ class AlertBook:
             if a.incident == alert.incident and a.id != alert.id
         ]
 
-    def _tell_leader(self, change: _Change, incident: Sequence[Alert]) -> list[AlertEvent]:
+    @staticmethod
+    def _leader_of(alert: Alert, incident: Sequence[Alert]) -> Alert | None:
+        """The active leader of a member's incident; None for a leader itself, or when
+        the leader is closed (its incident is over)."""
+        if alert.leads_incident:
+            return None
+        return next((a for a in incident if a.id == alert.incident), None)
+
+    @staticmethod
+    def _tell_leader(change: _Change, lead: _Change) -> bool:
         """Record on the incident's leader what a member's change means for the incident:
-        it joined, it rose, it escalated. Receivers that group incidents hear only the
-        leader, and take it as soon as the incident matches them: these events are how a
-        red alert in a yellow incident reaches an orange-only receiver."""
-        member = change.alert
-        leader = next((a for a in incident if a.id == member.incident), None)
-        if leader is None or member.leads_incident:
-            return []  # a leader speaks for itself; a closed leader's incident is over
+        it joined, it rose, it escalated; whether there was anything to record. Receivers
+        that group incidents hear only the leader, and take it as soon as the incident
+        matches them: these events are how a red alert in a yellow incident reaches an
+        orange-only receiver."""
+        member, leader = change.alert, lead.alert
         before = str(leader.extra.get("incident_colour", leader.colour))
         rose = COLOURS.index(member.colour) > COLOURS.index(before)
         what = f"alert {member.id} ({member.fingerprint.device} {member.fingerprint.quantity})"
@@ -169,15 +195,14 @@ class AlertBook:
                     note += "; it needs acknowledgement again"
                 told.append((EventType.INCIDENT_ROSE, event.at_ms, note))
         if not told:
-            return []
-        lead = self._change(leader)
+            return False
         if leader.state == State.ACKNOWLEDGED and not member.acknowledged:
             # The leader was acknowledged for the incident as it was then; what joined or
             # rose since has not been seen by anyone: the incident needs a fresh one.
-            self._await_acknowledgement(leader, told[0][1])
+            AlertBook._await_acknowledgement(leader, told[0][1])
         for kind, at_ms, note in told:
             lead.record(kind, at_ms, SYSTEM, note)
-        return self._commit(lead)
+        return True
 
     @staticmethod
     def _await_acknowledgement(alert: Alert, at_ms: int) -> None:
@@ -189,11 +214,11 @@ class AlertBook:
             alert.state = State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN
         alert.extra["level_since_ms"] = at_ms
 
-    def _notifiable(self, change: _Change) -> list[AlertEvent]:
+    @staticmethod
+    def _notifiable(change: _Change, silenced: bool) -> list[AlertEvent]:
         """The events that may notify: none under a silence, no toggles while flapping."""
         alert = change.alert
-        now_ms = max(e.at_ms for e in change.events)
-        if self.silenced(alert, now_ms):
+        if silenced:
             return []
         if alert.extra.get("flapping"):
             return [e for e in change.events if e.type not in TOGGLES]
@@ -334,22 +359,7 @@ class AlertBook:
                 alert.colour,
                 value,
             )
-            leader = self._incident_leader(alert.unit)
-            incident: list[Alert] = []
-            if leader is not None:
-                alert.extra["incident"] = leader.id
-                incident = self._incident(alert)
-            alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
-            route = None
-            if self.router is not None and not self.silenced(alert, event.ts_ms):
-                router = self.router
-
-                def route(new: Alert, events: Sequence[AlertEvent]) -> Sequence[OutboxEntry]:
-                    return router(new, events, incident)
-
-            created, events = self.store.create(alert, [opened], route)  # assigns the id
-            self._tell(created, events)
-            return events + self._tell_leader(_Change(created, events, 2), incident)
+            return self._open(alert, opened)
         change = self._change(alert)
         alert.value = value
         if not alert.condition_active:
@@ -388,6 +398,34 @@ class AlertBook:
                 note += f", above the {seen} acknowledged"
             change.record(EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, note)
         return self._commit(change)
+
+    def _open(self, alert: Alert, opened: AlertEvent) -> list[AlertEvent]:
+        """Store a new alert, and what its joining means for its unit's incident, in one
+        transaction (the store numbers the alert inside it)."""
+        leader = self._incident_leader(alert.unit)
+        incident: list[Alert] = []
+        lead: _Change | None = None
+        lead_silenced = False
+        if leader is not None:
+            alert.extra["incident"] = leader.id
+            incident = self._incident(alert)
+            lead = self._change(leader)
+            lead_silenced = self.silenced(leader, opened.at_ms)
+        silenced = self.silenced(alert, opened.at_ms)
+        also: list[Write] = []
+
+        def decide(created: Alert, events: list[AlertEvent]) -> list[Write]:
+            writes = [self._write(_Change(created, events, 2), incident, silenced)]
+            if lead is not None and self._tell_leader(_Change(created, events, 2), lead):
+                others = [a for a in incident if a.id != lead.alert.id] + [created]
+                also.append(self._write(lead, others, lead_silenced))
+            return writes + also
+
+        created, events = self.store.create(alert, [opened], decide)  # assigns the id
+        self._tell(created, events)
+        for saved, told, _ in also:
+            self._tell(saved, told)
+        return events + [event for _, told, _ in also for event in told]
 
     def _clear(self, fingerprint: Fingerprint, at_ms: int, value: float | None) -> list[AlertEvent]:
         alert = self.store.find_active(fingerprint)

@@ -101,16 +101,21 @@ class OutboxRow:
     attempts: int
 
 
-Router = Callable[[Alert, Sequence[AlertEvent]], Sequence[OutboxEntry]]
+# One alert's new row, new events and their outbox entries.
+Write = tuple[Alert, Sequence[AlertEvent], Sequence[OutboxEntry]]
+# Called inside create's transaction once the alert has its id: what to write for it, and
+# for any other alert its creation changes (the leader of the incident it joins).
+Decide = Callable[[Alert, list[AlertEvent]], Sequence[Write]]
 
 
 class AlertStore(Protocol):
     def create(
-        self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None
+        self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
     ) -> tuple[Alert, list[AlertEvent]]: ...
     def save(
         self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
     ) -> None: ...
+    def save_all(self, writes: Sequence[Write]) -> None: ...
     def due(self, now_ms: int, limit: int = 100) -> list[OutboxRow]: ...
     def delivered(self, row_id: int, now_ms: int) -> None: ...
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
@@ -165,10 +170,11 @@ class SqliteAlertStore:
                 self._db.execute("ROLLBACK")
 
     def create(
-        self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None
+        self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
     ) -> tuple[Alert, list[AlertEvent]]:
-        """Insert a new alert with its first events (and their outbox entries, routed once
-        the alert has its id), all in one transaction."""
+        """Insert a new alert with its first events, and what ``decide`` makes of them
+        once the alert has its id (its outbox entries, its incident leader's change), all
+        in one transaction."""
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO alerts (fingerprint, device, quantity, detector, state, colour, "
@@ -185,27 +191,37 @@ class SqliteAlertStore:
             )
             alert.id = int(cursor.lastrowid or 0)
             stamped = [dataclasses.replace(e, alert_id=alert.id) for e in events]
-            if route is not None:
-                entries = route(alert, stamped)
-                db.execute(
-                    "UPDATE alerts SET extra = ? WHERE id = ?", (json.dumps(alert.extra), alert.id)
-                )
-                self._insert_outbox(db, entries)
-            self._insert_events(db, alert, stamped)
+            writes = decide(alert, stamped) if decide is not None else [(alert, stamped, ())]
+            for write in writes:
+                self._write(db, *write)
         return alert, stamped
 
     def save(
         self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
     ) -> None:
+        self.save_all([(alert, events, outbox)])
+
+    def save_all(self, writes: Sequence[Write]) -> None:
+        """Several alerts' changes in one transaction."""
         with self._transaction() as db:
-            db.execute(
-                "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
-                "value = ?, started_at_ms = ?, updated_at_ms = ?, condition_active = ?, "
-                "condition_changed_at_ms = ?, acknowledged = ?, extra = ? WHERE id = ?",
-                (*self._row_values(alert), alert.id),
-            )
-            self._insert_events(db, alert, events)
-            self._insert_outbox(db, outbox)
+            for write in writes:
+                self._write(db, *write)
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        alert: Alert,
+        events: Sequence[AlertEvent],
+        outbox: Sequence[OutboxEntry],
+    ) -> None:
+        db.execute(
+            "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
+            "value = ?, started_at_ms = ?, updated_at_ms = ?, condition_active = ?, "
+            "condition_changed_at_ms = ?, acknowledged = ?, extra = ? WHERE id = ?",
+            (*self._row_values(alert), alert.id),
+        )
+        self._insert_events(db, alert, events)
+        self._insert_outbox(db, outbox)
 
     @staticmethod
     def _insert_outbox(db: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:

@@ -12,9 +12,15 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from collector.alerts.incidents import (
+    SYSTEM,
+    Change,
+    await_acknowledgement,
+    leader_of,
+    tell_leader,
+)
 from collector.alerts.model import (
     ACK_FROM,
     ACTIVE_STATES,
@@ -37,34 +43,7 @@ from collector.alerts.store import AlertStore, Write
 from collector.detection import DetectionEvent
 from detectors.levels import COLOURS
 
-SYSTEM = "system"
 VERIFIER = "verifier"
-
-
-@dataclass
-class _Change:
-    alert: Alert
-    events: list[AlertEvent]
-    next_seq: int
-    # The alert rose above the colour someone acknowledged: that acknowledgement is void.
-    ack_voided: bool = False
-
-    def record(self, kind: EventType, at_ms: int, actor: str, note: str = "") -> None:
-        self.alert.updated_at_ms = max(self.alert.updated_at_ms, at_ms)
-        self.events.append(
-            AlertEvent(
-                self.alert.id,
-                self.next_seq,
-                kind,
-                at_ms,
-                actor,
-                note,
-                self.alert.state,
-                self.alert.colour,
-                self.alert.value,
-            )
-        )
-        self.next_seq += 1
 
 
 EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
@@ -114,10 +93,10 @@ class AlertBook:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _change(self, alert: Alert) -> _Change:
-        return _Change(alert, [], self.store.last_seq(alert.id) + 1)
+    def _change(self, alert: Alert) -> Change:
+        return Change(alert, [], self.store.last_seq(alert.id) + 1)
 
-    def _commit(self, change: _Change) -> list[AlertEvent]:
+    def _commit(self, change: Change) -> list[AlertEvent]:
         """Save the change, with its outbox and what it means for the incident's leader,
         in one transaction: a retry after a failed write finds all of it or none."""
         if not change.events:
@@ -125,10 +104,10 @@ class AlertBook:
         alert = change.alert
         incident = self._incident(alert)
         writes = [self._write(change, incident, self._silenced_at(change))]
-        leader = self._leader_of(alert, incident)
+        leader = leader_of(alert, incident)
         if leader is not None:
             lead = self._change(leader)
-            if self._tell_leader(change, lead):
+            if tell_leader(change, lead):
                 others = [a for a in incident if a.id != leader.id] + [alert]
                 writes.append(self._write(lead, others, self._silenced_at(lead)))
         self.store.save_all(writes)
@@ -136,7 +115,7 @@ class AlertBook:
             self._tell(saved, events)
         return [event for _, events, _ in writes for event in events]
 
-    def _write(self, change: _Change, incident: Sequence[Alert], silenced: bool) -> Write:
+    def _write(self, change: Change, incident: Sequence[Alert], silenced: bool) -> Write:
         """The alert's row, events and outbox entries, decided in memory (no store access:
         a new alert's are decided inside the store's transaction)."""
         self._watch_flapping(change)
@@ -146,7 +125,7 @@ class AlertBook:
         outbox = self.router(alert, notifiable, incident) if self.router else ()
         return alert, change.events, outbox
 
-    def _silenced_at(self, change: _Change) -> bool:
+    def _silenced_at(self, change: Change) -> bool:
         return self.silenced(change.alert, max(e.at_ms for e in change.events))
 
     def _incident(self, alert: Alert) -> list[Alert]:
@@ -160,62 +139,7 @@ class AlertBook:
         ]
 
     @staticmethod
-    def _leader_of(alert: Alert, incident: Sequence[Alert]) -> Alert | None:
-        """The active leader of a member's incident; None for a leader itself, or when
-        the leader is closed (its incident is over)."""
-        if alert.leads_incident:
-            return None
-        return next((a for a in incident if a.id == alert.incident), None)
-
-    @staticmethod
-    def _tell_leader(change: _Change, lead: _Change) -> bool:
-        """Record on the incident's leader what a member's change means for the incident:
-        it joined, it rose, it escalated; whether there was anything to record. Receivers
-        that group incidents hear only the leader, and take it as soon as the incident
-        matches them: these events are how a red alert in a yellow incident reaches an
-        orange-only receiver."""
-        member, leader = change.alert, lead.alert
-        before = str(leader.extra.get("incident_colour", leader.colour))
-        rose = COLOURS.index(member.colour) > COLOURS.index(before)
-        what = f"alert {member.id} ({member.fingerprint.device} {member.fingerprint.quantity})"
-        told: list[tuple[EventType, int, str]] = []
-        for event in change.events:
-            if event.type == EventType.OPENED:
-                note = f"{what} joined, {event.colour}"
-                if rose:
-                    note += f": incident {before} -> {member.colour}"
-                told.append((EventType.INCIDENT_JOINED, event.at_ms, note))
-            elif event.type == EventType.ESCALATED:
-                told.append((EventType.INCIDENT_ESCALATED, event.at_ms, f"{what} {event.note}"))
-            elif event.type == EventType.COLOUR_CHANGED and (rose or change.ack_voided):
-                note = f"{what} {event.note}"
-                if rose:
-                    note += f": incident {before} -> {member.colour}"
-                if change.ack_voided:
-                    note += "; it needs acknowledgement again"
-                told.append((EventType.INCIDENT_ROSE, event.at_ms, note))
-        if not told:
-            return False
-        if leader.state == State.ACKNOWLEDGED and not member.acknowledged:
-            # The leader was acknowledged for the incident as it was then; what joined or
-            # rose since has not been seen by anyone: the incident needs a fresh one.
-            AlertBook._await_acknowledgement(leader, told[0][1])
-        for kind, at_ms, note in told:
-            lead.record(kind, at_ms, SYSTEM, note)
-        return True
-
-    @staticmethod
-    def _await_acknowledgement(alert: Alert, at_ms: int) -> None:
-        """An acknowledged alert needs someone again; its escalation clock starts now."""
-        alert.acknowledged = False
-        if not alert.condition_active:
-            alert.state = State.RECOVERED
-        else:
-            alert.state = State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN
-        alert.extra["level_since_ms"] = at_ms
-
-    @staticmethod
-    def _notifiable(change: _Change, silenced: bool) -> list[AlertEvent]:
+    def _notifiable(change: Change, silenced: bool) -> list[AlertEvent]:
         """The events that may notify: none under a silence, no toggles while flapping."""
         alert = change.alert
         if silenced:
@@ -224,7 +148,7 @@ class AlertBook:
             return [e for e in change.events if e.type not in TOGGLES]
         return change.events
 
-    def _watch_flapping(self, change: _Change) -> None:
+    def _watch_flapping(self, change: Change) -> None:
         """Mark an alert flapping when its condition toggles too often; unmark when calm."""
         alert = change.alert
         toggles = list(alert.extra.get("toggles_ms", []))
@@ -393,7 +317,7 @@ class AlertBook:
                 seen
             ):
                 # Someone took on a lesser alarm than this one: it needs them again.
-                self._await_acknowledgement(alert, event.ts_ms)
+                await_acknowledgement(alert, event.ts_ms)
                 change.ack_voided = True
                 note += f", above the {seen} acknowledged"
             change.record(EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, note)
@@ -404,7 +328,7 @@ class AlertBook:
         transaction (the store numbers the alert inside it)."""
         leader = self._incident_leader(alert.unit)
         incident: list[Alert] = []
-        lead: _Change | None = None
+        lead: Change | None = None
         lead_silenced = False
         if leader is not None:
             alert.extra["incident"] = leader.id
@@ -415,8 +339,8 @@ class AlertBook:
         also: list[Write] = []
 
         def decide(created: Alert, events: list[AlertEvent]) -> list[Write]:
-            writes = [self._write(_Change(created, events, 2), incident, silenced)]
-            if lead is not None and self._tell_leader(_Change(created, events, 2), lead):
+            writes = [self._write(Change(created, events, 2), incident, silenced)]
+            if lead is not None and tell_leader(Change(created, events, 2), lead):
                 others = [a for a in incident if a.id != lead.alert.id] + [created]
                 also.append(self._write(lead, others, lead_silenced))
             return writes + also
@@ -530,7 +454,7 @@ class AlertBook:
                 return False
             return device_alive(alert.fingerprint.device)  # silence is not normality
 
-        def close(alert: Alert, change: _Change) -> None:
+        def close(alert: Alert, change: Change) -> None:
             alert.state = State.CLOSED
             change.record(
                 EventType.CLOSED,
@@ -560,7 +484,7 @@ class AlertBook:
                 return False
             return not self.silenced(alert, now_ms)  # in maintenance: nobody must answer
 
-        def climb(alert: Alert, change: _Change) -> None:
+        def climb(alert: Alert, change: Change) -> None:
             level = alert.extra.get("level", ESCALATION_LEVELS[0])
             upper = ESCALATION_LEVELS[ESCALATION_LEVELS.index(level) + 1]
             alert.extra["level"], alert.extra["level_since_ms"] = upper, now_ms
@@ -578,7 +502,7 @@ class AlertBook:
         self,
         states: Sequence[State],
         due: Callable[[Alert], bool],
-        act: Callable[[Alert, _Change], None],
+        act: Callable[[Alert, Change], None],
     ) -> list[AlertEvent]:
         """``act`` on every alert in ``states`` that is ``due``, each under the lock."""
         events: list[AlertEvent] = []

@@ -75,6 +75,7 @@ class ApiContext:
     public_url: str = ""
     metrics: Callable[[], dict[str, float]] = dict
     healthy: Callable[[], bool] = lambda: True
+    problems: Callable[[], list[str]] = list  # each makes /healthz answer 503 with it
     registry: Callable[[], Registry] = Registry.empty
     # (family, device, quantity, start_ms, end_ms) -> [(time_ms, value)], from InfluxDB
     series: Callable[[str, str, str, int, int], list[tuple[int, float]]] | None = None
@@ -312,6 +313,9 @@ def create_app(context: ApiContext) -> FastAPI:
     def health() -> dict[str, str]:
         if not context.healthy():
             raise HTTPException(503, "not connected")
+        problems = context.problems()
+        if problems:
+            raise HTTPException(503, "; ".join(problems))
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -1,9 +1,9 @@
 """Alerts about the collector itself: the same loop as the devices' alerts.
 
 An ``OperatorAlarm`` watches one figure, measured once per stats interval: it raises an
-orange alert when the figure has been at or above its limit for ``intervals``
-measurements in a row, and clears it once the figure falls below half the limit
-(hysteresis, so a figure hovering on the line does not flap).
+alert (orange unless told otherwise) when the figure has been at or above its limit for
+``intervals`` measurements in a row, and clears it once the figure falls below half the
+limit (hysteresis, so a figure hovering on the line does not flap).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class OperatorAlarm:
     limit: float
     collector: str  # the collector's client id: the alert's "device"
     intervals: int = 1
+    colour: str = "orange"
     raised: bool = False
     _over: int = 0
 
@@ -36,11 +37,11 @@ class OperatorAlarm:
         if not self.raised and self._over >= self.intervals:
             self.raised = True
             log.warning("operator alert raised", extra={"alert": self.detector, "value": value})
-            return [self._event("raised", "orange", "green", value, now_ms)]
+            return [self._event("raised", self.colour, "green", value, now_ms)]
         if self.raised and value < self.limit / 2:
             self.raised = False
             log.info("operator alert cleared", extra={"alert": self.detector, "value": value})
-            return [self._event("cleared", "green", "orange", value, now_ms)]
+            return [self._event("cleared", "green", self.colour, value, now_ms)]
         return []
 
     def _event(

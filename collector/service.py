@@ -50,6 +50,7 @@ from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
 from collector.alerts.notify import Notifier
+from collector.alerts.pending import PendingDetections
 from collector.alerts.store import SqliteAlertStore
 from collector.api import ApiContext, create_app
 from collector.config import Settings
@@ -104,6 +105,8 @@ DETECTIONS_MEASUREMENT = "detections"
 BEHIND_DETECTOR = "collector-behind"
 SPOOL_DETECTOR = "spool-nearly-full"
 SPOOL_ALERT_FILL = 0.8
+ALERT_STORE_DETECTOR = "alert-store-unwritable"
+ALERT_RETRY_TICK_S = 0.1  # how often the retry loop looks; its backoff decides attempts
 ALERT_EVENTS_MEASUREMENT = "alert_events"
 ANNOTATION_FLUSH_S = 1.0
 DETECTOR_STATE_FILE = "detector-state.npz"
@@ -247,6 +250,16 @@ class Collector:
         self._flush_deadline = math.inf
         self.engine = build_engine(settings) if settings.detection.enabled else None
         self.alerts: AlertBook | None = None
+        self._pending: PendingDetections | None = None
+        # Red: alarms are not being stored. Raised through the store once it takes writes
+        # again; until then the error log, /healthz and /metrics say so.
+        self._store_alarm = OperatorAlarm(
+            detector=ALERT_STORE_DETECTOR,
+            quantity="waiting_detections",
+            limit=1,
+            collector=collector_id,
+            colour="red",
+        )
         if settings.alerts.enabled:
             database = settings.data_dir / settings.alerts.database
             store = SqliteAlertStore(database)
@@ -258,6 +271,7 @@ class Collector:
                 router=notifier.route,
             )
             self.unit_states.prime(self._unit_state_bodies())
+            self._pending = PendingDetections(self.alerts.on_detection)
             self.dispatcher: Dispatcher | None = Dispatcher(
                 store,
                 settings.alerts.receivers,
@@ -305,6 +319,7 @@ class Collector:
             asyncio.create_task(self._silence_loop(), name="silence"),
             asyncio.create_task(self._verify_loop(), name="verify"),
             asyncio.create_task(self._unit_state_loop(), name="unit-states"),
+            asyncio.create_task(self._alert_retry_loop(), name="alert-retry"),
         ]
         if self.spool is not None:
             if self.spool:
@@ -385,6 +400,7 @@ class Collector:
                 public_url=self.settings.alerts.public_url,
                 metrics=self.metrics,
                 healthy=self.source.connected.is_set,
+                problems=self.problems,
                 registry=lambda: self.registry.current,
                 series=series,
                 ack_deadlines_s=self.settings.alerts.ack_deadlines_s,
@@ -402,6 +418,16 @@ class Collector:
             limit_concurrency=http.max_connections,
         )
         return _EmbeddedServer(config)
+
+    def problems(self) -> list[str]:
+        """What makes the service unhealthy beyond its broker connection, for /healthz."""
+        pending = self._pending
+        if pending is None or not pending.degraded:
+            return []
+        return [
+            f"alerting degraded: the alert store cannot be written, {len(pending)} "
+            f"detections waiting ({pending.last_error})"
+        ]
 
     def metrics(self) -> dict[str, float]:
         """Flat counters for /metrics."""
@@ -428,6 +454,10 @@ class Collector:
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
         out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
         out |= {f'alert_events_total{{type="{k}"}}': v for k, v in s.alert_events.items()}
+        if self._pending is not None:
+            out["alert_detections_waiting"] = len(self._pending)
+            out["alert_store_failures_total"] = self._pending.failures
+            out["alert_detections_dropped_total"] = self._pending.dropped
         if self.alerts is not None:
             counts = self.alerts.store.outbox_counts()
             out |= {f'outbox_entries{{status="{k}"}}': v for k, v in counts.items()}
@@ -631,10 +661,11 @@ class Collector:
                 },
             )
             lines.append(detection_line(event, registry))
-            if self.alerts is not None:
+            if self._pending is not None:
                 try:
-                    self.alerts.on_detection(event, _hierarchy_of(event.unit, registry))
-                except Exception:  # the alert store must never stop ingest
+                    # stored now, or kept and retried until the store takes it
+                    self._pending.submit(event, _hierarchy_of(event.unit, registry))
+                except Exception:  # a bug in the alert book must never stop ingest
                     self.stats.alert_errors += 1
                     log.exception(
                         "could not apply a detection to the alerts",
@@ -753,6 +784,16 @@ class Collector:
             if self._annotations:
                 lines = [self._annotations.popleft() for _ in range(len(self._annotations))]
                 await self._put_aside(Batch(lines=lines))
+
+    async def _alert_retry_loop(self) -> None:
+        """Store the detections the alert store refused, in order, a slice per turn."""
+        pending = self._pending
+        if pending is None:
+            return
+        while True:
+            await asyncio.sleep(ALERT_RETRY_TICK_S)
+            while pending.due() and pending.retry(EVENTS_PER_TURN):
+                await asyncio.sleep(0)
 
     def _verify_and_escalate(self, now_ms: int, alive: Callable[[str], bool]) -> None:
         assert self.alerts is not None
@@ -947,6 +988,8 @@ class Collector:
             events += self._behind.update(0.0 if age is None else age, now_ms)
         if self._spool_alarm is not None and self.spool is not None:
             events += self._spool_alarm.update(self.spool.fill_ratio, now_ms)
+        if self._pending is not None:
+            events += self._store_alarm.update(self._pending.take_peak(), now_ms)
         return events
 
     async def _write_stats(self) -> None:

@@ -241,7 +241,7 @@ def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
     """Escalation and verification scan without the lock (a live alert must not wait for
     the scan), so a person may act between the scan and the change: their act wins."""
     (red,) = book.on_detection(detection("raised", "red", 0))
-    (gone,) = book.on_detection(detection("raised", "red", 0, device="gas-2"))
+    gone, _joined = book.on_detection(detection("raised", "red", 0, device="gas-2"))
     book.on_detection(detection("cleared", "green", MIN, device="gas-2"))
     book.resolve(gone.alert_id, actor="handler", now_ms=MIN)
     seen_by_the_scan = book.store.alerts()

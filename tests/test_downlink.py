@@ -37,7 +37,7 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
     display = subscribe("smartunit/v1/units/+/alert")
 
     (orange,) = book.on_detection(raised("gas-1", "xinghua", "orange"))
-    (red,) = book.on_detection(raised("gas-2", "xinghua", "red"))
+    red = book.on_detection(raised("gas-2", "xinghua", "red"))[0]  # then its incident's news
     book.on_detection(raised("gas-9", "donghai", "yellow"))
 
     def latest(unit: str) -> dict | None:
@@ -106,7 +106,7 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
 
 
 def alert_of(book, device: str, unit: str, *, family: str = "chem", detector: str = "rule"):
-    (event,) = book.on_detection(
+    event = book.on_detection(
         DetectionEvent(
             "raised",
             detector,
@@ -119,7 +119,7 @@ def alert_of(book, device: str, unit: str, *, family: str = "chem", detector: st
             40.0,
             round(time.time() * 1000),
         )  # type: ignore[arg-type]
-    )
+    )[0]  # then, for a unit with an open incident, the incident's news
     return event.alert_id
 
 

@@ -37,6 +37,7 @@ import httpx
 
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
+from collector.alerts.pending import STORE_ERRORS
 from collector.alerts.store import AlertStore, OutboxRow
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
@@ -84,7 +85,11 @@ class Dispatcher:
     async def run(self, interval_s: float = 0.5) -> None:
         self._loop = asyncio.get_running_loop()
         # Receivers are configured at start: rows left for one that is gone never go out.
-        orphans = self.store.dead_unless_receiver(list(self.lanes), "receiver not configured")
+        try:
+            orphans = self.store.dead_unless_receiver(list(self.lanes), "receiver not configured")
+        except STORE_ERRORS as exc:  # the store failing: the rows wait for the next start
+            log.error("webhook outbox cannot be written", extra={"error": str(exc)[:300]})
+            orphans = 0
         if orphans:
             self.results["dead"] += orphans
             log.error(

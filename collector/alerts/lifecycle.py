@@ -12,9 +12,15 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from collector.alerts.incidents import (
+    SYSTEM,
+    Change,
+    await_acknowledgement,
+    leader_of,
+    tell_leader,
+)
 from collector.alerts.model import (
     ACK_FROM,
     ACTIVE_STATES,
@@ -30,40 +36,19 @@ from collector.alerts.model import (
     Silence,
     State,
     TransitionError,
+    worst_level,
 )
-from collector.alerts.store import AlertStore, Router
+from collector.alerts.notify import OutboxEntry
+from collector.alerts.store import AlertStore, Write
 from collector.detection import DetectionEvent
 from detectors.levels import COLOURS
 
-SYSTEM = "system"
 VERIFIER = "verifier"
 
 
-@dataclass
-class _Change:
-    alert: Alert
-    events: list[AlertEvent]
-    next_seq: int
-
-    def record(self, kind: EventType, at_ms: int, actor: str, note: str = "") -> None:
-        self.alert.updated_at_ms = max(self.alert.updated_at_ms, at_ms)
-        self.events.append(
-            AlertEvent(
-                self.alert.id,
-                self.next_seq,
-                kind,
-                at_ms,
-                actor,
-                note,
-                self.alert.state,
-                self.alert.colour,
-                self.alert.value,
-            )
-        )
-        self.next_seq += 1
-
-
 EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
+# Outbox entries for an alert's events, given the other active alerts of its incident.
+IncidentRouter = Callable[[Alert, Sequence[AlertEvent], Sequence[Alert]], Sequence[OutboxEntry]]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +73,7 @@ class AlertBook:
         *,
         verify_window_s: float = 300.0,
         listeners: Sequence[EventListener] = (),
-        router: Router | None = None,
+        router: IncidentRouter | None = None,
         flap_window_s: float = 3600.0,
         flap_toggles: int = 6,
     ) -> None:
@@ -108,28 +93,62 @@ class AlertBook:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _change(self, alert: Alert) -> _Change:
-        return _Change(alert, [], self.store.last_seq(alert.id) + 1)
+    def _change(self, alert: Alert) -> Change:
+        return Change(alert, [], self.store.last_seq(alert.id) + 1)
 
-    def _commit(self, change: _Change) -> list[AlertEvent]:
-        if change.events:
-            self._watch_flapping(change)
-            outbox = self.router(change.alert, self._notifiable(change)) if self.router else ()
-            self.store.save(change.alert, change.events, outbox)
-            self._tell(change.alert, change.events)
-        return change.events
+    def _commit(self, change: Change) -> list[AlertEvent]:
+        """Save the change, with its outbox and what it means for the incident's leader,
+        in one transaction: a retry after a failed write finds all of it or none."""
+        if not change.events:
+            return []
+        alert = change.alert
+        incident = self._incident(alert)
+        writes = [self._write(change, incident, self._silenced_at(change))]
+        leader = leader_of(alert, incident)
+        if leader is not None:
+            lead = self._change(leader)
+            if tell_leader(change, lead):
+                others = [a for a in incident if a.id != leader.id] + [alert]
+                writes.append(self._write(lead, others, self._silenced_at(lead)))
+        self.store.save_all(writes)
+        for saved, events, _ in writes:
+            self._tell(saved, events)
+        return [event for _, events, _ in writes for event in events]
 
-    def _notifiable(self, change: _Change) -> list[AlertEvent]:
+    def _write(self, change: Change, incident: Sequence[Alert], silenced: bool) -> Write:
+        """The alert's row, events and outbox entries, decided in memory (no store access:
+        a new alert's are decided inside the store's transaction)."""
+        self._watch_flapping(change)
+        alert = change.alert
+        alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
+        notifiable = self._notifiable(change, silenced)
+        outbox = self.router(alert, notifiable, incident) if self.router else ()
+        return alert, change.events, outbox
+
+    def _silenced_at(self, change: Change) -> bool:
+        return self.silenced(change.alert, max(e.at_ms for e in change.events))
+
+    def _incident(self, alert: Alert) -> list[Alert]:
+        """The other active alerts of the alert's incident."""
+        if not alert.unit:
+            return []
+        return [
+            a
+            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=alert.unit)
+            if a.incident == alert.incident and a.id != alert.id
+        ]
+
+    @staticmethod
+    def _notifiable(change: Change, silenced: bool) -> list[AlertEvent]:
         """The events that may notify: none under a silence, no toggles while flapping."""
         alert = change.alert
-        now_ms = max(e.at_ms for e in change.events)
-        if self.silenced(alert, now_ms):
+        if silenced:
             return []
         if alert.extra.get("flapping"):
             return [e for e in change.events if e.type not in TOGGLES]
         return change.events
 
-    def _watch_flapping(self, change: _Change) -> None:
+    def _watch_flapping(self, change: Change) -> None:
         """Mark an alert flapping when its condition toggles too often; unmark when calm."""
         alert = change.alert
         toggles = list(alert.extra.get("toggles_ms", []))
@@ -264,28 +283,7 @@ class AlertBook:
                 alert.colour,
                 value,
             )
-            leader = self._incident_leader(alert.unit)
-            if leader is not None:
-                alert.extra["incident"] = leader.id
-            route = None
-            if self.router is not None and not self.silenced(alert, event.ts_ms):
-                route = self.router
-            created, events = self.store.create(alert, [opened], route)  # assigns the id
-            self._tell(created, events)
-            if leader is not None:
-                change = self._change(leader)
-                change.record(
-                    EventType.INCIDENT_JOINED,
-                    event.ts_ms,
-                    SYSTEM,
-                    f"alert {created.id} joined: {fingerprint.device} "
-                    f"{fingerprint.quantity} {event.colour}",
-                )
-                worst = leader.extra.get("incident_colour", leader.colour)
-                if COLOURS.index(event.colour) > COLOURS.index(worst):
-                    leader.extra["incident_colour"] = event.colour
-                self._commit(change)
-            return events
+            return self._open(alert, opened)
         change = self._change(alert)
         alert.value = value
         if not alert.condition_active:
@@ -313,10 +311,45 @@ class AlertBook:
         if event.colour != alert.colour:
             previous, alert.colour = alert.colour, event.colour
             alert.extra["threshold"] = event.threshold
-            change.record(
-                EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, f"{previous} -> {event.colour}"
-            )
+            note = f"{previous} -> {event.colour}"
+            seen = str(alert.extra.get("acknowledged_colour", previous))
+            if alert.state == State.ACKNOWLEDGED and COLOURS.index(event.colour) > COLOURS.index(
+                seen
+            ):
+                # Someone took on a lesser alarm than this one: it needs them again.
+                await_acknowledgement(alert, event.ts_ms)
+                change.ack_voided = True
+                note += f", above the {seen} acknowledged"
+            change.record(EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, note)
         return self._commit(change)
+
+    def _open(self, alert: Alert, opened: AlertEvent) -> list[AlertEvent]:
+        """Store a new alert, and what its joining means for its unit's incident, in one
+        transaction (the store numbers the alert inside it)."""
+        leader = self._incident_leader(alert.unit)
+        incident: list[Alert] = []
+        lead: Change | None = None
+        lead_silenced = False
+        if leader is not None:
+            alert.extra["incident"] = leader.id
+            incident = self._incident(alert)
+            lead = self._change(leader)
+            lead_silenced = self.silenced(leader, opened.at_ms)
+        silenced = self.silenced(alert, opened.at_ms)
+        also: list[Write] = []
+
+        def decide(created: Alert, events: list[AlertEvent]) -> list[Write]:
+            writes = [self._write(Change(created, events, 2), incident, silenced)]
+            if lead is not None and tell_leader(Change(created, events, 2), lead):
+                others = [a for a in incident if a.id != lead.alert.id] + [created]
+                also.append(self._write(lead, others, lead_silenced))
+            return writes + also
+
+        created, events = self.store.create(alert, [opened], decide)  # assigns the id
+        self._tell(created, events)
+        for saved, told, _ in also:
+            self._tell(saved, told)
+        return events + [event for _, told, _ in also for event in told]
 
     def _clear(self, fingerprint: Fingerprint, at_ms: int, value: float | None) -> list[AlertEvent]:
         alert = self.store.find_active(fingerprint)
@@ -358,18 +391,21 @@ class AlertBook:
         self, alert_id: int, *, actor: str, note: str = "", now_ms: int
     ) -> list[AlertEvent]:
         alert = self._require(alert_id)
-        if alert.state == State.ACKNOWLEDGED or (
-            alert.acknowledged and alert.state in (State.RESOLVED, State.CLOSED)
-        ):
+        if alert.acknowledged and alert.state in (State.RESOLVED, State.CLOSED):
             return []  # idempotent
-        if alert.state not in ACK_FROM:
-            raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
-        change = self._change(alert)
-        alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-        change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
-        return self._commit(change) + self._for_incident(
-            alert, self.acknowledge, ACK_FROM, actor, now_ms
-        )
+        events: list[AlertEvent] = []
+        if alert.state != State.ACKNOWLEDGED:
+            if alert.state not in ACK_FROM:
+                raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
+            change = self._change(alert)
+            alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
+            alert.extra["acknowledged_colour"] = alert.colour
+            change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
+            events = self._commit(change)
+        # An incident's acknowledgement covers its alerts as they are now; one that joins
+        # or rises later needs a fresh acknowledgement of the leader (idempotent for the
+        # rest: an acknowledged alert records nothing).
+        return events + self._for_incident(alert, self.acknowledge, ACK_FROM, actor, now_ms)
 
     @_serialised
     def resolve(
@@ -383,6 +419,7 @@ class AlertBook:
         change = self._change(alert)
         if not alert.acknowledged:  # resolving implies someone handled it
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
+            alert.extra["acknowledged_colour"] = alert.colour
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
         alert.state = State.RESOLVED
         alert.extra["resolved_at_ms"] = now_ms
@@ -417,7 +454,7 @@ class AlertBook:
                 return False
             return device_alive(alert.fingerprint.device)  # silence is not normality
 
-        def close(alert: Alert, change: _Change) -> None:
+        def close(alert: Alert, change: Change) -> None:
             alert.state = State.CLOSED
             change.record(
                 EventType.CLOSED,
@@ -447,7 +484,7 @@ class AlertBook:
                 return False
             return not self.silenced(alert, now_ms)  # in maintenance: nobody must answer
 
-        def climb(alert: Alert, change: _Change) -> None:
+        def climb(alert: Alert, change: Change) -> None:
             level = alert.extra.get("level", ESCALATION_LEVELS[0])
             upper = ESCALATION_LEVELS[ESCALATION_LEVELS.index(level) + 1]
             alert.extra["level"], alert.extra["level_since_ms"] = upper, now_ms
@@ -465,7 +502,7 @@ class AlertBook:
         self,
         states: Sequence[State],
         due: Callable[[Alert], bool],
-        act: Callable[[Alert, _Change], None],
+        act: Callable[[Alert, Change], None],
     ) -> list[AlertEvent]:
         """``act`` on every alert in ``states`` that is ``due``, each under the lock."""
         events: list[AlertEvent] = []

@@ -63,7 +63,11 @@ class EventType(StrEnum):
     COMMENTED = "commented"
     ESCALATED = "escalated"
     FLAPPING = "flapping"
+    # Recorded on an incident's leading alert, for what its other alerts do: receivers
+    # that take one work order per incident hear of them there.
     INCIDENT_JOINED = "incident_joined"
+    INCIDENT_ROSE = "incident_rose"
+    INCIDENT_ESCALATED = "incident_escalated"
 
 
 # Condition toggles: counted for flap detection, muted while an alert flaps.
@@ -131,6 +135,7 @@ class Alert:
             "detector": self.fingerprint.detector,
             "value": self.value,
             "incident": self.incident,
+            "incident_colour": self.extra.get("incident_colour", self.colour),
             "threshold": self.extra.get("threshold"),
             "level": self.extra.get("level"),
             "started_at": iso_time(self.started_at_ms),
@@ -145,6 +150,13 @@ def ack_due_at_ms(alert: Alert, ack_deadlines_s: Mapping[Any, float]) -> int | N
     if deadline is None or alert.state not in ESCALATES_FROM:
         return None
     return alert.started_at_ms + round(deadline * 1000)
+
+
+def within(hierarchy: Mapping[str, str], prefix: str) -> bool:
+    """Whether a unit's city/district/... path lies under ``prefix``, segment by segment."""
+    path = "/".join(hierarchy.values())
+    prefix = prefix.strip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
 def worst_level(alerts: Iterable[Alert]) -> int:

@@ -1,16 +1,19 @@
 """What goes to webhook receivers: routing, payloads and signatures.
 
-Routing: a receiver takes an alert when the family, colour and hierarchy prefix match;
-once it has taken an alert it receives every later event of that alert (its ack, its
-close), even if the colour falls below the receiver's minimum.
+Routing: a receiver takes an alert when the family, colour, escalation level and
+hierarchy prefix (whole segments) match the alert's own; once it has taken an alert it
+receives every later event of that alert (its ack, its close), even if the colour falls
+below the receiver's minimum. A receiver that groups incidents takes the incident's
+leading alert instead of the others, as soon as any alert of the incident matches it: a
+red alert that joins a yellow incident brings the incident to an orange-only receiver.
 
 Payloads (versioned): ``native`` v1::
 
     {"version": "1",
      "event": {"id", "seq", "type", "at", "actor", "note"},
      "alert": {"id", "state", "colour", "family", "device", "unit", "hierarchy",
-               "quantity", "value", "threshold", "detector", "started_at", "updated_at",
-               "url"}}
+               "quantity", "value", "threshold", "detector", "incident",
+               "incident_colour", "started_at", "updated_at", "url"}}
 
 and ``alertmanager`` (Alertmanager webhook ``version: "4"``, one alert per message), so
 receivers written for Prometheus Alertmanager work unchanged.
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from collector.alerts.model import Alert, AlertEvent, State, iso_time
+from collector.alerts.model import Alert, AlertEvent, State, iso_time, within
 from collector.config import ReceiverSettings
 from detectors.levels import COLOURS
 
@@ -53,8 +56,7 @@ def _matches(receiver: ReceiverSettings, alert: Alert) -> bool:
         return False
     if COLOURS.index(alert.colour) < COLOURS.index(receiver.min_colour):
         return False
-    path = "/".join(alert.hierarchy.values())
-    return not receiver.hierarchy_prefix or path.startswith(receiver.hierarchy_prefix)
+    return within(alert.hierarchy, receiver.hierarchy_prefix)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -82,14 +84,19 @@ class Notifier:
         self.receivers = {r.name: r for r in receivers}
         self.public_url = public_url.rstrip("/")
 
-    def route(self, alert: Alert, events: Sequence[AlertEvent]) -> list[OutboxEntry]:
-        """Outbox entries for these events; remembers the receivers in the alert."""
+    def route(
+        self, alert: Alert, events: Sequence[AlertEvent], incident: Sequence[Alert] = ()
+    ) -> list[OutboxEntry]:
+        """Outbox entries for these events; remembers the receivers in the alert.
+
+        ``incident``: the other active alerts of the alert's incident."""
         taken = set(alert.extra.get("receivers", []))
-        taken |= {
-            name
-            for name, r in self.receivers.items()
-            if _matches(r, alert) and (alert.leads_incident or not r.group_incidents)
-        }
+        for name, wanted in self.receivers.items():
+            if not wanted.group_incidents:
+                if _matches(wanted, alert):
+                    taken.add(name)
+            elif alert.leads_incident and any(_matches(wanted, a) for a in (alert, *incident)):
+                taken.add(name)
         alert.extra["receivers"] = sorted(taken)
         entries = []
         for name in sorted(taken):
@@ -136,11 +143,13 @@ class Notifier:
             "severity": alert.colour,
             **alert.hierarchy,
         }
+        incident_colour = str(alert.extra.get("incident_colour", alert.colour))
         annotations = {
             "summary": f"{alert.fingerprint.detector} {alert.colour} on {alert.fingerprint.device}",
             "state": alert.state.value,
             "event": event.type.value,
             "note": event.note,
+            "incident_severity": incident_colour,
         }
         return orjson.dumps(
             {

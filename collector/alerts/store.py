@@ -9,6 +9,7 @@ itself. PostgreSQL can implement the same interface later.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -100,16 +101,21 @@ class OutboxRow:
     attempts: int
 
 
-Router = Callable[[Alert, Sequence[AlertEvent]], Sequence[OutboxEntry]]
+# One alert's new row, new events and their outbox entries.
+Write = tuple[Alert, Sequence[AlertEvent], Sequence[OutboxEntry]]
+# Called inside create's transaction once the alert has its id: what to write for it, and
+# for any other alert its creation changes (the leader of the incident it joins).
+Decide = Callable[[Alert, list[AlertEvent]], Sequence[Write]]
 
 
 class AlertStore(Protocol):
     def create(
-        self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None
+        self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
     ) -> tuple[Alert, list[AlertEvent]]: ...
     def save(
         self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
     ) -> None: ...
+    def save_all(self, writes: Sequence[Write]) -> None: ...
     def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]: ...
     def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int: ...
     def delivered(self, row_id: int, now_ms: int) -> None: ...
@@ -147,19 +153,29 @@ class SqliteAlertStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._db.in_transaction:  # a failed write whose rollback failed too
+                self._rollback()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # An unwritable disk may fail the rollback as well (SQLite then rolls back on
+        # its own) or leave the transaction open: the next write tries again.
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def create(
-        self, alert: Alert, events: Sequence[AlertEvent], route: Router | None = None
+        self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
     ) -> tuple[Alert, list[AlertEvent]]:
-        """Insert a new alert with its first events (and their outbox entries, routed once
-        the alert has its id), all in one transaction."""
+        """Insert a new alert with its first events, and what ``decide`` makes of them
+        once the alert has its id (its outbox entries, its incident leader's change), all
+        in one transaction."""
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO alerts (fingerprint, device, quantity, detector, state, colour, "
@@ -176,27 +192,37 @@ class SqliteAlertStore:
             )
             alert.id = int(cursor.lastrowid or 0)
             stamped = [dataclasses.replace(e, alert_id=alert.id) for e in events]
-            if route is not None:
-                entries = route(alert, stamped)
-                db.execute(
-                    "UPDATE alerts SET extra = ? WHERE id = ?", (json.dumps(alert.extra), alert.id)
-                )
-                self._insert_outbox(db, entries)
-            self._insert_events(db, alert, stamped)
+            writes = decide(alert, stamped) if decide is not None else [(alert, stamped, ())]
+            for write in writes:
+                self._write(db, *write)
         return alert, stamped
 
     def save(
         self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
     ) -> None:
+        self.save_all([(alert, events, outbox)])
+
+    def save_all(self, writes: Sequence[Write]) -> None:
+        """Several alerts' changes in one transaction."""
         with self._transaction() as db:
-            db.execute(
-                "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
-                "value = ?, started_at_ms = ?, updated_at_ms = ?, condition_active = ?, "
-                "condition_changed_at_ms = ?, acknowledged = ?, extra = ? WHERE id = ?",
-                (*self._row_values(alert), alert.id),
-            )
-            self._insert_events(db, alert, events)
-            self._insert_outbox(db, outbox)
+            for write in writes:
+                self._write(db, *write)
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        alert: Alert,
+        events: Sequence[AlertEvent],
+        outbox: Sequence[OutboxEntry],
+    ) -> None:
+        db.execute(
+            "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
+            "value = ?, started_at_ms = ?, updated_at_ms = ?, condition_active = ?, "
+            "condition_changed_at_ms = ?, acknowledged = ?, extra = ? WHERE id = ?",
+            (*self._row_values(alert), alert.id),
+        )
+        self._insert_events(db, alert, events)
+        self._insert_outbox(db, outbox)
 
     @staticmethod
     def _insert_outbox(db: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:

@@ -372,6 +372,7 @@ class Collector:
     def metrics(self) -> dict[str, float]:
         """Flat counters for /metrics."""
         s = self.stats
+        spool = self.spool
         out: dict[str, float] = {
             "messages_received_total": s.messages_received,
             "readings_accepted_total": s.readings_accepted,
@@ -388,8 +389,8 @@ class Collector:
             "arrival_age_seconds": s.arrival_age_s,
             "spool_bytes": self.spool.pending_bytes if self.spool else 0,
             "spool_fill_ratio": self.spool.fill_ratio if self.spool else 0.0,
-            "spool_corrupt_records_total": self.spool.corrupt_records if self.spool else 0,
-            "spool_corrupt_bytes_total": self.spool.corrupt_bytes if self.spool else 0,
+            "spool_corrupt_records_total": spool.corrupt_records if spool is not None else 0,
+            "spool_corrupt_bytes_total": spool.corrupt_bytes if spool is not None else 0,
             "spool_disk_full": int(self._spool_watch.disk_full.raised) if self._spool_watch else 0,
             "write_latency_ms": s.write_latency_ms,
         }
@@ -943,7 +944,9 @@ class Collector:
                     "arrival_age_s": round(s.arrival_age_s, 3),
                     "spool_bytes": self.spool.pending_bytes if self.spool else 0,
                     "spool_replayed": s.spool_replayed,
-                    "spool_corrupt_records": self.spool.corrupt_records if self.spool else 0,
+                    "spool_corrupt_records": (
+                        self.spool.corrupt_records if self.spool is not None else 0
+                    ),
                     "outbox_pending": s.outbox.get("pending", 0),
                     "outbox_dead": s.outbox.get("dead", 0),
                 },

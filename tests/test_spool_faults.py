@@ -1,5 +1,6 @@
-"""The disk-full drill, on a real small filesystem, with the collector as its own process.
+"""The spool's faults with real processes: a full disk under it, a damaged record in it.
 
+The disk-full drill, on a real small filesystem, with the collector as its own process:
 InfluxDB is down, so the spool takes every batch until it fills the disk in the middle of
 a record; the disk refuses batches for a while (their messages stay with the broker);
 room is made, InfluxDB comes back, the collector is SIGKILLed and started again. Every
@@ -18,8 +19,11 @@ import pytest
 
 from collector.config import InfluxSettings
 from collector.demo import wait_for_collector
+from collector.lineprotocol import encode_line
 from collector.localservices import InfluxDB, spawn, stop_process
+from collector.spool import DiskSpool
 from tests.conftest import collector_env, fill_disk, poll
+from tests.test_durability import camera, seqs
 from tests.test_faults import Load, wait_all
 
 
@@ -81,3 +85,43 @@ def test_a_full_disk_under_the_spool_loses_no_acknowledged_reading(
             if proc is not None:
                 stop_process(proc)
         own.stop()
+
+
+def test_a_damaged_spool_record_is_skipped_reported_and_the_rest_replayed(
+    make_settings, run_collector, publisher
+) -> None:
+    """One flipped byte (not even UTF-8 any more) in the third of five spooled batches."""
+    settings = make_settings(detection={"statistical": None})
+    spool = DiskSpool(settings.data_dir / "spool", max_bytes=settings.ingest.spool_max_bytes)
+    now_ms = int(time.time() * 1000)
+    ends = []
+    for batch in range(5):
+        spool.append(
+            [
+                encode_line(
+                    "camera", {"device": "cam-d"}, {"seq": seq, "people": seq}, now_ms + seq
+                )
+                for seq in range(batch * 10 + 1, batch * 10 + 11)
+            ]
+        )
+        (segment,) = spool.directory.glob("*.seg")
+        ends.append(segment.stat().st_size)
+    data = bytearray(segment.read_bytes())
+    data[(ends[1] + ends[2]) // 2] = 0xFF
+    segment.write_bytes(bytes(data))
+
+    collector = run_collector(settings)  # starts: the damage is no reason to stop ingest
+    kept = [seq for seq in range(1, 51) if not 21 <= seq <= 30]
+    assert poll(lambda: seqs(settings.influx), lambda found: found == kept, 30) == kept
+    assert collector.collector.spool.corrupt_records == 1
+    book = collector.collector.alerts
+
+    def corrupt() -> list:
+        return [a for a in book.store.alerts() if a.fingerprint.detector == "spool-corrupt"]
+
+    (alert,) = poll(corrupt, bool, 20)
+    assert (alert.colour, alert.family) == ("red", "system")
+    assert collector.collector.metrics()["spool_corrupt_records_total"] == 1
+    publisher.publish(*camera(1000))  # and new readings flow
+    assert poll(lambda: seqs(settings.influx), lambda found: 1000 in found, 30)[-1] == 1000
+    collector.stop()

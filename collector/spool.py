@@ -249,7 +249,10 @@ class DiskSpool:
     def check_disk_full(self) -> bool:
         """Whether the disk refused an append and has not had room for it since."""
         if self._refused_bytes:
-            stat = os.statvfs(self.directory)
+            try:
+                stat = os.statvfs(self.directory)
+            except OSError:  # cannot tell: it stays full until an append succeeds
+                return True
             if stat.f_bavail * stat.f_frsize >= 2 * self._refused_bytes:
                 log.info("the spool's disk has room again", extra={"dir": str(self.directory)})
                 self._refused_bytes = 0
@@ -302,12 +305,12 @@ class DiskSpool:
             try:
                 if created:
                     self._sync_directory()
-                written = 0
-                while written < len(record):
-                    step = os.write(fd, record[written:])
+                left = memoryview(record)
+                while left:  # a full disk takes part of a write before refusing the rest
+                    step = os.write(fd, left)
                     if step <= 0:
                         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                    written += step
+                    left = left[step:]
                 os.fsync(fd)
             except OSError:
                 self._cut_back(fd, path, size)

@@ -157,7 +157,8 @@ class IngestSettings(_Section):
     # While InfluxDB is down or slower than spool_after_s, batches go to a disk spool in
     # data_dir/spool (fsync'ed, then acknowledged) and are replayed in order once it
     # answers. When the spool holds spool_max_bytes, messages stay with the broker
-    # instead (nothing dropped); an operator alert opens at 80 % (collector/spool.py).
+    # instead (nothing dropped), as when its disk is full; operator alerts: 80 % full,
+    # disk full, damaged records skipped (collector/spool.py, collector/operator.py).
     spool: bool = True
     spool_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 1024**3
     spool_after_s: PositiveFloat = 10.0

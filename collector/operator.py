@@ -1,9 +1,15 @@
 """Alerts about the collector itself: the same loop as the devices' alerts.
 
 An ``OperatorAlarm`` watches one figure, measured once per stats interval: it raises an
-alert (orange unless told otherwise) when the figure has been at or above its limit for
+alert (orange unless told) when the figure has been at or above its limit for
 ``intervals`` measurements in a row, and clears it once the figure falls below half the
 limit (hysteresis, so a figure hovering on the line does not flap).
+
+``SpoolWatch`` holds the disk spool's three: ``spool-nearly-full`` (orange, at 80 %),
+``disk-full`` (red: the spool's disk refused a batch, so storage waits on InfluxDB and
+the backlog grows at the broker; clears once the disk has room) and ``spool-corrupt``
+(red: damaged records were skipped, and acknowledged readings in them are lost; raised
+for the interval that found them, so it stays until a person acknowledges it).
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.detection import SYSTEM_FAMILY, DetectionEvent, EventKind
+from collector.spool import DiskSpool
 
 log = logging.getLogger(__name__)
 
 OPERATOR_UNIT = "_collector"
+SPOOL_DETECTOR = "spool-nearly-full"
+SPOOL_ALERT_FILL = 0.8
+DISK_FULL_DETECTOR = "disk-full"
+SPOOL_CORRUPT_DETECTOR = "spool-corrupt"
 
 
 @dataclass(kw_only=True)
@@ -60,6 +71,44 @@ class OperatorAlarm:
             now_ms,
             threshold=self.limit,
         )
+
+
+class SpoolWatch:
+    """The disk spool's operator alerts, measured once per stats interval."""
+
+    def __init__(self, spool: DiskSpool, *, collector: str) -> None:
+        self.spool = spool
+        self.nearly_full = OperatorAlarm(
+            detector=SPOOL_DETECTOR,
+            quantity="spool_fill",
+            limit=SPOOL_ALERT_FILL,
+            collector=collector,
+        )
+        self.disk_full = OperatorAlarm(
+            detector=DISK_FULL_DETECTOR,
+            quantity="spool_disk_full",
+            limit=1.0,
+            collector=collector,
+            colour="red",
+        )
+        self.corrupt = OperatorAlarm(
+            detector=SPOOL_CORRUPT_DETECTOR,
+            quantity="spool_corrupt_records",
+            limit=1.0,
+            collector=collector,
+            colour="red",
+        )
+        self._corrupt_seen = 0
+
+    def check(self, now_ms: int) -> list[DetectionEvent]:
+        spool = self.spool
+        found = spool.corrupt_records - self._corrupt_seen
+        self._corrupt_seen = 0
+        return [
+            *self.nearly_full.update(spool.fill_ratio, now_ms),
+            *self.disk_full.update(1.0 if spool.check_disk_full() else 0.0, now_ms),
+            *self.corrupt.update(found, now_ms),
+        ]
 
 
 class RecentMedian:

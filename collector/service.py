@@ -62,7 +62,7 @@ from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
-from collector.operator import OperatorAlarm, RecentMedian
+from collector.operator import OperatorAlarm, RecentMedian, SpoolWatch
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -81,7 +81,7 @@ from collector.ratelimit import DeviceRateLimit
 from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
 from collector.rules import RuleBook
 from collector.snapshots import unit_status_lines
-from collector.spool import DiskSpool, SpoolFull
+from collector.spool import DiskSpool, SpoolError
 from collector.unitlink import (
     RESTORE_INTERVAL_S,
     UNIT_ACK_SUBSCRIPTION,
@@ -103,8 +103,6 @@ STATS_MEASUREMENT = "smartunit_ingest"
 NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
 BEHIND_DETECTOR = "collector-behind"
-SPOOL_DETECTOR = "spool-nearly-full"
-SPOOL_ALERT_FILL = 0.8
 ALERT_STORE_DETECTOR = "alert-store-unwritable"
 ALERT_RETRY_TICK_S = 0.1  # how often the retry loop looks; its backoff decides attempts
 ALERT_EVENTS_MEASUREMENT = "alert_events"
@@ -210,15 +208,8 @@ class Collector:
             if ingest.behind_alert_s > 0
             else None
         )
-        self._spool_alarm = (
-            OperatorAlarm(
-                detector=SPOOL_DETECTOR,
-                quantity="spool_fill",
-                limit=SPOOL_ALERT_FILL,
-                collector=collector_id,
-            )
-            if self.spool is not None
-            else None
+        self._spool_watch = (
+            SpoolWatch(self.spool, collector=collector_id) if self.spool is not None else None
         )
         self.rate_limit = (
             DeviceRateLimit(rate_per_s=ingest.device_rate_per_s, burst=ingest.device_burst)
@@ -432,6 +423,7 @@ class Collector:
     def metrics(self) -> dict[str, float]:
         """Flat counters for /metrics."""
         s = self.stats
+        spool = self.spool
         out: dict[str, float] = {
             "messages_received_total": s.messages_received,
             "readings_accepted_total": s.readings_accepted,
@@ -448,6 +440,9 @@ class Collector:
             "arrival_age_seconds": s.arrival_age_s,
             "spool_bytes": self.spool.pending_bytes if self.spool else 0,
             "spool_fill_ratio": self.spool.fill_ratio if self.spool else 0.0,
+            "spool_corrupt_records_total": spool.corrupt_records if spool is not None else 0,
+            "spool_corrupt_bytes_total": spool.corrupt_bytes if spool is not None else 0,
+            "spool_disk_full": int(self._spool_watch.disk_full.raised) if self._spool_watch else 0,
             "write_latency_ms": s.write_latency_ms,
             "unit_state_overwrites_total": self.unit_states.overwrites,
         }
@@ -862,12 +857,9 @@ class Collector:
                 log.warning("InfluxDB did not take a batch; spooling", extra={"error": str(exc)})
         try:
             spool.append(lines)
-        except SpoolFull as exc:
+        except SpoolError as exc:  # full, or its disk is: nothing of the batch was stored
             log.error("%s", exc)
             return await self._write_with_retry(lines)  # backpressure up to the broker
-        except OSError as exc:
-            log.error("cannot write the spool: %s", exc)
-            return await self._write_with_retry(lines)
         self._spooled.set()
         return True
 
@@ -876,14 +868,18 @@ class Collector:
         spool = self.spool
         assert spool is not None
         while True:
-            lines = spool.peek()
-            if lines is None:
-                self._spooled.clear()
-                await self._spooled.wait()
-                continue
-            if await self._write_with_retry(lines, forever=True):
-                spool.pop()
-                self.stats.spool_replayed += 1
+            try:
+                lines = spool.peek()
+                if lines is None:
+                    self._spooled.clear()
+                    await self._spooled.wait()
+                    continue
+                if await self._write_with_retry(lines, forever=True):
+                    spool.pop()  # a crash before this replays the batch again: it collapses
+                    self.stats.spool_replayed += 1
+            except OSError as exc:  # the spool's disk failed a read: try again, never give up
+                log.error("cannot read the spool: %s", exc)
+                await asyncio.sleep(self.settings.ingest.retry_max_s)
 
     async def _write_once(self, lines: list[str]) -> None:
         started = time.perf_counter()
@@ -978,7 +974,7 @@ class Collector:
                 await self._write_stats()
 
     def _operator_checks(self) -> list[DetectionEvent]:
-        """Measure how late readings arrive and how full the spool is; alert on both."""
+        """Measure how late readings arrive and how the spool and its disk are; alert on each."""
         age = self._arrival_ages.take()
         if age is not None:
             self.stats.arrival_age_s = age
@@ -986,8 +982,8 @@ class Collector:
         events = []
         if self._behind is not None:
             events += self._behind.update(0.0 if age is None else age, now_ms)
-        if self._spool_alarm is not None and self.spool is not None:
-            events += self._spool_alarm.update(self.spool.fill_ratio, now_ms)
+        if self._spool_watch is not None:
+            events += self._spool_watch.check(now_ms)
         if self._pending is not None:
             events += self._store_alarm.update(self._pending.take_peak(), now_ms)
         return events
@@ -1019,6 +1015,9 @@ class Collector:
                     "arrival_age_s": round(s.arrival_age_s, 3),
                     "spool_bytes": self.spool.pending_bytes if self.spool else 0,
                     "spool_replayed": s.spool_replayed,
+                    "spool_corrupt_records": (
+                        self.spool.corrupt_records if self.spool is not None else 0
+                    ),
                     "outbox_pending": s.outbox.get("pending", 0),
                     "outbox_dead": s.outbox.get("dead", 0),
                 },

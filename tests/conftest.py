@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,39 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
     server = InfluxDB(tmp_path_factory.mktemp("influxdb")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a tmpfs of the given size in bytes (needs root, as CI runs); skips if it can't."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            error = done.stderr.strip() if done.returncode else ""
+        except OSError as exc:
+            error = str(exc)
+        if error:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {error}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_disk(directory: Path, *, leave: int) -> Path:
+    """A ballast file that leaves about ``leave`` bytes free on ``directory``'s filesystem."""
+    ballast = directory / "ballast"
+    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    with ballast.open("ab") as handle:
+        handle.write(b"\0" * max(free - leave, 0))
+    return ballast
 
 
 @pytest.fixture

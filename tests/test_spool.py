@@ -1,4 +1,5 @@
-"""The disk spool on its own: order, durability across reopening, bounds, torn writes."""
+"""The disk spool on its own: order, durability across reopening, bounds, torn writes,
+damaged records, a full disk."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.spool import DiskSpool, SpoolFull
+from collector.spool import HEADER, DiskSpool, SpoolFull, SpoolWriteFailed, encode_record
+from tests.conftest import fill_disk
 
 
 def batch(k: int, n: int = 3) -> list[str]:
@@ -53,8 +55,81 @@ def test_a_torn_last_write_is_cut_off_at_reopening(tmp_path: Path) -> None:
     spool = DiskSpool(tmp_path, max_bytes=1_000_000)
     spool.append(batch(1))
     (segment,) = tmp_path.glob("*.seg")
+    size = segment.stat().st_size
     with segment.open("ab") as handle:
-        handle.write(b"5000\ncamera,device=x peo")  # the crash came mid-write
+        handle.write(encode_record("\n".join(batch(7, n=50)).encode())[:300])  # crash mid-write
     reopened = DiskSpool(tmp_path, max_bytes=1_000_000)
+    assert segment.stat().st_size == size  # cut off: its append never returned
     reopened.append(batch(2))
     assert drain(reopened) == [batch(1), batch(2)]
+    assert reopened.corrupt_records == 0  # never acknowledged, so nothing was lost
+
+
+def test_a_corrupt_byte_is_skipped_counted_and_the_records_after_it_kept(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1_000_000)
+    for k in range(5):
+        spool.append(batch(k))
+    (segment,) = tmp_path.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    record = len(data) // 5
+    data[2 * record + HEADER.size + 7] = 0xFF  # not even UTF-8 any more
+    segment.write_bytes(bytes(data))
+    reopened = DiskSpool(tmp_path, max_bytes=1_000_000)  # no crash at start
+    assert drain(reopened) == [batch(0), batch(1), batch(3), batch(4)]
+    assert (reopened.corrupt_records, reopened.corrupt_bytes) == (1, record)
+    assert drain(DiskSpool(tmp_path, max_bytes=1_000_000)) == []  # skipped for good
+
+
+@pytest.mark.parametrize("where", ["magic", "length", "checksum", "header end"])
+def test_a_damaged_header_never_makes_the_reader_cross_a_boundary(
+    tmp_path: Path, where: str
+) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1_000_000, segment_bytes=10_000)
+    for k in range(4):
+        spool.append(batch(k, n=20))
+    (segment,) = tmp_path.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    record = len(data) // 4
+    at = record + {"magic": 1, "length": 5, "checksum": 9, "header end": 15}[where]
+    data[at] ^= 0x10
+    segment.write_bytes(bytes(data))
+    reopened = DiskSpool(tmp_path, max_bytes=1_000_000, segment_bytes=10_000)
+    assert drain(reopened) == [batch(0, n=20), batch(2, n=20), batch(3, n=20)]
+    assert reopened.corrupt_records == 1
+    reopened.append(batch(9))  # and appends and replay go on
+    assert drain(reopened) == [batch(9)]
+
+
+def test_a_segment_of_another_format_is_counted_never_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "000000000000.seg").write_bytes(b"57\ncamera,device=cam-1 people=1i 1\n")
+    (tmp_path / "cursor").write_text("0 3\n")
+    spool = DiskSpool(tmp_path, max_bytes=1_000_000)
+    spool.append(batch(1))
+    assert drain(spool) == [batch(1)]
+    assert spool.corrupt_records == 1 and not spool
+
+
+def test_a_full_disk_cuts_the_record_back_and_refuses_until_there_is_room(
+    small_filesystem,
+) -> None:
+    disk = small_filesystem(512 * 1024)
+    spool = DiskSpool(disk / "spool", max_bytes=10_000_000)
+    spool.append(batch(0))
+    ballast = fill_disk(disk, leave=6_000)
+    stored, refused = [batch(0)], []
+    for k in range(1, 20):  # ~9 kB each: the first that does not fit is cut mid-record
+        try:
+            spool.append(batch(k, n=120))
+            stored.append(batch(k, n=120))
+        except SpoolWriteFailed as exc:
+            refused.append(exc.disk_full)
+    assert refused and all(refused)
+    assert spool.pending_bytes == sum(p.stat().st_size for p in (disk / "spool").glob("*.seg"))
+    assert spool.check_disk_full()
+    ballast.unlink()  # the operator makes room
+    assert not spool.check_disk_full()
+    spool.append(batch(99))
+    stored.append(batch(99))
+    reopened = DiskSpool(disk / "spool", max_bytes=10_000_000)  # a crash and a restart
+    assert drain(reopened) == stored
+    assert reopened.corrupt_records == 0

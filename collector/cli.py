@@ -15,7 +15,7 @@ from pathlib import Path
 
 from collector.config import Settings, load_settings
 from collector.errors import AlertStoreError, ConfigError, SmartUnitError
-from collector.registry import Registry, RegistryHolder
+from collector.registry import RegistryHolder
 
 log = logging.getLogger("smartunit")
 
@@ -28,9 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _registry(settings: Settings) -> RegistryHolder:
-    path = settings.registry.path
-    registry = Registry.load(path) if path is not None else Registry.empty()
-    return RegistryHolder(registry, path)
+    return RegistryHolder.open(settings.registry)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -48,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, holder.reload_now)
+        loop.add_signal_handler(signal.SIGHUP, holder.request_reload)
         await Collector(settings, holder).run(stop)
 
     try:

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collector.config import Settings, load_settings
-from collector.errors import AlertStoreError, ConfigError, SmartUnitError
+from collector.errors import (
+    AlertStoreError,
+    ConfigError,
+    DamagedAlertStoreError,
+    SmartUnitError,
+)
 from collector.registry import RegistryHolder
 
 log = logging.getLogger("smartunit")
@@ -51,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except AlertStoreError as exc:
+    except DamagedAlertStoreError as exc:
         # One line an operator can act on: what is wrong with which file, what to run.
         config = f" --config {args.config}" if args.config else ""
         log.critical(
@@ -63,6 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             config,
             extra={"path": str(exc.path)},
         )
+        return EXIT_RUNTIME
+    except AlertStoreError as exc:
+        log.critical("%s; the collector will not run on it", exc, extra={"path": str(exc.path)})
         return EXIT_RUNTIME
     return 0
 

@@ -115,7 +115,7 @@ def test_damaged_alert_database_is_refused_clearly_and_recovered(
     # The collector refuses to start: exit 1, one line naming the file and the remedy.
     log_path = tmp_path / "refused.log"
     refused = spawn(command, env=env, log_path=log_path)
-    assert refused.wait(timeout=60) == 1
+    assert refused.wait(timeout=120) == 1, log_path.read_text()[-3000:]
     log = log_path.read_text()
     assert "Traceback" not in log, log
     lines = [line for line in log.splitlines() if "is damaged" in line]
@@ -131,7 +131,11 @@ def test_damaged_alert_database_is_refused_clearly_and_recovered(
     recovered = smartunit("alerts-db", "recover", "--config", str(config), env=env)
     assert recovered.returncode == 0, recovered
     assert f"saved {len(readable)} alerts" in recovered.stdout, recovered.stdout
-    (kept,) = data_dir.glob("alerts.db.damaged-*")
+    (kept,) = [
+        p
+        for p in data_dir.glob("alerts.db.damaged-*")
+        if not p.name.endswith("-shm") and not p.name.endswith("-wal")
+    ]
     assert kept.read_bytes() == damaged_bytes  # the evidence, untouched
 
     with sqlite3.connect(alerts_db) as db:
@@ -166,8 +170,10 @@ def test_damaged_alert_database_is_refused_clearly_and_recovered(
     log_path = tmp_path / "restarted.log"
     restarted = spawn(command, env=env, log_path=log_path)
     try:
-        wait_for_collector(broker.url, client_id)
-    finally:
-        code = stop_process(restarted, timeout_s=30)
+        wait_for_collector(broker.url, client_id, timeout_s=120)
+    except Exception:
+        stop_process(restarted)
+        raise AssertionError(log_path.read_text()[-3000:]) from None
+    code = stop_process(restarted, timeout_s=60)
     assert code == 0, log_path.read_text()[-2000:]
     assert "Traceback" not in log_path.read_text()

@@ -12,6 +12,7 @@ import pytest
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
 from collector.alerts.notify import OutboxEntry
+from collector.alerts.repair import recover
 from collector.alerts.store import SqliteAlertStore
 from collector.demo import wait_for_collector
 from collector.localservices import spawn, stop_process
@@ -177,3 +178,40 @@ def test_damaged_alert_database_is_refused_clearly_and_recovered(
     code = stop_process(restarted, timeout_s=60)
     assert code == 0, log_path.read_text()[-2000:]
     assert "Traceback" not in log_path.read_text()
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_recover_uses_the_sqlite3_shell_when_it_can(tmp_path: Path, works: bool) -> None:
+    """What ``.recover`` rebuilds is read like any database; a shell without it (exit 1, as
+    one built without the page reader) leaves the row-by-row salvage to do the work."""
+    path = tmp_path / "alerts.db"
+    fill(path)
+    damage_pages(path)
+    rebuilt = (
+        "BEGIN;\n"
+        "CREATE TABLE alerts(id INTEGER PRIMARY KEY, fingerprint, device, quantity, detector,"
+        " state, colour, family, unit, hierarchy, value, started_at_ms, updated_at_ms,"
+        " condition_active, condition_changed_at_ms, acknowledged, extra, last_seq);\n"
+        "INSERT INTO alerts VALUES (7, 'k', 'gas-7', 'lel_pct', 'threshold', 'open', 'red',"
+        " 'chem', 'chem-a', '{}', 55.0, 1, 1, 1, 1, 0, '{}', 1);\n"
+        "CREATE TABLE lost_and_found(rootpgno, pgno, nfield, id, c0, c1);\n"
+        "COMMIT;\n"
+    )
+    shell = tmp_path / "sqlite3"
+    shell.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        + (f"sys.stdout.write({rebuilt!r})\n" if works else "sys.exit(1)\n")
+    )
+    shell.chmod(0o755)
+
+    salvage = recover(path, shell=str(shell))
+
+    with sqlite3.connect(path) as db:
+        ids = {row[0] for row in db.execute("SELECT id FROM alerts")}
+    if works:
+        assert salvage.method == "sqlite3 .recover"
+        assert ids == {7}
+    else:
+        assert salvage.method == "row by row"
+        assert 7 in ids
+        assert len(ids) > ALERTS // 2

@@ -14,8 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collector.config import Settings, load_settings
-from collector.errors import ConfigError, SmartUnitError
-from collector.registry import Registry, RegistryHolder
+from collector.errors import (
+    AlertStoreError,
+    ConfigError,
+    DamagedAlertStoreError,
+    SmartUnitError,
+)
+from collector.registry import RegistryHolder
 
 log = logging.getLogger("smartunit")
 
@@ -28,9 +33,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _registry(settings: Settings) -> RegistryHolder:
-    path = settings.registry.path
-    registry = Registry.load(path) if path is not None else Registry.empty()
-    return RegistryHolder(registry, path)
+    return RegistryHolder.open(settings.registry)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -48,10 +51,66 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, holder.reload_now)
+        loop.add_signal_handler(signal.SIGHUP, holder.request_reload)
         await Collector(settings, holder).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except DamagedAlertStoreError as exc:
+        # One line an operator can act on: what is wrong with which file, what to run.
+        config = f" --config {args.config}" if args.config else ""
+        log.critical(
+            "%s; the collector will not run on it. Recover with `smartunit alerts-db recover%s` "
+            "(keeps the damaged file, salvages what is readable); "
+            "`smartunit alerts-db check%s` reports",
+            exc,
+            config,
+            config,
+            extra={"path": str(exc.path)},
+        )
+        return EXIT_RUNTIME
+    except AlertStoreError as exc:
+        log.critical("%s; the collector will not run on it", exc, extra={"path": str(exc.path)})
+        return EXIT_RUNTIME
+    return 0
+
+
+def _alerts_database(args: argparse.Namespace) -> Path:
+    settings = _settings(args)
+    return settings.data_dir / settings.alerts.database
+
+
+def cmd_alerts_db_check(args: argparse.Namespace) -> int:
+    from collector.alerts.repair import check  # noqa: PLC0415
+
+    path = _alerts_database(args)
+    if not path.exists():
+        print(f"{path}: no alert database yet (the collector creates it)")
+        return 0
+    problems = check(path)
+    if not problems:
+        print(f"{path}: OK")
+        return 0
+    print(f"{path}: damaged, {len(problems)} problem(s):")
+    for problem in problems:
+        print(f"  {problem}")
+    config = f" --config {args.config}" if args.config else ""
+    print(f"recover with: smartunit alerts-db recover{config}")
+    return EXIT_RUNTIME
+
+
+def cmd_alerts_db_recover(args: argparse.Namespace) -> int:
+    from collector.alerts.repair import check, recover  # noqa: PLC0415
+
+    path = _alerts_database(args)
+    if not path.exists():
+        print(f"{path}: no alert database, nothing to recover")
+        return 0
+    if not check(path):  # the collector may be running on a sound one: never swap it
+        print(f"{path}: OK, nothing to recover")
+        return 0
+    salvage = recover(path)
+    print(f"{path}: {salvage.summary()}")
     return 0
 
 
@@ -220,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--capacity", type=float, help="with --rules: capacity for ratio rules")
     backtest.add_argument("--quiet", action="store_true", help="no progress bar")
     backtest.set_defaults(func=cmd_backtest)
+
+    alerts_db = sub.add_parser("alerts-db", help="check or recover the alert database")
+    alerts_db_sub = alerts_db.add_subparsers(dest="action", required=True)
+    db_check = alerts_db_sub.add_parser(
+        "check", help="SQLite's full integrity check; exit 1 if damaged"
+    )
+    db_check.add_argument("--config", type=Path)
+    db_check.set_defaults(func=cmd_alerts_db_check)
+    db_recover = alerts_db_sub.add_parser(
+        "recover",
+        help="keep the damaged file, salvage what is readable into a fresh database "
+        "(with the collector stopped)",
+    )
+    db_recover.add_argument("--config", type=Path)
+    db_recover.set_defaults(func=cmd_alerts_db_recover)
 
     dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
     dashboards_sub = dashboards.add_subparsers(dest="action", required=True)

@@ -185,6 +185,9 @@ class HttpSettings(_Section):
 class RegistrySettings(_Section):
     path: Path | None = None
     reload_interval_s: PositiveFloat = 2.0
+    # A registry file with no units and no devices is refused (at start and on reload)
+    # unless this is set: an emptied file would unregister every device at once.
+    allow_empty: bool = False
 
 
 class SilenceSettings(_Section):

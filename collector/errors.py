@@ -4,6 +4,8 @@
     ├── ConfigError            bad configuration or registry; the CLI exits with code 2
     ├── ServiceStartError      a local broker or database would not start (demo, tests, bench)
     ├── DashboardPushError     Grafana refused or could not be reached (dashboards push)
+    ├── AlertStoreError        the alert database cannot be used as it is
+    │   └── DamagedAlertStoreError  SQLite finds the file damaged, or not a database at all
     └── StoreError             talking to the time-series store failed
         ├── RetryableStoreError    timeouts, connection errors, 429, 5xx: try again later
         └── RejectedWriteError     400 and other 4xx: retrying the same lines cannot help
@@ -15,6 +17,8 @@ messages are not exceptions: they are rejections, counted and quarantined (see
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class SmartUnitError(Exception):
@@ -31,6 +35,22 @@ class ServiceStartError(SmartUnitError):
 
 class DashboardPushError(SmartUnitError):
     """Installing the dashboards through Grafana's HTTP API failed; the message says where."""
+
+
+class AlertStoreError(SmartUnitError):
+    """The alert database cannot be used as it is; the message names the file."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DamagedAlertStoreError(AlertStoreError):
+    """SQLite finds the alert database damaged; ``smartunit alerts-db recover`` salvages it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"alert database {path} is damaged: {problem}", path=path)
+        self.problem = problem
 
 
 class StoreError(SmartUnitError):

@@ -24,7 +24,7 @@ from collector.config import InfluxSettings, Settings, load_settings
 from collector.demo import wait_for_collector
 from collector.influx import query_sync, rows
 from collector.localservices import InfluxDB, Mosquitto, free_port
-from collector.registry import Registry, RegistryHolder
+from collector.registry import RegistryHolder
 from collector.service import Collector
 
 T = TypeVar("T")
@@ -142,9 +142,7 @@ class CollectorThread:
     """A Collector running in its own thread and event loop, as in production."""
 
     def __init__(self, settings: Settings) -> None:
-        path = settings.registry.path
-        registry = Registry.load(path) if path else Registry.empty()
-        self.holder = RegistryHolder(registry, path)
+        self.holder = RegistryHolder.open(settings.registry)
         self.settings = settings
         self.collector: Collector | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Silence, State
 from collector.alerts.notify import OutboxEntry
+from collector.errors import AlertStoreError, DamagedAlertStoreError
 
 SCHEMA_VERSION = 1
 
@@ -132,12 +133,46 @@ class AlertStore(Protocol):
     def close(self) -> None: ...
 
 
+def integrity_problems(db: sqlite3.Connection, *, thorough: bool = False) -> list[str]:
+    """What SQLite finds wrong with a database; empty when it is sound.
+
+    ``quick_check`` reads every page (seconds for a gigabyte); ``integrity_check`` also
+    checks that every index matches its table. A file that is not a database at all
+    fails the first read, which counts as a problem too.
+    """
+    pragma = "integrity_check" if thorough else "quick_check"
+    try:
+        found = [str(row[0]) for row in db.execute(f"PRAGMA {pragma}").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    return [] if found == ["ok"] else found
+
+
 class SqliteAlertStore:
     def __init__(self, path: Path | str) -> None:
+        """Open (or create) the store; a damaged file raises DamagedAlertStoreError.
+
+        Running on a damaged file would fail at some later write, in the middle of an
+        alert's life; refusing at start gives the operator a clear choice instead
+        (``smartunit alerts-db recover``)."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # the collector loop and the HTTP API share the store
+        try:
+            self._open(Path(path))
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise DamagedAlertStoreError(Path(path), str(exc)) from None
+        except AlertStoreError:
+            self._db.close()
+            raise
+
+    def _open(self, path: Path) -> None:
+        problems = integrity_problems(self._db)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise DamagedAlertStoreError(path, problems[0] + more)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -146,8 +181,9 @@ class SqliteAlertStore:
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(found[0]) != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"alert store schema {found[0]}, this version reads {SCHEMA_VERSION}"
+            raise AlertStoreError(
+                f"alert database {path} has schema {found[0]}, this version reads {SCHEMA_VERSION}",
+                path=path,
             )
 
     @contextmanager

@@ -1,0 +1,217 @@
+"""A damaged alert database: a clear refusal at start, and a recovery that keeps what it can."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
+from collector.alerts.notify import OutboxEntry
+from collector.alerts.repair import recover
+from collector.alerts.store import SqliteAlertStore
+from collector.demo import wait_for_collector
+from collector.localservices import spawn, stop_process
+from tests.conftest import collector_env
+
+ALERTS = 400
+PAGE = 4096
+
+
+def fill(path: Path) -> None:
+    """ALERTS alerts, each with an event and a pending delivery, spread over many pages."""
+    store = SqliteAlertStore(path)
+    for i in range(ALERTS):
+        alert = Alert(
+            id=0,
+            fingerprint=Fingerprint(f"gas-{i}", "lel_pct", "threshold"),
+            state=State.OPEN,
+            colour="red",
+            family="chem",
+            unit="chem-a",
+            hierarchy={"city": "suzhou", "note": "x" * 200},
+            value=55.0,
+            started_at_ms=1_000 + i,
+            updated_at_ms=1_000 + i,
+        )
+        opened = AlertEvent(
+            0, 1, EventType.OPENED, 1_000 + i, "detector", "", State.OPEN, "red", 55
+        )
+        alert, events = store.create(alert, [opened])
+        entry = OutboxEntry("hotline", events[0].id, alert.id, 1, b"{}")
+        store.save(alert, [], [entry])
+    store.close()  # checkpoints the write-ahead log into the file
+
+
+def damage_pages(path: Path) -> None:
+    """Overwrite two leaf pages of the alerts table (one in the middle, the last) with junk."""
+    with sqlite3.connect(path) as db:
+        leaves = [
+            page
+            for (page,) in db.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'alerts' AND pagetype = 'leaf' "
+                "ORDER BY pageno"
+            )
+        ]
+    assert len(leaves) > 4
+    with path.open("r+b") as file:
+        for page in (leaves[len(leaves) // 2], leaves[-1]):
+            file.seek((page - 1) * PAGE)
+            file.write(bytes([0xA5, 0x3C]) * (PAGE // 2))
+
+
+def readable_alerts(path: Path, scratch: Path) -> set[int]:
+    """Ids of the alerts that a lookup by id can still read from the damaged file."""
+    shutil.copy(path, scratch)
+    found = set()
+    with sqlite3.connect(scratch) as db:
+        for alert_id in range(1, ALERTS + 1):
+            try:
+                row = db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+            except sqlite3.DatabaseError:
+                continue
+            if row is not None:
+                found.add(alert_id)
+    return found
+
+
+def smartunit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collector.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["pages", "not_a_database"])
+def test_damaged_alert_database_is_refused_clearly_and_recovered(
+    broker, influxdb, database, tmp_path: Path, damage: str
+) -> None:
+    client_id = f"adb-{database}"
+    config = tmp_path / "smartunit.toml"
+    config.write_text(f'[mqtt]\nclient_id = "{client_id}"\n[detection]\nwarm_start_hours = 0\n')
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    alerts_db = data_dir / "alerts.db"
+    if damage == "pages":
+        fill(alerts_db)
+        damage_pages(alerts_db)
+        readable = readable_alerts(alerts_db, tmp_path / "scratch.db")
+        assert 0 < len(readable) < ALERTS  # the damage is real, and not total
+    else:
+        alerts_db.write_text("alert log\n" * 1000)
+        readable = set()
+    damaged_bytes = alerts_db.read_bytes()
+    env = collector_env(broker, influxdb, database, data_dir)
+    command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+
+    # The collector refuses to start: exit 1, one line naming the file and the remedy.
+    log_path = tmp_path / "refused.log"
+    refused = spawn(command, env=env, log_path=log_path)
+    assert refused.wait(timeout=120) == 1, log_path.read_text()[-3000:]
+    log = log_path.read_text()
+    assert "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if "is damaged" in line]
+    assert len(lines) == 1, log
+    assert str(alerts_db) in lines[0]
+    assert f"smartunit alerts-db recover --config {config}" in lines[0]
+
+    checked = smartunit("alerts-db", "check", "--config", str(config), env=env)
+    assert checked.returncode == 1, checked
+    assert "damaged" in checked.stdout
+    assert "Traceback" not in checked.stderr
+
+    recovered = smartunit("alerts-db", "recover", "--config", str(config), env=env)
+    assert recovered.returncode == 0, recovered
+    (kept,) = [
+        p
+        for p in data_dir.glob("alerts.db.damaged-*")
+        if not p.name.endswith("-shm") and not p.name.endswith("-wal")
+    ]
+    assert kept.read_bytes() == damaged_bytes  # the evidence, untouched
+
+    with sqlite3.connect(alerts_db) as db:
+        ids = {row[0] for row in db.execute("SELECT id FROM alerts")}
+        pending = {row[0] for row in db.execute("SELECT alert_id FROM outbox")}
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert readable <= ids <= set(range(1, ALERTS + 1))  # every alert that could be read
+    assert f"saved {len(ids)} alerts" in recovered.stdout, recovered.stdout
+    if damage == "pages":
+        assert len(pending) == ALERTS  # the outbox's own pages were intact: every delivery
+    assert smartunit("alerts-db", "check", "--config", str(config), env=env).returncode == 0
+
+    # A new alert never takes the number of one lost to the damage (its deliveries'
+    # idempotency keys would collide with those still in the outbox).
+    store = SqliteAlertStore(alerts_db)
+    alert = Alert(
+        id=0,
+        fingerprint=Fingerprint("gas-new", "lel_pct", "threshold"),
+        state=State.OPEN,
+        colour="red",
+        family="chem",
+        unit="chem-a",
+        hierarchy={},
+        value=1.0,
+        started_at_ms=1,
+        updated_at_ms=1,
+    )
+    new, _ = store.create(alert, [])
+    store.close()
+    assert new.id > (ALERTS if damage == "pages" else 0)
+
+    # The collector starts on the recovered database, and stops cleanly.
+    log_path = tmp_path / "restarted.log"
+    restarted = spawn(command, env=env, log_path=log_path)
+    try:
+        wait_for_collector(broker.url, client_id, timeout_s=120)
+    except Exception:
+        stop_process(restarted)
+        raise AssertionError(log_path.read_text()[-3000:]) from None
+    code = stop_process(restarted, timeout_s=60)
+    assert code == 0, log_path.read_text()[-2000:]
+    assert "Traceback" not in log_path.read_text()
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_recover_uses_the_sqlite3_shell_when_it_can(tmp_path: Path, works: bool) -> None:
+    """What ``.recover`` rebuilds is read like any database; a shell without it (exit 1, as
+    one built without the page reader) leaves the row-by-row salvage to do the work."""
+    path = tmp_path / "alerts.db"
+    fill(path)
+    damage_pages(path)
+    rebuilt = (
+        "BEGIN;\n"
+        "CREATE TABLE alerts(id INTEGER PRIMARY KEY, fingerprint, device, quantity, detector,"
+        " state, colour, family, unit, hierarchy, value, started_at_ms, updated_at_ms,"
+        " condition_active, condition_changed_at_ms, acknowledged, extra, last_seq);\n"
+        "INSERT INTO alerts VALUES (7, 'k', 'gas-7', 'lel_pct', 'threshold', 'open', 'red',"
+        " 'chem', 'chem-a', '{}', 55.0, 1, 1, 1, 1, 0, '{}', 1);\n"
+        "CREATE TABLE lost_and_found(rootpgno, pgno, nfield, id, c0, c1);\n"
+        "COMMIT;\n"
+    )
+    shell = tmp_path / "sqlite3"
+    shell.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        + (f"sys.stdout.write({rebuilt!r})\n" if works else "sys.exit(1)\n")
+    )
+    shell.chmod(0o755)
+
+    salvage = recover(path, shell=str(shell))
+
+    with sqlite3.connect(path) as db:
+        ids = {row[0] for row in db.execute("SELECT id FROM alerts")}
+    if works:
+        assert salvage.method == "sqlite3 .recover"
+        assert ids == {7}
+    else:
+        assert salvage.method == "row by row"
+        assert 7 in ids
+        assert len(ids) > ALERTS // 2

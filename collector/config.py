@@ -198,6 +198,10 @@ class DetectionSettings(_Section):
     statistical_params: dict[str, Any] = {}
     statistical_colour: Literal["blue", "yellow", "orange", "red"] = "yellow"
     warm_start_hours: Annotated[float, Field(ge=0, le=24 * 31)] = 24.0
+    # A reading this much older than its series' newest judged one, while that newest
+    # lies this much ahead of the collector's clock, is a device clock stepping back:
+    # the device's series are re-anchored at it (collector/detection.py).
+    clock_step_back_s: Annotated[float, Field(ge=0)] = 10.0
     silence: SilenceSettings = SilenceSettings()
 
     @field_validator("statistical")

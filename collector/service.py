@@ -392,6 +392,7 @@ class Collector:
             "inbox_messages": self.source.backlog,
             "late_readings_total": self.engine.late_readings if self.engine else 0,
             "judged_readings_total": self.engine.judged_readings if self.engine else 0,
+            "clock_steps_back_total": self.engine.clock_steps_back.total() if self.engine else 0,
             "detector_series": self.engine.series_count if self.engine else 0,
             "write_queue_batches": self._queue.qsize(),
             "arrival_age_seconds": s.arrival_age_s,
@@ -1000,6 +1001,7 @@ def build_engine(settings: Settings) -> DetectionEngine:
         statistical=detection.statistical,
         statistical_params=detection.statistical_params,
         statistical_colour=detection.statistical_colour,
+        clock_step_back_s=detection.clock_step_back_s,
         silence=SilenceWatch(
             timeout_s=silence.timeout_s,
             interval_multiple=silence.interval_multiple,

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
+from collector.admission import NOT_QUANTITIES
 from collector.logs import RateLimitedLog
 from collector.protocol import Reading
 from collector.registry import Registry
@@ -45,8 +46,6 @@ from detectors.rules.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
 
-# Fields that are bookkeeping, not measurements.
-NOT_QUANTITIES = frozenset({"seq", "capacity", "free", "interval_s", "safe_capacity"})
 STATISTICAL = "statistical"
 SILENT_DEVICE = "yellow"
 SILENT_GATEWAY = "orange"  # a gateway takes many devices with it
@@ -126,8 +125,11 @@ class DetectionEngine:
         statistical_colour: str = "yellow",
         silence: SilenceWatch | None = None,
         clock_step_back_s: float = 10.0,
+        max_series: int = 100_000,
     ) -> None:
         self.rules = rules
+        self.max_series = max_series
+        self.series_refused = 0  # readings of series over max_series: not judged
         self.clock_step_back_s = clock_step_back_s
         self.chain = (
             Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
@@ -179,10 +181,18 @@ class DetectionEngine:
         series_of = self._device(device)[1]
         found = series_of.get(quantity)
         if found is None:
+            if quantity not in NOT_QUANTITIES and len(self._info) >= self.max_series:
+                # not remembered either: names without end must not grow the table
+                self.series_refused += 1
+                return -1
             found = series_of[quantity] = -1 if quantity in NOT_QUANTITIES else len(self._info)
             if found >= 0:
                 self._info.append((device, family, quantity))
         return found
+
+    def series_names(self) -> list[tuple[str, str]]:
+        """(device, quantity) of every series the detectors keep state for."""
+        return [(device, quantity) for device, _, quantity in self._info]
 
     # -- restart without forgetting --------------------------------------------------------
 

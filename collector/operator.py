@@ -14,11 +14,14 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collector.admission import OverCap
 from collector.detection import SYSTEM_FAMILY, DetectionEvent, EventKind
 
 log = logging.getLogger(__name__)
 
 OPERATOR_UNIT = "_collector"
+QUANTITY_CAP_DETECTOR = "quantity-cap"
+SERIES_CAP_DETECTOR = "series-cap"
 
 
 @dataclass(kw_only=True)
@@ -59,6 +62,30 @@ class OperatorAlarm:
             now_ms,
             threshold=self.limit,
         )
+
+
+def cap_alert(over: OverCap, *, collector: str, limit: int, now_ms: int) -> DetectionEvent:
+    """An orange alert for a cap of collector/admission.py reached: for a device over its
+    quantities, the alert names the device; for the collector full, the collector (the
+    refused devices are in the rejections)."""
+    per_device = over.reason == "too_many_quantities"
+    log.error(
+        "a cap on series was reached: new quantities are dropped",
+        extra={"reason": over.reason, "device": over.device, "admitted": over.admitted},
+    )
+    return DetectionEvent(
+        "raised",
+        QUANTITY_CAP_DETECTOR if per_device else SERIES_CAP_DETECTOR,
+        over.device if per_device else collector,
+        SYSTEM_FAMILY,
+        "quantities" if per_device else "series",
+        OPERATOR_UNIT,
+        "orange",
+        "green",
+        float(over.admitted),
+        now_ms,
+        threshold=float(limit),
+    )
 
 
 class RecentMedian:

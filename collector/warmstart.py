@@ -12,13 +12,15 @@ and InfluxDB grew to 24 GB answering). So history is read
   the fields asked for), the next page starting where the last one ended (its time, and
   how many rows of that time it already had);
 - within ``max_points`` values in all: each page asks for no more than what is left,
-  so the database is never asked for more than the budget. When it runs out, the
-  detectors have learnt from the oldest part of the window, and say so in the log.
+  so the database is never asked for more than the budget. Of a window holding more,
+  the most recent hours that fit are read (the database counts the values per hour
+  first, an aggregate per field and hour), and the log says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,12 +45,11 @@ class HistoryReader:
     max_points: int  # values (rows x fields asked for) in all
     page_points: int = 50_000  # values per query
     known: frozenset[str] = frozenset()  # quantities read first when there are too many
-    asked: int = 0  # values asked for so far: never more than max_points
+    # rows that came back times the fields asked for: each query asks for no more than
+    # max_points minus this, so this never exceeds max_points
+    spent: int = 0
     returned: int = 0  # values that came back
-
-    @property
-    def exhausted(self) -> bool:
-        return self.asked >= self.max_points
+    exhausted: bool = False  # the budget left is less than one row
 
     async def fields(self, family: str) -> list[str]:
         """The numeric field keys of a family worth reading, known quantities first."""
@@ -69,8 +70,10 @@ class HistoryReader:
         return names[:MAX_FIELDS_PER_FAMILY]
 
     async def pages(self, start_ms: int, end_ms: int) -> AsyncIterator[list[Reading]]:
-        """Readings between two times, a page at a time; each series in time order."""
+        """Readings between two times, a page at a time; each series in time order. Of a
+        window holding more values than the budget, the most recent part that fits."""
         fields = {family: await self.fields(family) for family in FAMILIES}
+        start_ms = await self._recent_start(fields, start_ms, end_ms)
         for chunk_start in range(start_ms, end_ms, CHUNK_MS):
             chunk_end = min(chunk_start + CHUNK_MS, end_ms)
             for family, names in fields.items():
@@ -81,23 +84,55 @@ class HistoryReader:
                     if self.exhausted:
                         return
 
+    async def _recent_start(self, fields: dict[str, list[str]], start_ms: int, end_ms: int) -> int:
+        """Where to start so that the hours read fit the budget, the newest kept: counted
+        by the database per hour (one number per field and hour comes back)."""
+        per_hour: Counter[int] = Counter()
+        for family, names in fields.items():
+            for first in range(0, len(names), FIELDS_PER_QUERY):
+                counts = ", ".join(
+                    f"count({quote_ident(name)})"
+                    for name in names[first : first + FIELDS_PER_QUERY]
+                )
+                found = await self.influx.query(
+                    f"SELECT {counts} FROM {quote_ident(family)} "
+                    f"WHERE time >= {start_ms}ms AND time < {end_ms}ms GROUP BY time(1h) fill(none)"
+                )
+                for row in (row for item in found for row in rows(item)):
+                    per_hour[int(row["time"])] += sum(
+                        value for key, value in row.items() if key != "time" and value
+                    )
+        total, newer = 0, None
+        for hour in sorted((hour for hour, n in per_hour.items() if n), reverse=True):
+            total += per_hour[hour]
+            if total > self.max_points:
+                chosen = hour if newer is None else newer  # at least the newest hour, cut
+                if chosen > start_ms:
+                    log.warning(
+                        "warm start: the window holds more than its budget; the newest part read",
+                        extra={"values": sum(per_hour.values()), "from_ms": chosen},
+                    )
+                return max(start_ms, chosen)
+            newer = hour
+        return start_ms
+
     async def _chunk(
         self, family: str, names: list[str], start_ms: int, end_ms: int
     ) -> AsyncIterator[list[Reading]]:
         columns = ", ".join(quote_ident(name) for name in ["device", *names])
         cursor, skip = start_ms, 0  # the next page: from this time, past this many rows
         while True:
-            limit = min(self.page_points, self.max_points - self.asked) // len(names)
+            limit = min(self.page_points, self.max_points - self.spent) // len(names)
             if limit < 1:
-                self.asked = self.max_points  # not even one row fits: the budget is spent
+                self.exhausted = True
                 return
-            self.asked += limit * len(names)
             found = await self.influx.query(
                 f"SELECT {columns} FROM {quote_ident(family)} "
                 f"WHERE time >= {cursor}ms AND time < {end_ms}ms "
                 f"LIMIT {limit} OFFSET {skip}"
             )
             page = [row for item in found for row in rows(item)]
+            self.spent += len(page) * len(names)
             readings = list(_readings(family, page))
             self.returned += sum(len(r.fields) for r in readings)
             if readings:

@@ -158,7 +158,7 @@ def test_the_warm_start_never_asks_for_more_than_its_budget(make_settings) -> No
     end_ms = start_ms + 3_600_000
 
     pages, reader = read_all(influx, start_ms, end_ms, max_points=5000, page_points=700)
-    assert reader.asked <= 5000 and reader.exhausted
+    assert reader.spent <= 5000 and reader.exhausted
     assert 0 < reader.returned <= 5000
     assert max(sum(len(r.fields) for r in page) for page in pages) <= 700
 
@@ -265,3 +265,23 @@ def test_the_detectors_hold_no_more_series_than_their_cap_on_history_either() ->
     )
     assert kept is not None and set(kept.fields) == {"q0_0", "new_1"}
     assert refused is not None and refused.reason == "too_many_series"
+
+
+@pytest.mark.slow
+def test_of_more_history_than_the_budget_the_warm_start_reads_the_newest(make_settings) -> None:
+    influx = make_settings().influx
+    now_ms = round(time.time() * 1000)
+    old, recent = now_ms - 3 * 3_600_000, now_ms - 1_800_000
+    write_history(
+        influx,
+        [
+            f"chem,device=gas-{d} lel_pct=1,temp_c=2 {at + 1000 * k}"
+            for at in (old, recent)
+            for k in range(100)
+            for d in range(10)
+        ],  # 2,000 values an hour
+    )
+    pages, reader = read_all(influx, now_ms - 4 * 3_600_000, now_ms, max_points=3000)
+    readings = [r for page in pages for r in page]
+    assert {r.ts_ms >= recent for r in readings} == {True}
+    assert len(readings) == 1000 and reader.returned == 2000

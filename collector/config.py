@@ -136,6 +136,9 @@ class IngestSettings(_Section):
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
     max_payload_bytes: Annotated[int, Field(ge=64)] = 256 * 1024
     max_objects_per_message: Annotated[int, Field(ge=1)] = 1000
+    # New quantities one device may add beyond the protocol's, the rule files' and its
+    # registry entry's; more are dropped as too_many_quantities (collector/admission.py).
+    max_quantities_per_device: Annotated[int, Field(ge=1)] = 64
     max_future_s: Annotated[float, Field(ge=0)] = 300.0
     max_age_s: PositiveFloat = 30 * 24 * 3600.0
     write_queue_batches: Annotated[int, Field(ge=1, le=64)] = 4
@@ -209,6 +212,15 @@ class DetectionSettings(_Section):
     statistical_params: dict[str, Any] = {}
     statistical_colour: Literal["blue", "yellow", "orange", "red"] = "yellow"
     warm_start_hours: Annotated[float, Field(ge=0, le=24 * 31)] = 24.0
+    # Values (readings x quantities) the warm start may ask InfluxDB for in all.
+    warm_start_max_points: Annotated[int, Field(ge=1)] = 5_000_000
+    # A reading this much older than its series' newest judged one, while that newest
+    # lies this much ahead of the collector's clock, is a device clock stepping back:
+    # the device's series are re-anchored at it (collector/detection.py).
+    clock_step_back_s: Annotated[float, Field(ge=0)] = 10.0
+    # (device, quantity) series the collector stores and judges at most; new ones beyond
+    # are dropped as too_many_series. Also what the warm start may create.
+    max_series: Annotated[int, Field(ge=1)] = 100_000
     silence: SilenceSettings = SilenceSettings()
 
     @field_validator("statistical")

@@ -5,7 +5,11 @@ watches every series; rules from the rule book watch the series they are selecte
 (family, quantity, unit, device). Detectors need each series in device-time order:
 readings not newer than the newest one already judged for their series (late data, a
 backlog overlapping what came live, or a second reading in the same millisecond, which
-InfluxDB also treats as the same point) are stored but not judged, and counted.
+InfluxDB also treats as the same point) are stored but not judged, and counted. One
+exception: when the newest judged time lies ahead of the collector's clock and a reading
+comes far older than it, the device's clock stepped back (or that newest came from the
+future), and the device's series are re-anchored at the new reading instead of going
+unjudged until real time catches up (``_rewind_stepped_clocks``).
 
 Output: detection events, the moments a series changes colour (raised, changed,
 cleared), each with the rule or detector that decided it. The silence watch adds
@@ -20,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,8 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
+from collector.admission import NOT_QUANTITIES
+from collector.logs import RateLimitedLog
 from collector.protocol import Reading
 from collector.registry import Registry
 from collector.rules import RuleBook, RuleSpec
@@ -39,14 +46,13 @@ from detectors.rules.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
 
-# Fields that are bookkeeping, not measurements.
-NOT_QUANTITIES = frozenset({"seq", "capacity", "free", "interval_s", "safe_capacity"})
 STATISTICAL = "statistical"
 SILENT_DEVICE = "yellow"
 SILENT_GATEWAY = "orange"  # a gateway takes many devices with it
 SILENT_FLEET = "red"  # most of the fleet at once: the command centre is blind
 FLEET = "_fleet"  # the silent fleet's "device": no device id starts with "_"
 SYSTEM_FAMILY = "system"  # alerts about the service itself, not about a device's readings
+CLOCK_LOG_INTERVAL_S = 10.0
 
 
 EventKind = Literal["raised", "changed", "cleared", "silent", "resumed"]
@@ -118,8 +124,13 @@ class DetectionEngine:
         statistical_params: Mapping[str, Any] | None = None,
         statistical_colour: str = "yellow",
         silence: SilenceWatch | None = None,
+        clock_step_back_s: float = 10.0,
+        max_series: int = 100_000,
     ) -> None:
         self.rules = rules
+        self.max_series = max_series
+        self.series_refused = 0  # readings of series over max_series: not judged
+        self.clock_step_back_s = clock_step_back_s
         self.chain = (
             Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
         )
@@ -148,6 +159,8 @@ class DetectionEngine:
         self.catching_up = False
         self.late_readings = 0
         self.judged_readings = 0
+        self.clock_steps_back: Counter[str] = Counter()  # per device
+        self._clock_log = RateLimitedLog(log, CLOCK_LOG_INTERVAL_S)
 
     # -- series bookkeeping ----------------------------------------------------------------
 
@@ -168,10 +181,18 @@ class DetectionEngine:
         series_of = self._device(device)[1]
         found = series_of.get(quantity)
         if found is None:
+            if quantity not in NOT_QUANTITIES and len(self._info) >= self.max_series:
+                # not remembered either: names without end must not grow the table
+                self.series_refused += 1
+                return -1
             found = series_of[quantity] = -1 if quantity in NOT_QUANTITIES else len(self._info)
             if found >= 0:
                 self._info.append((device, family, quantity))
         return found
+
+    def series_names(self) -> list[tuple[str, str]]:
+        """(device, quantity) of every series the detectors keep state for."""
+        return [(device, quantity) for device, _, quantity in self._info]
 
     # -- restart without forgetting --------------------------------------------------------
 
@@ -372,10 +393,64 @@ class DetectionEngine:
         selected: np.ndarray = self._selection_of[ids]
         return selected
 
+    def _rewind_stepped_clocks(self, ids: np.ndarray, times: np.ndarray, now: float) -> None:
+        """Re-anchor the series of devices whose clock stepped back.
+
+        A reading older than its series' newest judged one is late and not judged. But
+        when that newest lies in the future of the collector's clock (one reading from
+        the future, or a device clock running ahead that NTP then set back), waiting for
+        real time to catch up would leave the series unjudged for as long as the clock
+        was ahead: an alarm at real time would go unseen. A reading more than
+        ``clock_step_back_s`` older than such a newest is a step back of its device's
+        clock: every series of that device is re-anchored at the reading (its own and
+        the detectors' times after it move back to it), counted and logged.
+        """
+        tolerance = self.clock_step_back_s
+        newest = self._newest[ids]
+        stepped = (newest > now + tolerance) & (newest - times > tolerance)
+        if not stepped.any():
+            return
+        anchor_of: dict[int, float] = {}  # device id -> the earliest stepped-back time
+        for series, when in zip(ids[stepped].tolist(), times[stepped].tolist(), strict=True):
+            device_id = self._devices[self._info[series][0]][0]
+            anchor_of[device_id] = min(anchor_of.get(device_id, when), when)
+        rewound: list[int] = []
+        anchors: list[float] = []
+        for device_id, anchor in anchor_of.items():
+            device = self._device_names[device_id]
+            members = [n for n in self._devices[device][1].values() if n >= 0]
+            step_s = float(self._newest[members].max()) - anchor
+            rewound += members
+            anchors += [anchor] * len(members)
+            self.clock_steps_back[device] += 1
+            self._clock_log.warning(
+                "clock_step_back",
+                "device clock stepped back: its series are re-anchored at its new time",
+                device=device,
+                step_s=round(step_s, 3),
+                steps_back=self.clock_steps_back[device],
+            )
+        series_ids = np.array(rewound, dtype=np.int64)
+        to = np.array(anchors)
+        # just before the anchor: the reading at the anchor is the series' next in order
+        self._newest[series_ids] = np.minimum(self._newest[series_ids], np.nextafter(to, -np.inf))
+        if self.chain is not None:
+            self.chain.rewind(series_ids, to)
+        for runner in self._runners.values():
+            runner.detector.rewind(series_ids, to)
+            runner.decider.rewind(series_ids, to)
+        self.silence.rewind(np.array(list(anchor_of), dtype=np.int64), list(anchor_of.values()))
+
     # -- the work --------------------------------------------------------------------------
 
-    def process(self, readings: Sequence[Reading], registry: Registry) -> list[DetectionEvent]:
-        """Judge a batch of readings; the events it causes, in device-time order."""
+    def process(
+        self, readings: Sequence[Reading], registry: Registry, *, now_s: float | None = None
+    ) -> list[DetectionEvent]:
+        """Judge a batch of readings; the events it causes, in device-time order.
+
+        ``now_s``: the collector's clock when they arrived (default: now).
+        """
+        now = time.time() if now_s is None else now_s
         sid: list[int] = []
         t: list[float] = []
         x: list[float] = []
@@ -396,10 +471,10 @@ class DetectionEngine:
                     add_series(found)
                     add_time(seconds)
                     add_value(value)
-        self.silence.observe(device_ids, device_times)
         if device_times:
-            self._lags.append(time.time() - float(np.median(device_times)))
+            self._lags.append(now - float(np.median(device_times)))
         if not sid:
+            self.silence.observe(device_ids, device_times)
             return []
         if registry is not self._registry:  # units, hence rules and capacities, may differ
             self._registry = registry
@@ -414,6 +489,8 @@ class DetectionEngine:
             self._newest = np.concatenate(
                 [self._newest, np.full(len(self._info) - len(self._newest), -np.inf)]
             )
+        self._rewind_stepped_clocks(ids, times, now)
+        self.silence.observe(device_ids, device_times)
         # in time order per series, and never older than what was judged already
         previous_in_batch = np.concatenate(([-np.inf], times[:-1]))
         same_series = np.concatenate(([False], ids[1:] == ids[:-1]))

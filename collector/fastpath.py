@@ -9,7 +9,10 @@ a missing, extra-typed or out-of-range field, a bool, a device claim, bad JSON, 
 unknown topic) goes to ``Decoder``, which is the definition of the protocol: it gives
 the same answer for valid input and names the reason for invalid input.
 
-So the fast path never rejects anything on its own. ``tests/test_fastpath.py`` checks
+So the fast path never rejects anything on its own. New series pass the decoder's
+admission (collector/admission.py) on both paths alike: a reading naming only admitted
+quantities keeps its fast line; any other goes through the same ``admit`` call the
+slow path makes. ``tests/test_fastpath.py`` checks
 the one property that matters: whenever the fast path accepts an object, the slow path
 accepts it with the same reading and the same line.
 
@@ -191,6 +194,10 @@ def route_for(topic: str, registry: Registry) -> Route | None:
     return (parsed.family, parsed.device, placement.capacity, prefix)
 
 
+def _all_admitted(admitted: set[str] | None, reading: Reading) -> bool:
+    return admitted is not None and admitted.issuperset(reading.fields)
+
+
 @dataclass(slots=True)
 class Encoded:
     """A message's readings with their lines (same order), and its rejections."""
@@ -246,32 +253,67 @@ class FastDecoder:
         family, device = route[0], route[1]
         encode = FAST_ENCODERS[family]
         oldest, newest = received_ms - limits.max_age_ms, received_ms + limits.max_future_ms
+        admission = self.decoder.admission
         if type(data) is dict:
             done = encode(data, route, received_ms, oldest, newest)
             if done is None:
                 return self._slow(topic, payload, received_ms, registry)
             self.fast += 1
-            return Encoded([done[0]], [], [done[1]])
+            if admission is None or _all_admitted(admission.admitted(device), done[0]):
+                return Encoded([done[0]], [], [done[1]])
+            out = Encoded([], [], [])
+            self._admit(done[0], done[1], out, registry, index=None, obj=data)
+            return out
         if type(data) is not list or not 0 < len(data) <= limits.max_objects_per_message:
             return self._slow(topic, payload, received_ms, registry)
         out = Encoded([], [], [])
         model = PAYLOAD_MODELS[family]
+        admitted = admission.admitted(device) if admission is not None else None
         for index, obj in enumerate(data):
             done = encode(obj, route, received_ms, oldest, newest) if type(obj) is dict else None
             if done is not None:
                 self.fast += 1
-                out.readings.append(done[0])
-                out.lines.append(done[1])
+                if admission is None or _all_admitted(admitted, done[0]):
+                    out.readings.append(done[0])
+                    out.lines.append(done[1])
+                else:
+                    self._admit(done[0], done[1], out, registry, index=index, obj=obj)
+                    admitted = admission.admitted(device)
                 continue
             self.slow += 1
             judged = self.decoder.reading(model, obj, family, device, received_ms)
             if isinstance(judged, Rejection):
                 judged.index, judged.payload = index, obj
                 out.rejections.append(judged)
-            else:
+            elif admission is None:
                 out.readings.append(judged)
                 out.lines.append(reading_line(judged, registry))
+            else:
+                self._admit(judged, None, out, registry, index=index, obj=obj)
+                admitted = admission.admitted(device)
         return out
+
+    def _admit(
+        self,
+        reading: Reading,
+        line: str | None,
+        out: Encoded,
+        registry: Registry,
+        *,
+        index: int | None,
+        obj: Any,
+    ) -> None:
+        """Add a reading to ``out`` as ``Decoder.decode`` would under the admission."""
+        assert self.decoder.admission is not None
+        admitted, refused = self.decoder.admission.admit(reading, registry)
+        if refused is not None:
+            refused.index, refused.payload = index, obj
+            out.rejections.append(refused)
+        if admitted is not None:
+            if admitted is not reading or line is None:  # fewer fields: another line
+                line = reading_line(admitted, registry)
+            out.readings.append(admitted)
+            out.lines.append(line)
 
     def _slow(
         self, topic: str, payload: bytes, received_ms: int, registry: Registry

@@ -20,6 +20,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collector.admission import OverCap
 from collector.detection import SYSTEM_FAMILY, DetectionEvent, EventKind
 from collector.spool import DiskSpool
 
@@ -30,6 +31,8 @@ SPOOL_DETECTOR = "spool-nearly-full"
 SPOOL_ALERT_FILL = 0.8
 DISK_FULL_DETECTOR = "disk-full"
 SPOOL_CORRUPT_DETECTOR = "spool-corrupt"
+QUANTITY_CAP_DETECTOR = "quantity-cap"
+SERIES_CAP_DETECTOR = "series-cap"
 
 
 @dataclass(kw_only=True)
@@ -103,12 +106,36 @@ class SpoolWatch:
     def check(self, now_ms: int) -> list[DetectionEvent]:
         spool = self.spool
         found = spool.corrupt_records - self._corrupt_seen
-        self._corrupt_seen = 0
+        self._corrupt_seen = spool.corrupt_records
         return [
             *self.nearly_full.update(spool.fill_ratio, now_ms),
             *self.disk_full.update(1.0 if spool.check_disk_full() else 0.0, now_ms),
             *self.corrupt.update(found, now_ms),
         ]
+
+
+def cap_alert(over: OverCap, *, collector: str, limit: int, now_ms: int) -> DetectionEvent:
+    """An orange alert for a cap of collector/admission.py reached: for a device over its
+    quantities, the alert names the device; for the collector full, the collector (the
+    refused devices are in the rejections)."""
+    per_device = over.reason == "too_many_quantities"
+    log.error(
+        "a cap on series was reached: new quantities are dropped",
+        extra={"reason": over.reason, "device": over.device, "admitted": over.admitted},
+    )
+    return DetectionEvent(
+        "raised",
+        QUANTITY_CAP_DETECTOR if per_device else SERIES_CAP_DETECTOR,
+        over.device if per_device else collector,
+        SYSTEM_FAMILY,
+        "quantities" if per_device else "series",
+        OPERATOR_UNIT,
+        "orange",
+        "green",
+        float(over.admitted),
+        now_ms,
+        threshold=float(limit),
+    )
 
 
 class RecentMedian:

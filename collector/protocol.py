@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,9 @@ from pydantic_core import PydanticCustomError
 
 from collector.lineprotocol import INT64_MAX, encode_line
 from collector.registry import DEVICE_ID_PATTERN, DEVICE_ID_RULE, FAMILIES, Registry
+
+if TYPE_CHECKING:
+    from collector.admission import QuantityAdmission
 
 TOPIC_ROOT = "smartunit/v1"
 DATA_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/data"
@@ -52,6 +55,10 @@ REJECTION_REASONS: dict[str, str] = {
     "ack_refused": "an on-site acknowledgement on smartunit/v1/units/{unit}/ack that is not "
     'a JSON {"alert_id": n}, names an alert of another unit or none, or comes for a '
     "pseudo-unit (_fleet, _collector, _unregistered), which has no panel",
+    "too_many_quantities": "the device named more new quantities than "
+    "ingest.max_quantities_per_device; those are dropped, the rest of the reading stored",
+    "too_many_series": "the collector holds detection.max_series series; a reading's new "
+    "quantities are dropped, the rest of it stored",
 }
 
 _TYPE_ERRORS = {"int_type", "float_type", "string_type", "dict_type", "bool_type", "model_type"}
@@ -300,10 +307,16 @@ def _raw_preview(payload: bytes) -> str:
 
 
 class Decoder:
-    """Turns one MQTT message into readings and rejections; holds no per-message state."""
+    """Turns one MQTT message into readings and rejections; holds no per-message state.
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    With an ``admission``, new series are admitted under its caps (collector/admission.py).
+    """
+
+    def __init__(
+        self, limits: Limits | None = None, *, admission: QuantityAdmission | None = None
+    ) -> None:
         self.limits = limits or Limits()
+        self.admission = admission
 
     def decode(
         self, topic: str, payload: bytes, received_ms: int, registry: Registry
@@ -329,6 +342,14 @@ class Decoder:
         index: int | None
         for index, obj in objects:
             result = self.reading(model, obj, family, device, received_ms)
+            if isinstance(result, Reading) and self.admission is not None:
+                admitted, refused = self.admission.admit(result, registry)
+                if refused is not None:
+                    refused.index, refused.payload = index, obj
+                    out.rejections.append(refused)
+                if admitted is None:
+                    continue
+                result = admitted
             if isinstance(result, Rejection):
                 result.index = index
                 result.payload = obj

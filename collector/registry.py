@@ -135,6 +135,9 @@ class Device(_Strict):
     family: Family
     gateway: DeviceId | None = None
     capacity: Annotated[int, Field(gt=0)] | None = None
+    # Quantities the device is known to report: admitted beyond
+    # ingest.max_quantities_per_device (collector/admission.py).
+    quantities: frozenset[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]] = frozenset()
     meta: dict[str, str | int | float | bool] = {}
 
 

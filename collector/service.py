@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from collector.admission import QuantityAdmission
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
@@ -62,7 +63,7 @@ from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
-from collector.operator import OperatorAlarm, RecentMedian, SpoolWatch
+from collector.operator import OperatorAlarm, RecentMedian, SpoolWatch, cap_alert
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -78,7 +79,7 @@ from collector.protocol import (
     topic_level,
 )
 from collector.ratelimit import DeviceRateLimit
-from collector.registry import FAMILIES, HIERARCHY_LEVELS, Registry, RegistryHolder
+from collector.registry import Registry, RegistryHolder
 from collector.rules import RuleBook
 from collector.snapshots import unit_status_lines
 from collector.spool import DiskSpool, SpoolError
@@ -94,13 +95,13 @@ from collector.unitlink import (
     unit_state_body,
     unit_state_topic,
 )
+from collector.warmstart import HistoryReader
 from detectors.levels import COLOURS
 from detectors.rules.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
 
 STATS_MEASUREMENT = "smartunit_ingest"
-NOT_FIELDS = frozenset({"time", "device", "unit", *HIERARCHY_LEVELS})
 DETECTIONS_MEASUREMENT = "detections"
 BEHIND_DETECTOR = "collector-behind"
 ALERT_STORE_DETECTOR = "alert-store-unwritable"
@@ -116,7 +117,6 @@ MESSAGES_PER_URGENT_TURN = 50  # while new alert events are being delivered
 DETECT_EVERY_S = 0.01  # readings wait at most this long for the detectors
 EVENTS_PER_TURN = 50  # silence events recorded (alerts, webhooks queued) per loop turn
 OWN_TOPICS = f"{TOPIC_ROOT}/_"  # rejections, collector status: never device input
-WARM_START_CHUNK_MS = 3_600_000
 REJECTIONS_MEASUREMENT = "smartunit_rejections"
 
 
@@ -180,13 +180,21 @@ class Collector:
         self.settings = settings
         self.registry = registry
         ingest = settings.ingest
+        self.engine = build_engine(settings) if settings.detection.enabled else None
+        rules = self.engine.rules if self.engine else RuleBook.load(settings.detection.rules)
+        self.admission = QuantityAdmission(
+            max_per_device=ingest.max_quantities_per_device,
+            max_series=settings.detection.max_series,
+            known=frozenset(rule.quantity for rule in rules.rules if rule.quantity != "*"),
+        )
         self.decoder = Decoder(
             Limits(
                 max_payload_bytes=ingest.max_payload_bytes,
                 max_objects_per_message=ingest.max_objects_per_message,
                 max_future_ms=round(ingest.max_future_s * 1000),
                 max_age_ms=round(ingest.max_age_s * 1000),
-            )
+            ),
+            admission=self.admission,
         )
         self.fast_decoder = FastDecoder(self.decoder)
         self.spool = (
@@ -239,7 +247,6 @@ class Collector:
         self._rejection_log = RateLimitedLog(log, settings.logging.rejection_log_interval_s)
         self._stopping = asyncio.Event()
         self._flush_deadline = math.inf
-        self.engine = build_engine(settings) if settings.detection.enabled else None
         self.alerts: AlertBook | None = None
         self._pending: PendingDetections | None = None
         # Red: alarms are not being stored. Raised through the store once it takes writes
@@ -352,6 +359,8 @@ class Collector:
         # finds the database missing later creates it (InfluxClient).
         await self.influx.ensure_database()
         await self._warm_start()
+        if self.engine is not None:  # what the detectors know stays admitted
+            self.admission.seed(self.engine.series_names(), self.registry.current)
         self._freeze_long_lived()
 
     async def _close(self) -> None:
@@ -435,6 +444,7 @@ class Collector:
             "inbox_messages": self.source.backlog,
             "late_readings_total": self.engine.late_readings if self.engine else 0,
             "judged_readings_total": self.engine.judged_readings if self.engine else 0,
+            "clock_steps_back_total": self.engine.clock_steps_back.total() if self.engine else 0,
             "detector_series": self.engine.series_count if self.engine else 0,
             "write_queue_batches": self._queue.qsize(),
             "arrival_age_seconds": s.arrival_age_s,
@@ -459,23 +469,33 @@ class Collector:
         return out
 
     async def _warm_start(self) -> None:
-        hours = self.settings.detection.warm_start_hours
+        detection = self.settings.detection
+        hours = detection.warm_start_hours
         if self.engine is None or not self._needs_warm_start or hours <= 0:
             return
         end_ms = time.time_ns() // 1_000_000
         start_ms = end_ms - round(hours * 3_600_000)
+        reader = HistoryReader(
+            self.influx, max_points=detection.warm_start_max_points, known=self.admission.known
+        )
         judged = 0
-        for chunk_start in range(start_ms, end_ms, WARM_START_CHUNK_MS):
-            chunk_end = min(chunk_start + WARM_START_CHUNK_MS, end_ms)
-            try:
-                readings = await history(self.influx, chunk_start, chunk_end)
-            except StoreError as exc:
-                log.warning("warm start stopped: cannot read history: %s", exc)
-                return
-            # What happened then is history: the events it would raise are not new.
-            self.engine.process(readings, self.registry.current)
-            judged += len(readings)
-        log.info("detectors warmed up from history", extra={"hours": hours, "readings": judged})
+        try:
+            async for readings in reader.pages(start_ms, end_ms):
+                # What happened then is history: the events it would raise are not new.
+                self.engine.process(readings, self.registry.current)
+                judged += len(readings)
+        except StoreError as exc:
+            log.warning("warm start stopped: cannot read history: %s", exc)
+            return
+        log.info(
+            "detectors warmed up from history",
+            extra={
+                "hours": hours,
+                "readings": judged,
+                "values": reader.returned,
+                "budget_spent": reader.exhausted,
+            },
+        )
 
     # -- decode ----------------------------------------------------------------------------
 
@@ -585,6 +605,8 @@ class Collector:
             return
         for rejection in result.rejections:
             self._reject(rejection, message)
+        if result.rejections:
+            batch.lines += self._record(self._cap_alerts(), registry)
         readings = result.readings
         if readings:
             batch.lines += result.lines
@@ -593,6 +615,20 @@ class Collector:
             self.stats.readings_accepted += len(readings)
             newest = readings[0].ts_ms if len(readings) == 1 else max(r.ts_ms for r in readings)
             self._arrival_ages.add((message.received_ms - newest) / 1000)
+
+    def _cap_alerts(self) -> list[DetectionEvent]:
+        now_ms = time.time_ns() // 1_000_000
+        return [
+            cap_alert(
+                over,
+                collector=self.settings.mqtt.client_id,
+                limit=self.admission.max_series
+                if over.reason == "too_many_series"
+                else self.admission.max_per_device,
+                now_ms=now_ms,
+            )
+            for over in self.admission.take_over_cap()
+        ]
 
     def _decode_status(
         self, topic: Topic, message: Inbound, batch: Batch, registry: Registry
@@ -1038,30 +1074,6 @@ class Collector:
         return lines
 
 
-async def history(influx: InfluxClient, start_ms: int, end_ms: int) -> list[Reading]:
-    """Stored readings of all families between two times, as Readings, in time order."""
-    readings: list[Reading] = []
-    for family in FAMILIES:
-        series = await influx.query(
-            f"SELECT * FROM {quote_ident(family)} WHERE time >= {start_ms}ms "
-            f"AND time < {end_ms}ms GROUP BY {quote_ident('device')}"
-        )
-        for item in series:
-            device = item["tags"]["device"]
-            for row in rows(item):
-                fields = {
-                    key: value
-                    for key, value in row.items()
-                    if key not in NOT_FIELDS
-                    and isinstance(value, int | float)
-                    and not isinstance(value, bool)
-                }
-                if fields:
-                    readings.append(Reading(family, device, int(row["time"]), fields))
-    readings.sort(key=lambda r: r.ts_ms)
-    return readings
-
-
 def build_engine(settings: Settings) -> DetectionEngine:
     detection = settings.detection
     silence = detection.silence
@@ -1070,6 +1082,8 @@ def build_engine(settings: Settings) -> DetectionEngine:
         statistical=detection.statistical,
         statistical_params=detection.statistical_params,
         statistical_colour=detection.statistical_colour,
+        clock_step_back_s=detection.clock_step_back_s,
+        max_series=detection.max_series,
         silence=SilenceWatch(
             timeout_s=silence.timeout_s,
             interval_multiple=silence.interval_multiple,

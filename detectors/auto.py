@@ -111,6 +111,10 @@ class AutoDetector(Detector):
         )
         return scores
 
+    def rewind(self, series: Any, t: Any) -> None:
+        for part in self.parts.values():
+            part.rewind(series, t)
+
     def state(self) -> dict[str, FloatArray]:
         merged = {
             f"{name}.{k}": v for name, part in self.parts.items() for k, v in part.state().items()

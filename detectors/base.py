@@ -16,6 +16,7 @@ saved, restored after a restart, or warmed up from history.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -85,6 +86,16 @@ class SeriesState:
     def snapshot(self) -> dict[str, FloatArray]:
         return {key: value[: self.count].copy() for key, value in self.arrays.items()}
 
+    def rewind(self, keys: Iterable[str], series: Any, t: Any) -> None:
+        """Device times held in ``keys`` that lie after ``t`` (one per series) become ``t``;
+        NaN (no time yet) stays NaN."""
+        ids = np.asarray(series, dtype=np.int64)
+        to = np.asarray(t, dtype=np.float64)
+        known = ids < self.count
+        ids, to = ids[known], to[known]
+        for key in keys:
+            self.arrays[key][ids] = np.minimum(self.arrays[key][ids], to)
+
     def restore(self, state: dict[str, FloatArray], owner: str) -> None:
         sizes = {len(v) for v in state.values()}
         if set(state) != set(self.fields) or len(sizes) > 1:
@@ -120,6 +131,8 @@ class Detector(ABC):
     catches: ClassVar[frozenset[str]] = frozenset()
     state_fields: ClassVar[dict[str, float]] = {}
     state_widths: ClassVar[dict[str, int]] = {}  # fields holding a row per series
+    # Fields holding device times (epoch seconds): what ``rewind`` moves back.
+    time_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self._state = SeriesState(self.state_fields, self._widths())
@@ -146,6 +159,13 @@ class Detector(ABC):
 
     def restore(self, state: dict[str, FloatArray]) -> None:
         self._state.restore(state, self.name)
+
+    def rewind(self, series: Any, t: Any) -> None:
+        """The clock of each of ``series`` stepped back to its ``t`` (a device clock set
+        back, or one reading from the future): what the detector measured after ``t`` is
+        moved to ``t``, so the series' next reading at or after ``t`` is in time order
+        again and durations restart there instead of waiting for the old clock."""
+        self._state.rewind(self.time_fields, series, t)
 
     @property
     def series_count(self) -> int:

@@ -40,6 +40,10 @@ class Chain:
         decision = self.decider.decide(series, t, score)
         return ChainOutput(score, decision.onset, decision.active, decision.cleared)
 
+    def rewind(self, series: Any, t: Any) -> None:
+        """See ``Detector.rewind``; the decider counts readings, it holds no times."""
+        self.detector.rewind(series, t)
+
     def state(self) -> dict[str, FloatArray]:
         out = {f"detector.{k}": v for k, v in self.detector.state().items()}
         return out | {f"decider.{k}": v for k, v in self.decider.state().items()}

@@ -100,3 +100,7 @@ class LevelDecider:
 
     def restore(self, state: dict[str, FloatArray]) -> None:
         self._state.restore(state, "LevelDecider")
+
+    def rewind(self, series: Any, t: Any) -> None:
+        """As ``Detector.rewind``: a level's duration restarts at ``t``; the level stays."""
+        self._state.rewind([f"above_since_{k}" for k in range(4)], series, t)

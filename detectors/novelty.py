@@ -33,6 +33,7 @@ from detectors.registry import register
 class RangeNovelty(Detector):
     name = "range_novelty"
     catches = frozenset({"spike", "shift"})
+    time_fields: ClassVar[frozenset[str]] = frozenset({"t_first", "t_last"})
     state_fields: ClassVar[dict[str, float]] = {
         "noise": 0.0,
         "previous": math.nan,

@@ -143,3 +143,26 @@ def test_the_wrong_value_for_the_time_of_day_scores_high(name: str) -> None:
     scores = create(name).score(sid, t, x)
     assert scores[-30] >= 0.5
     assert np.sort(scores[96 * 4 :])[-2] < 0.5  # nothing else after the bins have learned
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_rewind_moves_back_every_time_the_detector_holds(name: str) -> None:
+    """A device clock set back re-anchors its series (collector/detection.py): no device
+    time a detector keeps may stay after the anchor, or the series waits for it."""
+    sid, t, x = workload()
+    week = 7 * 86_400.0  # a shift every daily or weekly pattern ignores
+    now, later = create(name), create(name)
+    now.score(sid, t, x)
+    later.score(sid, t + week, x)
+    held_times = [
+        key
+        for key, value in now.state().items()
+        if np.any(np.isfinite(value))
+        and np.allclose(later.state()[key] - value, week, equal_nan=True)
+    ]
+    later.rewind(np.unique(sid), np.full(len(np.unique(sid)), t.min()))
+    for key in held_times:
+        kept = later.state()[key]
+        assert np.all(np.isnan(kept) | (kept <= t.min())), f"{name}: {key} not rewound"
+    scores = later.score(sid, t, x)  # in time order again from the anchor on
+    assert np.all((scores >= 0) & (scores <= 1))

@@ -21,6 +21,7 @@ from detectors.registry import register
 class FlatlineRule(Detector):
     name = "flatline"
     kind = "rule"
+    time_fields: ClassVar[frozenset[str]] = frozenset({"since"})
     state_fields: ClassVar[dict[str, float]] = {"anchor": math.nan, "since": math.nan}
 
     def __init__(

@@ -24,6 +24,7 @@ from detectors.rules.threshold import ThresholdRule
 class RateRule(Detector):
     name = "rate"
     kind = "rule"
+    time_fields: ClassVar[frozenset[str]] = frozenset({"t_previous"})
     state_fields: ClassVar[dict[str, float]] = {
         "previous": math.nan,
         "t_previous": math.nan,

@@ -99,6 +99,11 @@ class SilenceWatch:
             st["interval"][s] = np.where(ahead, learned, interval)
             st["newest"][s] = np.fmax(newest, now)
 
+    def rewind(self, series: Any, t: Any) -> None:
+        """A device clock stepped back to ``t``: its newest time moves back with it, so a
+        reading from the future cannot keep a device that stopped counted alive."""
+        self._state.rewind(["newest"], series, t)
+
     def set_groups(self, series: Any, groups: Any) -> None:
         """Which gateway each series reports through (-1: none)."""
         ids = np.asarray(series, dtype=np.int64)

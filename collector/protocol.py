@@ -424,7 +424,15 @@ class Decoder:
     def decode_status(
         self, topic: Topic, payload: bytes, received_ms: int
     ) -> tuple[bool, int] | Rejection:
-        """(online, ts_ms) of a status message."""
+        """(online, ts_ms) of a status message, held to a reading's size and time limits."""
+        if len(payload) > self.limits.max_payload_bytes:
+            return Rejection(
+                "payload_too_large",
+                f"{len(payload)} bytes > {self.limits.max_payload_bytes}",
+                topic.family,
+                topic.device,
+                payload=_raw_preview(payload[:128]),
+            )
         try:
             status = StatusPayload.model_validate_json(payload)
         except ValidationError as exc:
@@ -438,9 +446,14 @@ class Decoder:
         ts_ms = received_ms
         if status.ts is not None:
             parsed = parse_ts(status.ts, family=topic.family, device=topic.device)
-            if isinstance(parsed, Rejection):
-                return parsed
-            ts_ms = parsed
+            if isinstance(parsed, int):
+                problem = self._check_age(parsed, received_ms, topic.family, topic.device)
+                ts_ms = parsed
+            else:
+                problem = parsed
+            if problem is not None:
+                problem.payload = _raw_preview(payload)
+                return problem
         return status.state == "online", ts_ms
 
 

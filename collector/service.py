@@ -508,14 +508,7 @@ class Collector:
         if topic.startswith(UNIT_TOPIC_ROOT):
             self._field_ack(topic, message.payload)
             return
-        if topic.endswith("/status"):
-            parsed = parse_topic(topic)
-            if isinstance(parsed, Rejection):
-                self._reject(parsed, message)
-                return
-            self._decode_status(parsed, message, batch, registry)
-            return
-        if self.rate_limit is not None:
+        if self.rate_limit is not None:  # status messages too: one bucket per device
             device = self.fast_decoder.device(topic, registry)
             if not self.rate_limit.allow(device, message.received_ms / 1000):
                 self._reject(
@@ -524,6 +517,13 @@ class Collector:
                     quarantine=False,
                 )
                 return
+        if topic.endswith("/status"):
+            parsed = parse_topic(topic)
+            if isinstance(parsed, Rejection):
+                self._reject(parsed, message)
+                return
+            self._decode_status(parsed, message, batch, registry)
+            return
         result = self.fast_decoder.decode(topic, message.payload, message.received_ms, registry)
         if isinstance(result, Rejection):
             self._reject(result, message)

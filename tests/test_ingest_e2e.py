@@ -307,9 +307,71 @@ def test_status_messages_are_stored(make_settings, run_collector, publisher) -> 
         ("cam-9", "online", 1)
     ]
     assert collector.stats.rejections["bad_status"] == 1
-    # ts 1 is 1970: rejected as too old for readings but a status keeps its own time
-    assert any(r["time"] == 1000 and r["state"] == "offline" for r in status)
+    # ts 1 is 1970: as old for a status as for a reading
+    assert collector.stats.rejections["ts_too_old"] == 1
+    assert not any(r["state"] == "offline" for r in status)
     publisher.publish("smartunit/v1/camera/cam-9/status", b"", retain=True)
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_a_status_is_validated_like_a_reading(
+    make_settings, run_collector, publisher, subscribe
+) -> None:
+    """Size, time window and rate limit hold for a status as for a reading: a status with an
+    absurd time never reaches InfluxDB, which would refuse its whole batch for it."""
+    settings = make_settings(
+        ingest={"max_payload_bytes": 1024, "device_rate_per_s": 0.5, "device_burst": 5}
+    )
+    quarantine = subscribe("smartunit/v1/_rejected/camera/#")
+    collector = run_collector(settings)
+    now = time.time()
+    refused = [
+        ({"state": "online", "ts": 1e300}, "ts_in_future"),
+        ({"state": "online", "ts": now + 100 * 365 * 86400}, "ts_in_future"),
+        ({"state": "online", "ts": "2126-01-01T00:00:00Z"}, "ts_in_future"),
+        ({"state": "offline", "ts": now - 90 * 86400}, "ts_too_old"),
+        ({"state": "online", "firmware": "x" * 2000}, "payload_too_large"),
+    ]
+    for k, (payload, _) in enumerate(refused):
+        publisher.publish(f"smartunit/v1/camera/cam-st-{k}/status", json.dumps(payload))
+        publisher.publish(topic("camera", "cam-live"), json.dumps({"ts": now - k, "people": k}))
+    flood = 30
+    for k in range(flood):  # a device flapping: statuses count against its rate limit
+        state = "online" if k % 2 else "offline"
+        publisher.publish(
+            "smartunit/v1/camera/cam-st-flap/status",
+            json.dumps({"state": state, "ts": now - 30 + k * 0.1}),
+        )
+    influx = settings.influx
+    live = poll(
+        lambda: influx_rows(influx, """SELECT * FROM "camera" WHERE "device" = 'cam-live'"""),
+        lambda rows: len(rows) >= len(refused),
+    )
+    assert len(live) == len(refused)  # every reading next to a refused status is stored
+
+    def flap_rows() -> list[dict]:
+        query = """SELECT * FROM "device_status" WHERE "device" = 'cam-st-flap'"""
+        return influx_rows(influx, query)
+
+    flapped, limited = poll(
+        lambda: (flap_rows(), collector.stats.rejections["rate_limited"]),
+        lambda found: len(found[0]) + found[1] >= flood,
+    )
+    assert limited >= 1 and len(flapped) + limited == flood  # limited, and each counted
+
+    expected = Counter(reason for _, reason in refused)
+    assert poll(lambda: collector.stats.rejections - Counter(rate_limited=limited), expected.__eq__)
+    reasons = poll(
+        lambda: Counter(json.loads(m.payload)["reason"] for m in quarantine.messages),
+        expected.__eq__,
+    )
+    assert reasons == expected  # quarantined with their reasons; rate_limited is not echoed
+    stored = influx_rows(
+        influx, r"""SELECT * FROM "device_status" WHERE "device" =~ /^cam-st-\d/"""
+    )
+    assert stored == []
+    assert collector.stats.lines_dropped == Counter()  # InfluxDB never had to refuse a line
     collector.stop()
 
 

@@ -47,6 +47,8 @@ REJECTION_REASONS: dict[str, str] = {
     "ts_in_future": "ts lies further in the future than ingest.max_future_s",
     "ts_too_old": "ts lies further in the past than ingest.max_age_s",
     "bad_status": 'a status message that is not {"state": "online"|"offline"}',
+    "retained": "a data message the broker kept (published with retain) and replays to "
+    "every new subscription: it would be a new reading at every reconnect",
     "rate_limited": "the device sent more than ingest.device_rate_per_s messages per second "
     "(beyond ingest.device_burst at once)",
 }
@@ -455,6 +457,20 @@ class Decoder:
                 problem.payload = _raw_preview(payload)
                 return problem
         return status.state == "online", ts_ms
+
+
+def retained_rejection(topic: str, payload: bytes) -> Rejection:
+    """A retained data message: readings are published without retain, or replayed."""
+    parsed = parse_topic(topic)
+    if isinstance(parsed, Rejection):
+        return parsed
+    return Rejection(
+        "retained",
+        "the broker's retained copy of a data message; publish readings with retain off",
+        parsed.family,
+        parsed.device,
+        payload=_raw_preview(payload),
+    )
 
 
 def reading_line(reading: Reading, registry: Registry) -> str:

@@ -74,6 +74,7 @@ from collector.protocol import (
     Rejection,
     Topic,
     parse_topic,
+    retained_rejection,
     status_line,
 )
 from collector.ratelimit import DeviceRateLimit
@@ -508,6 +509,10 @@ class Collector:
         if topic.startswith(UNIT_TOPIC_ROOT):
             self._field_ack(topic, message.payload)
             return
+        is_status = topic.endswith("/status")
+        if message.retained and not is_status:  # statuses are retained by design
+            self._reject(retained_rejection(topic, message.payload), message)
+            return
         if self.rate_limit is not None:  # status messages too: one bucket per device
             device = self.fast_decoder.device(topic, registry)
             if not self.rate_limit.allow(device, message.received_ms / 1000):
@@ -517,7 +522,7 @@ class Collector:
                     quarantine=False,
                 )
                 return
-        if topic.endswith("/status"):
+        if is_status:
             parsed = parse_topic(topic)
             if isinstance(parsed, Rejection):
                 self._reject(parsed, message)

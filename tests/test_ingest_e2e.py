@@ -463,3 +463,42 @@ def test_a_half_written_registry_is_never_loaded(tmp_path: Path) -> None:
     assert holder.current.units["lot-p2"].hierarchy.grid == "G0411"
     path.write_text("")
     assert holder.reload_now() is True  # an operator's SIGHUP does not wait
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("receiver", ["bulk", "paho"])
+def test_a_retained_reading_is_refused_when_the_broker_replays_it(
+    receiver, make_settings, run_collector, publisher, subscribe
+) -> None:
+    """A broker hands every retained message to each new subscription: a reading firmware
+    retained would become a new reading at every reconnect. A retained status is fine."""
+    settings = make_settings(mqtt={"receiver": receiver})
+    device = f"cam-retain-{receiver}"
+    data, status = topic("camera", device), f"smartunit/v1/camera/{device}/status"
+    influx = settings.influx
+    readings = f"""SELECT * FROM "camera" WHERE "device" = '{device}'"""
+    statuses = f"""SELECT * FROM "device_status" WHERE "device" = '{device}'"""
+    collector = run_collector(settings)
+    publisher.publish(status, '{"state": "online"}', retain=True)
+    publisher.publish(data, '{"people": 4}', retain=True)  # no ts: the time of receipt
+    assert len(poll(lambda: influx_rows(influx, readings), len)) == 1  # live: a reading
+    assert len(poll(lambda: influx_rows(influx, statuses), len)) == 1
+    assert collector.stats.rejections == Counter()
+    collector.stop()
+    # Sent while the collector is away: the broker keeps it for the session as well.
+    publisher.publish(data, json.dumps({"people": 5, "ts": time.time()}), retain=True)
+
+    quarantine = subscribe(f"smartunit/v1/_rejected/camera/{device}")
+    collector = run_collector(settings)  # the same session resumes; retained come again
+    assert len(poll(lambda: influx_rows(influx, statuses), lambda rows: len(rows) >= 2)) == 2
+    found = poll(
+        lambda: (influx_rows(influx, readings), collector.stats.rejections["retained"]),
+        lambda found: len(found[0]) >= 3 or (len(found[0]) >= 2 and found[1] >= 1),
+    )
+    # the session's copy stored; the replayed retained one refused and counted
+    assert ([row["people"] for row in found[0]], found[1]) == ([4, 5], 1)
+    (copy,) = quarantine.wait_for(1)
+    assert json.loads(copy.payload)["reason"] == "retained"
+    collector.stop()
+    publisher.publish(data, b"", retain=True)  # the broker is shared by the session
+    publisher.publish(status, b"", retain=True)

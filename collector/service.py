@@ -62,7 +62,7 @@ from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
-from collector.operator import OperatorAlarm, RecentMedian
+from collector.operator import OPERATOR_UNIT, OperatorAlarm, RateLimitWatch, RecentMedian
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -213,6 +213,7 @@ class Collector:
             if ingest.device_rate_per_s > 0
             else None
         )
+        self._rate_watch = RateLimitWatch(collector=collector_id) if self.rate_limit else None
         source = BulkMqttSource if settings.mqtt.receiver == "bulk" else MqttSource
         self.source: MqttSource | BulkMqttSource = source(
             settings.mqtt,
@@ -245,6 +246,9 @@ class Collector:
                 retry_initial_s=settings.alerts.retry_initial_s,
                 retry_max_s=settings.alerts.retry_max_s,
             )
+            if self._rate_watch is not None:
+                active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
+                self._rate_watch.resume(active)
         else:
             self.dispatcher = None
         # Alert events can come from any thread (the HTTP API): lines wait here.
@@ -399,6 +403,7 @@ class Collector:
             "spool_bytes": self.spool.pending_bytes if self.spool else 0,
             "spool_fill_ratio": self.spool.fill_ratio if self.spool else 0.0,
             "write_latency_ms": s.write_latency_ms,
+            "rate_limited_devices": self._rate_watch.devices if self._rate_watch else 0,
         }
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
         out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
@@ -516,6 +521,8 @@ class Collector:
         if self.rate_limit is not None:  # status messages too: one bucket per device
             device = self.fast_decoder.device(topic, registry)
             if not self.rate_limit.allow(device, message.received_ms / 1000):
+                if self._rate_watch is not None:
+                    self._rate_watch.refused(device)
                 self._reject(
                     Rejection("rate_limited", "too many messages", "_", device),
                     message,
@@ -914,7 +921,8 @@ class Collector:
                 await self._write_stats()
 
     def _operator_checks(self) -> list[DetectionEvent]:
-        """Measure how late readings arrive and how full the spool is; alert on both."""
+        """Measure how late readings arrive, how full the spool is and which devices the rate
+        limit refuses; alert on each."""
         age = self._arrival_ages.take()
         if age is not None:
             self.stats.arrival_age_s = age
@@ -924,6 +932,8 @@ class Collector:
             events += self._behind.update(0.0 if age is None else age, now_ms)
         if self._spool_alarm is not None and self.spool is not None:
             events += self._spool_alarm.update(self.spool.fill_ratio, now_ms)
+        if self._rate_watch is not None:
+            events += self._rate_watch.update(now_ms)
         return events
 
     async def _write_stats(self) -> None:

@@ -333,14 +333,9 @@ class Decoder:
         self, payload: bytes, family: str, device: str
     ) -> list[tuple[int | None, Any]] | Rejection:
         limits = self.limits
-        if len(payload) > limits.max_payload_bytes:
-            return Rejection(
-                "payload_too_large",
-                f"{len(payload)} bytes > {limits.max_payload_bytes}",
-                family,
-                device,
-                payload=_raw_preview(payload[:128]),
-            )
+        too_large = self._check_size(payload, family, device)
+        if too_large is not None:
+            return too_large
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -404,6 +399,17 @@ class Decoder:
                 return problem
         return Reading(family, device, ts_ms, item.storable_fields(), item.seq)
 
+    def _check_size(self, payload: bytes, family: str, device: str) -> Rejection | None:
+        if len(payload) <= self.limits.max_payload_bytes:
+            return None
+        return Rejection(
+            "payload_too_large",
+            f"{len(payload)} bytes > {self.limits.max_payload_bytes}",
+            family,
+            device,
+            payload=_raw_preview(payload[:128]),
+        )
+
     def _check_age(self, ts_ms: int, now_ms: int, family: str, device: str) -> Rejection | None:
         limits = self.limits
         if ts_ms > now_ms + limits.max_future_ms:
@@ -427,14 +433,9 @@ class Decoder:
         self, topic: Topic, payload: bytes, received_ms: int
     ) -> tuple[bool, int] | Rejection:
         """(online, ts_ms) of a status message, held to a reading's size and time limits."""
-        if len(payload) > self.limits.max_payload_bytes:
-            return Rejection(
-                "payload_too_large",
-                f"{len(payload)} bytes > {self.limits.max_payload_bytes}",
-                topic.family,
-                topic.device,
-                payload=_raw_preview(payload[:128]),
-            )
+        too_large = self._check_size(payload, topic.family, topic.device)
+        if too_large is not None:
+            return too_large
         try:
             status = StatusPayload.model_validate_json(payload)
         except ValidationError as exc:

@@ -47,8 +47,9 @@ REJECTION_REASONS: dict[str, str] = {
     "ts_in_future": "ts lies further in the future than ingest.max_future_s",
     "ts_too_old": "ts lies further in the past than ingest.max_age_s",
     "bad_status": 'a status message that is not {"state": "online"|"offline"}',
-    "retained": "a data message the broker kept (published with retain) and replays to "
-    "every new subscription: it would be a new reading at every reconnect",
+    "retained": "a data message (or on-site acknowledgement) the broker kept, published "
+    "with retain, and replays to every new subscription: it would happen again at every "
+    "reconnect",
     "rate_limited": "the device sent more than ingest.device_rate_per_s messages per second "
     "(beyond ingest.device_burst at once)",
 }

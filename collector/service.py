@@ -511,12 +511,14 @@ class Collector:
         topic = message.topic
         if topic.startswith(OWN_TOPICS):
             return  # our own namespace (rejections, collector status): never device input
+        is_status = topic.endswith("/status")
+        if message.retained and not is_status:
+            # The broker's copy, replayed to every new subscription: a status (retained by
+            # design) is still news, a reading or an acknowledgement would happen again.
+            self._refuse_retained(message)
+            return
         if topic.startswith(UNIT_TOPIC_ROOT):
             self._field_ack(topic, message.payload)
-            return
-        is_status = topic.endswith("/status")
-        if message.retained and not is_status:  # statuses are retained by design
-            self._reject(retained_rejection(topic, message.payload), message)
             return
         if self.rate_limit is not None:  # status messages too: one bucket per device
             device = self.fast_decoder.device(topic, registry)
@@ -562,6 +564,18 @@ class Collector:
             return
         online, ts_ms = status
         batch.lines.append(status_line(topic.device, online, ts_ms, registry))
+
+    def _refuse_retained(self, message: Inbound) -> None:
+        if not message.topic.startswith(UNIT_TOPIC_ROOT):
+            self._reject(retained_rejection(message.topic, message.payload), message)
+            return
+        self.stats.rejections["retained"] += 1
+        self._rejection_log.warning(
+            "field_ack",
+            "on-site acknowledgement refused",
+            topic=message.topic[:200],
+            error="a retained copy the broker replays; acknowledge with retain off",
+        )
 
     def _reject(self, rejection: Rejection, message: Inbound, *, quarantine: bool = True) -> None:
         self.stats.rejections[rejection.reason] += 1

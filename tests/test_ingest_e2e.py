@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -502,3 +503,36 @@ def test_a_retained_reading_is_refused_when_the_broker_replays_it(
     collector.stop()
     publisher.publish(data, b"", retain=True)  # the broker is shared by the session
     publisher.publish(status, b"", retain=True)
+
+
+@pytest.mark.slow
+def test_a_retained_on_site_acknowledgement_is_not_replayed_onto_a_reopened_alert(
+    make_settings, run_collector, publisher
+) -> None:
+    """An acknowledgement is an act, once: replayed at a reconnect, it would silence an
+    alert that has come back since."""
+    from collector.alerts.model import State
+    from tests.test_downlink import raised
+
+    settings = make_settings()
+    collector = run_collector(settings)
+    book = collector.collector.alerts
+    (red,) = book.on_detection(raised("gas-ret", "retain-unit", "red"))
+    ack = "smartunit/v1/units/retain-unit/ack"
+    publisher.publish(ack, json.dumps({"alert_id": red.alert_id, "actor": "g1"}), retain=True)
+    assert poll(lambda: book.store.get(red.alert_id).state, State.ACKNOWLEDGED.__eq__)
+    now = round(time.time() * 1000)
+    book.on_detection(replace(raised("gas-ret", "retain-unit", "green"), kind="cleared"))
+    book.resolve(red.alert_id, actor="desk", now_ms=now)
+    book.on_detection(raised("gas-ret", "retain-unit", "red"))  # the fix did not hold
+    assert book.store.get(red.alert_id).state == State.REOPENED
+    collector.stop()
+
+    collector = run_collector(settings)  # the session resumes; the retained ack comes again
+    book = collector.collector.alerts
+    assert poll(lambda: collector.stats.rejections["retained"], lambda n: n >= 1) == 1
+    assert book.store.get(red.alert_id).state == State.REOPENED  # still needs a person
+    acks = [e for e in book.history(red.alert_id) if e.type.value == "acknowledged"]
+    assert len(acks) == 1
+    collector.stop()
+    publisher.publish(ack, b"", retain=True)

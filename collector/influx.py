@@ -36,8 +36,11 @@ import orjson
 
 from collector.config import InfluxSettings
 from collector.errors import RejectedWriteError, RetryableStoreError, StoreError
+from collector.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+
+REFUSED_LOG_INTERVAL_S = 60.0
 
 
 def quote_ident(name: str) -> str:
@@ -136,6 +139,9 @@ class InfluxClient:
             verify=verify,
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
         )
+        # Each refused line is counted (WriteResult.dropped); a burst of them is one line
+        # in the log per interval, with how many were left out.
+        self._refused_log = RateLimitedLog(log, REFUSED_LOG_INTERVAL_S)
         self._write_params = {"db": settings.database, "precision": "ms"}
         if settings.retention_policy:
             self._write_params["rp"] = settings.retention_policy
@@ -186,9 +192,12 @@ class InfluxClient:
         if len(lines) == 1:
             why = "too_large" if error.status == 413 else "rejected"
             result.drop(why)
-            log.error(
+            self._refused_log.error(
+                why,
                 "InfluxDB refused a line; dropped",
-                extra={"status": error.status, "error": str(error), "line": lines[0][:300]},
+                status=error.status,
+                error=str(error),
+                line=lines[0][:300],
             )
             return
         middle = len(lines) // 2

@@ -71,6 +71,12 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, kind: str, message: str, **extra: Any) -> None:
+        self.log(logging.WARNING, kind, message, **extra)
+
+    def error(self, kind: str, message: str, **extra: Any) -> None:
+        self.log(logging.ERROR, kind, message, **extra)
+
+    def log(self, level: int, kind: str, message: str, **extra: Any) -> None:
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval_s:
@@ -78,6 +84,6 @@ class RateLimitedLog:
             return
         self._last[kind] = now
         suppressed = self._suppressed.pop(kind, 0)
-        self.logger.warning(
-            message, extra={"kind": kind, "suppressed_since_last": suppressed, **extra}
+        self.logger.log(
+            level, message, extra={"kind": kind, "suppressed_since_last": suppressed, **extra}
         )

@@ -53,6 +53,9 @@ class Inbound(NamedTuple):
     qos: int
     generation: int  # which connection delivered it: acks are only valid on that one
     received_ms: int
+    # The broker's retained copy, sent because a subscription was made (at every connect);
+    # a message published while we were subscribed comes with this off.
+    retained: bool
 
 
 def make_client(
@@ -258,6 +261,7 @@ class MqttSource(Inbox):
                 message.qos,
                 self.generation,
                 time.time_ns() // 1_000_000,
+                bool(message.retain),
             )
         )
         self.received += 1

@@ -261,6 +261,7 @@ class BulkMqttSource(Inbox):
                             qos,
                             generation,
                             now_ms,
+                            bool(first & 1),  # RETAIN, in the fixed header
                         )
                     )
                     arrived += 1

@@ -10,6 +10,9 @@ limit (hysteresis, so a figure hovering on the line does not flap).
 the backlog grows at the broker; clears once the disk has room) and ``spool-corrupt``
 (red: damaged records were skipped, and acknowledged readings in them are lost; raised
 for the interval that found them, so it stays until a person acknowledges it).
+
+A ``RateLimitWatch`` turns the messages the per-device rate limit refuses into alerts
+that name the device (collector/ratelimit.py refuses them).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import collections
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from collector.admission import OverCap
+from collector.alerts.model import Alert
 from collector.detection import SYSTEM_FAMILY, DetectionEvent, EventKind
 from collector.spool import DiskSpool
 
@@ -33,6 +37,16 @@ DISK_FULL_DETECTOR = "disk-full"
 SPOOL_CORRUPT_DETECTOR = "spool-corrupt"
 QUANTITY_CAP_DETECTOR = "quantity-cap"
 SERIES_CAP_DETECTOR = "series-cap"
+RATE_LIMITED_DETECTOR = "rate-limited"
+RATE_LIMITED_FLEET_DETECTOR = "rate-limited-devices"
+# Alerts naming a device, open at once. Past this many devices over their limit, the
+# likelier story is one cause (a firmware release, a limit set too low, a gateway
+# replaying its buffer): one fleet alert stands for them, and the log names the worst.
+MAX_RATE_LIMIT_ALERTS = 10
+# A device's alert clears after this many stats intervals without a refused message.
+RATE_LIMIT_QUIET_INTERVALS = 6
+# Devices remembered per interval and while quiet: a flood of made-up ids costs no more.
+MAX_RATE_LIMITED_TRACKED = 10_000
 
 
 @dataclass(kw_only=True)
@@ -161,3 +175,110 @@ class RecentMedian:
         median = statistics.median(self._values)
         self._values.clear()
         return median
+
+
+class RateLimitWatch:
+    """Operator alerts for devices over their rate limit, bounded whatever the flood.
+
+    A device whose messages are refused raises a yellow ``rate-limited`` alert naming it
+    (the worst first), up to ``MAX_RATE_LIMIT_ALERTS`` open at once. More devices refused
+    within ``RATE_LIMIT_QUIET_INTERVALS`` raise one orange ``rate-limited-devices`` alert
+    counting them, and no further device alerts open until it clears. Each clears on
+    its own: a device's after that many quiet stats intervals, the fleet's once fewer
+    than half the cap are still refused.
+    """
+
+    def __init__(self, *, collector: str) -> None:
+        self.collector = collector
+        self._refused: dict[str, int] = {}  # device -> messages refused this interval
+        self._quiet: dict[str, int] = {}  # device refused lately -> quiet intervals since
+        self.named: set[str] = set()  # devices with an alert open
+        self._fleet = OperatorAlarm(
+            detector=RATE_LIMITED_FLEET_DETECTOR,
+            quantity="rate_limited_devices",
+            limit=MAX_RATE_LIMIT_ALERTS + 1,
+            collector=collector,
+        )
+
+    @property
+    def devices(self) -> int:
+        """Devices refused within the last quiet period (counted up to the tracking cap)."""
+        return len(self._quiet)
+
+    def refused(self, device: str) -> None:
+        """One message of ``device`` refused (per message, in a flood: kept cheap)."""
+        refused = self._refused
+        if device in refused:
+            refused[device] += 1
+        elif len(refused) < MAX_RATE_LIMITED_TRACKED:
+            refused[device] = 1
+
+    def resume(self, alerts: Iterable[Alert]) -> None:
+        """Take over the alerts an earlier run left open, so that they clear here too."""
+        for alert in alerts:
+            if not alert.condition_active:
+                continue
+            detector = alert.fingerprint.detector
+            if detector == RATE_LIMITED_FLEET_DETECTOR:
+                self._fleet.raised = True
+            elif detector == RATE_LIMITED_DETECTOR and len(self._quiet) < MAX_RATE_LIMITED_TRACKED:
+                self.named.add(alert.fingerprint.device)
+                self._quiet[alert.fingerprint.device] = 0
+
+    def update(self, now_ms: int) -> list[DetectionEvent]:
+        """Once per stats interval: what opens and what clears."""
+        refused, self._refused = self._refused, {}
+        quiet = self._quiet
+        events: list[DetectionEvent] = []
+        for device in list(quiet):
+            if device in refused:
+                quiet[device] = 0
+            elif quiet[device] + 1 >= RATE_LIMIT_QUIET_INTERVALS:
+                del quiet[device]
+                if device in self.named:
+                    self.named.discard(device)
+                    log.info(
+                        "operator alert cleared",
+                        extra={"alert": RATE_LIMITED_DETECTOR, "device": device},
+                    )
+                    events.append(self._event("cleared", device, 0, now_ms))
+            else:
+                quiet[device] += 1
+        worst_first = sorted(refused.items(), key=lambda item: -item[1])
+        for device, _ in worst_first:
+            if device not in quiet and len(quiet) < MAX_RATE_LIMITED_TRACKED:
+                quiet[device] = 0
+        for device, count in worst_first:
+            if self._fleet.raised or len(self.named) >= MAX_RATE_LIMIT_ALERTS:
+                break
+            if device in self.named or device not in quiet:
+                continue
+            self.named.add(device)
+            log.warning(
+                "device over its rate limit: its messages are refused",
+                extra={"alert": RATE_LIMITED_DETECTOR, "device": device, "refused": count},
+            )
+            events.append(self._event("raised", device, count, now_ms))
+        fleet = self._fleet.update(len(quiet), now_ms)
+        if fleet and fleet[0].kind == "raised":
+            log.warning(
+                "devices over their rate limit: past the named ones, one alert counts them",
+                extra={"devices": len(quiet), "worst": dict(worst_first[:20])},
+            )
+        events += fleet
+        return events
+
+    def _event(self, kind: EventKind, device: str, refused: int, now_ms: int) -> DetectionEvent:
+        raised = kind == "raised"
+        return DetectionEvent(
+            kind,
+            RATE_LIMITED_DETECTOR,
+            device,
+            SYSTEM_FAMILY,
+            "refused_messages",  # in the stats interval it was raised in
+            OPERATOR_UNIT,
+            "yellow" if raised else "green",
+            "green" if raised else "yellow",
+            float(refused),
+            now_ms,
+        )

@@ -50,6 +50,9 @@ REJECTION_REASONS: dict[str, str] = {
     "ts_in_future": "ts lies further in the future than ingest.max_future_s",
     "ts_too_old": "ts lies further in the past than ingest.max_age_s",
     "bad_status": 'a status message that is not {"state": "online"|"offline"}',
+    "retained": "a data message (or on-site acknowledgement) the broker kept, published "
+    "with retain, and replays to every new subscription: it would happen again at every "
+    "reconnect",
     "rate_limited": "the device sent more than ingest.device_rate_per_s messages per second "
     "(beyond ingest.device_burst at once)",
     "ack_refused": "an on-site acknowledgement on smartunit/v1/units/{unit}/ack that is not "
@@ -362,14 +365,9 @@ class Decoder:
         self, payload: bytes, family: str, device: str
     ) -> list[tuple[int | None, Any]] | Rejection:
         limits = self.limits
-        if len(payload) > limits.max_payload_bytes:
-            return Rejection(
-                "payload_too_large",
-                f"{len(payload)} bytes > {limits.max_payload_bytes}",
-                family,
-                device,
-                payload=_raw_preview(payload[:128]),
-            )
+        too_large = self._check_size(payload, family, device)
+        if too_large is not None:
+            return too_large
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -433,6 +431,17 @@ class Decoder:
                 return problem
         return Reading(family, device, ts_ms, item.storable_fields(), item.seq)
 
+    def _check_size(self, payload: bytes, family: str, device: str) -> Rejection | None:
+        if len(payload) <= self.limits.max_payload_bytes:
+            return None
+        return Rejection(
+            "payload_too_large",
+            f"{len(payload)} bytes > {self.limits.max_payload_bytes}",
+            family,
+            device,
+            payload=_raw_preview(payload[:128]),
+        )
+
     def _check_age(self, ts_ms: int, now_ms: int, family: str, device: str) -> Rejection | None:
         limits = self.limits
         if ts_ms > now_ms + limits.max_future_ms:
@@ -455,7 +464,10 @@ class Decoder:
     def decode_status(
         self, topic: Topic, payload: bytes, received_ms: int
     ) -> tuple[bool, int] | Rejection:
-        """(online, ts_ms) of a status message."""
+        """(online, ts_ms) of a status message, held to a reading's size and time limits."""
+        too_large = self._check_size(payload, topic.family, topic.device)
+        if too_large is not None:
+            return too_large
         try:
             status = StatusPayload.model_validate_json(payload)
         except ValidationError as exc:
@@ -469,10 +481,29 @@ class Decoder:
         ts_ms = received_ms
         if status.ts is not None:
             parsed = parse_ts(status.ts, family=topic.family, device=topic.device)
-            if isinstance(parsed, Rejection):
-                return parsed
-            ts_ms = parsed
+            if isinstance(parsed, int):
+                problem = self._check_age(parsed, received_ms, topic.family, topic.device)
+                ts_ms = parsed
+            else:
+                problem = parsed
+            if problem is not None:
+                problem.payload = _raw_preview(payload)
+                return problem
         return status.state == "online", ts_ms
+
+
+def retained_rejection(topic: str, payload: bytes) -> Rejection:
+    """A retained data message: readings are published without retain, or replayed."""
+    parsed = parse_topic(topic)
+    if isinstance(parsed, Rejection):
+        return parsed
+    return Rejection(
+        "retained",
+        "the broker's retained copy of a data message; publish readings with retain off",
+        parsed.family,
+        parsed.device,
+        payload=_raw_preview(payload),
+    )
 
 
 def reading_line(reading: Reading, registry: Registry) -> str:

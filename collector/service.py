@@ -63,7 +63,14 @@ from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
-from collector.operator import OperatorAlarm, RecentMedian, SpoolWatch, cap_alert
+from collector.operator import (
+    OPERATOR_UNIT,
+    OperatorAlarm,
+    RateLimitWatch,
+    RecentMedian,
+    SpoolWatch,
+    cap_alert,
+)
 from collector.protocol import (
     DATA_SUBSCRIPTION,
     REJECTED_ROOT,
@@ -75,6 +82,7 @@ from collector.protocol import (
     Rejection,
     Topic,
     parse_topic,
+    retained_rejection,
     status_line,
     topic_level,
 )
@@ -224,6 +232,7 @@ class Collector:
             if ingest.device_rate_per_s > 0
             else None
         )
+        self._rate_watch = RateLimitWatch(collector=collector_id) if self.rate_limit else None
         source = BulkMqttSource if settings.mqtt.receiver == "bulk" else MqttSource
         self.source: MqttSource | BulkMqttSource = source(
             settings.mqtt,
@@ -277,6 +286,9 @@ class Collector:
                 retry_initial_s=settings.alerts.retry_initial_s,
                 retry_max_s=settings.alerts.retry_max_s,
             )
+            if self._rate_watch is not None:
+                active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
+                self._rate_watch.resume(active)
         else:
             self.dispatcher = None
         # Alert events can come from any thread (the HTTP API): lines wait here.
@@ -455,6 +467,7 @@ class Collector:
             "spool_disk_full": int(self._spool_watch.disk_full.raised) if self._spool_watch else 0,
             "write_latency_ms": s.write_latency_ms,
             "unit_state_overwrites_total": self.unit_states.overwrites,
+            "rate_limited_devices": self._rate_watch.devices if self._rate_watch else 0,
         }
         out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
         out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
@@ -578,27 +591,38 @@ class Collector:
             return  # our own namespace (rejections, collector status): never device input
         if topic.startswith(UNIT_TOPIC_ROOT) and (unit_topic := parse_unit_topic(topic)):
             unit, kind = unit_topic
-            if kind == "ack":
+            if kind == "ack" and message.retained:
+                # The broker's copy, replayed to every new subscription: an acknowledgement
+                # is an act, once; replayed, it would silence an alert that came back.
+                self._refuse_retained(message)
+            elif kind == "ack":
                 self._field_ack(unit, message)
             elif self.alerts is not None:  # without alerts there is no state to keep
                 self.unit_states.observe(topic, message.payload)
             return  # any other topic under units/ is decoded below, and refused as such
-        if topic.endswith("/status"):
-            parsed = parse_topic(topic)
-            if isinstance(parsed, Rejection):
-                self._reject(parsed, message)
-                return
-            self._decode_status(parsed, message, batch, registry)
+        is_status = topic.endswith("/status")
+        if message.retained and not is_status:
+            # A status is retained by design and still news; a reading would happen again.
+            self._refuse_retained(message)
             return
-        if self.rate_limit is not None:
+        if self.rate_limit is not None:  # status messages too: one bucket per device
             device = self.fast_decoder.device(topic, registry)
             if not self.rate_limit.allow(device, message.received_ms / 1000):
+                if self._rate_watch is not None:
+                    self._rate_watch.refused(device)
                 self._reject(
                     Rejection("rate_limited", "too many messages", "_", device),
                     message,
                     quarantine=False,
                 )
                 return
+        if is_status:
+            parsed = parse_topic(topic)
+            if isinstance(parsed, Rejection):
+                self._reject(parsed, message)
+                return
+            self._decode_status(parsed, message, batch, registry)
+            return
         result = self.fast_decoder.decode(topic, message.payload, message.received_ms, registry)
         if isinstance(result, Rejection):
             self._reject(result, message)
@@ -641,6 +665,18 @@ class Collector:
             return
         online, ts_ms = status
         batch.lines.append(status_line(topic.device, online, ts_ms, registry))
+
+    def _refuse_retained(self, message: Inbound) -> None:
+        if not message.topic.startswith(UNIT_TOPIC_ROOT):
+            self._reject(retained_rejection(message.topic, message.payload), message)
+            return
+        self.stats.rejections["retained"] += 1
+        self._rejection_log.warning(
+            "field_ack",
+            "on-site acknowledgement refused",
+            topic=message.topic[:200],
+            error="a retained copy the broker replays; acknowledge with retain off",
+        )
 
     def _reject(self, rejection: Rejection, message: Inbound, *, quarantine: bool = True) -> None:
         self.stats.rejections[rejection.reason] += 1
@@ -1010,7 +1046,8 @@ class Collector:
                 await self._write_stats()
 
     def _operator_checks(self) -> list[DetectionEvent]:
-        """Measure how late readings arrive and how the spool and its disk are; alert on each."""
+        """Measure how late readings arrive, how full the spool is and which devices the rate
+        limit refuses; alert on each."""
         age = self._arrival_ages.take()
         if age is not None:
             self.stats.arrival_age_s = age
@@ -1022,6 +1059,8 @@ class Collector:
             events += self._spool_watch.check(now_ms)
         if self._pending is not None:
             events += self._store_alarm.update(self._pending.take_peak(), now_ms)
+        if self._rate_watch is not None:
+            events += self._rate_watch.update(now_ms)
         return events
 
     async def _write_stats(self) -> None:

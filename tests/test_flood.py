@@ -14,6 +14,7 @@ from collector.mqtt import MqttSource
 from collector.mqttbulk import READ_SIZE, BulkMqttSource
 from collector.ratelimit import DeviceRateLimit
 from tests.conftest import Publisher, influx_rows, poll
+from tests.test_alerts_e2e import wait_for
 from tests.test_detection_e2e import wait_rows
 
 
@@ -121,3 +122,128 @@ def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker, receiv
     assert held < limit + per_read  # one read past the limit at most, not the whole flood
     assert paused > 0
     assert taken > held  # reading went on once there was room
+
+
+def rate_alerts(collector, detector: str) -> list:
+    return [
+        a for a in collector.collector.alerts.store.alerts() if a.fingerprint.detector == detector
+    ]
+
+
+@pytest.mark.slow
+def test_a_device_over_its_rate_limit_raises_an_operator_alert_naming_it(
+    make_settings, run_collector, publisher
+) -> None:
+    settings = make_settings(
+        ingest={"device_rate_per_s": 1.0, "device_burst": 5}, detection={"statistical": None}
+    )
+    collector = run_collector(settings)
+    now = time.time()
+    for k in range(20):
+        publisher.publish(
+            "smartunit/v1/camera/cam-loud/data",
+            json.dumps({"ts": now - 20 + k * 0.01, "people": k}),
+        )
+    publisher.publish("smartunit/v1/camera/cam-quiet/data", json.dumps({"ts": now, "people": 1}))
+    (alert,) = wait_for(lambda: rate_alerts(collector, "rate-limited"), timeout_s=20)
+    assert alert.fingerprint.device == "cam-loud"  # the device is named, not only counted
+    assert alert.family == "system" and alert.condition_active
+    assert alert.value is not None and alert.value >= 1  # messages refused in an interval
+    assert not rate_alerts(collector, "rate-limited-devices")
+    # back under its limit for a while: the condition clears by itself
+    assert wait_for(lambda: not rate_alerts(collector, "rate-limited")[0].condition_active, 30)
+    query = """SELECT * FROM "detections" WHERE "detector" = 'rate-limited'"""
+    kinds = [row["kind"] for row in wait_rows(settings.influx, query, 2)]
+    assert kinds == ["raised", "cleared"]
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_many_devices_over_their_limit_raise_a_bounded_number_of_alerts(
+    make_settings, run_collector, publisher
+) -> None:
+    from collector.operator import MAX_RATE_LIMIT_ALERTS
+
+    settings = make_settings(
+        ingest={"device_rate_per_s": 0.2, "device_burst": 2}, detection={"statistical": None}
+    )
+    collector = run_collector(settings)
+    devices = MAX_RATE_LIMIT_ALERTS + 5
+    now = time.time()
+    for k in range(6):
+        for d in range(devices):
+            publisher.publish(
+                f"smartunit/v1/camera/cam-herd-{d}/data",
+                json.dumps({"ts": now - 20 + k * 0.01, "people": k}),
+            )
+    (fleet,) = wait_for(lambda: rate_alerts(collector, "rate-limited-devices"), timeout_s=20)
+    assert fleet.family == "system" and fleet.value is not None
+    assert MAX_RATE_LIMIT_ALERTS < fleet.value <= devices  # how many devices, in one alert
+    time.sleep(2 * settings.ingest.stats_interval_s)  # more intervals: still bounded
+    named = rate_alerts(collector, "rate-limited")
+    assert len(named) == MAX_RATE_LIMIT_ALERTS
+    assert len({a.fingerprint.device for a in named}) == MAX_RATE_LIMIT_ALERTS
+    assert wait_for(
+        lambda: not any(a.condition_active for a in rate_alerts(collector, "rate-limited-devices")),
+        30,
+    )
+    collector.stop()
+
+
+def test_rate_limit_alerts_stay_bounded_and_clear_when_devices_are_quiet() -> None:
+    from collector.operator import (
+        MAX_RATE_LIMIT_ALERTS,
+        RATE_LIMIT_QUIET_INTERVALS,
+        RateLimitWatch,
+    )
+
+    watch = RateLimitWatch(collector="c1")
+    for k in range(1000):  # a thousand devices over their limit, the first ones the worst
+        for _ in range(1000 - k):
+            watch.refused(f"cam-{k}")
+    events = watch.update(1)
+    named = [e for e in events if e.detector == "rate-limited"]
+    fleet = [e for e in events if e.detector == "rate-limited-devices"]
+    assert [e.device for e in named] == [f"cam-{k}" for k in range(MAX_RATE_LIMIT_ALERTS)]
+    assert {e.kind for e in named} == {"raised"} and named[0].value == 1000.0
+    assert [(e.kind, e.value) for e in fleet] == [("raised", 1000.0)]
+    for _ in range(100):  # the flood goes on: nothing new to say
+        for k in range(1000):
+            watch.refused(f"cam-{k}")
+    assert watch.update(2) == []
+    watch.refused("cam-0")  # one keeps flooding; the others are back under their limit
+    for interval in range(RATE_LIMIT_QUIET_INTERVALS - 1):
+        assert watch.update(3 + interval) == []
+    for _ in range(20):
+        watch.refused("cam-0")
+    cleared = watch.update(100)
+    assert sorted((e.kind, e.device) for e in cleared) == sorted(
+        [("cleared", f"cam-{k}") for k in range(1, MAX_RATE_LIMIT_ALERTS)] + [("cleared", "c1")]
+    )
+    assert watch.named == {"cam-0"} and watch.devices == 1
+
+
+def test_rate_limit_alerts_left_open_by_an_earlier_run_clear_too() -> None:
+    from collector.alerts.model import Alert, Fingerprint, State
+    from collector.operator import RATE_LIMIT_QUIET_INTERVALS, RateLimitWatch
+
+    def alert(device: str, detector: str) -> Alert:
+        return Alert(
+            id=1,
+            fingerprint=Fingerprint(device, "refused_messages", detector),
+            state=State.OPEN,
+            colour="yellow",
+            family="system",
+            unit="_collector",
+            hierarchy={},
+            value=5.0,
+            started_at_ms=0,
+            updated_at_ms=0,
+            condition_active=True,
+            condition_changed_at_ms=0,
+        )
+
+    watch = RateLimitWatch(collector="c1")
+    watch.resume([alert("cam-9", "rate-limited"), alert("c1", "rate-limited-devices")])
+    events = [e for k in range(RATE_LIMIT_QUIET_INTERVALS) for e in watch.update(k)]
+    assert sorted((e.kind, e.device) for e in events) == [("cleared", "c1"), ("cleared", "cam-9")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,23 @@ def test_400_isolates_the_bad_lines(influxdb: InfluxDB, database: str) -> None:
     result = write(settings, lines)
     assert result.dropped == {"rejected": 2}
     assert count(settings, "m") == 1 + 98
+
+
+def test_refused_lines_are_counted_each_and_logged_rate_limited(
+    influxdb: InfluxDB, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thousands of refused lines must not become thousands of error lines in the log."""
+    settings = InfluxSettings(url=influxdb.url, database=database)
+    assert write(settings, ["m v=1i 1700000000000"]).written == 1
+    lines = [f"m v={i}i {1_700_000_000_001 + i}" for i in range(200)]
+    for k in range(0, 200, 5):
+        lines[k] = f"m v={k}.5 {1_700_000_000_001 + k}"  # a field type conflict: 400
+    with caplog.at_level(logging.WARNING, logger="collector.influx"):
+        result = write(settings, lines)
+    assert result.dropped == {"rejected": 40}  # each one counted
+    assert count(settings, "m") == 1 + 160
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR
 
 
 class _Scripted(http.server.BaseHTTPRequestHandler):

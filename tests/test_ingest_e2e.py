@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -307,9 +308,71 @@ def test_status_messages_are_stored(make_settings, run_collector, publisher) -> 
         ("cam-9", "online", 1)
     ]
     assert collector.stats.rejections["bad_status"] == 1
-    # ts 1 is 1970: rejected as too old for readings but a status keeps its own time
-    assert any(r["time"] == 1000 and r["state"] == "offline" for r in status)
+    # ts 1 is 1970: as old for a status as for a reading
+    assert collector.stats.rejections["ts_too_old"] == 1
+    assert not any(r["state"] == "offline" for r in status)
     publisher.publish("smartunit/v1/camera/cam-9/status", b"", retain=True)
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_a_status_is_validated_like_a_reading(
+    make_settings, run_collector, publisher, subscribe
+) -> None:
+    """Size, time window and rate limit hold for a status as for a reading: a status with an
+    absurd time never reaches InfluxDB, which would refuse its whole batch for it."""
+    settings = make_settings(
+        ingest={"max_payload_bytes": 1024, "device_rate_per_s": 0.5, "device_burst": 5}
+    )
+    quarantine = subscribe("smartunit/v1/_rejected/camera/#")
+    collector = run_collector(settings)
+    now = time.time()
+    refused = [
+        ({"state": "online", "ts": 1e300}, "ts_in_future"),
+        ({"state": "online", "ts": now + 100 * 365 * 86400}, "ts_in_future"),
+        ({"state": "online", "ts": "2126-01-01T00:00:00Z"}, "ts_in_future"),
+        ({"state": "offline", "ts": now - 90 * 86400}, "ts_too_old"),
+        ({"state": "online", "firmware": "x" * 2000}, "payload_too_large"),
+    ]
+    for k, (payload, _) in enumerate(refused):
+        publisher.publish(f"smartunit/v1/camera/cam-st-{k}/status", json.dumps(payload))
+        publisher.publish(topic("camera", "cam-live"), json.dumps({"ts": now - k, "people": k}))
+    flood = 30
+    for k in range(flood):  # a device flapping: statuses count against its rate limit
+        state = "online" if k % 2 else "offline"
+        publisher.publish(
+            "smartunit/v1/camera/cam-st-flap/status",
+            json.dumps({"state": state, "ts": now - 30 + k * 0.1}),
+        )
+    influx = settings.influx
+    live = poll(
+        lambda: influx_rows(influx, """SELECT * FROM "camera" WHERE "device" = 'cam-live'"""),
+        lambda rows: len(rows) >= len(refused),
+    )
+    assert len(live) == len(refused)  # every reading next to a refused status is stored
+
+    def flap_rows() -> list[dict]:
+        query = """SELECT * FROM "device_status" WHERE "device" = 'cam-st-flap'"""
+        return influx_rows(influx, query)
+
+    flapped, limited = poll(
+        lambda: (flap_rows(), collector.stats.rejections["rate_limited"]),
+        lambda found: len(found[0]) + found[1] >= flood,
+    )
+    assert limited >= 1 and len(flapped) + limited == flood  # limited, and each counted
+
+    expected = Counter(reason for _, reason in refused)
+    assert poll(lambda: collector.stats.rejections - Counter(rate_limited=limited), expected.__eq__)
+    reasons = poll(
+        lambda: Counter(json.loads(m.payload)["reason"] for m in quarantine.messages),
+        expected.__eq__,
+    )
+    assert reasons == expected  # quarantined with their reasons; rate_limited is not echoed
+    stored = influx_rows(
+        influx, r"""SELECT * FROM "device_status" WHERE "device" =~ /^cam-st-\d/"""
+    )
+    assert stored == []
+    assert collector.stats.lines_dropped == Counter()  # InfluxDB never had to refuse a line
     collector.stop()
 
 
@@ -401,3 +464,75 @@ def test_a_half_written_registry_is_never_loaded(tmp_path: Path) -> None:
     assert holder.current.units["lot-p2"].hierarchy.grid == "G0411"
     path.write_text(REGISTRY)
     assert holder.reload_now() is True  # an operator's reload does not wait
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("receiver", ["bulk", "paho"])
+def test_a_retained_reading_is_refused_when_the_broker_replays_it(
+    receiver, make_settings, run_collector, publisher, subscribe
+) -> None:
+    """A broker hands every retained message to each new subscription: a reading firmware
+    retained would become a new reading at every reconnect. A retained status is fine."""
+    settings = make_settings(mqtt={"receiver": receiver})
+    device = f"cam-retain-{receiver}"
+    data, status = topic("camera", device), f"smartunit/v1/camera/{device}/status"
+    influx = settings.influx
+    readings = f"""SELECT * FROM "camera" WHERE "device" = '{device}'"""
+    statuses = f"""SELECT * FROM "device_status" WHERE "device" = '{device}'"""
+    collector = run_collector(settings)
+    publisher.publish(status, '{"state": "online"}', retain=True)
+    publisher.publish(data, '{"people": 4}', retain=True)  # no ts: the time of receipt
+    assert len(poll(lambda: influx_rows(influx, readings), len)) == 1  # live: a reading
+    assert len(poll(lambda: influx_rows(influx, statuses), len)) == 1
+    assert collector.stats.rejections == Counter()
+    collector.stop()
+    # Sent while the collector is away: the broker keeps it for the session as well.
+    publisher.publish(data, json.dumps({"people": 5, "ts": time.time()}), retain=True)
+
+    quarantine = subscribe(f"smartunit/v1/_rejected/camera/{device}")
+    collector = run_collector(settings)  # the same session resumes; retained come again
+    assert len(poll(lambda: influx_rows(influx, statuses), lambda rows: len(rows) >= 2)) == 2
+    found = poll(
+        lambda: (influx_rows(influx, readings), collector.stats.rejections["retained"]),
+        lambda found: len(found[0]) >= 3 or (len(found[0]) >= 2 and found[1] >= 1),
+    )
+    # the session's copy stored; the replayed retained one refused and counted
+    assert ([row["people"] for row in found[0]], found[1]) == ([4, 5], 1)
+    (copy,) = quarantine.wait_for(1)
+    assert json.loads(copy.payload)["reason"] == "retained"
+    collector.stop()
+    publisher.publish(data, b"", retain=True)  # the broker is shared by the session
+    publisher.publish(status, b"", retain=True)
+
+
+@pytest.mark.slow
+def test_a_retained_on_site_acknowledgement_is_not_replayed_onto_a_reopened_alert(
+    make_settings, run_collector, publisher
+) -> None:
+    """An acknowledgement is an act, once: replayed at a reconnect, it would silence an
+    alert that has come back since."""
+    from collector.alerts.model import State
+    from tests.test_downlink import raised
+
+    settings = make_settings()
+    collector = run_collector(settings)
+    book = collector.collector.alerts
+    (red,) = book.on_detection(raised("gas-ret", "retain-unit", "red"))
+    ack = "smartunit/v1/units/retain-unit/ack"
+    publisher.publish(ack, json.dumps({"alert_id": red.alert_id, "actor": "g1"}), retain=True)
+    assert poll(lambda: book.store.get(red.alert_id).state, State.ACKNOWLEDGED.__eq__)
+    now = round(time.time() * 1000)
+    book.on_detection(replace(raised("gas-ret", "retain-unit", "green"), kind="cleared"))
+    book.resolve(red.alert_id, actor="desk", now_ms=now)
+    book.on_detection(raised("gas-ret", "retain-unit", "red"))  # the fix did not hold
+    assert book.store.get(red.alert_id).state == State.REOPENED
+    collector.stop()
+
+    collector = run_collector(settings)  # the session resumes; the retained ack comes again
+    book = collector.collector.alerts
+    assert poll(lambda: collector.stats.rejections["retained"], lambda n: n >= 1) == 1
+    assert book.store.get(red.alert_id).state == State.REOPENED  # still needs a person
+    acks = [e for e in book.history(red.alert_id) if e.type.value == "acknowledged"]
+    assert len(acks) == 1
+    collector.stop()
+    publisher.publish(ack, b"", retain=True)

@@ -237,8 +237,8 @@ class DetectionEngine:
                 raise ValueError(f"state format {meta.get('format')}")
         except FileNotFoundError:
             return False
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("detector state in %s not used (%s); starting afresh", path, exc)
+        except Exception as exc:  # a damaged file: BadZipFile, EOFError, zlib.error, ...
+            set_aside_damaged_state(path, exc)
             return False
         self._info = [(device, family, quantity) for device, family, quantity in meta["series"]]
         self._device_names = list(meta["devices"])
@@ -649,3 +649,26 @@ def _threshold(runner: _RuleRunner, level: int, capacity: float | None) -> float
     if isinstance(runner.detector, CapacityRule):
         return None if capacity is None or math.isnan(capacity) else configured * capacity
     return float(configured)
+
+
+def set_aside_damaged_state(path: Path, error: BaseException) -> Path | None:
+    """Keep a detector state that cannot be used beside it, for a post-mortem, and say so.
+
+    Losing it costs what the detectors had learnt, which the warm start relearns from
+    InfluxDB; refusing to start would cost every alarm until a person intervened.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = path.with_name(f"{path.name}.damaged-{stamp}")
+    try:
+        path.replace(kept)
+    except OSError:
+        kept = None
+    log.error(
+        "detector state cannot be used; starting afresh and warming up from history",
+        extra={
+            "path": str(path),
+            "error": f"{type(error).__name__}: {error}"[:300],
+            "kept_as": str(kept) if kept else None,
+        },
+    )
+    return kept

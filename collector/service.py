@@ -55,7 +55,7 @@ from collector.alerts.pending import PendingDetections
 from collector.alerts.store import SqliteAlertStore
 from collector.api import ApiContext, create_app
 from collector.config import Settings
-from collector.detection import DetectionEngine, DetectionEvent
+from collector.detection import DetectionEngine, DetectionEvent, set_aside_damaged_state
 from collector.errors import RetryableStoreError, StoreError
 from collector.fastpath import FastDecoder
 from collector.influx import InfluxClient, query_sync, quote_ident, quote_literal, rows
@@ -298,7 +298,12 @@ class Collector:
         self._needs_warm_start = False
         self._frozen_registry: Registry | None = None
         if self.engine is not None:
-            self._needs_warm_start = not self.engine.load(self.state_path)
+            try:
+                self._needs_warm_start = not self.engine.load(self.state_path)
+            except Exception as exc:  # a state that reads but does not fit this engine
+                set_aside_damaged_state(self.state_path, exc)
+                self.engine = build_engine(settings)  # nothing half-restored
+                self._needs_warm_start = True
 
     # -- lifecycle -------------------------------------------------------------------------
 

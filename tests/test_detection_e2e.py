@@ -132,6 +132,52 @@ def test_detectors_remember_across_a_restart(chem_park, run_collector, publisher
     second.stop()
 
 
+def _flip_a_byte(state: Path) -> None:
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the compressed arrays: their CRC no longer holds
+    state.write_bytes(bytes(data))
+
+
+def _state_of_another_shape(state: Path) -> None:
+    import numpy as np
+
+    # readable, of this format, but missing what a restore needs
+    meta = {"format": DetectionEngine.STATE_FORMAT, "series": [["gas-1", "chem", "lel_pct"]]}
+    with state.open("wb") as handle:
+        np.savez_compressed(handle, meta=np.array(json.dumps(meta)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [_flip_a_byte, _state_of_another_shape])
+def test_a_damaged_detector_state_is_set_aside_and_alarms_still_go_out(
+    damage, chem_park, run_collector, publisher
+) -> None:
+    settings = chem_park()
+    state = settings.data_dir / "detector-state.npz"
+    query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
+    start = time.time() - 300
+
+    def publish(i: int, value: float) -> None:
+        publisher.publish(
+            "smartunit/v1/chem/gas-1/data",
+            json.dumps({"ts": start + 3 * i, "readings": {"lel_pct": value}}),
+        )
+
+    first = run_collector(settings)
+    publish(0, 3)
+    first.wait_received(1)
+    first.stop()
+    damage(state)
+
+    second = run_collector(settings)  # starts: what was learnt is lost, not the alarms
+    for i, value in enumerate([30, 30, 30, 30, 30], start=1):
+        publish(i, value)
+    assert [r["kind"] for r in wait_rows(settings.influx, query, 1)] == ["raised"]
+    assert len(list(settings.data_dir.glob("detector-state.npz.damaged-*"))) == 1
+    second.stop()
+    assert DetectionEngine(RuleBook.load([PRESETS])).load(state)  # a good one in its place
+
+
 def test_the_detector_state_is_also_saved_while_running(
     chem_park, run_collector, publisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -658,9 +658,10 @@ def set_aside_damaged_state(path: Path, error: BaseException) -> Path | None:
     InfluxDB; refusing to start would cost every alarm until a person intervened.
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    kept = path.with_name(f"{path.name}.damaged-{stamp}")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    kept: Path | None = target
     try:
-        path.replace(kept)
+        path.replace(target)
     except OSError:
         kept = None
     log.error(

@@ -936,7 +936,18 @@ class Collector:
             spool.append(lines)
         except SpoolError as exc:  # full, or its disk is: nothing of the batch was stored
             log.error("%s", exc)
-            return await self._write_with_retry(lines)  # backpressure up to the broker
+            # Backpressure up to the broker until InfluxDB or the spool (once it has room
+            # again) takes the batch: the messages behind it are acknowledged in order.
+            return await self._write_with_retry(lines, fallback=self._spool_if_room)
+        self._spooled.set()
+        return True
+
+    def _spool_if_room(self, lines: list[str]) -> bool:
+        assert self.spool is not None
+        try:
+            self.spool.append(lines)
+        except SpoolError:
+            return False  # still full: said once already, and the operator alert stands
         self._spooled.set()
         return True
 
@@ -969,8 +980,15 @@ class Collector:
         mean = self.stats.write_latency_ms
         self.stats.write_latency_ms = took_ms if not mean else mean + 0.1 * (took_ms - mean)
 
-    async def _write_with_retry(self, lines: list[str], *, forever: bool = False) -> bool:
-        """Write until it works; False only when stopping and the flush deadline passed."""
+    async def _write_with_retry(
+        self,
+        lines: list[str],
+        *,
+        forever: bool = False,
+        fallback: Callable[[list[str]], bool] | None = None,
+    ) -> bool:
+        """Write until it works, or ``fallback`` (tried after each failed write) takes the
+        lines; False only when stopping and the flush deadline passed."""
         ingest = self.settings.ingest
         attempt = 0
         while True:
@@ -990,6 +1008,8 @@ class Collector:
                     "InfluxDB write failed; will retry",
                     extra={"error": str(exc), "lines": len(lines), "retry_in_s": round(delay, 2)},
                 )
+                if fallback is not None and fallback(lines):
+                    return True
                 if not forever and self._stopping.is_set():
                     delay = min(delay, max(self._flush_deadline - time.monotonic(), 0.0) + 0.01)
                 await asyncio.sleep(delay)

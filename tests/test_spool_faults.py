@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from collector.config import InfluxSettings
@@ -63,7 +64,10 @@ def test_a_full_disk_under_the_spool_loses_no_acknowledged_reading(
         assert poll(
             first_log.read_text, lambda text: "the spool's disk has room again" in text, 20
         ), first_log.read_text()[-2000:]
-        time.sleep(2)
+        # InfluxDB still down: the batches the disk refused go to the spool now, and the
+        # readings behind them are acknowledged again instead of piling up at the broker
+        stored = stored_metric(env)
+        assert poll(lambda: stored_metric(env), lambda now: now > stored + 200, 30) > stored + 200
         own.start()
         time.sleep(4)  # replay under way, and new batches spooled behind it
         first.send_signal(signal.SIGKILL)
@@ -85,6 +89,15 @@ def test_a_full_disk_under_the_spool_loses_no_acknowledged_reading(
             if proc is not None:
                 stop_process(proc)
         own.stop()
+
+
+def stored_metric(env: dict[str, str]) -> float:
+    """The collector process's readings acknowledged so far, from its /metrics."""
+    port = env["SMARTUNIT_HTTP_PORT"]
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith("smartunit_readings_stored_total "):
+            return float(line.split()[1])
+    raise AssertionError("no smartunit_readings_stored_total in /metrics")
 
 
 def test_a_damaged_spool_record_is_skipped_reported_and_the_rest_replayed(

@@ -14,18 +14,8 @@ from collector.protocol import Reading
 from collector.registry import Registry
 from collector.rules import RuleBook
 from tests.conftest import influx_rows, poll
+from tests.test_detection_e2e import GAS_DETECTIONS, PRESETS, REGISTRY
 
-PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
-REGISTRY = """
-[units.xinghua]
-kind = "chem_enterprise"
-hierarchy = { city = "suzhou", district = "zjg", street = "park", community = "e", grid = "CP-01" }
-
-[devices.gas-1]
-unit = "xinghua"
-family = "chem"
-"""
-GAS_QUERY = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
 FOR_S = 5.0  # the combustible-gas preset's duration
 
 
@@ -48,7 +38,7 @@ def test_one_reading_from_the_future_does_not_blind_a_gas_detector(
     start = time.time() - 14
     for i in range(15):  # 80 % LEL, one reading a second, at real time
         publisher.publish(topic, json.dumps({"ts": start + i, "readings": {"lel_pct": 80}}))
-    found = poll(lambda: influx_rows(settings.influx, GAS_QUERY), lambda rows: len(rows) >= 1)
+    found = poll(lambda: influx_rows(settings.influx, GAS_DETECTIONS), lambda rows: len(rows) >= 1)
     assert [(r["kind"], r["colour"]) for r in found] == [("raised", "red")]
     # raised once the level held for the rule's duration, counted from the first reading
     assert found[0]["time"] <= round((start + FOR_S + 1) * 1000)

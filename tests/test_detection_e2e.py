@@ -105,17 +105,26 @@ def test_gas_levels_and_a_silent_gateway_become_detections(
     collector.stop()
 
 
-@pytest.mark.slow
-def test_detectors_remember_across_a_restart(chem_park, run_collector, publisher) -> None:
-    settings = chem_park()
-    query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
-    start = time.time() - 300
+GAS_DETECTIONS = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
+
+
+def gas_every_3_s(publisher, *, start: float):
+    """Publish gas-1's i-th reading, 3 s of device time after the one before."""
 
     def publish(i: int, value: float) -> None:
         publisher.publish(
             "smartunit/v1/chem/gas-1/data",
             json.dumps({"ts": start + 3 * i, "readings": {"lel_pct": value}}),
         )
+
+    return publish
+
+
+@pytest.mark.slow
+def test_detectors_remember_across_a_restart(chem_park, run_collector, publisher) -> None:
+    settings = chem_park()
+    query = GAS_DETECTIONS
+    publish = gas_every_3_s(publisher, start=time.time() - 300)
 
     first = run_collector(settings)
     for i, value in enumerate([3, 30, 30, 30, 30]):  # orange after 5 s
@@ -154,14 +163,8 @@ def test_a_damaged_detector_state_is_set_aside_and_alarms_still_go_out(
 ) -> None:
     settings = chem_park()
     state = settings.data_dir / "detector-state.npz"
-    query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
-    start = time.time() - 300
-
-    def publish(i: int, value: float) -> None:
-        publisher.publish(
-            "smartunit/v1/chem/gas-1/data",
-            json.dumps({"ts": start + 3 * i, "readings": {"lel_pct": value}}),
-        )
+    query = GAS_DETECTIONS
+    publish = gas_every_3_s(publisher, start=time.time() - 300)
 
     first = run_collector(settings)
     publish(0, 3)

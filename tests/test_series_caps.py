@@ -21,8 +21,8 @@ from collector.protocol import Decoder, Limits
 from collector.registry import Registry
 from collector.warmstart import HistoryReader
 from tests.conftest import influx_rows, poll
+from tests.test_detection_e2e import PRESETS
 
-PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
 REGISTRY = """
 [units.xinghua]
 kind = "chem_enterprise"

@@ -22,6 +22,7 @@ import logging
 import random
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Sequence
 
@@ -79,11 +80,18 @@ class BulkMqttSource(Inbox):
         # our QoS 1 publishes not yet acknowledged: sent again after a reconnect
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
         self._acked_out = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Publishes handed over from other threads and not yet written: while there are
+        # any, the loop's own publishes queue behind them, so the newest state of a topic
+        # (a unit's siren) is the one written last, whoever published it.
+        self._handed_over = 0
+        self._handing_over = threading.Lock()
 
     # -- connection ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="mqtt")
 
     async def _run(self) -> None:
         delay = self.settings.reconnect_min_s
@@ -312,6 +320,22 @@ class BulkMqttSource(Inbox):
         return _packet(first, body + payload)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        """Safe from any thread (alert events come from the HTTP API's): the stream and the
+        packet ids belong to the event loop, so other threads hand their publishes over."""
+        loop = self._loop
+        if loop is not None and (self._handed_over or not _running_on(loop)):
+            with self._handing_over:
+                self._handed_over += 1
+            loop.call_soon_threadsafe(self._publish_handed_over, topic, payload, qos, retain)
+            return
+        self._publish_now(topic, payload, qos, retain)
+
+    def _publish_handed_over(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        with self._handing_over:
+            self._handed_over -= 1
+        self._publish_now(topic, payload, qos, retain)
+
+    def _publish_now(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         packet_id = self._packet_id() if qos else 0
         if qos:
             if len(self._outgoing) >= MAX_OUTGOING:  # disconnected for long: oldest go first
@@ -327,7 +351,7 @@ class BulkMqttSource(Inbox):
         self._closing = True
         writer = self._writer
         if writer is not None and self.connected.is_set():
-            self.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+            self._publish_now(self.status_topic, OFFLINE, 1, True)  # before the DISCONNECT
             deadline = time.monotonic() + 2
             while self._outgoing and time.monotonic() < deadline:
                 self._acked_out.clear()
@@ -341,3 +365,10 @@ class BulkMqttSource(Inbox):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.connected.clear()
+
+
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

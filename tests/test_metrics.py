@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -44,6 +45,12 @@ def test_every_family_is_documented_in_base_units() -> None:
             assert family.unit in BASE_UNITS, name
             assert name.removesuffix("_total").endswith("_" + family.unit), name
         assert bool(family.label) == bool(family.known), f"{name}: label without known values"
+
+
+def test_every_family_is_in_the_api_manual() -> None:
+    manual = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    missing = [name for name in FAMILIES if f"`{PREFIX}{name}" not in manual]
+    assert not missing, f"add these to the metrics table of docs/api.md: {missing}"
 
 
 @pytest.mark.slow

@@ -85,12 +85,13 @@ def test_a_running_collectors_metrics_pass_promtool(
             and r
         )
     )
+    assert response, "no rejection, alert, delivered webhook and stored reading in /metrics"
+    undeclared = set(collector.metrics()) - set(FAMILIES)
+    assert not undeclared, f"declare these in collector/metrics.py: {undeclared}"
     linted = promtool(response.text)
     assert (linted.returncode, linted.stdout + linted.stderr) == (0, ""), response.text
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
 
-    undeclared = set(collector.metrics()) - set(FAMILIES)
-    assert not undeclared, f"declare these in collector/metrics.py: {undeclared}"
     # every reason the protocol knows has a series from the start, not from its first use
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     rejections = {s.labels["reason"]: s.value for s in families[PREFIX + "rejections"].samples}

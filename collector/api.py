@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, Field, SecretStr
 
@@ -39,6 +39,7 @@ from collector.alerts.model import (
 )
 from collector.apiguard import Refused, RequestGuard, Tokens
 from collector.errors import StoreError
+from collector.metrics import CONTENT_TYPE, Exposition, Value
 from collector.plaintext import check_name, check_text
 from collector.registry import Registry
 from collector.snapshots import unit_states
@@ -73,7 +74,7 @@ class ApiContext:
     book: AlertBook
     tokens: Mapping[str, SecretStr]
     public_url: str = ""
-    metrics: Callable[[], dict[str, float]] = dict
+    metrics: Callable[[], Mapping[str, Value]] = dict
     healthy: Callable[[], bool] = lambda: True
     problems: Callable[[], list[str]] = list  # each makes /healthz answer 503 with it
     registry: Callable[[], Registry] = Registry.empty
@@ -318,22 +319,13 @@ def create_app(context: ApiContext) -> FastAPI:
             raise HTTPException(503, "; ".join(problems))
         return {"status": "ok"}
 
+    def exposed() -> dict[str, Value]:
+        return {**context.metrics(), "api_refused_total": {str(k): n for k, n in refused.items()}}
+
+    exposition = Exposition(exposed)
+
     @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus() -> str:
-        lines = []
-        typed: set[str] = set()
-        counted = {
-            **context.metrics(),
-            **{f'api_refused_total{{status="{status}"}}': n for status, n in refused.items()},
-        }
-        for key, value in sorted(counted.items()):
-            name = "smartunit_" + key.replace(".", "_").replace("-", "_")
-            family = name.partition("{")[0]
-            if family not in typed:  # one TYPE line per family, before its samples
-                typed.add(family)
-                kind = "counter" if family.endswith("_total") else "gauge"
-                lines.append(f"# TYPE {family} {kind}")
-            lines.append(f"{name} {value}")
-        return "\n".join(lines) + "\n"
+    def prometheus() -> Response:
+        return Response(exposition.text(), media_type=CONTENT_TYPE)
 
     return app

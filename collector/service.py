@@ -61,6 +61,7 @@ from collector.fastpath import FastDecoder
 from collector.influx import InfluxClient, query_sync, quote_ident, quote_literal, rows
 from collector.lineprotocol import encode_line, encode_tags
 from collector.logs import RateLimitedLog
+from collector.metrics import Value
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
 from collector.operator import (
@@ -446,11 +447,11 @@ class Collector:
             f"detections waiting ({pending.last_error})"
         ]
 
-    def metrics(self) -> dict[str, float]:
-        """Flat counters for /metrics."""
+    def metrics(self) -> dict[str, Value]:
+        """What /metrics exposes, read now; each name is declared in collector.metrics."""
         s = self.stats
         spool = self.spool
-        out: dict[str, float] = {
+        out: dict[str, Value] = {
             "messages_received_total": s.messages_received,
             "readings_accepted_total": s.readings_accepted,
             "readings_stored_total": s.readings_stored,
@@ -470,20 +471,20 @@ class Collector:
             "spool_corrupt_records_total": spool.corrupt_records if spool is not None else 0,
             "spool_corrupt_bytes_total": spool.corrupt_bytes if spool is not None else 0,
             "spool_disk_full": int(self._spool_watch.disk_full.raised) if self._spool_watch else 0,
-            "write_latency_ms": s.write_latency_ms,
+            "write_latency_seconds": s.write_latency_ms / 1000,
             "unit_state_overwrites_total": self.unit_states.overwrites,
             "rate_limited_devices": self._rate_watch.devices if self._rate_watch else 0,
         }
-        out |= {f'rejections_total{{reason="{k}"}}': v for k, v in s.rejections.items()}
-        out |= {f'detections_total{{kind="{k}"}}': v for k, v in s.detections.items()}
-        out |= {f'alert_events_total{{type="{k}"}}': v for k, v in s.alert_events.items()}
+        # dict() copies in one step: the event loop may count a new key meanwhile
+        out["rejections_total"] = dict(s.rejections)
+        out["detections_total"] = dict(s.detections)
+        out["alert_events_total"] = dict(s.alert_events)
         if self._pending is not None:
             out["alert_detections_waiting"] = len(self._pending)
             out["alert_store_failures_total"] = self._pending.failures
             out["alert_detections_dropped_total"] = self._pending.dropped
         if self.alerts is not None:
-            counts = self.alerts.store.outbox_counts()
-            out |= {f'outbox_entries{{status="{k}"}}': v for k, v in counts.items()}
+            out["outbox_entries"] = self.alerts.store.outbox_counts()
         return out
 
     async def _warm_start(self) -> None:

@@ -13,6 +13,9 @@ command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
 "${PYTHON:-python3}" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # validates docker-compose.yml in the tests
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser test (Playwright drives it)
+# promtool, Prometheus' own linter, checks /metrics in the tests. Debian ships it only in
+# the server's package (19 MB download, 96 MB installed); its server is switched off below.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"
@@ -24,6 +27,9 @@ if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+    if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true  # only promtool is wanted
+    fi
 fi
 # The Debian packages enable system services; where systemd runs them, they would hold
 # the default ports. SmartUnit starts its own servers on free ports, so that is harmless.

@@ -153,7 +153,7 @@ def test_an_alarm_raised_while_the_alert_store_is_unwritable_is_stored_and_sent_
     health = wait_for(lambda: (r := api.client.get("/healthz")).status_code == 503 and r)
     assert "alert store cannot be written" in health.json()["detail"]
     metrics = api.client.get("/metrics").text
-    assert "smartunit_alert_detections_waiting 1" in metrics, metrics
+    assert "smartunit_alert_detections_waiting 1.0" in metrics, metrics
     assert api.alerts() == []  # not stored: not an alert yet, and not forgotten either
 
     chattr("-i", *files)

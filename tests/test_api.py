@@ -126,7 +126,7 @@ def test_health_metrics_and_openapi(api) -> None:
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     metrics = httpx.get(f"{base}/metrics").text
     assert "smartunit_messages_received_total" in metrics
-    assert 'smartunit_alert_events_total{type="opened"} 1' in metrics
+    assert 'smartunit_alert_events_total{type="opened"} 1.0' in metrics
     # what a Prometheus server makes of it: typed families, labelled samples
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     assert families["smartunit_messages_received"].type == "counter"

@@ -165,18 +165,19 @@ def test_a_units_overwritten_alert_state_is_restored(
     settings = make_settings(mqtt={"receiver": receiver})
     collector = run_collector(settings)
     book = collector.collector.alerts
-    topic = "smartunit/v1/units/restore-me/alert"
+    unit = f"restore-me-{receiver}"  # the broker outlives each run: its own topics
+    topic = f"smartunit/v1/units/{unit}/alert"
     display = subscribe(topic)
-    alert_of(book, "gas-1", "restore-me")
+    alert_of(book, "gas-1", unit)
     assert wait_for(lambda: display.messages and display.messages[-1].payload)
-    alert_of(book, "gas-2", "restore-me")  # the collector's own updates are no overwrite
+    alert_of(book, "gas-2", unit)  # the collector's own updates are no overwrite
     assert wait_for(lambda: json.loads(display.messages[-1].payload or b"{}").get("count") == 2)
     ours = display.messages[-1].payload
     assert json.loads(ours)["colour"] == "red"
 
     # someone else silences the siren: green, retained
     before = collector.collector.metrics()["unit_state_overwrites_total"]
-    publisher.publish(topic, json.dumps({"unit": "restore-me", "colour": "green"}), retain=True)
+    publisher.publish(topic, json.dumps({"unit": unit, "colour": "green"}), retain=True)
     assert wait_for(lambda: len(display.messages) >= 4 and display.messages[-1].payload == ours)
     assert collector.collector.metrics()["unit_state_overwrites_total"] == before + 1
     # a display switched on now sees the collector's state, not the intruder's
@@ -184,9 +185,11 @@ def test_a_units_overwritten_alert_state_is_restored(
     assert wait_for(lambda: bool(late.messages))
     assert late.messages[-1].retain and late.messages[-1].payload == ours
     # a retained state for a unit without active alerts is cleared
-    ghost = "smartunit/v1/units/ghost-unit/alert"
+    ghost = f"smartunit/v1/units/ghost-{receiver}/alert"
     ghost_display = subscribe(ghost)
-    publisher.publish(ghost, json.dumps({"unit": "ghost-unit", "colour": "red"}), retain=True)
+    publisher.publish(
+        ghost, json.dumps({"unit": f"ghost-{receiver}", "colour": "red"}), retain=True
+    )
     assert wait_for(lambda: ghost_display.messages and ghost_display.messages[-1].payload == b"")
     assert collector.collector.metrics()["unit_state_overwrites_total"] == before + 2
     collector.stop()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, Chromium (tests)
-# and a Python venv.
+# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, Chromium and
+# PostgreSQL (tests) and a Python venv.
 # Idempotent: installs only what is missing. Used by `make demo`, `make test` and CI.
 set -euo pipefail
 
@@ -13,6 +13,8 @@ command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
 "${PYTHON:-python3}" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # validates docker-compose.yml in the tests
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser test (Playwright drives it)
+# Alerta's database in the Alertmanager-format test (tests/test_alerta.py)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import http.server
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -330,3 +331,21 @@ def test_alertmanager_settings_are_checked_at_start(
 ) -> None:
     with pytest.raises(ValidationError, match=complaint):
         ReceiverSettings(name="alerta", url="http://127.0.0.1/", format="alertmanager", **settings)
+
+
+def test_a_silent_gateway_is_an_alertmanager_alert_without_a_value(
+    tmp_path: Path, receiver_url: str
+) -> None:
+    book, dispatcher = make(tmp_path, receiver_url, format="alertmanager")
+    silent = DetectionEvent(
+        "silent", "silence", "gw-1", "gateway", "", "unit-a", "orange", "green", math.nan, 0
+    )
+    book.on_detection(silent)
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+    (alert,) = Receiver.processed[0]["alerts"]
+    assert alert["labels"]["instance"] == "gw-1" and alert["labels"]["severity"] == "major"
+    assert alert["labels"]["event"] == alert["labels"]["alertname"] == "silence"
+    assert "quantity" not in alert["labels"]  # empty labels are absent, as in Prometheus
+    assert "value" not in alert["annotations"] and "threshold" not in alert["annotations"]
+    assert alert["annotations"]["summary"] == "orange silence on gw-1 of unit-a"

@@ -155,7 +155,7 @@ class Notifier:
                 "truncatedAlerts": 0,
                 "status": status,
                 "receiver": receiver,
-                "groupLabels": {"alertname": labels["alertname"], "instance": labels["instance"]},
+                "groupLabels": {k: v for k, v in labels.items() if k in ("alertname", "instance")},
                 "commonLabels": labels,
                 "commonAnnotations": annotations,
                 "externalURL": self.public_url,
@@ -182,14 +182,15 @@ class Notifier:
         fingerprint = alert.fingerprint
         threshold = alert.extra.get("threshold")
         incident_colour = str(alert.extra.get("incident_colour", alert.colour))
-        reading = f"{fingerprint.quantity} {_number(alert.value)}" if fingerprint.quantity else ""
+        value = _number(alert.value)
+        reading = f"{fingerprint.quantity} {value}" if fingerprint.quantity and value else ""
         if reading and threshold is not None:
             reading += f" (threshold {_number(threshold)})"
         where = f"{fingerprint.device} of {alert.unit}" if alert.unit else fingerprint.device
         annotations = {
             "summary": f"{alert.colour} {fingerprint.detector} on {where}"
             + (f": {reading}" if reading else ""),
-            "value": _number(alert.value),
+            "value": value,
             "threshold": _number(threshold),
             "quantity": fingerprint.quantity,
             "unit": alert.unit,

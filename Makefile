@@ -8,13 +8,17 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Alerta, a third-party Alertmanager receiver the tests run SmartUnit against, in a venv
+# of its own: its pins never meet the collector's.
+ALERTA_VENV  := .venv-alerta
+ALERTA_STAMP := $(ALERTA_VENV)/.installed
 
-.PHONY: demo test deps venv lint fuzz bench clean
+.PHONY: demo test deps venv alerta lint fuzz bench clean
 
 demo: deps venv
 	$(VENV)/bin/smartunit demo
 
-test: deps venv
+test: deps venv alerta
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 deps:
@@ -28,6 +32,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+alerta: $(ALERTA_STAMP)
+
+$(ALERTA_STAMP): tests/alerta-requirements.txt
+	$(PYTHON) -m venv $(ALERTA_VENV)
+	$(ALERTA_VENV)/bin/python -m pip install --quiet -r tests/alerta-requirements.txt
+	@touch $(ALERTA_STAMP)
+
 lint: venv
 	$(VENV)/bin/ruff check collector detectors tests bench scripts
 	$(VENV)/bin/mypy
@@ -39,4 +50,4 @@ bench: deps venv
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(ALERTA_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

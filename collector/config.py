@@ -17,6 +17,7 @@ SMARTUNIT_DATA_DIR         directory for durable state
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -244,6 +245,14 @@ class DetectionSettings(_Section):
         return self
 
 
+# Prometheus' label names; the labels that identify an alert in the Alertmanager format
+# (collector/alerts/notify.py), which a receiver's own labels may not replace.
+LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+IDENTIFYING_LABELS = frozenset(
+    {"alertname", "event", "instance", "severity", "colour", "device", "quantity", "unit", "family"}
+)
+
+
 class ReceiverSettings(_Section):
     """A webhook receiver: a work-order system, a 12345 hotline platform, a chat bridge."""
 
@@ -267,8 +276,38 @@ class ReceiverSettings(_Section):
     # Deliveries to this receiver at once (each its own connection). Each receiver has its
     # own, so a slow one never holds up another; one alert's events still go in order.
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    # Alertmanager format: the `severity` label each colour is sent as. The default is
+    # ITU X.733's scale, which Alerta's default configuration accepts (docs/webhooks.md
+    # has the tables for PagerDuty-style and Grafana OnCall receivers).
+    severities: dict[Literal["blue", "yellow", "orange", "red"], str] = {
+        "red": "critical",
+        "orange": "major",
+        "yellow": "minor",
+        "blue": "warning",
+    }
+    # Alertmanager format: labels added to every alert, such as environment for Alerta;
+    # they may replace `service` and `group`, not the labels that identify an alert.
+    labels: dict[str, str] = {}
 
     _check_url = field_validator("url")(classmethod(lambda cls, url: _http_url(url)))
+
+    @field_validator("severities")
+    @classmethod
+    def _every_colour_has_a_severity(cls, table: dict[str, str]) -> dict[str, str]:
+        missing = [c for c in ("blue", "yellow", "orange", "red") if not table.get(c)]
+        if missing:
+            raise ValueError(f"no severity for {', '.join(missing)}: give one for every colour")
+        return table
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_extra(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not LABEL_NAME.fullmatch(name):
+                raise ValueError(f"label {name!r}: letters, digits and _, not first a digit")
+            if name in IDENTIFYING_LABELS:
+                raise ValueError(f"label {name!r} is set by SmartUnit for every alert")
+        return labels
 
 
 class AlertSettings(_Section):

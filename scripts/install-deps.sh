@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, Chromium (tests)
-# and a Python venv.
+# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, Chromium and
+# PostgreSQL (tests) and a Python venv.
 # Idempotent: installs only what is missing. Used by `make demo`, `make test` and CI.
 set -euo pipefail
 
@@ -16,6 +16,8 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # validates
 # promtool, Prometheus' own linter, checks /metrics in the tests. Debian ships it only in
 # the server's package (19 MB download, 96 MB installed); its server is switched off below.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Alerta's database in the Alertmanager-format test (tests/test_alerta.py)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"

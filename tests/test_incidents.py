@@ -143,3 +143,40 @@ def test_a_hierarchy_prefix_matches_whole_segments() -> None:
 
     assert takes("") and takes("suzhou") and takes("suzhou/zjg") and takes("suzhou/zjg/park/")
     assert not takes("suzhou/zj") and not takes("suzhou/zjg/pa") and not takes("suz")
+
+
+def test_an_alarm_after_the_incident_was_resolved_is_a_work_order_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A resolved incident only waits for verification: nobody works on it any more. A
+    red alarm that comes meanwhile must reach the grouping desks as a new work order,
+    in either format, and stay with them after the old incident closes."""
+    desk = ReceiverSettings(name="desk", url="http://desk.invalid/")
+    alerta = ReceiverSettings(name="alerta", url="http://alerta.invalid/", format="alertmanager")
+    book = routed_book(tmp_path, desk, alerta)
+    (tank,) = book.on_detection(detection("raised", "yellow", 0, "tank-1", "level_pct"))
+    book.on_detection(detection("cleared", "green", MIN, "tank-1", "level_pct"))
+    book.resolve(tank.alert_id, actor="desk", note="level sensor cleaned", now_ms=2 * MIN)
+
+    (gas,) = [
+        e
+        for e in book.on_detection(detection("raised", "red", 3 * MIN, "gas-1"))
+        if e.type == EventType.OPENED
+    ]
+    assert book.store.get(gas.alert_id).incident == gas.alert_id
+    native = outbox(tmp_path, "desk")[-1]
+    assert native["event"]["type"] == "opened" and native["alert"]["id"] == gas.alert_id
+    message = outbox(tmp_path, "alerta")[-1]
+    assert message["status"] == "firing"
+    assert message["alerts"][0]["labels"]["instance"] == "gas-1"
+    assert message["alerts"][0]["labels"]["severity"] == "critical"
+
+    # the old incident closes; an alert joining later joins the new one
+    book.verify(20 * MIN, lambda device: True)
+    assert book.store.get(tank.alert_id).state == State.CLOSED
+    pump, *told_leader = book.on_detection(
+        detection("raised", "orange", 21 * MIN, "pump-1", "temp_c")
+    )
+    assert [e.alert_id for e in told_leader] == [gas.alert_id]
+    assert book.store.get(pump.alert_id).incident == gas.alert_id
+    assert outbox(tmp_path, "desk")[-1]["event"]["type"] == "incident_joined"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.server
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+from pydantic import ValidationError
 
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
@@ -94,8 +97,12 @@ def gas(kind: str, colour: str, at_ms: int, device: str) -> DetectionEvent:
     )  # type: ignore[arg-type]
 
 
-def make(tmp_path: Path, url: str, secret: str | None = SECRET) -> tuple[AlertBook, Dispatcher]:
-    receiver = ReceiverSettings(name="work-orders", url=url, secret=secret, timeout_s=0.5)
+def make(
+    tmp_path: Path, url: str, secret: str | None = SECRET, **settings: Any
+) -> tuple[AlertBook, Dispatcher]:
+    receiver = ReceiverSettings(
+        name="work-orders", url=url, secret=secret, timeout_s=0.5, **settings
+    )
     store = SqliteAlertStore(tmp_path / "alerts.db")
     book = AlertBook(store, router=Notifier([receiver], "http://console").route)
     return book, Dispatcher(store, [receiver], book, retry_initial_s=0.05, retry_max_s=0.2)
@@ -221,3 +228,124 @@ def test_events_for_a_receiver_no_longer_configured_go_to_the_dead_letter_list(
     asyncio.run(restarted.aclose())
     assert restarted.store.outbox_counts() == {"dead": 1}
     assert Receiver.requests == 0
+
+
+def test_alertmanager_messages_carry_what_alertmanager_receivers_read(
+    tmp_path: Path, receiver_url: str
+) -> None:
+    book, dispatcher = make(tmp_path, receiver_url, format="alertmanager")
+    raised = dataclasses.replace(gas("raised", "red", 0, "gas-7"), value=55.0, threshold=50.0)
+    (opened,) = book.on_detection(raised)
+    book.on_detection(gas("cleared", "green", 1000, "gas-7"))  # normal again, by itself
+    book.acknowledge(opened.alert_id, actor="desk", now_ms=2000)
+    book.resolve(opened.alert_id, actor="desk", note="valve closed", now_ms=3000)
+    book.on_detection(dataclasses.replace(raised, device="gas-8", unit="unit-of-gas-8"))
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+
+    assert Receiver.bad_signatures == 0
+    of_gas_7 = [m for m in Receiver.processed if m["alerts"][0]["labels"]["device"] == "gas-7"]
+    steps = [(m["alerts"][0]["annotations"]["event_type"], m["status"]) for m in of_gas_7]
+    # Firing until a person resolves it: recovering by itself does not stop the paging.
+    assert steps == [
+        ("opened", "firing"),
+        ("recovered", "firing"),
+        ("acknowledged", "firing"),
+        ("resolved", "resolved"),
+    ]
+    for message in of_gas_7:
+        assert message["version"] == "4" and len(message["alerts"]) == 1
+        (alert,) = message["alerts"]
+        assert alert["status"] == message["status"]
+        assert alert["fingerprint"] == f"{opened.alert_id:016x}"  # one alert throughout
+        assert message["groupKey"] == f'{{}}:{{alert_id="{opened.alert_id}"}}'
+        labels, notes = alert["labels"], alert["annotations"]
+        assert labels["severity"] == "critical" and labels["colour"] == "red"
+        assert labels["alertname"] == "combustible-gas"
+        assert labels["instance"] == labels["device"] == "gas-7"
+        assert labels["event"] == "combustible-gas:lel_pct"
+        assert labels["service"] == labels["unit"] == "unit-of-gas-7"
+        assert labels["group"] == labels["family"] == "chem"
+        assert notes["threshold"] == "50.0" and notes["quantity"] == "lel_pct"
+        assert notes["console_url"] == f"http://console/alerts/{opened.alert_id}"
+        assert alert["generatorURL"] == notes["console_url"]
+        assert all(isinstance(text, str) for text in (*labels.values(), *notes.values()))
+    first, recovered, acknowledged, resolved = (m["alerts"][0] for m in of_gas_7)
+    assert first["annotations"]["value"] == "55.0"
+    assert first["annotations"]["state"] == "open"
+    assert first["annotations"]["condition"] == "active"
+    assert first["endsAt"] == "0001-01-01T00:00:00Z"
+    assert recovered["annotations"]["condition"] == "cleared"
+    assert recovered["annotations"]["acknowledged"] == "false"
+    assert acknowledged["annotations"]["state"] == "acknowledged"
+    assert acknowledged["annotations"]["acknowledged"] == "true"
+    assert acknowledged["annotations"]["actor"] == "desk"
+    assert resolved["annotations"]["state"] == "resolved"
+    assert resolved["annotations"]["note"] == "valve closed"
+    assert resolved["endsAt"] != "0001-01-01T00:00:00Z"
+    (other,) = [m for m in Receiver.processed if m not in of_gas_7 and m["status"] == "firing"][:1]
+    assert other["alerts"][0]["labels"]["instance"] == "gas-8"
+    assert other["alerts"][0]["fingerprint"] != first["fingerprint"]
+    assert other["groupKey"] != of_gas_7[0]["groupKey"]
+
+
+def test_a_receiver_chooses_its_severities_and_adds_labels(
+    tmp_path: Path, receiver_url: str
+) -> None:
+    pagerduty = {"red": "critical", "orange": "error", "yellow": "warning", "blue": "info"}
+    extra = {"environment": "Development", "service": "hazmat-desk"}
+    book, dispatcher = make(
+        tmp_path, receiver_url, format="alertmanager", severities=pagerduty, labels=extra
+    )
+    book.on_detection(gas("raised", "orange", 0, "gas-9"))
+    book.on_detection(gas("changed", "red", 1000, "gas-9"))
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+    labels = [m["alerts"][0]["labels"] for m in Receiver.processed]
+    assert [(x["colour"], x["severity"]) for x in labels][:2] == [
+        ("orange", "error"),
+        ("red", "critical"),
+    ]
+    assert all(x["environment"] == "Development" for x in labels)
+    assert all(x["service"] == "hazmat-desk" for x in labels)
+    incident = [m["alerts"][0]["annotations"]["incident_severity"] for m in Receiver.processed]
+    assert incident[:2] == ["error", "critical"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"severities": {"red": "critical"}}, "no severity for blue, yellow, orange"),
+        (
+            {"severities": {"red": "critical", "orange": "major", "yellow": "minor", "blue": ""}},
+            "no severity for blue: give",
+        ),
+        ({"labels": {"instance": "x"}}, "set by SmartUnit"),
+        ({"labels": {"severity": "info"}}, "set by SmartUnit"),
+        ({"labels": {"9lives": "x"}}, "letters, digits and _"),
+        ({"labels": {"env-name": "x"}}, "letters, digits and _"),
+    ],
+)
+def test_alertmanager_settings_are_checked_at_start(
+    settings: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        ReceiverSettings(name="alerta", url="http://127.0.0.1/", format="alertmanager", **settings)
+
+
+def test_a_silent_gateway_is_an_alertmanager_alert_without_a_value(
+    tmp_path: Path, receiver_url: str
+) -> None:
+    book, dispatcher = make(tmp_path, receiver_url, format="alertmanager")
+    silent = DetectionEvent(
+        "silent", "silence", "gw-1", "gateway", "", "unit-a", "orange", "green", math.nan, 0
+    )
+    book.on_detection(silent)
+    asyncio.run(drain(dispatcher))
+    asyncio.run(dispatcher.aclose())
+    (alert,) = Receiver.processed[0]["alerts"]
+    assert alert["labels"]["instance"] == "gw-1" and alert["labels"]["severity"] == "major"
+    assert alert["labels"]["event"] == alert["labels"]["alertname"] == "silence"
+    assert "quantity" not in alert["labels"]  # empty labels are absent, as in Prometheus
+    assert "value" not in alert["annotations"] and "threshold" not in alert["annotations"]
+    assert alert["annotations"]["summary"] == "orange silence on gw-1 of unit-a"

@@ -170,13 +170,16 @@ class AlertBook:
             )
 
     def _incident_leader(self, unit: str) -> Alert | None:
-        """The leading alert of the unit's open incident, if there is one."""
+        """The leading alert of the unit's open incident, if there is one.
+
+        A resolved incident takes no new alerts: it only waits for verification and
+        nobody works on it any more, so a new alarm there is a work order of its own."""
         if not unit:
             return None
         leaders = [
             a
             for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=unit)
-            if a.leads_incident
+            if a.leads_incident and a.state != State.RESOLVED
         ]
         return min(leaders, key=lambda a: a.id) if leaders else None
 

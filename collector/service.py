@@ -286,9 +286,10 @@ class Collector:
                 retry_initial_s=settings.alerts.retry_initial_s,
                 retry_max_s=settings.alerts.retry_max_s,
             )
+            active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
             if self._rate_watch is not None:
-                active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
                 self._rate_watch.resume(active)
+            self.dispatcher.watch.resume(active)
         else:
             self.dispatcher = None
         # Alert events can come from any thread (the HTTP API): lines wait here.
@@ -411,6 +412,7 @@ class Collector:
                 tokens=http.tokens,
                 public_url=self.settings.alerts.public_url,
                 metrics=self.metrics,
+                receivers=self.dispatcher.status if self.dispatcher is not None else list,
                 healthy=self.source.connected.is_set,
                 problems=self.problems,
                 registry=lambda: self.registry.current,
@@ -479,6 +481,20 @@ class Collector:
         if self.alerts is not None:
             counts = self.alerts.store.outbox_counts()
             out |= {f'outbox_entries{{status="{k}"}}': v for k, v in counts.items()}
+        if self.dispatcher is not None:
+            for receiver in self.dispatcher.status():
+                label = f'{{receiver="{receiver["name"]}"}}'  # names are [A-Za-z0-9._-]
+                out |= {
+                    f"webhook_pending{label}": receiver["pending"],
+                    f"webhook_oldest_pending_age_seconds{label}": (
+                        receiver["oldest_pending_age_s"] or 0.0
+                    ),
+                    f"webhook_consecutive_failures{label}": receiver["consecutive_failures"],
+                    f"webhook_failing_seconds{label}": receiver["failing_for_s"],
+                    f"webhook_last_error_status{label}": receiver["last_status"] or 0,
+                    f"webhook_dead_letters{label}": receiver["dead"],
+                    f"webhook_failing_alert{label}": int(receiver["alert"] is not None),
+                }
         return out
 
     async def _warm_start(self) -> None:
@@ -1061,6 +1077,8 @@ class Collector:
             events += self._store_alarm.update(self._pending.take_peak(), now_ms)
         if self._rate_watch is not None:
             events += self._rate_watch.update(now_ms)
+        if self.dispatcher is not None:
+            events += self.dispatcher.watch.update(now_ms)
         return events
 
     async def _write_stats(self) -> None:

@@ -5,6 +5,9 @@ together, so a crash can never leave an event without its alert or the other way
 SQLite runs in WAL mode with ``synchronous=FULL``: a committed change survives a power
 cut. A partial unique index enforces one active alert per fingerprint in the database
 itself. PostgreSQL can implement the same interface later.
+
+Schema versions: each version's migration runs once, in one transaction, when a file
+of the version before is opened; a newer file than this version knows is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Si
 from collector.alerts.notify import OutboxEntry
 from collector.errors import AlertStoreError, DamagedAlertStoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +80,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_ms INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     delivered_ms INTEGER,
+    created_ms INTEGER NOT NULL DEFAULT 0,
     UNIQUE (receiver, event_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
@@ -100,6 +105,16 @@ class OutboxRow:
     seq: int
     payload: bytes
     attempts: int
+    created_ms: int  # when the event was written to the outbox (the collector's clock)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A receiver's part of the outbox."""
+
+    pending: int = 0
+    oldest_pending_ms: int | None = None  # created_ms of its oldest pending event
+    dead: int = 0  # events in its dead-letter list
 
 
 # One alert's new row, new events and their outbox entries.
@@ -122,6 +137,7 @@ class AlertStore(Protocol):
     def delivered(self, row_id: int, now_ms: int) -> None: ...
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
     def dead(self, row_id: int, error: str) -> None: ...
+    def backlogs(self) -> dict[str, Backlog]: ...
     def outbox_counts(self) -> dict[str, int]: ...
     def add_silence(self, silence: Silence) -> Silence: ...
     def silences(self, now_ms: int) -> list[Silence]: ...
@@ -180,11 +196,25 @@ class SqliteAlertStore:
         found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(found[0]) == 1:
+            self._migrate_from_1()
         elif int(found[0]) != SCHEMA_VERSION:
             raise AlertStoreError(
                 f"alert database {path} has schema {found[0]}, this version reads {SCHEMA_VERSION}",
                 path=path,
             )
+
+    def _migrate_from_1(self) -> None:
+        """Version 2 stamps each outbox row with its creation time (a receiver's backlog
+        age, and when its events are given up). Rows pending from version 1 count from
+        the upgrade: their true age is unknown, and an unknown age must not give them up."""
+        with self._transaction() as db:
+            db.execute("ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0")
+            db.execute(
+                "UPDATE outbox SET created_ms = ? WHERE status = 'pending'",
+                (round(time.time() * 1000),),
+            )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -262,10 +292,11 @@ class SqliteAlertStore:
 
     @staticmethod
     def _insert_outbox(db: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:
+        now_ms = round(time.time() * 1000)
         db.executemany(
-            "INSERT OR IGNORE INTO outbox (receiver, event_key, alert_id, seq, payload) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload) for e in entries],
+            "INSERT OR IGNORE INTO outbox (receiver, event_key, alert_id, seq, payload, "
+            "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload, now_ms) for e in entries],
         )
 
     def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
@@ -273,8 +304,8 @@ class SqliteAlertStore:
         so one alert's events reach the receiver in order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts "
-                "FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
+                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts, "
+                "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
                 "AND o.next_attempt_ms <= ? "
                 "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
                 "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq) "
@@ -317,6 +348,25 @@ class SqliteAlertStore:
                 "last_error = ? WHERE id = ?",
                 (error[:500], row_id),
             )
+
+    def backlogs(self) -> dict[str, Backlog]:
+        """Per receiver with anything pending or dead: its backlog (index scans only for
+        the counts; the pending rows are read for their age)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
+                "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
+            ).fetchall()
+        found: dict[str, Backlog] = {}
+        for receiver, status, count, oldest in rows:
+            was = found.get(receiver, Backlog())
+            if status == "pending":
+                found[receiver] = dataclasses.replace(
+                    was, pending=int(count), oldest_pending_ms=int(oldest)
+                )
+            else:
+                found[receiver] = dataclasses.replace(was, dead=int(count))
+        return found
 
     def outbox_counts(self) -> dict[str, int]:
         with self._lock:

@@ -1,0 +1,224 @@
+"""A receiver that refuses everything is named, shown, and given up on, never silently.
+
+A running collector has two receivers: a work-order system that answers at once, and one
+that answers 500 to everything. Gas alarms go out; past the refusing receiver's
+``alert_after_s`` an operator alert names it, through the other receiver (never through
+itself); the API and ``/metrics`` show its backlog and its answer; the other receiver's
+events are not held up; past ``give_up_after_s`` its events are in the dead-letter list
+and the alert is red. Once it answers again the alert clears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from collector.alerts.health import RECEIVER_FAILING_DETECTOR
+from collector.config import ReceiverSettings
+from tests.conftest import poll
+from tests.test_webhook_lanes import GAS_RULE, REGISTRY, serve
+
+TOKEN = "tok-receivers"
+ALERT_AFTER_S = 2.0
+GIVE_UP_AFTER_S = 12.0
+REFUSAL = "work-order database unavailable"
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers 500 with a short reason until told to accept; records what it accepts."""
+
+    accept = threading.Event()
+    requests = 0
+    accepted: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        type(self).requests += 1
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.accept.is_set():
+            self.accepted.append(json.loads(body))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        answer = REFUSAL.encode()
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class WorkOrders(http.server.BaseHTTPRequestHandler):
+    """Answers at once; records each event once (by idempotency key)."""
+
+    arrivals: ClassVar[list[dict[str, Any]]] = []
+    keys: ClassVar[set[str]] = set()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        key = self.headers["X-SmartUnit-Event-Id"]
+        if key not in self.keys:
+            self.keys.add(key)
+            self.arrivals.append(json.loads(body))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receivers() -> Iterator[tuple[str, str]]:
+    Refusing.accept.clear()
+    Refusing.requests, Refusing.accepted = 0, []
+    WorkOrders.arrivals, WorkOrders.keys = [], set()
+    refusing_url, refusing = serve(Refusing)
+    orders_url, orders = serve(WorkOrders)
+    yield refusing_url, orders_url
+    for server in (refusing, orders):
+        server.shutdown()
+        server.server_close()
+
+
+def events(detector: str, device: str) -> list[dict[str, Any]]:
+    return [
+        m["event"] | {"colour": m["alert"]["colour"], "family": m["alert"]["family"]}
+        for m in WorkOrders.arrivals
+        if m["alert"]["detector"] == detector and m["alert"]["device"] == device
+    ]
+
+
+def gas_alarm(publisher: Any, device: str) -> None:
+    now = time.time()
+    for ts in (now - 1.5, now):  # 60 % LEL held past the rule's 1 s: level 2
+        publisher.publish(
+            f"smartunit/v1/chem/{device}/data",
+            json.dumps({"ts": ts, "readings": {"lel_pct": 60.0}}),
+        )
+
+
+def start(make_settings: Any, run_collector: Any, tmp_path: Path, urls: tuple[str, str]) -> Any:
+    refusing_url, orders_url = urls
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(GAS_RULE)
+    settings = make_settings(
+        registry,
+        detection={"rules": [rules], "statistical": None},
+        http={"tokens": {"ops": SecretStr(TOKEN)}},
+        alerts={
+            "receivers": [
+                ReceiverSettings(
+                    name="refusing",
+                    url=refusing_url,
+                    alert_after_s=ALERT_AFTER_S,
+                    give_up_after_s=GIVE_UP_AFTER_S,
+                ),
+                ReceiverSettings(name="work-orders", url=orders_url),
+            ],
+            "retry_initial_s": 0.3,
+            "retry_max_s": 1.0,
+        },
+    )
+    return settings, run_collector(settings)
+
+
+@pytest.mark.slow
+def test_a_refusing_receiver_is_named_shown_and_given_up_on(
+    make_settings, run_collector, publisher, tmp_path: Path, receivers, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="collector.alerts.dispatch")
+    settings, collector = start(make_settings, run_collector, tmp_path, receivers)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{settings.http.port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+    def health(name: str) -> dict[str, Any]:
+        (found,) = [r for r in api.get("/api/receivers").json() if r["name"] == name]
+        return found
+
+    gas_alarm(publisher, "gas-1")
+    failing = poll(lambda: events(RECEIVER_FAILING_DETECTOR, "refusing"), lambda e: e, timeout_s=30)
+    # The operator alert names the receiver, through the other one.
+    assert failing[0]["type"] == "opened" and failing[0]["colour"] == "orange", failing
+    assert failing[0]["family"] == "system"
+    assert [e["type"] for e in events("combustible-gas", "gas-1")][:2] == ["opened", "dispatched"]
+
+    # Another alarm while it refuses: the work-order system has it at once.
+    gas_alarm(publisher, "gas-2")
+    second = poll(lambda: events("combustible-gas", "gas-2"), lambda e: len(e) >= 2)
+    assert [e["type"] for e in second] == ["opened", "dispatched"]
+    refusing = health("refusing")
+    assert refusing["failing"] and refusing["alert"] == "orange", refusing
+    assert refusing["pending"] >= 2 and refusing["oldest_pending_age_s"] >= ALERT_AFTER_S
+    assert refusing["consecutive_failures"] >= 2 and refusing["last_status"] == 500
+    assert refusing["last_error"] == f"HTTP 500: {REFUSAL}"
+    assert refusing["failing_since_ms"] <= time.time() * 1000 - ALERT_AFTER_S * 1000
+    orders = health("work-orders")
+    assert not orders["failing"] and orders["pending"] == 0 and orders["alert"] is None
+    metrics = api.get("/metrics").text
+    assert 'smartunit_webhook_failing_alert{receiver="refusing"} 1' in metrics
+    assert 'smartunit_webhook_last_error_status{receiver="refusing"} 500' in metrics
+    assert 'smartunit_webhook_consecutive_failures{receiver="refusing"} ' in metrics
+
+    # Past the give-up age: its events are in the dead-letter list, and the alert is red.
+    refusing = poll(lambda: health("refusing"), lambda r: r["dead"] >= 2, timeout_s=30)
+    assert refusing["dead"] >= 2 and refusing["given_up"] >= 2, refusing
+    red = poll(
+        lambda: events(RECEIVER_FAILING_DETECTOR, "refusing"),
+        lambda e: any(x["type"] == "colour_changed" for x in e),
+    )
+    assert red[-1]["colour"] == "red", red
+    database = settings.data_dir / settings.alerts.database
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        dead = db.execute(
+            "SELECT last_error FROM outbox WHERE receiver = 'refusing' AND status = 'dead'"
+        ).fetchall()
+        own = db.execute(
+            "SELECT count(*) FROM outbox o JOIN alerts a ON a.id = o.alert_id "
+            "WHERE o.receiver = 'refusing' AND a.detector = ?",
+            (RECEIVER_FAILING_DETECTOR,),
+        ).fetchone()[0]
+    assert dead and all(e.startswith("given up after") for (e,) in dead), dead
+    assert all(e.endswith(f"HTTP 500: {REFUSAL}") for (e,) in dead), dead
+    assert own == 0  # the alert about it never waits on it
+
+    # Logged with its answer, but not once per attempt.
+    failed = [r for r in caplog.records if r.getMessage() == "webhook delivery failed; will retry"]
+    assert failed and all(r.receiver == "refusing" for r in failed)  # type: ignore[attr-defined]
+    assert failed[0].error == f"HTTP 500: {REFUSAL}"  # type: ignore[attr-defined]
+    assert len(failed) < health("refusing")["failed_attempts"]
+    assert any("dead-letter" in r.getMessage() for r in caplog.records)
+
+    # It answers again: its next event goes through, the alert clears, the backlog drains.
+    Refusing.accept.set()
+    gas_alarm(publisher, "gas-3")
+    poll(lambda: Refusing.accepted, lambda a: any(m["alert"]["device"] == "gas-3" for m in a))
+    cleared = poll(
+        lambda: events(RECEIVER_FAILING_DETECTOR, "refusing"),
+        lambda e: any(x["type"] == "recovered" for x in e),
+        timeout_s=30,
+    )
+    assert cleared[-1]["type"] == "recovered", cleared
+    refusing = poll(lambda: health("refusing"), lambda r: r["pending"] == 0)
+    assert not refusing["failing"] and refusing["alert"] is None and refusing["pending"] == 0
+    assert refusing["consecutive_failures"] == 0 and refusing["dead"] >= 2
+    assert all(m["alert"]["detector"] != RECEIVER_FAILING_DETECTOR for m in Refusing.accepted)
+    collector.stop()

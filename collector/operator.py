@@ -366,7 +366,7 @@ class ReceiverWatch:
             OPERATOR_UNIT,
             colour,
             previous,
-            round(failing_s, 1),
+            float(round(failing_s, 1)),  # a float: InfluxDB types the field by its first value
             now_ms,
             threshold=settings.alert_after_s if settings is not None else None,
         )

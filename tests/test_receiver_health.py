@@ -25,9 +25,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from collector.alerts.health import RECEIVER_FAILING_DETECTOR
+from collector.alerts.health import RECEIVER_FAILING_DETECTOR, ReceiverHealth
+from collector.alerts.model import Alert, Fingerprint, State
+from collector.alerts.store import SqliteAlertStore
 from collector.config import ReceiverSettings
-from tests.conftest import poll
+from collector.operator import ReceiverWatch
+from tests.conftest import influx_rows, poll
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS, keep
 from tests.test_webhook_lanes import GAS_RULE, REGISTRY, serve
 
 TOKEN = "tok-receivers"
@@ -221,4 +225,114 @@ def test_a_refusing_receiver_is_named_shown_and_given_up_on(
     assert not refusing["failing"] and refusing["alert"] is None and refusing["pending"] == 0
     assert refusing["consecutive_failures"] == 0 and refusing["dead"] >= 2
     assert all(m["alert"]["detector"] != RECEIVER_FAILING_DETECTOR for m in Refusing.accepted)
+    recorded = poll(  # raised, red, cleared: each a point beside the devices' detections
+        lambda: influx_rows(
+            settings.influx,
+            f"SELECT kind, colour, value FROM detections WHERE detector = "
+            f"'{RECEIVER_FAILING_DETECTOR}' AND device = 'refusing'",
+        ),
+        lambda found: len(found) >= 3,
+    )
+    assert [(r["kind"], r["colour"]) for r in recorded] == [
+        ("raised", "orange"),
+        ("changed", "red"),
+        ("cleared", "green"),
+    ]
     collector.stop()
+
+
+@pytest.mark.slow
+def test_the_console_shows_a_failing_receiver_until_it_delivers(
+    make_settings, run_collector, publisher, tmp_path: Path, receivers
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
+    settings, collector = start(make_settings, run_collector, tmp_path, receivers)
+    base = f"http://127.0.0.1:{settings.http.port}"
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
+
+    def refusing() -> dict[str, Any]:
+        return next(r for r in api.get("/api/receivers").json() if r["name"] == "refusing")
+
+    gas_alarm(publisher, "gas-1")
+    poll(refusing, lambda r: r["alert"] == "orange", timeout_s=30)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(base + "/")
+        page.fill("#login-actor", "duty officer Li")
+        page.fill("#login-token", TOKEN)
+        page.click("#login-submit")
+        sign = page.locator('#receivers [data-receiver="refusing"]')
+        sign.wait_for(timeout=15_000)
+        text = sign.inner_text()
+        assert "refusing: failing for" in text and f"HTTP 500: {REFUSAL}" in text, text
+        assert page.locator('#receivers [data-receiver="work-orders"]').count() == 0
+        page.screenshot(path=tmp_path / "console-receiver-failing.png")
+        keep(tmp_path / "console-receiver-failing.png")
+
+        Refusing.accept.set()  # it takes the next event: the alert clears, the sign goes
+        gas_alarm(publisher, "gas-2")
+        poll(refusing, lambda r: r["alert"] is None, timeout_s=30)
+        page.wait_for_selector("#receivers", state="hidden", timeout=15_000)
+        browser.close()
+    collector.stop()
+
+
+def test_an_outbox_of_the_schema_before_gets_creation_times_that_give_nothing_up(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alerts.db"
+    SqliteAlertStore(path).close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # version 1
+        db.execute("ALTER TABLE outbox DROP COLUMN created_ms")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+        db.execute(
+            "INSERT INTO outbox (receiver, event_key, alert_id, seq, payload) "
+            "VALUES ('orders', '1-1', 1, 1, x'7b7d')"
+        )
+    before_ms = time.time() * 1000
+    store = SqliteAlertStore(path)
+    try:
+        (row,) = store.due(round(time.time() * 1000), "orders")
+        backlog = store.backlogs()["orders"]
+    finally:
+        store.close()
+    # Its age is unknown: it counts from the upgrade, not from 1970 (given up at once).
+    assert row.created_ms >= before_ms and backlog.oldest_pending_ms == row.created_ms
+    assert backlog.pending == 1 and backlog.dead == 0
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+
+
+def test_a_receiver_alert_left_open_by_an_earlier_run_clears_when_it_delivers() -> None:
+    settings = ReceiverSettings(name="orders", url="http://127.0.0.1:9/hook")
+    health = ReceiverHealth()
+    watch = ReceiverWatch([(settings, health)])
+    left_open = Alert(
+        id=7,
+        fingerprint=Fingerprint("orders", "failing_s", RECEIVER_FAILING_DETECTOR),
+        state=State.OPEN,
+        colour="orange",
+        family="system",
+        unit="_collector",
+        hierarchy={},
+        value=400.0,
+        started_at_ms=1_000,
+        updated_at_ms=1_000,
+    )
+    watch.resume([left_open])
+    health.record_failure(2_000, "HTTP 500: down", 500)
+    assert watch.update(3_000) == []  # failing still: it stays as it is
+    health.record_delivery(4_000)
+    (cleared,) = watch.update(5_000)
+    assert (cleared.kind, cleared.device, cleared.detector) == (
+        "cleared",
+        "orders",
+        left_open.fingerprint.detector,
+    )
+    health.record_dead_letter(given_up=False)  # a 4xx: one event its people never see
+    (lost,) = watch.update(6_000)
+    assert (lost.kind, lost.colour) == ("raised", "red")
+    (cleared,) = watch.update(7_000)  # delivering, nothing more lost
+    assert cleared.kind == "cleared"

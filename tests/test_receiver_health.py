@@ -116,7 +116,15 @@ def gas_alarm(publisher: Any, device: str) -> None:
         )
 
 
-def start(make_settings: Any, run_collector: Any, tmp_path: Path, urls: tuple[str, str]) -> Any:
+def start(
+    make_settings: Any,
+    run_collector: Any,
+    tmp_path: Path,
+    urls: tuple[str, str],
+    *,
+    retry_initial_s: float = 0.3,
+    retry_max_s: float = 1.0,
+) -> Any:
     refusing_url, orders_url = urls
     registry = tmp_path / "registry.toml"
     registry.write_text(REGISTRY)
@@ -136,8 +144,8 @@ def start(make_settings: Any, run_collector: Any, tmp_path: Path, urls: tuple[st
                 ),
                 ReceiverSettings(name="work-orders", url=orders_url),
             ],
-            "retry_initial_s": 0.3,
-            "retry_max_s": 1.0,
+            "retry_initial_s": retry_initial_s,
+            "retry_max_s": retry_max_s,
         },
     )
     return settings, run_collector(settings)
@@ -276,6 +284,36 @@ def test_the_console_shows_a_failing_receiver_until_it_delivers(
         poll(refusing, lambda r: r["alert"] is None, timeout_s=30)
         page.wait_for_selector("#receivers", state="hidden", timeout=15_000)
         browser.close()
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_a_receiver_that_takes_events_again_gets_its_backlog_at_once(
+    make_settings, run_collector, publisher, tmp_path: Path, receivers
+) -> None:
+    # Backoff of ten minutes and more: without this promise, gas-1's events would wait it out.
+    settings, collector = start(
+        make_settings, run_collector, tmp_path, receivers, retry_initial_s=600, retry_max_s=3600
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{settings.http.port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+    def refusing() -> dict[str, Any]:
+        return next(r for r in api.get("/api/receivers").json() if r["name"] == "refusing")
+
+    gas_alarm(publisher, "gas-1")
+    assert poll(refusing, lambda r: r["consecutive_failures"] >= 1)["pending"] >= 1
+    Refusing.accept.set()
+    gas_alarm(publisher, "gas-2")  # a new event, tried at once: it goes through
+
+    def taken(device: str) -> list[str]:
+        return [m["event"]["type"] for m in Refusing.accepted if m["alert"]["device"] == device]
+
+    poll(lambda: taken("gas-1"), lambda t: len(t) >= 2)
+    assert taken("gas-1")[:2] == ["opened", "dispatched"]  # in order, long before its backoff
+    assert poll(refusing, lambda r: r["pending"] == 0)["pending"] == 0
     collector.stop()
 
 

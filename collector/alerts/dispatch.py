@@ -291,12 +291,16 @@ class ReceiverLane:
     def _delivered(self, now_ms: int) -> None:
         health = self.health
         if health.failing_since_ms is not None:
+            # It is back: what waits for it goes now, not each event at the end of its
+            # own backoff (up to retry_max_s after the receiver recovered).
+            waiting = self.dispatcher.store.retry_now(self.name)
             log.warning(
                 "webhook receiver takes events again",
                 extra={
                     "receiver": self.name,
                     "failed_for_s": round(health.failing_for_s(now_ms), 1),
                     "failed_attempts": health.consecutive_failures,
+                    "waiting": waiting,
                 },
             )
         health.record_delivery(now_ms)

@@ -137,6 +137,7 @@ class AlertStore(Protocol):
     def delivered(self, row_id: int, now_ms: int) -> None: ...
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
     def dead(self, row_id: int, error: str) -> None: ...
+    def retry_now(self, receiver: str) -> int: ...
     def backlogs(self) -> dict[str, Backlog]: ...
     def outbox_counts(self) -> dict[str, int]: ...
     def add_silence(self, silence: Silence) -> Silence: ...
@@ -348,6 +349,16 @@ class SqliteAlertStore:
                 "last_error = ? WHERE id = ?",
                 (error[:500], row_id),
             )
+
+    def retry_now(self, receiver: str) -> int:
+        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET next_attempt_ms = 0 "
+                "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0",
+                (receiver,),
+            )
+        return cursor.rowcount
 
     def backlogs(self) -> dict[str, Backlog]:
         """Per receiver with anything pending or dead: its backlog (index scans only for

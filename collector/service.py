@@ -1062,8 +1062,8 @@ class Collector:
                 await self._write_stats()
 
     def _operator_checks(self) -> list[DetectionEvent]:
-        """Measure how late readings arrive, how full the spool is and which devices the rate
-        limit refuses; alert on each."""
+        """Measure how late readings arrive, how full the spool is, which devices the rate
+        limit refuses and which webhook receivers fail; alert on each."""
         age = self._arrival_ages.take()
         if age is not None:
             self.stats.arrival_age_s = age

@@ -204,18 +204,27 @@ class SqliteAlertStore:
                 f"alert database {path} has schema {found[0]}, this version reads {SCHEMA_VERSION}",
                 path=path,
             )
+        self._date_unknown_ages()
 
     def _migrate_from_1(self) -> None:
-        """Version 2 stamps each outbox row with its creation time (a receiver's backlog
-        age, and when its events are given up). Rows pending from version 1 count from
-        the upgrade: their true age is unknown, and an unknown age must not give them up."""
+        """Version 2 stamps each outbox row with its creation time: a receiver's backlog
+        age, and when its events are given up."""
         with self._transaction() as db:
             db.execute("ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+
+    def _date_unknown_ages(self) -> None:
+        """Pending rows without a creation time (written by version 1, or salvaged from
+        its file by ``alerts-db recover``) count from now: an unknown age must not give
+        them up at their first failed attempt."""
+        query = "SELECT 1 FROM outbox WHERE status = 'pending' AND created_ms = 0 LIMIT 1"
+        if self._db.execute(query).fetchone() is None:
+            return  # the usual case: no write at start (the disk may be full, or read-only)
+        with self._transaction() as db:
             db.execute(
-                "UPDATE outbox SET created_ms = ? WHERE status = 'pending'",
+                "UPDATE outbox SET created_ms = ? WHERE status = 'pending' AND created_ms = 0",
                 (round(time.time() * 1000),),
             )
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

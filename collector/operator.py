@@ -316,11 +316,12 @@ class ReceiverWatch:
             lost = health.take_dead_letters()
             failing_s = health.failing_for_s(now_ms)
             was = self.raised.get(name)
-            if lost or (was == "red" and health.failing_since_ms is not None):
+            # Its last attempt delivered. Not yet known after a restart: an alert taken
+            # over stays until the receiver shows it takes events.
+            delivering = health.failing_since_ms is None and health.last_delivered_ms is not None
+            if lost or (was == "red" and not delivering):
                 colour: str | None = "red"
-            elif failing_s >= settings.alert_after_s or (
-                was is not None and health.failing_since_ms is not None
-            ):
+            elif failing_s >= settings.alert_after_s or (was is not None and not delivering):
                 colour = "orange"
             else:
                 colour = None

@@ -360,6 +360,7 @@ def test_a_receiver_alert_left_open_by_an_earlier_run_clears_when_it_delivers() 
         updated_at_ms=1_000,
     )
     watch.resume([left_open])
+    assert watch.update(1_500) == []  # nothing tried yet: not known to deliver
     health.record_failure(2_000, "HTTP 500: down", 500)
     assert watch.update(3_000) == []  # failing still: it stays as it is
     health.record_delivery(4_000)

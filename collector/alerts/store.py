@@ -5,9 +5,6 @@ together, so a crash can never leave an event without its alert or the other way
 SQLite runs in WAL mode with ``synchronous=FULL``: a committed change survives a power
 cut. A partial unique index enforces one active alert per fingerprint in the database
 itself. PostgreSQL can implement the same interface later.
-
-Schema versions: each version's migration runs once, in one transaction, when a file
-of the version before is opened; a newer file than this version knows is refused.
 """
 
 from __future__ import annotations
@@ -26,74 +23,8 @@ from typing import Any, Protocol
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Silence, State
 from collector.alerts.notify import OutboxEntry
+from collector.alerts.schema import prepare
 from collector.errors import AlertStoreError, DamagedAlertStoreError
-
-SCHEMA_VERSION = 2
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fingerprint TEXT NOT NULL,
-    device TEXT NOT NULL,
-    quantity TEXT NOT NULL,
-    detector TEXT NOT NULL,
-    state TEXT NOT NULL,
-    colour TEXT NOT NULL,
-    family TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    hierarchy TEXT NOT NULL,
-    value REAL,
-    started_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    condition_active INTEGER NOT NULL,
-    condition_changed_at_ms INTEGER NOT NULL,
-    acknowledged INTEGER NOT NULL,
-    extra TEXT NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_active_alert_per_fingerprint
-    ON alerts(fingerprint) WHERE state != 'closed';
-CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state);
-CREATE INDEX IF NOT EXISTS alerts_by_unit ON alerts(unit, state);
-CREATE TABLE IF NOT EXISTS alert_events (
-    alert_id INTEGER NOT NULL REFERENCES alerts(id),
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    note TEXT NOT NULL,
-    state TEXT NOT NULL,
-    colour TEXT NOT NULL,
-    value REAL,
-    PRIMARY KEY (alert_id, seq)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receiver TEXT NOT NULL,
-    event_key TEXT NOT NULL,
-    alert_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    delivered_ms INTEGER,
-    created_ms INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (receiver, event_key)
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
-CREATE TABLE IF NOT EXISTS silences (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    unit TEXT,
-    device TEXT,
-    starts_ms INTEGER NOT NULL,
-    ends_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -193,38 +124,7 @@ class SqliteAlertStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if found is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(found[0]) == 1:
-            self._migrate_from_1()
-        elif int(found[0]) != SCHEMA_VERSION:
-            raise AlertStoreError(
-                f"alert database {path} has schema {found[0]}, this version reads {SCHEMA_VERSION}",
-                path=path,
-            )
-        self._date_unknown_ages()
-
-    def _migrate_from_1(self) -> None:
-        """Version 2 stamps each outbox row with its creation time: a receiver's backlog
-        age, and when its events are given up."""
-        with self._transaction() as db:
-            db.execute("ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0")
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
-
-    def _date_unknown_ages(self) -> None:
-        """Pending rows without a creation time (written by version 1, or salvaged from
-        its file by ``alerts-db recover``) count from now: an unknown age must not give
-        them up at their first failed attempt."""
-        query = "SELECT 1 FROM outbox WHERE status = 'pending' AND created_ms = 0 LIMIT 1"
-        if self._db.execute(query).fetchone() is None:
-            return  # the usual case: no write at start (the disk may be full, or read-only)
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE outbox SET created_ms = ? WHERE status = 'pending' AND created_ms = 0",
-                (round(time.time() * 1000),),
-            )
+        prepare(self._db, path)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

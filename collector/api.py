@@ -75,6 +75,7 @@ class ApiContext:
     tokens: Mapping[str, SecretStr]
     public_url: str = ""
     metrics: Callable[[], Mapping[str, Value]] = dict
+    receivers: Callable[[], list[dict[str, Any]]] = list  # each webhook receiver's health
     healthy: Callable[[], bool] = lambda: True
     problems: Callable[[], list[str]] = list  # each makes /healthz answer 503 with it
     registry: Callable[[], Registry] = Registry.empty
@@ -254,6 +255,12 @@ def create_app(context: ApiContext) -> FastAPI:
     @app.get("/api/silences")
     def list_silences(caller: Caller) -> list[dict[str, Any]]:
         return [dataclasses.asdict(s) for s in book.store.silences(now_ms())]
+
+    @app.get("/api/receivers")
+    def receivers(caller: Caller) -> list[dict[str, Any]]:
+        """Each webhook receiver's health and backlog: is it taking events, since when
+        not, its last answer, what waits for it and what was given up."""
+        return context.receivers()
 
     @app.get("/api/units")
     def units(caller: Caller) -> list[dict[str, Any]]:

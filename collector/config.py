@@ -276,6 +276,13 @@ class ReceiverSettings(_Section):
     # Deliveries to this receiver at once (each its own connection). Each receiver has its
     # own, so a slow one never holds up another; one alert's events still go in order.
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    # Failing (no delivery since its first failed attempt) for this long: an operator
+    # alert "webhook-failing" names the receiver; it clears once it delivers again.
+    alert_after_s: PositiveFloat = 300.0
+    # An event this receiver has not taken this long after it was written, at its next
+    # failed attempt, goes to the dead-letter list, and the operator alert turns red.
+    give_up_after_s: PositiveFloat = 86_400.0
+
     # Alertmanager format: the `severity` label each colour is sent as. The default is
     # ITU X.733's scale, which Alerta's default configuration accepts (docs/webhooks.md
     # has the tables for PagerDuty-style and Grafana OnCall receivers).
@@ -290,6 +297,13 @@ class ReceiverSettings(_Section):
     labels: dict[str, str] = {}
 
     _check_url = field_validator("url")(classmethod(lambda cls, url: _http_url(url)))
+
+    @model_validator(mode="after")
+    def _alert_before_giving_up(self) -> ReceiverSettings:
+        # Someone must hear of a failing receiver before its events are given up on.
+        if self.give_up_after_s < self.alert_after_s:
+            raise ValueError("give_up_after_s must not be shorter than alert_after_s")
+        return self
 
     @field_validator("severities")
     @classmethod

@@ -54,6 +54,8 @@ class Family:
     unit: str = ""
     label: str = ""
     known: tuple[str, ...] = ()  # label values exposed as 0 until they are counted
+    # or: the setting whose entries are the label's values, each always reported
+    values_from: str = ""
 
 
 def _counter(name: str, help: str, *, label: str = "", known: tuple[str, ...] = ()) -> Family:
@@ -64,6 +66,17 @@ def _gauge(
     name: str, help: str, *, unit: str = "", label: str = "", known: tuple[str, ...] = ()
 ) -> Family:
     return Family(name=name, type="gauge", help=help, unit=unit, label=label, known=known)
+
+
+def _per_receiver(name: str, help: str, *, unit: str = "") -> Family:
+    return Family(
+        name=name,
+        type="gauge",
+        help=help,
+        unit=unit,
+        label="receiver",
+        values_from="alerts.receivers",
+    )
 
 
 FAMILIES: dict[str, Family] = {
@@ -163,6 +176,30 @@ FAMILIES: dict[str, Family] = {
             "Webhook deliveries in the outbox, by status.",
             label="status",
             known=("pending", "delivered", "dead"),
+        ),
+        # -- webhook receivers (docs/webhooks.md, "When a receiver fails") ----------------
+        _per_receiver("webhook_pending", "Events waiting for a receiver."),
+        _per_receiver(
+            "webhook_oldest_pending_age_seconds",
+            "How long the oldest event waiting for a receiver has waited.",
+            unit="seconds",
+        ),
+        _per_receiver(
+            "webhook_consecutive_failures", "Failed attempts to a receiver since its last delivery."
+        ),
+        _per_receiver(
+            "webhook_failing_seconds",
+            "How long a receiver has failed since its last delivery (0 while it delivers).",
+            unit="seconds",
+        ),
+        _per_receiver(
+            "webhook_last_error_status",
+            "HTTP status of a receiver's last failed attempt (0: no answer, or none failed).",
+        ),
+        _per_receiver("webhook_dead_letters", "A receiver's events in the dead-letter list."),
+        _per_receiver(
+            "webhook_failing_alert",
+            "1 while the operator alert webhook-failing names the receiver, else 0.",
         ),
         # -- HTTP API ---------------------------------------------------------------------
         _counter(

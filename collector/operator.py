@@ -13,6 +13,13 @@ for the interval that found them, so it stays until a person acknowledges it).
 
 A ``RateLimitWatch`` turns the messages the per-device rate limit refuses into alerts
 that name the device (collector/ratelimit.py refuses them).
+
+A ``ReceiverWatch`` raises ``webhook-failing`` naming a webhook receiver: orange once it
+has failed for its ``alert_after_s`` without a delivery, red once an event of it went to
+the dead-letter list (its people will never hear of that one); it clears when the
+receiver delivers again and nothing more was dead-lettered. Routing keeps the alert from
+the receiver it names (collector/alerts/notify.py): it reaches people through the others
+and the console.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from collector.admission import OverCap
+from collector.alerts.health import RECEIVER_FAILING_DETECTOR, ReceiverHealth
 from collector.alerts.model import Alert
+from collector.config import ReceiverSettings
 from collector.detection import SYSTEM_FAMILY, DetectionEvent, EventKind
 from collector.spool import DiskSpool
 
@@ -281,4 +290,84 @@ class RateLimitWatch:
             "green" if raised else "yellow",
             float(refused),
             now_ms,
+        )
+
+
+class ReceiverWatch:
+    """Operator alerts for webhook receivers that fail or lose events, one per receiver."""
+
+    def __init__(self, receivers: Iterable[tuple[ReceiverSettings, ReceiverHealth]]) -> None:
+        self.receivers = {settings.name: (settings, health) for settings, health in receivers}
+        self.raised: dict[str, str] = {}  # receiver -> colour of its open alert
+
+    def resume(self, alerts: Iterable[Alert]) -> None:
+        """Take over the alerts an earlier run left open, so that they clear here too."""
+        for alert in alerts:
+            if alert.fingerprint.detector == RECEIVER_FAILING_DETECTOR and alert.condition_active:
+                self.raised[alert.fingerprint.device] = alert.colour
+
+    def update(self, now_ms: int) -> list[DetectionEvent]:
+        """Once per stats interval: what opens, rises and clears."""
+        events = []
+        for name in sorted(self.raised.keys() - self.receivers.keys()):
+            # No longer configured: its events were dead-lettered at start, with a log.
+            events.append(self._event("cleared", name, "green", self.raised.pop(name), 0, now_ms))
+        for name, (settings, health) in self.receivers.items():
+            lost = health.take_dead_letters()
+            failing_s = health.failing_for_s(now_ms)
+            was = self.raised.get(name)
+            # Its last attempt delivered. Not yet known after a restart: an alert taken
+            # over stays until the receiver shows it takes events.
+            delivering = health.failing_since_ms is None and health.last_delivered_ms is not None
+            if lost or (was == "red" and not delivering):
+                colour: str | None = "red"
+            elif failing_s >= settings.alert_after_s or (was is not None and not delivering):
+                colour = "orange"
+            else:
+                colour = None
+            if colour == was:
+                continue
+            extra = {
+                "alert": RECEIVER_FAILING_DETECTOR,
+                "receiver": name,
+                "failing_for_s": round(failing_s, 1),
+                "consecutive_failures": health.consecutive_failures,
+                "last_error": health.last_error,
+                "dead_lettered": lost,
+            }
+            if colour is None:
+                log.info("operator alert cleared: webhook receiver delivers again", extra=extra)
+                events.append(self._event("cleared", name, "green", was or "orange", 0, now_ms))
+                del self.raised[name]
+                continue
+            log.error("operator alert: webhook receiver failing", extra=extra)
+            kind: EventKind = "raised" if was is None else "changed"
+            events.append(
+                self._event(kind, name, colour, was or "green", failing_s, now_ms, settings)
+            )
+            self.raised[name] = colour
+        return events
+
+    @staticmethod
+    def _event(  # noqa: PLR0917 - one alert's fields
+        kind: EventKind,
+        receiver: str,
+        colour: str,
+        previous: str,
+        failing_s: float,
+        now_ms: int,
+        settings: ReceiverSettings | None = None,
+    ) -> DetectionEvent:
+        return DetectionEvent(
+            kind,
+            RECEIVER_FAILING_DETECTOR,
+            receiver,
+            SYSTEM_FAMILY,
+            "failing_s",  # seconds since its first failed attempt without a delivery
+            OPERATOR_UNIT,
+            colour,
+            previous,
+            float(round(failing_s, 1)),  # a float: InfluxDB types the field by its first value
+            now_ms,
+            threshold=settings.alert_after_s if settings is not None else None,
         )

@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -287,9 +288,10 @@ class Collector:
                 retry_initial_s=settings.alerts.retry_initial_s,
                 retry_max_s=settings.alerts.retry_max_s,
             )
+            active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
             if self._rate_watch is not None:
-                active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
                 self._rate_watch.resume(active)
+            self.dispatcher.watch.resume(active)
         else:
             self.dispatcher = None
         # Alert events can come from any thread (the HTTP API): lines wait here.
@@ -417,6 +419,7 @@ class Collector:
                 tokens=http.tokens,
                 public_url=self.settings.alerts.public_url,
                 metrics=self.metrics,
+                receivers=self.dispatcher.status if self.dispatcher is not None else list,
                 healthy=self.source.connected.is_set,
                 problems=self.problems,
                 registry=lambda: self.registry.current,
@@ -485,6 +488,23 @@ class Collector:
             out["alert_detections_dropped_total"] = self._pending.dropped
         if self.alerts is not None:
             out["outbox_entries"] = self.alerts.store.outbox_counts()
+        if self.dispatcher is not None:
+            receivers = self.dispatcher.status()
+
+            def per_receiver(read: Callable[[dict[str, Any]], float]) -> dict[str, float]:
+                return {r["name"]: read(r) for r in receivers}
+
+            out |= {
+                "webhook_pending": per_receiver(lambda r: r["pending"]),
+                "webhook_oldest_pending_age_seconds": per_receiver(
+                    lambda r: r["oldest_pending_age_s"] or 0.0
+                ),
+                "webhook_consecutive_failures": per_receiver(lambda r: r["consecutive_failures"]),
+                "webhook_failing_seconds": per_receiver(lambda r: r["failing_for_s"]),
+                "webhook_last_error_status": per_receiver(lambda r: r["last_status"] or 0),
+                "webhook_dead_letters": per_receiver(lambda r: r["dead"]),
+                "webhook_failing_alert": per_receiver(lambda r: int(r["alert"] is not None)),
+            }
         return out
 
     async def _warm_start(self) -> None:
@@ -1072,8 +1092,8 @@ class Collector:
                 await self._write_stats()
 
     def _operator_checks(self) -> list[DetectionEvent]:
-        """Measure how late readings arrive, how full the spool is and which devices the rate
-        limit refuses; alert on each."""
+        """Measure how late readings arrive, how full the spool is, which devices the rate
+        limit refuses and which webhook receivers fail; alert on each."""
         age = self._arrival_ages.take()
         if age is not None:
             self.stats.arrival_age_s = age
@@ -1087,6 +1107,8 @@ class Collector:
             events += self._store_alarm.update(self._pending.take_peak(), now_ms)
         if self._rate_watch is not None:
             events += self._rate_watch.update(now_ms)
+        if self.dispatcher is not None:
+            events += self.dispatcher.watch.update(now_ms)
         return events
 
     async def _write_stats(self) -> None:

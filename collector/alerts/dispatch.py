@@ -16,7 +16,15 @@ Answers are classified like the InfluxDB writes: 2xx delivered; timeouts, connec
 errors, 408, 429 and 5xx retried with capped exponential backoff, honouring Retry-After;
 any other 4xx means the receiver refuses this message for good: it goes to the
 dead-letter list (status ``dead``) with an error log for the operator, and the alert's
-later events for that receiver go on.
+later events for that receiver go on. An event still not taken ``give_up_after_s`` after
+it was written goes there too, at its next failed attempt: the outbox of a receiver that
+is gone stays bounded, and the alert's later events get their turn.
+
+Each lane keeps its receiver's health (collector/alerts/health.py): consecutive failures,
+since when it has been failing, its last answer. A dead-lettered event and a receiver
+failing for ``alert_after_s`` become an operator alert (collector/operator.py
+``ReceiverWatch``); failures are logged with the receiver's answer, at most once per
+``FAILURE_LOG_INTERVAL_S`` per receiver (with a count of those left out).
 
 New rows go out at once: the alert book's listener calls ``wake`` (from any thread) after
 each committed change. Each lane also looks every ``interval_s`` for rows whose retry
@@ -32,18 +40,26 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
+from collector.alerts.health import ReceiverHealth
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
 from collector.alerts.pending import STORE_ERRORS
-from collector.alerts.store import AlertStore, OutboxRow
+from collector.alerts.store import AlertStore, Backlog, OutboxRow
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
+from collector.logs import RateLimitedLog
+from collector.operator import ReceiverWatch
 from collector.urls import scrub
 
 log = logging.getLogger(__name__)
+
+# A receiver refusing everything fails every request of every alert: its answer is
+# logged once at once, then once per interval with how many were left out.
+FAILURE_LOG_INTERVAL_S = 60.0
 
 
 class Dispatcher:
@@ -60,8 +76,43 @@ class Dispatcher:
         self.book = book
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
         self.results: Counter[str] = Counter()
+        self.failure_log = RateLimitedLog(log, FAILURE_LOG_INTERVAL_S)
         self.lanes = {r.name: ReceiverLane(self, r) for r in receivers}
+        self.watch = ReceiverWatch((lane.receiver, lane.health) for lane in self.lanes.values())
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each receiver's health and backlog: the API, /metrics and the console show it."""
+        now_ms = round(time.time() * 1000)
+        backlogs = self.store.backlogs()
+        found = []
+        for name, lane in self.lanes.items():
+            health, backlog = lane.health, backlogs.get(name, Backlog())
+            oldest = backlog.oldest_pending_ms
+            found.append(
+                {
+                    "name": name,
+                    "failing": health.failing_since_ms is not None,
+                    "alert": self.watch.raised.get(name),  # its operator alert's colour
+                    "pending": backlog.pending,
+                    "oldest_pending_age_s": None if oldest is None else (now_ms - oldest) / 1000,
+                    "dead": backlog.dead,
+                    "consecutive_failures": health.consecutive_failures,
+                    "failing_since_ms": health.failing_since_ms,
+                    "failing_for_s": health.failing_for_s(now_ms),
+                    "last_error": health.last_error,
+                    "last_status": health.last_status,
+                    "last_error_ms": health.last_error_ms,
+                    "last_delivered_ms": health.last_delivered_ms,
+                    "delivered": health.delivered,
+                    "failed_attempts": health.failed_attempts,
+                    "given_up": health.given_up,
+                    "in_flight": len(lane.in_flight),
+                    "alert_after_s": lane.receiver.alert_after_s,
+                    "give_up_after_s": lane.receiver.give_up_after_s,
+                }
+            )
+        return found
 
     @property
     def urgent(self) -> bool:
@@ -118,6 +169,7 @@ class ReceiverLane:
         self.first_attempts = 0  # first attempts among those in flight: they are urgent
         self.woken = False
         self.wakeup = asyncio.Event()
+        self.health = ReceiverHealth()
 
     async def run(self, interval_s: float) -> None:
         try:
@@ -179,6 +231,7 @@ class ReceiverLane:
                 receiver.secret.get_secret_value(), row.payload, int(time.time())
             )
         error: str
+        status: int | None = None  # None: nothing answered
         retry_after: float | None = None
         try:
             # httpx's timeouts are per connect and per read: a receiver sending a byte
@@ -197,33 +250,66 @@ class ReceiverLane:
                 now_ms = round(time.time() * 1000)
                 store.delivered(row.id, now_ms)
                 results["delivered"] += 1
+                self._delivered(now_ms)
                 dispatcher.book.dispatched(
                     row.alert_id, now_ms=now_ms, actor=f"webhook:{row.receiver}"
                 )
                 return
             error = f"HTTP {status}: {scrub(response.text[:200], receiver.url)}"
-            if 400 <= status < 500 and status not in (408, 429):
-                store.dead(row.id, error)
-                results["dead"] += 1
-                log.error(
-                    "webhook refused for good; moved to the dead-letter list",
-                    extra={"receiver": row.receiver, "event": row.event_key, "error": error},
-                )
-                return
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        now_ms = round(time.time() * 1000)
+        self.health.record_failure(now_ms, error, status)
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            self._dead(row, error, "webhook refused for good; moved to the dead-letter list")
+            return
+        waited_s = (now_ms - row.created_ms) / 1000
+        if waited_s >= receiver.give_up_after_s:
+            self._dead(
+                row,
+                f"given up after {waited_s:.0f} s: {error}",
+                "webhook event not taken within give_up_after_s; moved to the dead-letter list",
+                given_up=True,
+            )
+            return
         delay = min(dispatcher.retry_initial_s * 2**row.attempts, dispatcher.retry_max_s)
         delay *= random.uniform(0.8, 1.2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, dispatcher.retry_max_s))
         store.retry_later(row.id, round((time.time() + delay) * 1000), error)
         results["retried"] += 1
-        log.warning(
+        dispatcher.failure_log.warning(
+            f"failed:{self.name}",
             "webhook delivery failed; will retry",
-            extra={
-                "receiver": row.receiver,
-                "event": row.event_key,
-                "error": error,
-                "retry_in_s": round(delay, 2),
-                "attempts": row.attempts + 1,
-            },
+            receiver=self.name,
+            event=row.event_key,
+            error=error,
+            retry_in_s=round(delay, 2),
+            attempts=row.attempts + 1,
+            consecutive_failures=self.health.consecutive_failures,
+        )
+
+    def _delivered(self, now_ms: int) -> None:
+        health = self.health
+        if health.failing_since_ms is not None:
+            # It is back: what waits for it goes now, not each event at the end of its
+            # own backoff (up to retry_max_s after the receiver recovered).
+            waiting = self.dispatcher.store.retry_now(self.name)
+            log.warning(
+                "webhook receiver takes events again",
+                extra={
+                    "receiver": self.name,
+                    "failed_for_s": round(health.failing_for_s(now_ms), 1),
+                    "failed_attempts": health.consecutive_failures,
+                    "waiting": waiting,
+                },
+            )
+        health.record_delivery(now_ms)
+
+    def _dead(self, row: OutboxRow, error: str, message: str, *, given_up: bool = False) -> None:
+        self.dispatcher.store.dead(row.id, error)
+        self.dispatcher.results["dead"] += 1
+        self.health.record_dead_letter(given_up=given_up)
+        # Never silent: every one counted (API, /metrics) and raised as an operator alert.
+        self.dispatcher.failure_log.error(
+            f"dead:{self.name}", message, receiver=self.name, event=row.event_key, error=error
         )

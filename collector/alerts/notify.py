@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from collector.alerts.health import receiver_reported_on
 from collector.alerts.model import Alert, AlertEvent, State, iso_time, within
 from collector.config import ReceiverSettings
 from detectors.levels import COLOURS
@@ -99,6 +100,8 @@ class Notifier:
                     taken.add(name)
             elif alert.leads_incident and any(_matches(wanted, a) for a in (alert, *incident)):
                 taken.add(name)
+        # The alert about a failing receiver would wait on the very failure it reports.
+        taken.discard(receiver_reported_on(alert) or "")
         alert.extra["receivers"] = sorted(taken)
         entries = []
         for name in sorted(taken):

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,73 +23,8 @@ from typing import Any, Protocol
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Silence, State
 from collector.alerts.notify import OutboxEntry
+from collector.alerts.schema import prepare
 from collector.errors import AlertStoreError, DamagedAlertStoreError
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fingerprint TEXT NOT NULL,
-    device TEXT NOT NULL,
-    quantity TEXT NOT NULL,
-    detector TEXT NOT NULL,
-    state TEXT NOT NULL,
-    colour TEXT NOT NULL,
-    family TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    hierarchy TEXT NOT NULL,
-    value REAL,
-    started_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    condition_active INTEGER NOT NULL,
-    condition_changed_at_ms INTEGER NOT NULL,
-    acknowledged INTEGER NOT NULL,
-    extra TEXT NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_active_alert_per_fingerprint
-    ON alerts(fingerprint) WHERE state != 'closed';
-CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state);
-CREATE INDEX IF NOT EXISTS alerts_by_unit ON alerts(unit, state);
-CREATE TABLE IF NOT EXISTS alert_events (
-    alert_id INTEGER NOT NULL REFERENCES alerts(id),
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    note TEXT NOT NULL,
-    state TEXT NOT NULL,
-    colour TEXT NOT NULL,
-    value REAL,
-    PRIMARY KEY (alert_id, seq)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receiver TEXT NOT NULL,
-    event_key TEXT NOT NULL,
-    alert_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    delivered_ms INTEGER,
-    UNIQUE (receiver, event_key)
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
-CREATE TABLE IF NOT EXISTS silences (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    unit TEXT,
-    device TEXT,
-    starts_ms INTEGER NOT NULL,
-    ends_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -100,6 +36,16 @@ class OutboxRow:
     seq: int
     payload: bytes
     attempts: int
+    created_ms: int  # when the event was written to the outbox (the collector's clock)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A receiver's part of the outbox."""
+
+    pending: int = 0
+    oldest_pending_ms: int | None = None  # created_ms of its oldest pending event
+    dead: int = 0  # events in its dead-letter list
 
 
 # One alert's new row, new events and their outbox entries.
@@ -122,6 +68,8 @@ class AlertStore(Protocol):
     def delivered(self, row_id: int, now_ms: int) -> None: ...
     def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
     def dead(self, row_id: int, error: str) -> None: ...
+    def retry_now(self, receiver: str) -> int: ...
+    def backlogs(self) -> dict[str, Backlog]: ...
     def outbox_counts(self) -> dict[str, int]: ...
     def add_silence(self, silence: Silence) -> Silence: ...
     def silences(self, now_ms: int) -> list[Silence]: ...
@@ -176,15 +124,7 @@ class SqliteAlertStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if found is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(found[0]) != SCHEMA_VERSION:
-            raise AlertStoreError(
-                f"alert database {path} has schema {found[0]}, this version reads {SCHEMA_VERSION}",
-                path=path,
-            )
+        prepare(self._db, path)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -262,10 +202,11 @@ class SqliteAlertStore:
 
     @staticmethod
     def _insert_outbox(db: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:
+        now_ms = round(time.time() * 1000)
         db.executemany(
-            "INSERT OR IGNORE INTO outbox (receiver, event_key, alert_id, seq, payload) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload) for e in entries],
+            "INSERT OR IGNORE INTO outbox (receiver, event_key, alert_id, seq, payload, "
+            "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload, now_ms) for e in entries],
         )
 
     def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
@@ -273,8 +214,8 @@ class SqliteAlertStore:
         so one alert's events reach the receiver in order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts "
-                "FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
+                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts, "
+                "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
                 "AND o.next_attempt_ms <= ? "
                 "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
                 "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq) "
@@ -317,6 +258,35 @@ class SqliteAlertStore:
                 "last_error = ? WHERE id = ?",
                 (error[:500], row_id),
             )
+
+    def retry_now(self, receiver: str) -> int:
+        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET next_attempt_ms = 0 "
+                "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0",
+                (receiver,),
+            )
+        return cursor.rowcount
+
+    def backlogs(self) -> dict[str, Backlog]:
+        """Per receiver with anything pending or dead: its backlog (index scans only for
+        the counts; the pending rows are read for their age)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
+                "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
+            ).fetchall()
+        found: dict[str, Backlog] = {}
+        for receiver, status, count, oldest in rows:
+            was = found.get(receiver, Backlog())
+            if status == "pending":
+                found[receiver] = dataclasses.replace(
+                    was, pending=int(count), oldest_pending_ms=int(oldest)
+                )
+            else:
+                found[receiver] = dataclasses.replace(was, dead=int(count))
+        return found
 
     def outbox_counts(self) -> dict[str, int]:
         with self._lock:

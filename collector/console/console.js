@@ -203,6 +203,29 @@ async function loadList() {
   renderList();
 }
 
+// -- webhook receivers -------------------------------------------------------------------
+
+// A receiver that does not take events means people who are not told: shown on every page.
+function renderReceivers(receivers) {
+  const failing = receivers.filter((r) => r.failing || r.alert);
+  $("receivers").hidden = !failing.length;
+  $("receivers").replaceChildren(...failing.map((r) => {
+    const since = r.failing_since_ms ? `failing for ${age(r.failing_since_ms)}` : "delivering again";
+    const waiting = r.pending
+      ? `${r.pending} event(s) waiting, the oldest ${age(Date.now() - r.oldest_pending_age_s * 1000)}`
+      : "nothing waiting";
+    return el("div", { class: "receiver-failing", "data-receiver": r.name },
+      colourDot(r.alert || "orange"), ` Webhook receiver ${r.name}: ${since}`,
+      el("span", { class: "detail" },
+        `${r.consecutive_failures} failed attempt(s) in a row; last answer: ${r.last_error || "—"}; ` +
+        `${waiting}; ${r.dead} in the dead-letter list`));
+  }));
+}
+
+async function loadReceivers() {
+  renderReceivers(await api("/api/receivers"));
+}
+
 // -- one alert ---------------------------------------------------------------------------
 
 function renderChart(series) {
@@ -299,8 +322,7 @@ async function refresh() {
   clearTimeout(timer);
   const match = location.pathname.match(/^\/alerts\/(\d+)$/);
   try {
-    if (match) await loadAlert(match[1]);
-    else await loadList();
+    await Promise.all([match ? loadAlert(match[1]) : loadList(), loadReceivers()]);
   } catch (error) {
     if (error instanceof Unauthorised) return signIn();
   }

@@ -37,9 +37,9 @@ def _registry(settings: Settings) -> RegistryHolder:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from collector.app import Collector  # noqa: PLC0415
     from collector.config import redacted  # noqa: PLC0415
     from collector.logs import setup_logging  # noqa: PLC0415
-    from collector.service import Collector  # noqa: PLC0415
 
     settings = _settings(args)
     holder = _registry(settings)

@@ -41,7 +41,7 @@ from collector.localservices import (
 )
 from collector.mqtt import make_client
 from collector.registry import FAMILIES, Registry
-from collector.service import collector_status_topic
+from collector.source import collector_status_topic
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEMO_DB = "smartunit"

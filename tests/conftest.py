@@ -20,12 +20,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.app import Collector
 from collector.config import InfluxSettings, Settings, load_settings
 from collector.demo import wait_for_collector
 from collector.influx import query_sync, rows
 from collector.localservices import InfluxDB, Mosquitto, free_port
 from collector.registry import RegistryHolder
-from collector.service import Collector
 
 T = TypeVar("T")
 
@@ -190,7 +190,7 @@ class CollectorThread:
                 collector is not None
                 and collector.stats.messages_received >= count
                 and collector.source.backlog == 0
-                and collector._queue.empty()
+                and collector.writer.queue.empty()
             ):
                 time.sleep(self.settings.ingest.flush_interval_ms / 1000 + 0.3)
                 return

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import service
+from collector import detecting
 from collector.config import SilenceSettings
 from collector.detection import DetectionEngine
 from collector.rules import RuleBook
@@ -184,7 +184,7 @@ def test_a_damaged_detector_state_is_set_aside_and_alarms_still_go_out(
 def test_the_detector_state_is_also_saved_while_running(
     chem_park, run_collector, publisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "DETECTOR_STATE_SAVE_S", 0.5)  # every stats interval (1 s)
+    monkeypatch.setattr(detecting, "DETECTOR_STATE_SAVE_S", 0.5)  # every stats interval (1 s)
     settings = chem_park()
     state = settings.data_dir / "detector-state.npz"
     collector = run_collector(settings)

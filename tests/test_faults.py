@@ -277,7 +277,7 @@ def test_an_alert_goes_out_while_influxdb_hangs_and_nothing_is_lost(
     time.sleep(1)
     own.proc.send_signal(signal.SIGSTOP)
     try:
-        queue = collector.collector._queue
+        queue = collector.collector.writer.queue
         assert poll(queue.full, bool, 10)  # storage no longer keeps up
         time.sleep(1)  # ... and messages keep coming
         gas = Publisher(broker, "gas-hang")

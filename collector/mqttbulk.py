@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import struct
 import threading
 import time
 from collections.abc import Sequence
 
+from collector.backoff import Backoff
 from collector.config import MqttSettings
 from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox
 
@@ -94,11 +94,14 @@ class BulkMqttSource(Inbox):
         self._task = self._loop.create_task(self._run(), name="mqtt")
 
     async def _run(self) -> None:
-        delay = self.settings.reconnect_min_s
+        backoff = Backoff(
+            initial_s=self.settings.reconnect_min_s, max_s=self.settings.reconnect_max_s
+        )
+        attempt = 0  # reconnects since the last session that came up
         while not self._closing:
             try:
                 await self._session()
-                delay = self.settings.reconnect_min_s
+                attempt = 0
             except (
                 OSError,
                 TimeoutError,
@@ -117,8 +120,8 @@ class BulkMqttSource(Inbox):
                     self._writer = None
             if self._closing:
                 return
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.settings.reconnect_max_s)
+            attempt += 1
+            await asyncio.sleep(backoff.delay(attempt))
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.settings.endpoint.tls:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ from collector.alerts.lifecycle import AlertBook
 from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
 from collector.alerts.pending import STORE_ERRORS
 from collector.alerts.store import AlertStore, Backlog, OutboxRow
+from collector.backoff import Backoff
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
 from collector.logs import RateLimitedLog
@@ -75,6 +75,7 @@ class Dispatcher:
         self.store = store
         self.book = book
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        self.backoff = Backoff(initial_s=retry_initial_s, max_s=retry_max_s)
         self.results: Counter[str] = Counter()
         self.failure_log = RateLimitedLog(log, FAILURE_LOG_INTERVAL_S)
         self.lanes = {r.name: ReceiverLane(self, r) for r in receivers}
@@ -271,10 +272,7 @@ class ReceiverLane:
                 given_up=True,
             )
             return
-        delay = min(dispatcher.retry_initial_s * 2**row.attempts, dispatcher.retry_max_s)
-        delay *= random.uniform(0.8, 1.2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, dispatcher.retry_max_s))
+        delay = dispatcher.backoff.delay(row.attempts + 1, retry_after_s=retry_after)
         store.retry_later(row.id, round((time.time() + delay) * 1000), error)
         results["retried"] += 1
         dispatcher.failure_log.warning(

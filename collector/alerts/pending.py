@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collector.backoff import Backoff
 from collector.detection import DetectionEvent
 from detectors.levels import COLOURS
 
@@ -66,6 +67,8 @@ class PendingDetections:
         self._apply = apply
         self.max_fingerprints = max_fingerprints
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        # no jitter: one store, one retrier; nothing to spread
+        self._backoff = Backoff(initial_s=retry_initial_s, max_s=retry_max_s, jitter=0.0)
         self._clock = clock
         self._queue: collections.OrderedDict[tuple[str, str, str], list[_Waiting]] = (
             collections.OrderedDict()
@@ -132,7 +135,7 @@ class PendingDetections:
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        delay = min(self.retry_initial_s * 2**self._attempts, self.retry_max_s)
+        delay = self._backoff.delay(self._attempts + 1)
         self._attempts += 1
         self._next_attempt = self._clock() + delay
         log.error(

@@ -11,8 +11,8 @@ import uvicorn
 from collector.alerting import AlertWiring
 from collector.api import ApiContext, create_app
 from collector.config import Settings
-from collector.influx import query_sync, quote_ident, quote_literal, rows
 from collector.metrics import Value
+from collector.queries import read_series_means
 from collector.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,14 @@ def build_api_server(
     def series(
         family: str, device: str, quantity: str, start_ms: int, end_ms: int
     ) -> list[tuple[int, float]]:
-        # about 600 points, whatever the window: a chart, not an export
-        step_s = max(1, (end_ms - start_ms) // 600_000)
-        query = (
-            f"SELECT mean({quote_ident(quantity)}) FROM {quote_ident(family)} "
-            f'WHERE "device" = {quote_literal(device)} '
-            f"AND time >= {start_ms}ms AND time <= {end_ms}ms "
-            f"GROUP BY time({step_s}s) fill(none)"
+        return read_series_means(
+            influx,
+            family=family,
+            device=device,
+            quantity=quantity,
+            start_ms=start_ms,
+            end_ms=end_ms,
         )
-        return [
-            (int(r["time"]), float(r["mean"])) for s in query_sync(influx, query) for r in rows(s)
-        ]
 
     app = create_app(
         ApiContext(

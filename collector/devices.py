@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from collector import queries
 from collector.config import InfluxSettings
-from collector.influx import query_sync, quote_ident, quote_literal
+from collector.influx import query_sync
 from collector.registry import FAMILIES, UNREGISTERED_UNIT, Registry
 
 
@@ -25,21 +26,14 @@ def unregistered_devices(settings: InfluxSettings, registry: Registry) -> list[U
     listed any more, because the registry now places its new readings.
     """
     found: list[UnregisteredDevice] = []
-    unit_filter = f"{quote_ident('unit')} = {quote_literal(UNREGISTERED_UNIT)}"
     for family in FAMILIES:
         # count(*) counts each field; the largest of them is the number of readings
         # (exact when every reading carries the family's main field).
-        series = query_sync(
-            settings,
-            f"SELECT count(*) FROM {quote_ident(family)} WHERE {unit_filter} "
-            f"GROUP BY {quote_ident('device')}",
-        )
+        series = query_sync(settings, queries.unregistered_counts(family, UNREGISTERED_UNIT))
         lasts = {
             s["tags"]["device"]: s["values"][0][0]
             for s in query_sync(
-                settings,
-                f"SELECT * FROM {quote_ident(family)} WHERE {unit_filter} "
-                f"GROUP BY {quote_ident('device')} ORDER BY time DESC LIMIT 1",
+                settings, queries.unregistered_last_seen(family, UNREGISTERED_UNIT)
             )
         }
         for item in series:

@@ -25,8 +25,9 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from collector import queries
 from collector.admission import NOT_QUANTITIES, PROTOCOL_QUANTITIES
-from collector.influx import InfluxClient, quote_ident, rows
+from collector.influx import InfluxClient, rows
 from collector.protocol import Reading
 from collector.registry import FAMILIES, HIERARCHY_LEVELS
 
@@ -53,7 +54,7 @@ class HistoryReader:
 
     async def fields(self, family: str) -> list[str]:
         """The numeric field keys of a family worth reading, known quantities first."""
-        found = await self.influx.query(f"SHOW FIELD KEYS FROM {quote_ident(family)}")
+        found = await self.influx.query(queries.field_keys(family))
         names = [
             str(row["fieldKey"])
             for item in found
@@ -90,13 +91,9 @@ class HistoryReader:
         per_hour: Counter[int] = Counter()
         for family, names in fields.items():
             for first in range(0, len(names), FIELDS_PER_QUERY):
-                counts = ", ".join(
-                    f"count({quote_ident(name)})"
-                    for name in names[first : first + FIELDS_PER_QUERY]
-                )
+                group = names[first : first + FIELDS_PER_QUERY]
                 found = await self.influx.query(
-                    f"SELECT {counts} FROM {quote_ident(family)} "
-                    f"WHERE time >= {start_ms}ms AND time < {end_ms}ms GROUP BY time(1h) fill(none)"
+                    queries.hourly_counts(family, group, start_ms, end_ms)
                 )
                 for row in (row for item in found for row in rows(item)):
                     per_hour[int(row["time"])] += sum(
@@ -119,7 +116,6 @@ class HistoryReader:
     async def _chunk(
         self, family: str, names: list[str], start_ms: int, end_ms: int
     ) -> AsyncIterator[list[Reading]]:
-        columns = ", ".join(quote_ident(name) for name in ["device", *names])
         cursor, skip = start_ms, 0  # the next page: from this time, past this many rows
         while True:
             limit = min(self.page_points, self.max_points - self.spent) // len(names)
@@ -127,9 +123,7 @@ class HistoryReader:
                 self.exhausted = True
                 return
             found = await self.influx.query(
-                f"SELECT {columns} FROM {quote_ident(family)} "
-                f"WHERE time >= {cursor}ms AND time < {end_ms}ms "
-                f"LIMIT {limit} OFFSET {skip}"
+                queries.readings_page(family, names, cursor, end_ms, limit=limit, offset=skip)
             )
             page = [row for item in found for row in rows(item)]
             self.spent += len(page) * len(names)

@@ -27,6 +27,7 @@ from collector.alerts.pending import PendingDetections
 from collector.alerts.store import SqliteAlertStore
 from collector.config import Settings
 from collector.detection import DetectionEvent
+from collector.errors import AlertActionError, FieldAckError
 from collector.lineprotocol import encode_line
 from collector.mqtt import Inbound
 from collector.operator import OPERATOR_UNIT, OperatorAlarm
@@ -157,18 +158,18 @@ class AlertWiring:
         must still be a real one and the alert that unit's."""
         try:
             if is_pseudo_unit(unit):
-                raise ValueError(f"{unit!r} is a pseudo-unit: its alerts have no on-site panel")
+                raise FieldAckError(f"{unit!r} is a pseudo-unit: its alerts have no on-site panel")
             alert_id, actor, note = parse_ack(message.payload)
             alert = self.store.get(alert_id)
             if alert is None or alert.unit != unit:
-                raise ValueError(f"no alert {alert_id} in unit {unit!r}")
+                raise FieldAckError(f"no alert {alert_id} in unit {unit!r}")
             self.book.acknowledge(
                 alert_id,
                 actor=f"field:{unit}:{actor}",
                 note=note,
                 now_ms=time.time_ns() // 1_000_000,
             )
-        except ValueError as exc:  # the alert book's TransitionError too
+        except AlertActionError as exc:  # the payload, the unit, or the alert's state
             preview = message.payload[:512].decode("utf-8", errors="replace")
             return Rejection("ack_refused", str(exc)[:200], "units", unit, payload=preview)
         return None

@@ -34,11 +34,10 @@ from collector.alerts.model import (
     Alert,
     AlertEvent,
     State,
-    TransitionError,
     ack_due_at_ms,
 )
 from collector.apiguard import Refused, RequestGuard, Tokens
-from collector.errors import StoreError
+from collector.errors import StoreError, TransitionError
 from collector.metrics import CONTENT_TYPE, Exposition, Value
 from collector.plaintext import check_name, check_text
 from collector.registry import Registry

@@ -32,9 +32,7 @@ def unregistered_devices(settings: InfluxSettings, registry: Registry) -> list[U
         series = query_sync(settings, queries.unregistered_counts(family, UNREGISTERED_UNIT))
         lasts = {
             s["tags"]["device"]: s["values"][0][0]
-            for s in query_sync(
-                settings, queries.unregistered_last_seen(family, UNREGISTERED_UNIT)
-            )
+            for s in query_sync(settings, queries.unregistered_last_seen(family, UNREGISTERED_UNIT))
         }
         for item in series:
             device = item["tags"]["device"]

@@ -6,9 +6,23 @@
     ├── DashboardPushError     Grafana refused or could not be reached (dashboards push)
     ├── AlertStoreError        the alert database cannot be used as it is
     │   └── DamagedAlertStoreError  SQLite finds the file damaged, or not a database at all
+    ├── AlertActionError       an action on the alerts is refused (also a ValueError)
+    │   ├── TransitionError        the alert's state does not allow it (ack a closed alert)
+    │   ├── UnknownAlertError      no alert has that id (also a KeyError)
+    │   └── FieldAckError          an on-site acknowledgement that cannot be applied
+    ├── SpoolError             the disk spool did not take a batch: it stays with the broker
+    │   ├── SpoolFull              the spool holds its ``ingest.spool_max_bytes`` already
+    │   └── SpoolWriteFailed       the spool's disk refused the write (full, I/O error)
+    ├── MqttProtocolError      the broker sent what the receiver cannot follow: reconnect
     └── StoreError             talking to the time-series store failed
         ├── RetryableStoreError    timeouts, connection errors, 429, 5xx: try again later
         └── RejectedWriteError     400 and other 4xx: retrying the same lines cannot help
+
+Defined next to their code, because they never leave it:
+``detectors.registry.UnknownDetectorError`` (a ValueError: the detectors package imports
+nothing of the collector; configuration validation turns it into a ``ConfigError``),
+``collector.apiguard.Refused`` (the API guard's answer to a request it refuses, turned
+into an HTTP status inside the guard) and the simulator's own control flow.
 
 Third-party errors (httpx, paho, grafana-client) are caught where they enter and re-raised as one of
 these, so callers never need to import those libraries to handle failure. Invalid device
@@ -73,3 +87,47 @@ class RetryableStoreError(StoreError):
 
 class RejectedWriteError(StoreError):
     """The store refused the request itself; sending it again unchanged cannot succeed."""
+
+
+class AlertActionError(SmartUnitError, ValueError):
+    """A person's or a unit's action on the alerts is refused; the message says why."""
+
+
+class TransitionError(AlertActionError):
+    """A workflow action that the alert's state does not allow (e.g. ack a closed alert)."""
+
+
+class UnknownAlertError(AlertActionError, KeyError):
+    """No alert has this id."""
+
+    def __init__(self, alert_id: int) -> None:
+        super().__init__(f"no alert {alert_id}")
+        self.alert_id = alert_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class FieldAckError(AlertActionError):
+    """An on-site acknowledgement that cannot be applied: a payload that is not one, a
+    pseudo-unit, an alert of another unit."""
+
+
+class SpoolError(SmartUnitError):
+    """The spool did not take this batch; leave its messages with the broker."""
+
+
+class SpoolFull(SpoolError):
+    """The spool holds ``max_bytes`` already."""
+
+
+class SpoolWriteFailed(SpoolError):
+    """Writing or syncing the record failed; the segment was cut back to before it."""
+
+    def __init__(self, message: str, *, disk_full: bool) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class MqttProtocolError(SmartUnitError):
+    """The broker sent something this client cannot follow; the connection is dropped."""

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from collector.backoff import Backoff
 from collector.config import MqttSettings
+from collector.errors import MqttProtocolError
 from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,6 @@ def _string(text: str | bytes) -> bytes:
 
 def _packet(first_byte: int, body: bytes) -> bytes:
     return bytes([first_byte]) + encode_varint(len(body)) + body
-
-
-class MqttProtocolError(Exception):
-    """The broker sent something this client cannot follow; the connection is dropped."""
 
 
 class BulkMqttSource(Inbox):

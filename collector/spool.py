@@ -54,7 +54,7 @@ from pathlib import Path
 
 from google_crc32c import value as crc32c
 
-from collector.errors import SmartUnitError
+from collector.errors import SpoolFull, SpoolWriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +65,6 @@ HEADER_CHECKED = 12  # bytes of the header its own CRC covers
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _TORN = -1  # the data ends inside a record
 _BAD = -2  # not a record
-
-
-class SpoolError(SmartUnitError):
-    """The spool did not take this batch; leave its messages with the broker."""
-
-
-class SpoolFull(SpoolError):
-    """The spool holds ``max_bytes`` already."""
-
-
-class SpoolWriteFailed(SpoolError):
-    """Writing or syncing the record failed; the segment was cut back to before it."""
-
-    def __init__(self, message: str, *, disk_full: bool) -> None:
-        super().__init__(message)
-        self.disk_full = disk_full
 
 
 def encode_record(payload: bytes) -> bytes:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 from collector.backoff import Backoff
 from collector.config import IngestSettings
-from collector.errors import RetryableStoreError
+from collector.errors import RetryableStoreError, SpoolError
 from collector.influx import InfluxClient
 from collector.mqtt import Inbound
 from collector.protocol import Reading
-from collector.spool import DiskSpool, SpoolError
+from collector.spool import DiskSpool
 from collector.stats import IngestStats
 
 log = logging.getLogger(__name__)

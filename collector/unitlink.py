@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import orjson
 
 from collector.alerts.model import Alert, worst_level
+from collector.errors import FieldAckError
 from collector.logs import RateLimitedLog
 from collector.plaintext import clean_name, clean_text
 from collector.protocol import TOPIC_ROOT, topic_level
@@ -91,16 +92,16 @@ def parse_ack(payload: bytes) -> tuple[int, str, str]:
     try:
         request = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        raise ValueError("the payload is not JSON") from None
+        raise FieldAckError("the payload is not JSON") from None
     if not isinstance(request, dict):
-        raise ValueError("the payload is not a JSON object")
+        raise FieldAckError("the payload is not a JSON object")
     alert_id = request.get("alert_id")
     if not isinstance(alert_id, int) or isinstance(alert_id, bool) or alert_id < 1:
-        raise ValueError('"alert_id" must be a positive JSON integer')
+        raise FieldAckError('"alert_id" must be a positive JSON integer')
     actor = request.get("actor", "")
     note = request.get("note", "")
     if not isinstance(actor, str) or not isinstance(note, str):
-        raise ValueError('"actor" and "note" must be strings')
+        raise FieldAckError('"actor" and "note" must be strings')
     # stripped, not refused: a panel cannot be told, and its ack must count
     return alert_id, clean_name(actor)[:200] or "on-site", clean_text(note)[:4000]
 

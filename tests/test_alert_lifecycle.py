@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import EventType, State, TransitionError
+from collector.alerts.model import EventType, State
 from collector.alerts.store import SqliteAlertStore
 from collector.detection import DetectionEvent
+from collector.errors import TransitionError
 
 MIN = 60_000
 

@@ -35,12 +35,12 @@ from collector.alerts.model import (
     Fingerprint,
     Silence,
     State,
-    TransitionError,
     worst_level,
 )
 from collector.alerts.notify import OutboxEntry
 from collector.alerts.store import AlertStore, Write
 from collector.detection import DetectionEvent
+from collector.errors import AlertActionError, TransitionError, UnknownAlertError
 from detectors.levels import COLOURS
 
 VERIFIER = "verifier"
@@ -224,15 +224,15 @@ class AlertBook:
         reason: str,
     ) -> Silence:
         if (unit is None) == (device is None):
-            raise ValueError("a silence covers one unit or one device")
+            raise AlertActionError("a silence covers one unit or one device")
         if ends_ms <= starts_ms:
-            raise ValueError("a silence must end after it starts")
+            raise AlertActionError("a silence must end after it starts")
         return self.store.add_silence(Silence(0, unit, device, starts_ms, ends_ms, actor, reason))
 
     def _require(self, alert_id: int) -> Alert:
         alert = self.store.get(alert_id)
         if alert is None:
-            raise KeyError(alert_id)
+            raise UnknownAlertError(alert_id)
         return alert
 
     # -- detections ------------------------------------------------------------------------

@@ -211,7 +211,3 @@ class Silence:
         return (self.device is not None and self.device == alert.fingerprint.device) or (
             self.unit is not None and self.unit == alert.unit
         )
-
-
-class TransitionError(ValueError):
-    """A workflow action that the alert's state does not allow (e.g. ack a closed alert)."""

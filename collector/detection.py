@@ -18,15 +18,12 @@ events for devices and gateways that stopped reporting (``check_silence``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,79 +31,31 @@ import numpy as np
 import orjson
 
 from collector.admission import NOT_QUANTITIES
+from collector.detectionevent import SYSTEM_FAMILY, DetectionEvent, EventKind
 from collector.logs import RateLimitedLog
 from collector.protocol import Reading
 from collector.registry import Registry
-from collector.rules import RuleBook, RuleSpec
-from detectors.base import Detector
+from collector.rulerunner import RuleRunners
+from collector.rules import RuleBook
+from collector.silencecheck import FLEET, SilenceCheck
 from detectors.chain import Chain
-from detectors.levels import COLOURS, LevelDecider, colour_level
-from detectors.rules.capacity import CapacityRule
+from detectors.levels import COLOURS, colour_level
 from detectors.rules.silence import SilenceWatch
+
+# The decisions' types and names are the engine's vocabulary: found here by its users.
+__all__ = [
+    "FLEET",
+    "SYSTEM_FAMILY",
+    "DetectionEngine",
+    "DetectionEvent",
+    "EventKind",
+    "set_aside_damaged_state",
+]
 
 log = logging.getLogger(__name__)
 
 STATISTICAL = "statistical"
-SILENT_DEVICE = "yellow"
-SILENT_GATEWAY = "orange"  # a gateway takes many devices with it
-SILENT_FLEET = "red"  # most of the fleet at once: the command centre is blind
-FLEET = "_fleet"  # the silent fleet's "device": no device id starts with "_"
-SYSTEM_FAMILY = "system"  # alerts about the service itself, not about a device's readings
 CLOCK_LOG_INTERVAL_S = 10.0
-
-
-EventKind = Literal["raised", "changed", "cleared", "silent", "resumed"]
-
-
-@dataclass(frozen=True)
-class DetectionEvent:
-    kind: EventKind
-    detector: str  # rule name, "statistical", or "silence"
-    device: str  # for a silent gateway: the gateway id
-    family: str
-    quantity: str
-    unit: str
-    colour: str
-    previous_colour: str
-    value: float
-    ts_ms: int
-    score: float = 0.0
-    # The configured value the colour was raised at, in the quantity's unit (a capacity
-    # rule's fraction times the site's capacity); None for statistical detections.
-    threshold: float | None = None
-
-
-@dataclass
-class _RuleRunner:
-    spec: RuleSpec
-    detector: Detector
-    decider: LevelDecider
-    last_level: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    @property
-    def key(self) -> str:
-        """Identity for saved state: a rule whose definition changed starts afresh."""
-        spec = self.spec
-        definition = [
-            spec.name,
-            spec.detector,
-            spec.params,
-            spec.units,
-            spec.devices,
-            spec.capacity_from,
-        ]
-        text = json.dumps(definition, sort_keys=True, default=str)
-        return "rule:" + hashlib.sha256(text.encode()).hexdigest()[:24]
-
-    def state(self) -> dict[str, np.ndarray]:
-        out = {f"detector.{k}": v for k, v in self.detector.state().items()}
-        out |= {f"decider.{k}": v for k, v in self.decider.state().items()}
-        return out | {"last_level": self.last_level.astype(np.float64)}
-
-    def restore(self, state: dict[str, np.ndarray]) -> None:
-        self.detector.restore({k[9:]: v for k, v in state.items() if k.startswith("detector.")})
-        self.decider.restore({k[8:]: v for k, v in state.items() if k.startswith("decider.")})
-        self.last_level = state["last_level"].astype(np.int64)
 
 
 # (device, family, quantity): a plain tuple of strings, which the garbage collector stops
@@ -136,27 +85,15 @@ class DetectionEngine:
         )
         self.statistical_level = colour_level(statistical_colour)
         self.silence = silence or SilenceWatch()
+        self._silence_check = SilenceCheck(self.silence)
         self._info: list[_Series] = []
         self._newest = np.full(0, -np.inf)
-        self._runners: dict[int, _RuleRunner] = {}  # by id(spec): specs live in the rule book
-        # Which rules watch each series depends on the registry (the unit): worked out once
-        # per series and registry, as an index into ``_selections`` (-1: not yet).
-        self._selection_of = np.full(0, -1, dtype=np.int64)
-        self._selections: list[tuple[_RuleRunner, ...]] = []
-        self._selection_index: dict[tuple[int, ...], int] = {}
-        self._capacity_of: dict[str, np.ndarray] = {}  # capacity_from -> per series, NaN: none
+        self._rules = RuleRunners(rules)
         self._registry = Registry.empty()
         # device -> (its id, {field: series id, -1 for a field that is not a quantity}):
         # what ``process`` asks of every reading, one lookup per device and one per field.
         self._devices: dict[str, tuple[int, dict[str, int]]] = {}
         self._device_names: list[str] = []
-        self._gateway_names: list[str] = []
-        self._gateway_index: dict[str, int] = {}
-        self._grouped_by: Registry | None = None
-        self._grouped = 0  # devices (in order of first sight) already given their gateway
-        self._saved_rules: dict[str, dict[str, np.ndarray]] = {}
-        self._lags: list[float] = []  # how old the readings of each batch were on arrival
-        self.catching_up = False
         self.late_readings = 0
         self.judged_readings = 0
         self.clock_steps_back: Counter[str] = Counter()  # per device
@@ -208,9 +145,7 @@ class DetectionEngine:
         if self.chain is not None:
             arrays |= {f"chain|{k}": v for k, v in self.chain.state().items()}
         arrays |= {f"silence|{k}": v for k, v in self.silence.state().items()}
-        saved_rules = dict(self._saved_rules)  # rules not met since the last start
-        saved_rules |= {runner.key: runner.state() for runner in self._runners.values()}
-        for key, state in saved_rules.items():
+        for key, state in self._rules.state().items():
             arrays |= {f"{key}|{k}": v for k, v in state.items()}
         meta = {"format": self.STATE_FORMAT, "series": self._info, "devices": self._device_names}
         arrays["meta"] = np.array(orjson.dumps(meta).decode())  # json: 10 ms at 26k series
@@ -254,144 +189,23 @@ class DetectionEngine:
             self.chain.restore(groups.pop("chain"))
         if "silence" in groups:
             self.silence.restore(groups.pop("silence"))
-        self._saved_rules = {k: v for k, v in groups.items() if k.startswith("rule:")}
+        self._rules.restore_later({k: v for k, v in groups.items() if k.startswith("rule:")})
         log.info("detector state restored", extra={"series": len(self._info), "path": str(path)})
         return True
 
+    @property
+    def catching_up(self) -> bool:
+        """Whether the last silence check waited: the readings arriving were old."""
+        return self._silence_check.catching_up
+
     def device_alive(self, device: str, now_s: float) -> bool:
-        """Whether a device's newest reading is within its silence timeout; for a
-        gateway, any of its devices'; for the fleet, whether it was not silent at the
-        last check. What an alert needs before it can be verified closed."""
-        if device == FLEET:
-            return not self.silence.fleet_silent
+        """Whether a device (a gateway, the fleet) still reports: ``SilenceCheck.alive``."""
         found = self._devices.get(device)
-        if found is not None:
-            return bool(self.silence.alive(found[0], now_s))
-        group = self._gateway_index.get(device)
-        return group is not None and self.silence.group_alive(group, now_s)
+        return self._silence_check.alive(device, None if found is None else found[0], now_s)
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
-        if self._grouped_by is not registry:  # a new registry: every device again
-            self._gateway_names, self._gateway_index = [], {}
-            self._grouped_by, self._grouped = registry, 0
-        if self._grouped < len(self._device_names):  # devices seen since the last check
-            new = self._device_names[self._grouped :]
-            groups = []
-            for device in new:
-                known = registry.devices.get(device)
-                gateway = known.gateway if known is not None else None
-                if gateway and gateway not in self._gateway_index:
-                    self._gateway_index[gateway] = len(self._gateway_names)
-                    self._gateway_names.append(gateway)
-                groups.append(self._gateway_index[gateway] if gateway else -1)
-            self.silence.set_groups(np.arange(self._grouped, len(self._device_names)), groups)
-            self._grouped = len(self._device_names)
-        lags, self._lags = self._lags, []
-        if lags and float(np.median(lags)) > self.silence.allowance_s:
-            # The readings we are taking in are old: we are catching up a backlog (after an
-            # outage of ours or of the network). Every device would look silent; none is.
-            if not self.catching_up:
-                log.warning(
-                    "catching up a backlog: silence checks wait",
-                    extra={"median_lag_s": round(float(np.median(lags)), 1)},
-                )
-            self.catching_up = True
-            return []
-        self.catching_up = False
-        report = self.silence.check(now_s)
-        ts_ms = round(now_s * 1000)
-        events: list[DetectionEvent] = []
-
-        def add(
-            kind: EventKind,
-            name: str,
-            family: str,
-            unit: str,
-            colour: str,
-            *,
-            quantity: str = "",
-            value: float = math.nan,
-        ) -> None:
-            previous = colour if kind == "resumed" else "green"
-            shown = "green" if kind == "resumed" else colour
-            events.append(
-                DetectionEvent(
-                    kind, "silence", name, family, quantity, unit, shown, previous, value, ts_ms
-                )
-            )
-
-        kind: EventKind
-        if report.fleet_started or report.fleet_recovered:
-            kind = "silent" if report.fleet_started else "resumed"
-            add(
-                kind,
-                FLEET,
-                SYSTEM_FAMILY,
-                "",
-                SILENT_FLEET,
-                quantity="silent_devices",
-                value=report.quiet,
-            )
-            if report.fleet_started:
-                log.error(
-                    "most of the fleet stopped reporting at once: one alert stands for it",
-                    extra={"silent_devices": report.quiet},
-                )
-
-        for device_id in report.started.tolist() + report.recovered.tolist():
-            device = self._device_names[device_id]
-            known = registry.devices.get(device)
-            kind = "silent" if device_id in report.started else "resumed"
-            add(
-                kind,
-                device,
-                known.family if known else "",
-                registry.placement(device).unit,
-                SILENT_DEVICE,
-            )
-        for group in report.groups_started.tolist() + report.groups_recovered.tolist():
-            kind = "silent" if group in report.groups_started else "resumed"
-            add(kind, self._gateway_names[group], "gateway", "", SILENT_GATEWAY)
-        return events
-
-    def _selection_for(self, series: int, registry: Registry) -> int:
-        """The index in ``_selections`` of the rules that watch ``series``."""
-        device, family, quantity = self._info[series]
-        specs = self.rules.rules_for(family, quantity, registry.placement(device).unit, device)
-        key = tuple(map(id, specs))  # a runner per spec: the same specs, the same runners
-        index = self._selection_index.get(key)
-        if index is None:
-            index = self._selection_index[key] = len(self._selections)
-            self._selections.append(tuple(map(self._runner, specs)))
-        return index
-
-    def _runner(self, spec: RuleSpec) -> _RuleRunner:
-        runner = self._runners.get(id(spec))
-        if runner is None:
-            detector = spec.build()
-            decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
-            runner = self._runners[id(spec)] = _RuleRunner(spec, detector, decider)
-            saved = self._saved_rules.pop(runner.key, None)
-            if saved is not None:
-                runner.restore(saved)
-        return runner
-
-    def _selections_for(self, ids: np.ndarray, registry: Registry) -> np.ndarray:
-        """The rule selection (index into ``_selections``) of each of ``ids``."""
-        if len(self._selection_of) < len(self._info):
-            missing = len(self._info) - len(self._selection_of)
-            self._selection_of = np.concatenate(
-                [self._selection_of, np.full(missing, -1, dtype=np.int64)]
-            )
-        chosen = self._selection_of[ids]
-        unknown = np.unique(ids[chosen < 0])
-        if len(unknown):
-            self._selection_of[unknown] = [
-                self._selection_for(series, registry) for series in unknown.tolist()
-            ]
-        selected: np.ndarray = self._selection_of[ids]
-        return selected
+        return self._silence_check.check(now_s, registry, self._device_names)
 
     def _rewind_stepped_clocks(self, ids: np.ndarray, times: np.ndarray, now: float) -> None:
         """Re-anchor the series of devices whose clock stepped back.
@@ -436,9 +250,7 @@ class DetectionEngine:
         self._newest[series_ids] = np.minimum(self._newest[series_ids], np.nextafter(to, -np.inf))
         if self.chain is not None:
             self.chain.rewind(series_ids, to)
-        for runner in self._runners.values():
-            runner.detector.rewind(series_ids, to)
-            runner.decider.rewind(series_ids, to)
+        self._rules.rewind(series_ids, to)
         self.silence.rewind(np.array(list(anchor_of), dtype=np.int64), list(anchor_of.values()))
 
     # -- the work --------------------------------------------------------------------------
@@ -472,14 +284,13 @@ class DetectionEngine:
                     add_time(seconds)
                     add_value(value)
         if device_times:
-            self._lags.append(now - float(np.median(device_times)))
+            self._silence_check.note_lag(now - float(np.median(device_times)))
         if not sid:
             self.silence.observe(device_ids, device_times)
             return []
         if registry is not self._registry:  # units, hence rules and capacities, may differ
             self._registry = registry
-            self._selection_of = np.full(0, -1, dtype=np.int64)
-            self._capacity_of.clear()
+            self._rules.registry_changed()
         ids = np.array(sid, dtype=np.int64)
         times = np.array(t)
         values = np.array(x, dtype=np.float64)
@@ -506,7 +317,9 @@ class DetectionEngine:
         self.judged_readings += len(ids)
 
         events = self._statistical(ids, times, values)
-        events += self._rules(ids, times, values, registry)
+        events += self._rules.judge(
+            ids, times, values, info=self._info, registry=registry, event=self._event
+        )
         events.sort(key=lambda e: e.ts_ms)
         return events
 
@@ -538,78 +351,6 @@ class DetectionEngine:
                 )
         return events
 
-    def _rules(
-        self, ids: np.ndarray, times: np.ndarray, values: np.ndarray, registry: Registry
-    ) -> list[DetectionEvent]:
-        selection = self._selections_for(ids, registry)
-        by_runner: dict[int, tuple[_RuleRunner, list[np.ndarray]]] = {}
-        for index in np.unique(selection).tolist():
-            runners = self._selections[index]
-            if runners:
-                where = np.flatnonzero(selection == index)
-                for runner in runners:
-                    by_runner.setdefault(id(runner), (runner, []))[1].append(where)
-        events: list[DetectionEvent] = []
-        for runner, parts in by_runner.values():
-            # ascending positions: by series, then by time, as the detectors need
-            chosen = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
-            s, now, x = ids[chosen], times[chosen], values[chosen]
-            capacity = None
-            if isinstance(runner.detector, CapacityRule):
-                capacity = self._capacities(runner.spec.capacity_from, registry)[s]
-                runner.detector.set_capacity(s, capacity)
-            scores = runner.detector.score(s, now, x)
-            levels = runner.decider.decide(s, now, scores).level.astype(np.int64)
-            if len(runner.last_level) < len(self._info):
-                grown = np.zeros(len(self._info), dtype=np.int64)
-                grown[: len(runner.last_level)] = runner.last_level
-                runner.last_level = grown
-            # each position's level before it: the previous position of its series in
-            # this batch, or what the series ended the last batch on
-            before = runner.last_level[s]
-            same_series = s[1:] == s[:-1]
-            before[1:][same_series] = levels[:-1][same_series]
-            last_of_series = np.flatnonzero(np.append(~same_series, True))
-            runner.last_level[s[last_of_series]] = levels[last_of_series]
-            for k in np.flatnonzero(before != levels).tolist():
-                was, now_level = int(before[k]), int(levels[k])
-                kind: Literal["raised", "changed", "cleared"] = (
-                    "raised" if was == 0 else "cleared" if now_level == 0 else "changed"
-                )
-                events.append(
-                    self._event(
-                        kind=kind,
-                        detector=runner.spec.name,
-                        series=int(s[k]),
-                        t=now[k],
-                        value=x[k],
-                        level=now_level,
-                        previous=was,
-                        score=float(scores[k]),
-                        threshold=_threshold(
-                            runner, now_level, None if capacity is None else float(capacity[k])
-                        ),
-                    )
-                )
-        return events
-
-    def _capacities(self, capacity_from: str | None, registry: Registry) -> np.ndarray:
-        """The capacity a rule divides by, for every series (NaN: none known)."""
-        kind = capacity_from or ""
-        known = self._capacity_of.get(kind, np.full(0, np.nan))
-        if len(known) < len(self._info):
-            start = len(known)
-            known = np.concatenate([known, np.full(len(self._info) - start, np.nan)])
-            for sid in range(start, len(self._info)):
-                placement = registry.placement(self._info[sid][0])
-                unit = registry.units.get(placement.unit)
-                if kind == "safe_capacity" and unit is not None:
-                    known[sid] = unit.safe_capacity or np.nan
-                elif kind == "capacity":
-                    known[sid] = placement.capacity or np.nan
-            self._capacity_of[kind] = known
-        return known
-
     def _event(
         self,
         *,
@@ -638,17 +379,6 @@ class DetectionEngine:
             score,
             threshold,
         )
-
-
-def _threshold(runner: _RuleRunner, level: int, capacity: float | None) -> float | None:
-    if level == 0:
-        return None
-    configured = runner.spec.params.get("levels", {}).get(COLOURS[level])
-    if not isinstance(configured, int | float):
-        return None  # a colour reached together with the next one has no value of its own
-    if isinstance(runner.detector, CapacityRule):
-        return None if capacity is None or math.isnan(capacity) else configured * capacity
-    return float(configured)
 
 
 def set_aside_damaged_state(path: Path, error: BaseException) -> Path | None:

@@ -22,7 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from collector.families import FAMILIES
+
 OUT = Path(__file__).resolve().parent.parent / "dashboards"
+TARGET_REFS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DATASOURCE = {"type": "influxdb", "uid": "${datasource}"}
 LEVELS = ["district", "street", "community", "grid", "unit"]
 COLOUR_STEPS = [  # the five-colour warning, level 0..4
@@ -528,7 +532,7 @@ def devices() -> dict[str, Any]:
             ref,
             table=True,
         )
-        for ref, family in zip("ABC", ["camera", "parking", "chem"], strict=True)
+        for ref, family in zip(TARGET_REFS, FAMILIES, strict=False)
     ]
     rejected = (
         'SELECT non_negative_difference(last("count")) FROM "smartunit_rejections" '

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.families import PLUGINS
 from collector.fastpath import FAST_ENCODERS, FastDecoder, route_for
 from collector.protocol import PAYLOAD_MODELS, Decoder, Limits, Reading, reading_line
 from collector.registry import Registry
@@ -38,11 +39,13 @@ REGISTRY = Registry.from_mapping(
         },
     }
 )
-DEVICES = {
-    "camera": ["cam-1", "cam-new"],
-    "parking": ["lot-1", "lot-2", "lot-new"],
+REGISTERED = {
+    "camera": ["cam-1"],
+    "parking": ["lot-1", "lot-2"],
     "chem": ["gas-1"],
 }
+# Every family of the plug-in registry, with an unregistered device besides the above.
+DEVICES = {family: [*REGISTERED.get(family, []), f"{family}-new"] for family in PLUGINS}
 LIMITS = Limits(max_future_ms=300_000, max_age_ms=86_400_000)
 DECODER = Decoder(LIMITS)
 NOW_MS = 1_700_000_000_000
@@ -64,9 +67,8 @@ TIMES = st.sampled_from(
 READINGS = st.dictionaries(QUANTITY_NAMES, EDGE_VALUES | st.floats(), max_size=4)
 KEYS = sorted({key for model in PAYLOAD_MODELS.values() for key in model.model_fields})
 BASE = {
-    "camera": {"people": 12, "vehicles": 3, "interval_s": 10},
-    "parking": {"occupied": 40},
-    "chem": {"readings": {"lel_pct": 1.5, "temp_c": 41}},
+    family: {k: v for k, v in plugin.example.items() if k not in ("ts", "seq")}
+    for family, plugin in PLUGINS.items()
 }
 
 

@@ -131,6 +131,10 @@ BREAKAGES = [
     ("readings", {}),
     ("seq", -5),
     ("device", "somebody-else"),
+    ("smoke", 2),
+    ("smoke", True),
+    ("temp_c", "hot"),
+    ("pressure_kpa", [350]),
 ]
 
 

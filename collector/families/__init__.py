@@ -15,7 +15,7 @@ from types import MappingProxyType
 from collector.families.base import Family
 
 # Module names, in the order families are listed (topics, dashboards, docs).
-_PLUGINS = ("camera", "parking", "chem")
+_PLUGINS = ("camera", "parking", "chem", "fire")
 
 
 def _load() -> Mapping[str, Family]:

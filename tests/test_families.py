@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from collector.brokerauth import SHIPPED_ACL
 from collector.families import FAMILIES, PLUGINS, known_family
 from collector.families.base import Family
 from collector.fastpath import FAST_ENCODERS, route_for
@@ -107,3 +108,11 @@ def test_fire_readings_need_a_measurement_and_a_binary_smoke() -> None:
         assert not isinstance(judged, Reading) and judged.reason == reason, (bad, judged)
     good = decoder.reading(fire.payload, {"pressure_kpa": 95}, "fire", "fire-1", NOW_MS)
     assert isinstance(good, Reading) and good.fields == {"pressure_kpa": 95.0}
+
+
+def test_the_shipped_broker_acl_lets_every_family_publish() -> None:
+    acl = SHIPPED_ACL.read_text().splitlines()
+    for family in FAMILIES:
+        for kind in ("data", "status"):
+            assert f"pattern write smartunit/v1/{family}/%u/{kind}" in acl  # the devices
+            assert f"topic write smartunit/v1/{family}/+/{kind}" in acl  # the simulator

@@ -8,9 +8,11 @@ checkpoints and sites, office-hours parking occupancy, noisy process values in c
 parks (local time of day in the city's time zone).
 
 On request, anomalies are injected and written with their times to a label file (one
-JSON object per line): ``crowd_surge``, ``gas_leak`` (a ramp of % LEL), ``stuck_sensor``,
-``camera_dropout`` (connected but silent) and ``device_offline`` (the connection drops
-without a DISCONNECT, so the broker publishes the last will).
+JSON object per line): ``crowd_surge``, ``gas_leak`` (a ramp of % LEL), ``smoke`` (a
+detector in alarm, its temperature rising), ``pressure_drop`` (a burst fire-water main),
+``stuck_sensor``, ``camera_dropout`` (connected but silent) and ``device_offline`` (the
+connection drops without a DISCONNECT, so the broker publishes the last will). Each
+family's values and anomaly kinds are its plug-in's profile (collector/families/).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ NOW_MS = 1_700_000_000_000
 
 EDGE_VALUES = st.sampled_from(
     [
-        None, True, False, 0, 1, -1, 12, 2**31 - 1, 2**31, 2**63 - 1, -(2**63),
+        None, True, False, 0, 1, 2, -1, 12, 2**31 - 1, 2**31, 2**63 - 1, -(2**63),
         0.0, -0.0, 0.5, 1.5, 86_400, 86_400.0, 86_400.5, 1e308, -1e308, 5e-324,
         NOW_MS / 1000, NOW_MS, "12",
         "2023-11-14T22:13:20Z", "", "cam-1", "lot-1", "gas-1", [], [1], {}, {"a": 1},
@@ -76,7 +76,9 @@ BASE = {
 def near_valid(draw: st.DrawFn) -> tuple[str, str, dict[str, object]]:
     family = draw(st.sampled_from(list(BASE)))
     obj: dict[str, object] = {**BASE[family], "ts": NOW_MS / 1000 - 5, "seq": 7}
-    for key in draw(st.lists(st.sampled_from(KEYS), max_size=3)):
+    # Mostly the family's own keys (its edges), sometimes another family's (ignored).
+    keys = st.sampled_from(sorted(PAYLOAD_MODELS[family].model_fields)) | st.sampled_from(KEYS)
+    for key in draw(st.lists(keys, max_size=3)):
         special = {"readings": READINGS, "ts": TIMES | EDGE_VALUES}
         obj[key] = draw(special.get(key, EDGE_VALUES))
     for key in draw(st.lists(st.sampled_from(KEYS), max_size=2)):

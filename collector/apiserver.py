@@ -11,6 +11,7 @@ import uvicorn
 from collector.alerting import AlertWiring
 from collector.api import ApiContext, create_app
 from collector.config import Settings
+from collector.influx import BlockingQueries
 from collector.metrics import Value
 from collector.queries import read_series_means
 from collector.registry import Registry
@@ -25,9 +26,9 @@ def build_api_server(
     metrics: Callable[[], Mapping[str, Value]],
     healthy: Callable[[], bool],
     registry: Callable[[], Registry],
-) -> uvicorn.Server:
+) -> EmbeddedServer:
     http = settings.http
-    influx = settings.influx
+    influx = BlockingQueries(settings.influx)  # closed when the server stops (serve)
 
     def series(
         family: str, device: str, quantity: str, start_ms: int, end_ms: int
@@ -66,20 +67,26 @@ def build_api_server(
         access_log=False,
         limit_concurrency=http.max_connections,
     )
-    return _EmbeddedServer(config)
+    return EmbeddedServer(config, influx)
 
 
-async def serve(api: uvicorn.Server) -> None:
+async def serve(api: EmbeddedServer) -> None:
     # uvicorn exits the process when it cannot bind its port; the API failing must not
     # stop ingest, so that becomes an error in the log.
     try:
         await api.serve()
     except (SystemExit, OSError) as exc:
         log.error("HTTP API not available: %s (port %s)", exc, api.config.port)
+    finally:
+        api.influx.close()
 
 
-class _EmbeddedServer(uvicorn.Server):
+class EmbeddedServer(uvicorn.Server):
     """uvicorn inside the collector's loop: signals stay the collector's (it flushes first)."""
+
+    def __init__(self, config: uvicorn.Config, influx: BlockingQueries) -> None:
+        super().__init__(config)
+        self.influx = influx  # the charts' connections to InfluxDB
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

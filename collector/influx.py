@@ -237,8 +237,37 @@ def _series_of(response: httpx.Response) -> list[dict[str, Any]]:
     return series
 
 
+class BlockingQueries:
+    """InfluxQL reads from worker threads (the HTTP API's), over one pool of connections.
+
+    httpx's client is safe to share between threads; closing it ends its connections."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        base_url, headers, auth = _connection(settings)
+        self.url = f"{base_url}/query"
+        self.database = settings.database
+        self._client = httpx.Client(
+            headers=headers,
+            auth=auth,
+            timeout=settings.timeout_s,
+            verify=tls_verification(settings),
+        )
+
+    def query(self, influxql: str) -> list[dict[str, Any]]:
+        try:
+            response = self._client.post(
+                self.url, data={"q": influxql, "db": self.database, "epoch": "ms"}
+            )
+        except httpx.HTTPError as exc:
+            raise RetryableStoreError(f"cannot reach {self.url}: {exc}") from exc
+        return _series_of(response)
+
+    def close(self) -> None:
+        self._client.close()
+
+
 def query_sync(settings: InfluxSettings, influxql: str) -> list[dict[str, Any]]:
-    """Blocking InfluxQL query for the command line and tests."""
+    """Blocking InfluxQL query for the command line and tests: a connection of its own."""
     base_url, headers, auth = _connection(settings)
     url = f"{base_url}/query"
     verify = tls_verification(settings)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from collector.config import InfluxSettings
-from collector.influx import query_sync, quote_ident, quote_literal, rows
+from collector.influx import BlockingQueries, quote_ident, quote_literal, rows
 
 CHART_POINTS = 600  # about this many points, whatever the window: a chart, not an export
 
@@ -32,13 +31,17 @@ def series_means(family: str, device: str, quantity: str, start_ms: int, end_ms:
 
 
 def read_series_means(
-    settings: InfluxSettings, *, family: str, device: str, quantity: str, start_ms: int, end_ms: int
+    influx: BlockingQueries,
+    *,
+    family: str,
+    device: str,
+    quantity: str,
+    start_ms: int,
+    end_ms: int,
 ) -> list[tuple[int, float]]:
     """(time_ms, mean) of one quantity of one device between two times."""
     query = series_means(family, device, quantity, start_ms, end_ms)
-    return [
-        (int(r["time"]), float(r["mean"])) for s in query_sync(settings, query) for r in rows(s)
-    ]
+    return [(int(r["time"]), float(r["mean"])) for s in influx.query(query) for r in rows(s)]
 
 
 def field_keys(family: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.test_alerts_e2e import Sensor, wait_for
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, keep
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS, keep, reveal
 from tests.test_detection_e2e import PRESETS
 
 TOKEN = "tok-wall"
@@ -66,6 +66,10 @@ kind = "tourist_site"
 hierarchy = { city = "suzhou", district = "gusu", street = "gq", community = "db", grid = "G8" }
 
 [devices.gas-1]
+unit = "xinghua"
+family = "chem"
+
+[devices.gas-3]
 unit = "xinghua"
 family = "chem"
 
@@ -142,8 +146,9 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
 
     gas_1 = Sensor(publisher, "smartunit/v1/chem/gas-1/data", "lel_pct")
     gas_2 = Sensor(publisher, "smartunit/v1/chem/gas-2/data", "lel_pct")
+    gas_3 = Sensor(publisher, "smartunit/v1/chem/gas-3/data", "lel_pct")
     try:
-        gas_1.value = gas_2.value = 2
+        gas_1.value = gas_2.value = gas_3.value = 2
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
@@ -156,14 +161,30 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             check_readable(page)
             assert page.evaluate("window.__tones") == 0
 
-            # a new red: heard and seen
-            gas_1.value = 57
-            (first,) = wait_for(reds)
-            row = page.locator(f'tr[data-alert="{first["id"]}"]')
-            row.wait_for(timeout=15_000)
+            # a leak at xinghua seen by two detectors: new reds, heard and seen, one incident
+            gas_1.value = gas_3.value = 57
+            at_xinghua = wait_for(lambda: len(reds()) >= 2 and reds())
+            (first,) = [a for a in at_xinghua if a["device"] == "gas-1"]
+            incident = {a["incident"] for a in at_xinghua}
+            assert len(incident) == 1  # the unit's incident
+            leader = page.locator(f'tr[data-alert="{incident.pop()}"]')
+            leader.wait_for(timeout=15_000)
             page.wait_for_function("window.__tones > 0", timeout=10_000)
-            assert "flash" in (row.get_attribute("class") or "")
+            page.wait_for_function(
+                "document.querySelectorAll('#alerts tbody tr.member[data-colour=red]').length >= 1",
+                timeout=15_000,
+            )
+            members = page.locator("#alerts tbody tr.member")
+            assert members.count() >= 1 and all(
+                members.nth(i).is_hidden() for i in range(members.count())
+            )  # one row for the incident ...
+            assert "flash" in (leader.get_attribute("class") or "")
+            assert "c-red" in (leader.locator("td.bar").get_attribute("class") or "")
             assert page.evaluate("document.body.classList.contains('alarm')")
+            leader.locator("button.expand").click()  # ... that opens to its alerts
+            for alert in at_xinghua:
+                page.locator(f'tr[data-alert="{alert["id"]}"]').wait_for(timeout=5_000)
+            row = reveal(page, first["id"])
             assert "可燃气体 %LEL" in row.inner_text()
             page.screenshot(path=tmp_path / "console-wall.png")
             keep(tmp_path / "console-wall.png")
@@ -172,9 +193,10 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             page.click("#mute")
             tones = page.evaluate("window.__tones")
             gas_2.value = 60
-            wait_for(lambda: len(reds()) == 2)
-            (second,) = [a for a in reds() if a["id"] != first["id"]]
-            page.locator(f'tr[data-alert="{second["id"]}"].flash').wait_for(timeout=15_000)
+            (second,) = wait_for(lambda: [a for a in reds() if a["device"] == "gas-2"])
+            page.locator(f'tr[data-incident="{second["incident"]}"].flash').first.wait_for(
+                state="attached", timeout=15_000
+            )
             assert page.evaluate("window.__tones") == tones
 
             # the map: every unit with coordinates, in its worst colour; the one without listed
@@ -197,21 +219,22 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             page.locator("#select-all").check()
             page.fill("#bulk-note", "已派巡检组到场")
             page.click("#bulk-ack")
-            ackable = [a["id"] for a in client.get("/api/alerts").json()]
-            for alert_id in ackable:
+            listed = client.get("/api/alerts").json()
+            for alert in listed:  # a leader's acknowledgement covers its incident
                 page.locator(
-                    f'tr[data-alert="{alert_id}"] td.state[data-state="acknowledged"]'
-                ).wait_for(timeout=10_000)
-            for alert_id in (first["id"], second["id"]):
-                events = client.get(f"/api/alerts/{alert_id}").json()["events"]
+                    f'tr[data-alert="{alert["id"]}"] td.state[data-state="acknowledged"]'
+                ).wait_for(state="attached", timeout=10_000)
+            for alert in listed:
+                events = client.get(f"/api/alerts/{alert['id']}").json()["events"]
                 (ack,) = [e for e in events if e["type"] == "acknowledged"]
-                assert ack["note"] == "已派巡检组到场"
                 assert ack["actor"] == "console:值班员 李"
+                if alert["incident"] == alert["id"]:
+                    assert ack["note"] == "已派巡检组到场"
             assert "值班员 李" in row.locator("td.handler").inner_text()
             page.wait_for_function("!document.body.classList.contains('alarm')")
 
             # resolving while the readings are still abnormal asks first; "no" changes nothing
-            row.click()
+            reveal(page, first["id"]).click()
             page.locator("#alert-state").wait_for()
             assert page.locator('#actions button[data-action="ack"]').is_hidden()
             asked: list[str] = []
@@ -243,15 +266,20 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             desk = browser.new_context(viewport={"width": 1366, "height": 768}, locale="zh-CN")
             small = desk.new_page()
             sign_in(small, base)
-            small.locator(f'tr[data-alert="{first["id"]}"]').wait_for(timeout=10_000)
+            small.locator(f'tr[data-alert="{first["id"]}"]').wait_for(state="attached")
             check_readable(small)
             small.screenshot(path=tmp_path / "console-1366.png")
             keep(tmp_path / "console-1366.png")
+            small.select_option("#lang", "en")  # the English switch, kept for the next visit
+            small.wait_for_function("document.documentElement.lang === 'en'")
+            small.locator(f'tr[data-alert="{first["id"]}"]').wait_for(state="attached")
+            assert small.locator("header h1").inner_text() == "SmartUnit Monitor"
+            assert "Acknowledge by" in small.locator("#alerts thead").inner_text()
             desk.close()
 
             # the collector goes away: a loud banner within two refresh intervals
             page.goto(base + "/")
-            page.locator(f'tr[data-alert="{first["id"]}"]').wait_for(timeout=10_000)
+            page.locator(f'tr[data-alert="{first["id"]}"]').wait_for(state="attached")
             assert page.locator("#offline").is_hidden()
             collector.stop()
             page.locator("#offline").wait_for(state="visible", timeout=2 * REFRESH_S * 1000)
@@ -269,3 +297,4 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
     finally:
         gas_1.close()
         gas_2.close()
+        gas_3.close()

@@ -73,7 +73,7 @@ async function loadAlert(id) {
   }
   $("timeline").replaceChildren(...alert.events.slice().reverse().map((e) =>
     el("li", {},
-      el("time", {}, time(e.at_ms)), el("span", { class: "type" }, e.type.replace("_", " ")),
+      el("time", {}, time(e.at_ms)), el("span", { class: "type", "data-type": e.type }, eventName(e.type)),
       `${e.actor}${e.note ? ": " + e.note : ""}`)));
   document.title = `#${alert.id} ${colourName(alert.colour)} — SmartUnit`;
   api(`/api/alerts/${id}/series`).then(renderChart).catch((error) => {

@@ -19,6 +19,7 @@ const state = {
   selected: new Set(),
   rowErrors: new Map(),
   flashing: new Set(),
+  openIncidents: new Set(), // leaders whose incident is opened to its alerts
   lastOk: 0,          // when the API last answered a whole refresh
   offline: false,
 };
@@ -251,6 +252,66 @@ function visibleAlerts() {
     .sort((a, b) => COLOURS.indexOf(b.colour) - COLOURS.indexOf(a.colour) || a.started_at_ms - b.started_at_ms);
 }
 
+// A leak seen by five sensors is one incident: one row, in the incident's worst colour,
+// that opens to its alerts. An alert whose leader is not on the list stands on its own.
+function incidents(rows) {
+  const shown = new Set(rows.map((a) => a.id));
+  const groups = new Map();
+  for (const a of rows) {
+    const leader = a.incident !== a.id && shown.has(a.incident) ? a.incident : a.id;
+    if (!groups.has(leader)) groups.set(leader, []);
+    groups.get(leader).push(a);
+  }
+  const rank = (group) => Math.max(...group.map((a) => COLOURS.indexOf(a.colour)));
+  return [...groups.entries()]
+    .map(([leader, group]) => ({
+      leader: group.find((a) => a.id === leader),
+      members: group.filter((a) => a.id !== leader),
+      colour: COLOURS[rank(group)],
+    }))
+    .sort((x, y) => COLOURS.indexOf(y.colour) - COLOURS.indexOf(x.colour)
+      || x.leader.started_at_ms - y.leader.started_at_ms);
+}
+
+function alertRow(a, { ackable, colour, members, member, open }) {
+  const canAck = ackable.has(a.id);
+  const stop = (event) => event.stopPropagation();
+  const box = canAck ? el("input", { type: "checkbox", "data-select": a.id, onclick: stop,
+    onchange: (event) => { event.target.checked ? state.selected.add(a.id) : state.selected.delete(a.id); renderBulk(); } }) : "";
+  if (box) box.checked = state.selected.has(a.id);
+  const ack = canAck ? el("button", { type: "button", "data-ack": a.id,
+    onclick: (event) => { stop(event); runRow(a.id, () => act(a.id, "ack", "")); } }, t("ack")) : "";
+  const toggle = members.length ? el("button", {
+    type: "button", class: "expand", "data-incident": a.id, title: t("incident_alerts", members.length + 1),
+    onclick: (event) => {
+      stop(event);
+      if (state.openIncidents.has(a.id)) state.openIncidents.delete(a.id); else state.openIncidents.add(a.id);
+      renderList();
+    },
+  }, `${open ? "▾" : "▸"} ${members.length + 1}`) : "";
+  const flashing = [a, ...members].some((m) => state.flashing.has(m.id) && !m.acknowledged);
+  const error = state.rowErrors.get(a.id);
+  const row = el("tr", {
+    class: `alert${member ? " member" : ""}${flashing ? " flash" : ""}`,
+    "data-alert": a.id, "data-colour": a.colour, "data-incident": a.incident,
+    onclick: () => go(`/alerts/${a.id}`),
+  },
+    el("td", { class: `bar c-${colour}` }),
+    el("td", { onclick: stop }, box),
+    el("td", { class: "id" }, member ? "↳ " : "", a.id, toggle),
+    el("td", { class: "unit" }, el("strong", {}, unitName(a.unit)), el("small", {}, a.device)),
+    el("td", {}, quantityName(a.quantity), el("small", {}, detectorName(a.detector))),
+    el("td", { class: "value" }, valueText(a)),
+    el("td", { class: "state", "data-state": a.state }, stateName(a.state),
+      a.flapping ? el("span", { class: "flapping" }, t("flapping")) : ""),
+    el("td", { class: a.acknowledged_by ? "handler" : "handler dim" }, person(a.acknowledged_by) || t("nobody")),
+    dueCell(a),
+    el("td", {}, age(a.started_at_ms)),
+    el("td", { class: "act" }, ack, error ? el("span", { class: "error row-error" }, error) : ""));
+  if (member && !open) row.hidden = true;
+  return row;
+}
+
 function renderList() {
   const rows = visibleAlerts();
   $("scope").textContent = state.scope.length ? state.scope.map(placeName).join(" / ") : t("whole_city");
@@ -259,33 +320,17 @@ function renderList() {
   $("empty").textContent = $("search").value.trim() ? t("none_matching") : t("no_alerts");
   const ackable = new Set(rows.filter((a) => ACK_FROM.includes(a.state)).map((a) => a.id));
   for (const id of state.selected) if (!ackable.has(id)) state.selected.delete(id);
-  $("alerts").querySelector("tbody").replaceChildren(...rows.map((a) => {
-    const canAck = ackable.has(a.id);
-    const stop = (event) => event.stopPropagation();
-    const box = canAck ? el("input", { type: "checkbox", "data-select": a.id, onclick: stop,
-      onchange: (event) => { event.target.checked ? state.selected.add(a.id) : state.selected.delete(a.id); renderBulk(); } }) : "";
-    if (box) box.checked = state.selected.has(a.id);
-    const ack = canAck ? el("button", { type: "button", "data-ack": a.id,
-      onclick: (event) => { stop(event); runRow(a.id, () => act(a.id, "ack", "")); } }, t("ack")) : "";
-    const error = state.rowErrors.get(a.id);
-    return el("tr", {
-      class: `alert${state.flashing.has(a.id) && !a.acknowledged ? " flash" : ""}`,
-      "data-alert": a.id, "data-colour": a.colour, onclick: () => go(`/alerts/${a.id}`),
-    },
-      el("td", { class: `bar c-${a.colour}` }),
-      el("td", { onclick: stop }, box),
-      el("td", {}, a.id),
-      el("td", { class: "unit" }, el("strong", {}, unitName(a.unit)), el("small", {}, a.device)),
-      el("td", {}, quantityName(a.quantity), el("small", {}, detectorName(a.detector))),
-      el("td", { class: "value" }, valueText(a)),
-      el("td", { class: "state", "data-state": a.state }, stateName(a.state),
-        a.flapping ? el("span", { class: "flapping" }, t("flapping")) : ""),
-      el("td", { class: a.acknowledged_by ? "handler" : "handler dim" }, person(a.acknowledged_by) || t("nobody")),
-      dueCell(a),
-      el("td", {}, age(a.started_at_ms)),
-      el("td", { class: "act" }, ack, error ? el("span", { class: "error row-error" }, error) : ""));
+  // a search names alerts, not incidents: every match is shown
+  const searching = Boolean($("search").value.trim());
+  $("alerts").querySelector("tbody").replaceChildren(...incidents(rows).flatMap(({ leader, members, colour }) => {
+    const open = searching || state.openIncidents.has(leader.id);
+    return [
+      alertRow(leader, { ackable, colour, members, member: false, open }),
+      ...members.map((m) => alertRow(m, { ackable, colour: m.colour, members: [], member: true, open })),
+    ];
   }));
-  $("select-all").checked = ackable.size > 0 && [...ackable].every((id) => state.selected.has(id));
+  const boxes = [...document.querySelectorAll("#alerts tbody tr:not([hidden]) input[data-select]")];
+  $("select-all").checked = boxes.length > 0 && boxes.every((box) => box.checked);
   renderBulk();
 }
 
@@ -428,7 +473,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("back").addEventListener("click", (event) => { event.preventDefault(); go("/"); });
   $("bulk-ack").addEventListener("click", bulkAcknowledge);
   $("select-all").addEventListener("change", (event) => {
-    const boxes = document.querySelectorAll("#alerts tbody input[data-select]");
+    const boxes = document.querySelectorAll("#alerts tbody tr:not([hidden]) input[data-select]");
     for (const box of boxes) {
       const id = Number(box.dataset.select);
       if (event.target.checked) state.selected.add(id); else state.selected.delete(id);

@@ -51,7 +51,7 @@ const MESSAGES = {
     waiting: "{0} 条待发，最早的已等 {1}", nothing_waiting: "无待发",
     summary_title: "{0}告警", n_colour: "{0} {1}", n_overdue: "{0} 超时",
     s: "{0} 秒", min: "{0} 分钟", h: "{0} 小时", d: "{0} 天",
-    silence: "设备失联", flapping: "频繁波动",
+    silence: "设备失联", flapping: "频繁波动", incident_alerts: "本事件共 {0} 条告警，点击展开",
   },
   en: {
     title: "SmartUnit Monitor",
@@ -99,7 +99,7 @@ const MESSAGES = {
     waiting: "{0} event(s) waiting, the oldest {1}", nothing_waiting: "nothing waiting",
     summary_title: "{0} alerts", n_colour: "{0} {1}", n_overdue: "{0} overdue",
     s: "{0} s", min: "{0} min", h: "{0} h", d: "{0} d",
-    silence: "device silent", flapping: "flapping",
+    silence: "device silent", flapping: "flapping", incident_alerts: "{0} alerts in this incident: open",
   },
 };
 
@@ -117,6 +117,16 @@ const STATE_NAMES = {
     open: "open", dispatched: "dispatched", acknowledged: "acknowledged", recovered: "recovered",
     resolved: "resolved", reopened: "reopened", closed: "closed",
   },
+};
+const EVENT_NAMES = {
+  "zh-CN": {
+    opened: "告警产生", colour_changed: "级别变化", dispatched: "已派发", acknowledged: "已确认",
+    recovered: "读数恢复", condition_cleared: "读数恢复", condition_returned: "读数再次异常",
+    resolved: "处置完毕", reopened: "重新打开", closed: "已关闭", commented: "备注",
+    escalated: "逐级上报", flapping: "频繁波动", incident_joined: "并入事件",
+    incident_rose: "事件升级", incident_escalated: "事件上报",
+  },
+  en: {},
 };
 const QUANTITIES = {
   lel_pct: { "zh-CN": "可燃气体", en: "Combustible gas", unit: "%LEL" },
@@ -165,6 +175,7 @@ function t(key, ...args) {
 
 const colourName = (colour) => COLOUR_NAMES[LANG][colour] || colour;
 const stateName = (state) => STATE_NAMES[LANG][state] || state;
+const eventName = (type) => EVENT_NAMES[LANG][type] || type.replaceAll("_", " ");
 const detectorName = (detector) => DETECTORS[LANG][detector] || detector;
 const quantityUnit = (quantity) => QUANTITIES[quantity]?.unit ?? "";
 

@@ -11,6 +11,7 @@ directory, and to ``$SMARTUNIT_SCREENSHOT_DIR`` when set (how docs/img is made).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,14 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             assert "1" in page.locator("#map-note").inner_text()
             page.screenshot(path=tmp_path / "console-map.png")
             keep(tmp_path / "console-map.png")
+            # where a tile server exists: its tiles under the same projection
+            page.fill("#tile-url", "http://127.0.0.1:9/tiles/{z}/{x}/{y}.png")
+            page.dispatch_event("#tile-url", "change")
+            page.locator("#map svg image").first.wait_for(state="attached", timeout=10_000)
+            href = page.locator("#map svg image").first.get_attribute("href") or ""
+            assert re.fullmatch(r"http://127\.0\.0\.1:9/tiles/\d+/\d+/\d+\.png", href), href
+            page.fill("#tile-url", "")
+            page.dispatch_event("#tile-url", "change")
 
             # bulk acknowledge: every ackable alert on the list, one note
             page.click('#tabs button[data-view="list"]')

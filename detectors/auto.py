@@ -39,14 +39,19 @@ Measured and left out (session 1): ``seasonal``, ``cusum`` and ``robust_z`` as p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from detectors.base import Detector, FloatArray, IntArray
+from detectors.cycle import CycleProfile
 from detectors.novelty import RangeNovelty
+from detectors.sequence import SequenceContext
 from detectors.registry import register
 from detectors.shift import LevelShift
+
+PARTS = ("raw", "smooth", "shift", "cycle", "sequence")
 
 
 @register
@@ -67,6 +72,9 @@ class AutoDetector(Detector):
         smooth_noise_multiple: float = 3.0,
         young_readings: int = 2000,
         shift: dict[str, Any] | None = None,
+        cycle: dict[str, Any] | None = None,
+        sequence: dict[str, Any] | None = None,
+        parts: Sequence[str] = PARTS,
     ) -> None:
         super().__init__()
         if span < 1:
@@ -83,32 +91,31 @@ class AutoDetector(Detector):
                 noise_multiple=noise,
             )
 
-        self.parts: dict[str, Detector] = {
-            "raw": novelty(noise_multiple, young_readings),
-            "smooth": novelty(smooth_noise_multiple),
-            "shift": LevelShift(**(shift or {})),
+        unknown = set(parts) - set(PARTS)
+        if unknown or not parts:
+            raise ValueError(f"parts must be some of {', '.join(PARTS)}; unknown: {sorted(unknown)}")
+        builders: dict[str, Callable[[], Detector]] = {
+            "raw": lambda: novelty(noise_multiple, young_readings),
+            "smooth": lambda: novelty(smooth_noise_multiple),
+            "shift": lambda: LevelShift(**(shift or {})),
+            "cycle": lambda: CycleProfile(**(cycle or {})),
+            "sequence": lambda: SequenceContext(**(sequence or {})),
         }
+        self.parts: dict[str, Detector] = {name: builders[name]() for name in PARTS if name in parts}
 
-    def score(self, series: Any, t: Any, x: Any) -> FloatArray:
-        ids = np.asarray(series, dtype=np.int64)
-        if len(ids):
-            needed = int(ids.max()) + 1
-            for part in self.parts.values():
-                part._state.grow(needed)
-        return super().score(series, t, x)
+    def grow(self, needed: int) -> None:
+        super().grow(needed)
+        for part in self.parts.values():
+            part.grow(needed)
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         previous = self._state["smooth"][series]
         smooth = np.where(np.isnan(previous), x, previous + self.alpha * (x - previous))
         self._state["smooth"][series] = smooth
-        raw, smoothed, shift = self.parts.values()
-        scores: FloatArray = np.maximum.reduce(
-            [
-                raw._score_round(series, t, x),
-                smoothed._score_round(series, t, smooth),
-                shift._score_round(series, t, x),
-            ]
-        )
+        scores: FloatArray = np.zeros(len(series))
+        for name, part in self.parts.items():
+            part_scores = part._score_round(series, t, smooth if name == "smooth" else x)
+            np.maximum(scores, part_scores, out=scores)
         return scores
 
     def rewind(self, series: Any, t: Any) -> None:

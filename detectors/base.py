@@ -146,13 +146,17 @@ class Detector(ABC):
         out = np.zeros(len(series), dtype=np.float64)
         if len(series) == 0:
             return out
-        self._state.grow(int(series.max()) + 1)
+        self.grow(int(series.max()) + 1)
         valid = np.isfinite(x) & np.isfinite(t)
         for round_positions in split_rounds(series):
             positions = round_positions[valid[round_positions]]
             if len(positions):
                 out[positions] = self._score_round(series[positions], t[positions], x[positions])
         return np.clip(out, 0.0, 1.0)
+
+    def grow(self, needed: int) -> None:
+        """Room for series ids 0 .. needed - 1 (a detector made of parts grows them too)."""
+        self._state.grow(needed)
 
     def state(self) -> dict[str, FloatArray]:
         return self._state.snapshot()

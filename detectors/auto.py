@@ -47,8 +47,8 @@ import numpy as np
 from detectors.base import Detector, FloatArray, IntArray
 from detectors.cycle import CycleProfile
 from detectors.novelty import RangeNovelty
-from detectors.sequence import SequenceContext
 from detectors.registry import register
+from detectors.sequence import SequenceContext
 from detectors.shift import LevelShift
 
 PARTS = ("raw", "smooth", "shift", "cycle", "sequence")
@@ -93,7 +93,9 @@ class AutoDetector(Detector):
 
         unknown = set(parts) - set(PARTS)
         if unknown or not parts:
-            raise ValueError(f"parts must be some of {', '.join(PARTS)}; unknown: {sorted(unknown)}")
+            raise ValueError(
+                f"parts must be some of {', '.join(PARTS)}; unknown: {sorted(unknown)}"
+            )
         builders: dict[str, Callable[[], Detector]] = {
             "raw": lambda: novelty(noise_multiple, young_readings),
             "smooth": lambda: novelty(smooth_noise_multiple),
@@ -101,7 +103,9 @@ class AutoDetector(Detector):
             "cycle": lambda: CycleProfile(**(cycle or {})),
             "sequence": lambda: SequenceContext(**(sequence or {})),
         }
-        self.parts: dict[str, Detector] = {name: builders[name]() for name in PARTS if name in parts}
+        self.parts: dict[str, Detector] = {
+            name: builders[name]() for name in PARTS if name in parts
+        }
 
     def grow(self, needed: int) -> None:
         super().grow(needed)

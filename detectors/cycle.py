@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import Detector, FloatArray, IntArray
+from detectors.base import BoolArray, Detector, FloatArray, IntArray
 from detectors.likelihood import Likelihood
 from detectors.registry import register
 
@@ -97,14 +97,16 @@ class CycleProfile(Detector):
         own = {k: v for k, v in state.items() if not k.startswith("likelihood.")}
         super().restore(own)
         if self.likelihood is not None:
-            self.likelihood.restore({k[11:]: v for k, v in state.items() if k.startswith("likelihood.")})
+            self.likelihood.restore(
+                {k[11:]: v for k, v in state.items() if k.startswith("likelihood.")}
+            )
 
     def _widths(self) -> dict[str, int]:
         return {"day": self.day_bins * BIN_FIELDS, "week": self.week_bins * BIN_FIELDS}
 
     def _profile(
         self, key: str, series: IntArray, t: FloatArray, x: FloatArray, period: float
-    ) -> tuple[FloatArray, FloatArray]:
+    ) -> tuple[FloatArray, BoolArray]:
         """The expectation of this bin from earlier visits (NaN: not enough), and whether
         it is warm; then the reading joins the current visit."""
         # One row of (mean, sum, count, visits, visit index) per bin, gathered at once.
@@ -153,7 +155,11 @@ class CycleProfile(Detector):
         resid = np.where(has, x - np.where(has, expected, 0.0), 0.0)
 
         n = st["n"][series]
-        resid_var, smooth, smooth_var = st["resid_var"][series], st["smooth"][series], st["smooth_var"][series]
+        resid_var, smooth, smooth_var = (
+            st["resid_var"][series],
+            st["smooth"][series],
+            st["smooth_var"][series],
+        )
         floor = 1e-9 + 1e-6 * np.abs(overall)
         z_point = np.abs(resid) / (np.sqrt(resid_var) + floor)
         fast = np.maximum(1.0 / (n + 1.0), self.alpha)

@@ -31,7 +31,9 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 def log_gaussian_tail(z: FloatArray) -> FloatArray:
     """log P(Z > z) for a standard normal Z; 0 (p = 1) for z <= 0 is close enough here."""
     z = np.maximum(z, 0.0)
-    out: FloatArray = -0.5 * z * z - np.log((1.0 - _A) * z + _A * np.sqrt(z * z + _B)) - _LOG_SQRT_2PI
+    out: FloatArray = (
+        -0.5 * z * z - np.log((1.0 - _A) * z + _A * np.sqrt(z * z + _B)) - _LOG_SQRT_2PI
+    )
     return np.minimum(out, 0.0)
 
 
@@ -66,7 +68,12 @@ class Likelihood:
         """Calibrated scores of ``raw`` (one per series, no repeats); where ``valid`` is
         False the raw score is not learned from and scores 0."""
         st = self._state
-        short, mean, var, n = st["short"][series], st["mean"][series], st["var"][series], st["n"][series]
+        short, mean, var, n = (
+            st["short"][series],
+            st["mean"][series],
+            st["var"][series],
+            st["n"][series],
+        )
         valid = np.broadcast_to(np.asarray(valid, dtype=bool), raw.shape)
         short = np.where(valid, short + self.alpha * (raw - short), short)
         # The spread has a floor: a series whose raw score sat still would otherwise make

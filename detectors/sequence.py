@@ -53,7 +53,9 @@ class SequenceContext(Detector):
         self.levels, self.order = levels, order
         super().__init__()
         if levels < 2 or order < 1 or levels ** (order + 1) > 4096 or not 0 < forget <= 1:
-            raise ValueError("need levels >= 2, order >= 1, levels ** (order + 1) <= 4096, 0 < forget <= 1")
+            raise ValueError(
+                "need levels >= 2, order >= 1, levels ** (order + 1) <= 4096, 0 < forget <= 1"
+            )
         self.contexts = levels**order
         self.forget, self.warmup_readings = forget, warmup_readings
         self.likelihood = Likelihood(**(LIKELIHOOD | (likelihood or {})))
@@ -72,7 +74,9 @@ class SequenceContext(Detector):
 
     def restore(self, state: dict[str, FloatArray]) -> None:
         super().restore({k: v for k, v in state.items() if not k.startswith("likelihood.")})
-        self.likelihood.restore({k[11:]: v for k, v in state.items() if k.startswith("likelihood.")})
+        self.likelihood.restore(
+            {k[11:]: v for k, v in state.items() if k.startswith("likelihood.")}
+        )
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state

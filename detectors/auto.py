@@ -52,6 +52,14 @@ from detectors.sequence import SequenceContext
 from detectors.shift import LevelShift
 
 PARTS = ("raw", "smooth", "shift", "cycle", "sequence")
+# For a fleet where every alert costs a phone call (docs/detectors.md, "Noise against
+# sensitivity"): a range break must be rarer than once in 100,000 readings of its series,
+# every range waits for a day of data, and sequence surprise must stand out further.
+QUIET: dict[str, Any] = {
+    "p_alert": 1e-5,
+    "warmup_enough_readings": 100_000,
+    "sequence": {"likelihood": {"floor": 0.12}},
+}
 
 
 @register
@@ -71,6 +79,7 @@ class AutoDetector(Detector):
         noise_multiple: float = 0.6,
         smooth_noise_multiple: float = 3.0,
         young_readings: int = 2000,
+        p_alert: float | None = None,
         shift: dict[str, Any] | None = None,
         cycle: dict[str, Any] | None = None,
         sequence: dict[str, Any] | None = None,
@@ -89,6 +98,7 @@ class AutoDetector(Detector):
                 warmup_readings=warmup_readings,
                 warmup_enough_readings=warmup_enough_readings,
                 noise_multiple=noise,
+                p_alert=p_alert,
             )
 
         unknown = set(parts) - set(PARTS)

@@ -75,7 +75,8 @@ class Likelihood:
             st["n"][series],
         )
         valid = np.broadcast_to(np.asarray(valid, dtype=bool), raw.shape)
-        short = np.where(valid, short + self.alpha * (raw - short), short)
+        started = np.where(n == 0, raw, short)  # from the first raw score: no offset bias
+        short = np.where(valid, started + self.alpha * (raw - started), short)
         # The spread has a floor: a series whose raw score sat still would otherwise make
         # every later flicker infinitely unlikely.
         spread = np.maximum(np.sqrt(np.maximum(var, 0.0)), self.floor)

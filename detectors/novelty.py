@@ -43,6 +43,9 @@ class RangeNovelty(Detector):
         "t_first": math.nan,
         "t_last": math.nan,
         "mean": 0.0,
+        "record_rate": 0.0,  # share of readings that broke the range
+        "record_excess": 0.0,  # mean excess of those that did
+        "records": 0.0,
     }
 
     def __init__(
@@ -55,6 +58,8 @@ class RangeNovelty(Detector):
         noise_multiple: float = 0.0,
         memory_s: float | None = None,
         young_readings: int = 0,
+        p_alert: float | None = None,
+        rate_span: int = 5000,
     ) -> None:
         super().__init__()
         if margin <= 0 or warmup_s < 0 or warmup_readings < 1:
@@ -68,6 +73,12 @@ class RangeNovelty(Detector):
         self.memory_s = memory_s
         self.noise_multiple = noise_multiple
         self.young_readings = young_readings
+        if p_alert is not None and not 0 < p_alert < 1:
+            raise ValueError("p_alert must lie in (0, 1)")
+        if rate_span < 2:
+            raise ValueError("rate_span must be >= 2")
+        self.log_alert = math.log(p_alert) if p_alert is not None else None
+        self.rate_beta = 1.0 / rate_span
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state
@@ -94,6 +105,21 @@ class RangeNovelty(Detector):
             (t - t_first >= self.warmup_s) | (n >= self.warmup_enough_readings)
         )
         scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
+        rate, typical = st["record_rate"][series], st["record_excess"][series]
+        broke = (excess > 0) & np.isfinite(scale)
+        if self.log_alert is not None:
+            # Peaks over threshold: a range is broken at the series' own rate, by excesses
+            # that are roughly exponential, so this break is as rare per reading as
+            # rate * exp(-excess / typical excess); it must be rarer than p_alert.
+            log_p = np.log(np.maximum(rate, 1e-300)) - excess / np.maximum(typical, 1e-300)
+            rarity = np.where(typical > 0, 0.5 * log_p / self.log_alert, 1.0)
+            scores = np.minimum(scores, rarity)
+        records = st["records"][series]
+        weight = np.maximum(1.0 / (n + 1.0), self.rate_beta)
+        st["record_rate"][series] = rate + weight * (broke - rate)
+        learn = np.maximum(1.0 / (records + 1.0), 0.05)
+        st["record_excess"][series] = np.where(broke, typical + learn * (excess - typical), typical)
+        st["records"][series] = records + broke
 
         st["lo"][series] = np.minimum(lo, x)
         st["hi"][series] = np.maximum(hi, x)

@@ -26,6 +26,7 @@ import csv
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.detector_fleet import fleet_injected, fleet_noise
 from bench.detector_grid import report_grid, run_grid
 from collector.backtest import SeriesFile, run_chain
+from detectors.auto import QUIET
 from detectors.chain import Chain
 from detectors.evaluation import (
     PROFILES,
     LabelledSeries,
+    OutlierMetrics,
     find_bench_data,
     load_nab,
     nab_score,
@@ -135,7 +138,19 @@ def _skab_file(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarra
     return channels, t, values, anomaly
 
 
-def bench_skab(root: Path) -> None:
+def bench_quiet(corpus: list[LabelledSeries], files: list[SeriesFile], skab: Path) -> None:
+    """What the quiet setting (detectors.auto.QUIET) costs on the benchmarks."""
+    results = run_chain(files, Chain.from_config(**QUIET))
+    alerts = [r.onset.astype(np.float64) for r in results]
+    shipped = nab_score(corpus, alerts, "standard", 0.5).normalised
+    m = skab_metrics(skab, QUIET)
+    print(
+        f"Quiet setting ({QUIET}): NAB standard, alerts as shipped {shipped:.2f}; SKAB valve2 "
+        f"F1 {m.f1:.2f} FAR {100 * m.far:.1f} % MAR {100 * m.mar:.1f} %"
+    )
+
+
+def skab_metrics(root: Path, params: dict[str, Any]) -> OutlierMetrics:
     truth, predicted = [], []
     for path in sorted((root / "data" / "valve2").glob("*.csv")):
         channels, t, values, anomaly = _skab_file(path)
@@ -143,13 +158,18 @@ def bench_skab(root: Path) -> None:
             SeriesFile(Path(f"{path.stem}/{c}"), [], t, values[:, i])
             for i, c in enumerate(channels)
         ]
-        results = run_chain(series, Chain.from_config())
+        results = run_chain(series, Chain.from_config(**params))
         any_active = np.logical_or.reduce([r.active for r in results])
         truth.append(anomaly[SKAB_SCORED_FROM:])
         predicted.append(any_active[SKAB_SCORED_FROM:])
-    m = outlier_metrics(truth, predicted)
+    return outlier_metrics(truth, predicted)
+
+
+def bench_skab(root: Path) -> None:
+    m = skab_metrics(root, {})
+    files = len(list((root / "data" / "valve2").glob("*.csv")))
     print(
-        f"SKAB valve2 ({len(truth)} files, rows from {SKAB_SCORED_FROM}), one auto chain per "
+        f"SKAB valve2 ({files} files, rows from {SKAB_SCORED_FROM}), one auto chain per "
         f"channel, OR-combined:"
     )
     print(
@@ -210,8 +230,9 @@ def main() -> None:
             f"nab_cv_mean_defaults={figures['cv_mean_defaults']:.2f}"
         )
     bench_skab(args.shared / "bench" / "skab")
+    bench_quiet(corpus, files, args.shared / "bench" / "skab")
     if not args.no_fleet:
-        fleet_noise()
+        fleet_noise(presets={"defaults": {}, "quiet": QUIET})
         fleet_injected()
     bench_throughput()
 

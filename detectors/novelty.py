@@ -16,6 +16,14 @@ bench/detectors.py: off by default). ``young_readings`` raises that multiple by
 sqrt(young_readings / n) while the series has shown fewer readings: a young range is
 broken by noise more often. Optionally the range forgets: with ``memory_s`` its
 edges relax towards the recent mean with that time constant.
+
+With ``p_alert`` a break must also be rare for this series (peaks over threshold): the
+series breaks its range at a rate it has shown (an exponentially weighted share over
+``rate_span`` readings) by excesses that are roughly exponential with the mean excess
+it has shown, so a break of excess ``e`` is as rare per reading as
+``rate * exp(-e / mean excess)``; the score is capped at ``log(p) / log(p_alert) / 2``,
+0.5 at ``p_alert``. A level that wanders (a tank filling and draining) breaks its range
+week after week by a step or so and stays quiet; a jump far beyond still alerts.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import BoolArray, Detector, FloatArray, IntArray
+from detectors.base import Detector, FloatArray, IntArray
 from detectors.likelihood import Likelihood
 from detectors.registry import register
 
@@ -43,24 +43,25 @@ class CycleProfile(Detector):
     state_fields: ClassVar[dict[str, float]] = {
         "overall": math.nan,  # slow mean of the readings
         "total_var": 0.0,  # their spread around it
-        "day": 0.0,  # per bin of the day: BIN_FIELDS values (see _profile)
-        "day_var": math.nan,  # spread of the readings around the day profile
-        "week": 0.0,
-        "week_var": math.nan,
+        "seen": 0.0,  # readings
+        # Per bin of the day, then per bin of the week: BIN_FIELDS values (``_profiles``).
+        "bins": 0.0,
+        # Spread of the readings around the day and the week profile, and how many
+        # readings each was measured on: day_var, week_var, day_seen, week_seen.
+        "fit": 0.0,
         "smooth": 0.0,  # EW mean of the residual
         "smooth_var": 0.0,  # its usual spread
         "resid_var": 0.0,  # the residual's usual spread
         "n": 0.0,  # readings scored against a profile
-        "seen": 0.0,  # readings
-        "day_seen": 0.0,  # readings the day profile had an expectation for
-        "week_seen": 0.0,
     }
+
+    compact_fields: ClassVar[frozenset[str]] = frozenset({"bins"})
 
     def __init__(
         self,
         *,
         day_bins: int = 48,
-        week_bins: int = 168,
+        week_bins: int = 84,
         min_visits: int = 3,
         cycle_share: float = 0.5,
         rate: float = 0.25,
@@ -102,21 +103,29 @@ class CycleProfile(Detector):
             )
 
     def _widths(self) -> dict[str, int]:
-        return {"day": self.day_bins * BIN_FIELDS, "week": self.week_bins * BIN_FIELDS}
+        return {"bins": (self.day_bins + self.week_bins) * BIN_FIELDS, "fit": 4}
 
-    def _profile(
-        self, key: str, series: IntArray, t: FloatArray, x: FloatArray, period: float
-    ) -> tuple[FloatArray, BoolArray]:
-        """The expectation of this bin from earlier visits (NaN: not enough), and whether
-        it is warm; then the reading joins the current visit."""
-        # One row of (mean, sum, count, visits, visit index) per bin, gathered at once.
-        table = self._state[key]
-        bins = table.shape[1] // BIN_FIELDS
-        b = np.minimum((np.mod(t, period) * (bins / period)).astype(np.int64), bins - 1)
-        flat = table.reshape(-1, BIN_FIELDS)
-        rows = series * bins + b
+    def _profiles(
+        self, series: IntArray, t: FloatArray, x: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """What this time of day and of the week usually reads, from earlier visits of its
+        bins (NaN: fewer than ``min_visits``); then the reading joins the current visits."""
+        # One row of (mean, sum, count, visits, visit index) per bin: the day's bins, then
+        # the week's, gathered and written back at once for both.
+        day_bins, week_bins = self.day_bins, self.week_bins
+        flat = self._state["bins"].reshape(-1, BIN_FIELDS)
+        # Exact arithmetic at bin edges (readings on the hour are common): the remainder
+        # of a whole period, divided by a whole bin width.
+        n = len(series)
+        visit = np.concatenate((np.floor_divide(t, DAY_S), np.floor_divide(t, WEEK_S)))
+        at = np.concatenate(
+            (
+                np.minimum(np.mod(t, DAY_S) // (DAY_S / day_bins), day_bins - 1),
+                day_bins + np.minimum(np.mod(t, WEEK_S) // (WEEK_S / week_bins), week_bins - 1),
+            )
+        ).astype(np.int64)
+        rows = np.tile(series * (day_bins + week_bins), 2) + at
         mean, total, count, visits, last = flat[rows].T
-        visit = np.floor(t / period)
         # A new visit of this bin: what the previous one gathered joins the profile.
         closing = (last != visit) & (count > 0)
         gathered = total / np.maximum(count, 1.0)
@@ -124,31 +133,32 @@ class CycleProfile(Detector):
         learned = np.where(visits == 0, gathered, mean + weight * (gathered - mean))
         mean = np.where(closing, learned, mean)
         visits = visits + closing
+        reading = np.concatenate((x, x))
         flat[rows] = np.stack(
-            [
+            (
                 mean,
-                np.where(closing, 0.0, total) + x,
+                np.where(closing, 0.0, total) + reading,
                 np.where(closing, 0.0, count) + 1.0,
                 visits,
                 visit,
-            ],
+            ),
             axis=1,
         )
-        warm = visits >= self.min_visits
-        return np.where(warm, mean, np.nan), warm
+        expected = np.where(visits >= self.min_visits, mean, np.nan)
+        return expected[:n], expected[n:]
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state
-        day, day_warm = self._profile("day", series, t, x, DAY_S)
-        week, week_warm = self._profile("week", series, t, x, WEEK_S)
+        day, week = self._profiles(series, t, x)
         overall = st["overall"][series]
         overall = np.where(np.isnan(overall), x, overall)
         total_var = st["total_var"][series]
-        day_var, week_var = st["day_var"][series], st["week_var"][series]
-        # Which profile explains the series (NaN spreads: not measured yet).
+        fit = st["fit"][series]
+        day_var, week_var, day_seen, week_seen = fit.T
+        # Which profile explains the series (spreads measured on no reading: not yet).
         limit = self.cycle_share * total_var
-        day_ok = day_warm & (day_var < limit)
-        week_ok = week_warm & (week_var < limit)
+        day_ok = ~np.isnan(day) & (day_seen > 0) & (day_var < limit)
+        week_ok = ~np.isnan(week) & (week_seen > 0) & (week_var < limit)
         use_week = week_ok & (~day_ok | (week_var < day_var))
         expected = np.where(use_week, week, np.where(day_ok, day, np.nan))
         has = ~np.isnan(expected)
@@ -189,12 +199,13 @@ class CycleProfile(Detector):
         st["total_var"][series] = total_var + slow * (deviation * deviation - total_var)
         st["overall"][series] = overall + slow * deviation
         st["seen"][series] = seen + 1.0
-        for key, expected_k in (("day", day), ("week", week)):
-            var, k = st[f"{key}_var"][series], st[f"{key}_seen"][series]
-            miss = x - expected_k
-            known = ~np.isnan(miss)
-            weight = np.maximum(1.0 / (k + 1.0), self.slow)
-            updated = np.where(np.isnan(var), miss * miss, var + weight * (miss * miss - var))
-            st[f"{key}_var"][series] = np.where(known, updated, var)
-            st[f"{key}_seen"][series] = k + known
+        # How well each profile fits, measured wherever it has an expectation.
+        miss = np.stack((x - day, x - week), axis=1)
+        known = ~np.isnan(miss)
+        counted = fit[:, 2:]
+        weight = np.maximum(1.0 / (counted + 1.0), self.slow)
+        square = np.where(known, miss * miss, 0.0)
+        fit[:, :2] = np.where(known, fit[:, :2] + weight * (square - fit[:, :2]), fit[:, :2])
+        fit[:, 2:] = counted + known
+        st["fit"][series] = fit
         return scores

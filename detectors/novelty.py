@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.base import Detector, FloatArray, IntArray
+from detectors.base import BoolArray, Detector, FloatArray, IntArray
 from detectors.registry import register
 
 
@@ -113,21 +113,8 @@ class RangeNovelty(Detector):
             (t - t_first >= self.warmup_s) | (n >= self.warmup_enough_readings)
         )
         scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
-        rate, typical = st["record_rate"][series], st["record_excess"][series]
-        broke = (excess > 0) & np.isfinite(scale)
         if self.log_alert is not None:
-            # Peaks over threshold: a range is broken at the series' own rate, by excesses
-            # that are roughly exponential, so this break is as rare per reading as
-            # rate * exp(-excess / typical excess); it must be rarer than p_alert.
-            log_p = np.log(np.maximum(rate, 1e-300)) - excess / np.maximum(typical, 1e-300)
-            rarity = np.where(typical > 0, 0.5 * log_p / self.log_alert, 1.0)
-            scores = np.minimum(scores, rarity)
-        records = st["records"][series]
-        weight = np.maximum(1.0 / (n + 1.0), self.rate_beta)
-        st["record_rate"][series] = rate + weight * (broke - rate)
-        learn = np.maximum(1.0 / (records + 1.0), 0.05)
-        st["record_excess"][series] = np.where(broke, typical + learn * (excess - typical), typical)
-        st["records"][series] = records + broke
+            scores = np.minimum(scores, self._rarity(series, n, excess, np.isfinite(scale)))
 
         st["lo"][series] = np.minimum(lo, x)
         st["hi"][series] = np.maximum(hi, x)
@@ -139,3 +126,23 @@ class RangeNovelty(Detector):
         st["noise"][series] = np.where(np.isnan(step), noise, noise + 0.01 * (step - noise))
         st["previous"][series] = x
         return scores
+
+    def _rarity(
+        self, series: IntArray, n: FloatArray, excess: FloatArray, scored: BoolArray
+    ) -> FloatArray:
+        """Peaks over threshold: a range is broken at the series' own rate, by excesses
+        that are roughly exponential, so this break is as rare per reading as
+        rate * exp(-excess / typical excess); 0.5 where that is ``p_alert``."""
+        assert self.log_alert is not None
+        st = self._state
+        rate, typical = st["record_rate"][series], st["record_excess"][series]
+        log_p = np.log(np.maximum(rate, 1e-300)) - excess / np.maximum(typical, 1e-300)
+        rarity = np.where(typical > 0, 0.5 * log_p / self.log_alert, 1.0)
+        broke = (excess > 0) & scored
+        records = st["records"][series]
+        weight = np.maximum(1.0 / (n + 1.0), self.rate_beta)
+        st["record_rate"][series] = rate + weight * (broke - rate)
+        learn = np.maximum(1.0 / (records + 1.0), 0.05)
+        st["record_excess"][series] = np.where(broke, typical + learn * (excess - typical), typical)
+        st["records"][series] = records + broke
+        return rarity

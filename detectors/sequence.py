@@ -41,11 +41,13 @@ class SequenceContext(Detector):
         "n": 0.0,
     }
 
+    compact_fields: ClassVar[frozenset[str]] = frozenset({"counts"})
+
     def __init__(
         self,
         *,
         levels: int = 8,
-        order: int = 2,
+        order: int = 1,
         forget: float = 0.999,
         warmup_readings: int = 400,
         likelihood: dict[str, Any] | None = None,

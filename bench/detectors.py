@@ -233,7 +233,7 @@ def main() -> None:
     bench_quiet(corpus, files, args.shared / "bench" / "skab")
     if not args.no_fleet:
         fleet_noise(presets={"defaults": {}, "quiet": QUIET})
-        fleet_injected()
+        fleet_injected(presets={"defaults": {}, "quiet": QUIET})
     bench_throughput()
 
 

@@ -33,6 +33,7 @@ from detectors.registry import register
 
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
+LEARN_LIMIT = 6.0  # usual residual spreads a visit may move its bin's expectation
 BIN_FIELDS = 5  # mean of earlier visits, sum and count of the open one, visits, its index
 
 
@@ -106,7 +107,7 @@ class CycleProfile(Detector):
         return {"bins": (self.day_bins + self.week_bins) * BIN_FIELDS, "fit": 4}
 
     def _profiles(
-        self, series: IntArray, t: FloatArray, x: FloatArray
+        self, series: IntArray, t: FloatArray, x: FloatArray, spread: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
         """What this time of day and of the week usually reads, from earlier visits of its
         bins (NaN: fewer than ``min_visits``); then the reading joins the current visits."""
@@ -129,6 +130,10 @@ class CycleProfile(Detector):
         # A new visit of this bin: what the previous one gathered joins the profile.
         closing = (last != visit) & (count > 0)
         gathered = total / np.maximum(count, 1.0)
+        # A visit far from what the bin expects (a crowd surge, an outage) teaches it at
+        # most LEARN_LIMIT usual spreads, or tomorrow's normal hour would look wrong.
+        limit = np.where(visits >= self.min_visits, LEARN_LIMIT * np.tile(spread, 2), np.inf)
+        gathered = np.clip(gathered, mean - limit, mean + limit)
         weight = np.maximum(1.0 / (visits + 1.0), self.rate)
         learned = np.where(visits == 0, gathered, mean + weight * (gathered - mean))
         mean = np.where(closing, learned, mean)
@@ -149,7 +154,8 @@ class CycleProfile(Detector):
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state
-        day, week = self._profiles(series, t, x)
+        spread = np.sqrt(st["resid_var"][series])
+        day, week = self._profiles(series, t, x, np.where(st["n"][series] > 0, spread, np.inf))
         overall = st["overall"][series]
         overall = np.where(np.isnan(overall), x, overall)
         total_var = st["total_var"][series]

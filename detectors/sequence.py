@@ -2,7 +2,8 @@
 
 Readings are quantised into ``levels`` equal bands of the range the series has shown.
 Per series a table counts which band followed each context of the previous ``order``
-bands (``levels ** order`` contexts, ``levels`` counts each; the counts of a context
+bands (one by default: with more, the table grows as ``levels ** (order + 1)`` and
+measured no better) (``levels ** order`` contexts, ``levels`` counts each; the counts of a context
 decay by ``forget`` at each use, so old habits fade). A reading's raw surprise is the
 probability its band did *not* have after its context (with add-half smoothing, as
 CAD-OSE and HTM's prediction error both do it in spirit: unpredicted means anomalous).

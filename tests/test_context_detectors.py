@@ -105,3 +105,15 @@ def test_the_quiet_setting_lets_a_wandering_level_be_and_still_sees_a_jump() -> 
     jumped[8_000, 3] = levels[:8_000, 3].max() + 20.0  # a spike far beyond everything shown
     out = Chain.from_config(**QUIET).process(series, t, jumped.ravel()).onset.reshape(n, count)
     assert out[8_000, 3]
+
+
+def test_a_surge_does_not_teach_the_profile_that_tomorrow_is_wrong() -> None:
+    """An hour-long crowd surge is caught; the next day's ordinary afternoon is not an
+    alert, although the surge's visit was folded into its bins."""
+    values = daily_peaks(12, seed=2)
+    hour = (np.arange(len(values)) % DAY) / 12.0
+    surge = (np.arange(len(values)) // DAY == 8) & (hour >= 15.0) & (hour < 16.0)
+    values[surge] += 100.0
+    alerts = np.flatnonzero(onsets(values, parts=("cycle",)))
+    assert ((alerts >= 8 * DAY) & (alerts < 9 * DAY)).any()
+    assert not (alerts >= 9 * DAY).any()

@@ -359,7 +359,7 @@ def backtest(
             if note:
                 key = "rejected" if note.startswith("rejected") else note
                 summary.unjudged[key] = summary.unjudged.get(key, 0) + 1
-    if not files:  # nothing to run: a usage error, as a single bad file always was
+    if not files:  # no file could be read: the input as a whole is unusable (exit 2)
         raise ConfigError("\n".join(summary.failed))
     total = sum(len(f.x) for f in files)
     levels: list[np.ndarray | None] = [None] * len(files)

@@ -62,7 +62,7 @@ class CycleProfile(Detector):
         self,
         *,
         day_bins: int = 48,
-        week_bins: int = 84,
+        week_bins: int = 28,
         min_visits: int = 3,
         cycle_share: float = 0.5,
         rate: float = 0.25,

@@ -29,16 +29,17 @@ device-days on the simulator's normal fleet (camera / parking / chem):
 ==============================  =====  ============  =======  ================
 chain                           NAB    SKAB F1/FAR   noise    fleet
 ==============================  =====  ============  =======  ================
-all five parts (the defaults)   71.1   0.79 / 13 %   4 + 4    155 / 34 / 2111
+all five parts (the defaults)   70.9   0.79 / 13 %   4 + 4    155 / 34 / 2111
   without ``cycle``             67.8   0.79 / 13 %   4 + 4    155 / 34 / 2111
   without ``sequence``          69.7   0.79 / 13 %   4 + 4    155 / 34 / 1720
   without either                66.4   0.79 / 13 %   4 + 4    155 / 34 / 1720
   without ``shift``             69.9   0.26 / 9 %    4 + 4    155 / 34 / 2111
-``QUIET``                       49.3   0.75 / 5 %    0 + 0    1 / 0 / 1
+``QUIET``                       49.1   0.75 / 5 %    0 + 0    1 / 0 / 1
 ==============================  =====  ============  =======  ================
 
 The defaults are the grid point with the best cross-validated mean over NAB's
-categories among those quiet on the noise fleets (bench/detector_grid.py). The
+categories among those quiet on the noise fleets (bench/detector_grid.py); the rows
+without a part were measured with the week profile in 84 bins (now 28: 70.9). The
 simulator's fleet pays for NAB's cost profile (a false alert costs a ninth of a missed
 anomaly): where every alert is a phone call, use ``QUIET`` (docs/detectors.md).
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import parse_mqtt_url
-from collector.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions
+from fieldtools.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions
 
 
 def device(family: str, name: str, interval_s: float = 0.2) -> SimDevice:

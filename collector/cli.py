@@ -322,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="unregistered generated devices per family, besides the registry's",
     )
+    demo.add_argument(
+        "--config-dir",
+        action="store_true",
+        help="print the directory of the shipped sample configuration, registry, rule presets "
+        "and Mosquitto files, and exit",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

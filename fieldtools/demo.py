@@ -102,6 +102,9 @@ def count_readings(influx: InfluxSettings) -> dict[str, int]:
 def run_demo(args: argparse.Namespace) -> int:
     # the collector and the simulator read the shipped files while the demo runs
     with shipped_config_dir() as config_dir:
+        if args.config_dir:
+            print(config_dir)
+            return 0
         return _run_demo(args, config_dir / SAMPLE_CONFIG)
 
 

@@ -113,18 +113,15 @@ def run_installed(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def shipped_example(venv: Path) -> Path:
-    done = run_installed(
-        venv,
-        "python",
-        "-c",
-        "import collector, fieldtools.shipped as s\n"
-        "with s.shipped_config_dir() as d: print(collector.__file__); print(d / s.SAMPLE_CONFIG)",
-    )
+    done = run_installed(venv, "smartunit", "demo", "--config-dir")
     assert done.returncode == 0, done.stderr
-    package, example = done.stdout.split()
-    assert Path(package).is_relative_to(venv)  # the wheel's, not the checkout's
-    assert Path(example).is_relative_to(venv) and not Path(example).is_symlink()
-    return Path(example)
+    directory = Path(done.stdout.strip())
+    assert directory.is_relative_to(venv)  # the wheel's, not the checkout's
+    example = directory / "smartunit.example.toml"
+    assert example.is_file() and not example.is_symlink()
+    done = run_installed(venv, "python", "-c", "import collector; print(collector.__file__)")
+    assert Path(done.stdout.strip()).is_relative_to(venv), done.stdout + done.stderr
+    return example
 
 
 @pytest.mark.slow
@@ -180,3 +177,31 @@ def test_the_installed_wheel_runs_the_demo(installed: Path) -> None:
     assert arrived > 0, output
     assert demo.returncode == 0, output
     assert "no process left running" in rest
+
+
+def test_the_shipped_configuration_is_the_documented_samples() -> None:
+    # one copy: the package's files link to config/, which the wheel build dereferences
+    shipped = sorted((ROOT / "fieldtools" / "config").iterdir())
+    assert shipped
+    for link in shipped:
+        assert link.is_symlink(), f"{link} is a copy; link it to config/{link.name}"
+        assert link.resolve() == ROOT / "config" / link.name
+
+
+def test_the_image_builds_the_package_with_its_shipped_files() -> None:
+    """Docker copies a symlink as a symlink: what the package's links point to must be in
+    the build context's copy before the image installs the package."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    install = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install"))
+    copied = set()
+    for line in lines[:install]:
+        if line.startswith("COPY "):
+            *sources, destination = line.split()[1:]
+            copied |= {s for s in sources if destination in {f"./{s}", "./"}}
+    packages = [p for p in ("collector", "detectors", "fieldtools") if (ROOT / p).is_dir()]
+    assert set(packages) <= copied
+    for package in packages:
+        for path in (ROOT / package).rglob("*"):
+            if path.is_symlink():
+                target = path.resolve().relative_to(ROOT)
+                assert target.parts[0] in copied, f"{path} needs {target} in the image"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,18 @@ for argv in (["run"], ["simulate", "--generate", "1"], ["demo", "--duration", "1
     assert field_tools_loaded_by(code) == []
 
 
+def image_build_sources() -> list[str]:
+    """What the Dockerfile copies into its working directory before installing the package."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    install = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install"))
+    copied = []
+    for line in lines[:install]:
+        if line.startswith("COPY "):
+            *sources, destination = line.split()[1:]
+            copied += [s for s in sources if destination in {f"./{s}", "./"}]
+    return copied
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv outside the checkout with the package installed from its wheel.
@@ -71,9 +84,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     editable install among them) are not read, so the package itself comes from the wheel
     alone."""
     base = tmp_path_factory.mktemp("installed")
+    # built from what the image's build copies (no stale build/ directory of the checkout
+    # can slip into the wheel), symlinks kept as they are in the repository
+    source = base / "source"
+    for name in image_build_sources():
+        if (ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     wheels = base / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
     )
@@ -191,13 +214,7 @@ def test_the_shipped_configuration_is_the_documented_samples() -> None:
 def test_the_image_builds_the_package_with_its_shipped_files() -> None:
     """Docker copies a symlink as a symlink: what the package's links point to must be in
     the build context's copy before the image installs the package."""
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    install = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install"))
-    copied = set()
-    for line in lines[:install]:
-        if line.startswith("COPY "):
-            *sources, destination = line.split()[1:]
-            copied |= {s for s in sources if destination in {f"./{s}", "./"}}
+    copied = set(image_build_sources())
     packages = [p for p in ("collector", "detectors", "fieldtools") if (ROOT / p).is_dir()]
     assert set(packages) <= copied
     for package in packages:

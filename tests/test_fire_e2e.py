@@ -80,6 +80,7 @@ def test_smoke_and_low_water_pressure_reach_the_webhook(
     make_settings,
     run_collector,
     broker,
+    publisher,
     tmp_path: Path,
     receiver_url: str,  # noqa: F811
 ) -> None:
@@ -137,3 +138,5 @@ def test_smoke_and_low_water_pressure_reach_the_webhook(
     finally:
         simulator.stop()
         collector.stop()
+        for device in fleet.values():  # the broker is shared by the session
+            publisher.publish(device.status_topic, b"", retain=True)

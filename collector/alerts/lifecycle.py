@@ -63,6 +63,25 @@ def _serialised(method: F) -> F:
     return cast(F, wrapper)
 
 
+def _note_peak(alert: Alert, colour: str, value: float | None, threshold: float | None) -> None:
+    """Keep the value at the worst colour reached (the one furthest past its limit): what
+    an alert that has since recovered was at its height."""
+    if value is None:
+        return
+    peak, peak_colour = alert.extra.get("peak"), alert.extra.get("peak_colour")
+    if peak is not None and peak_colour in COLOURS:
+        rank, peak_rank = COLOURS.index(colour), COLOURS.index(peak_colour)
+        if rank < peak_rank:
+            return
+        if (
+            rank == peak_rank
+            and threshold is not None
+            and abs(value - threshold) < abs(peak - threshold)
+        ):
+            return
+    alert.extra["peak"], alert.extra["peak_colour"] = value, colour
+
+
 class AlertBook:
     """``listeners`` hear of every committed change, whoever caused it (detector, API,
     verifier): annotations, notifications and the field downlink hang on them."""
@@ -273,6 +292,8 @@ class AlertBook:
                     "level": ESCALATION_LEVELS[0],
                     "level_since_ms": event.ts_ms,
                     "threshold": event.threshold,
+                    "peak": value,
+                    "peak_colour": event.colour,
                 },
             )
             opened = AlertEvent(
@@ -289,6 +310,7 @@ class AlertBook:
             return self._open(alert, opened)
         change = self._change(alert)
         alert.value = value
+        _note_peak(alert, event.colour, value, event.threshold)
         if not alert.condition_active:
             alert.condition_active = True
             alert.condition_changed_at_ms = event.ts_ms
@@ -403,6 +425,7 @@ class AlertBook:
             change = self._change(alert)
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
             alert.extra["acknowledged_colour"] = alert.colour
+            alert.extra["acknowledged_by"] = actor
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
             events = self._commit(change)
         # An incident's acknowledgement covers its alerts as they are now; one that joins
@@ -423,6 +446,7 @@ class AlertBook:
         if not alert.acknowledged:  # resolving implies someone handled it
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
             alert.extra["acknowledged_colour"] = alert.colour
+            alert.extra["acknowledged_by"] = actor
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
         alert.state = State.RESOLVED
         alert.extra["resolved_at_ms"] = now_ms

@@ -214,11 +214,17 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         capacity=args.capacity,
         show_progress=not args.quiet,
     )
+    for message in summary.failed:
+        print(f"smartunit backtest: failed: {message}", file=sys.stderr)
+    for problem in summary.problems:
+        print(f"smartunit backtest: rejected: {problem}", file=sys.stderr)
+    unjudged = ", ".join(f"{count} {note}" for note, count in sorted(summary.unjudged.items()))
     print(
-        f"{summary['files']} file(s), {summary['rows']} rows, {summary['alerts']} alert(s) "
-        f"-> {args.out}"
+        f"{summary.files} file(s), {summary.rows} rows, {summary.alerts} alert(s) -> {args.out}"
+        + (f"; not judged: {unjudged}" if unjudged else "")
+        + (f"; {len(summary.failed)} file(s) failed" if summary.failed else "")
     )
-    return 0
+    return 0 if summary.ok else EXIT_RUNTIME
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

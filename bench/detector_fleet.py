@@ -24,8 +24,8 @@ import numpy as np
 from collector.admission import NOT_QUANTITIES
 from collector.backtest import SeriesFile, run_chain
 from collector.registry import Registry
-from collector.simulator import Anomaly, SimDevice, build_fleet
 from detectors.chain import Chain
+from fieldtools.simulator import Anomaly, SimDevice, build_fleet
 
 DAY_S = 86_400.0
 START = 1_793_548_800.0  # 2026-11-01 00:00 UTC: any day would do

@@ -91,7 +91,7 @@ class ApiContext:
             **alert.summary(self.public_url),
             "condition_active": alert.condition_active,
             "acknowledged": alert.acknowledged,
-            "flapping": bool(alert.extra.get("flapping")),
+            "flapping": alert.flapping,
             "started_at_ms": alert.started_at_ms,
             "updated_at_ms": alert.updated_at_ms,
             "ack_due_at_ms": due,
@@ -302,7 +302,7 @@ def create_app(context: ApiContext) -> FastAPI:
         return {
             "device": alert.fingerprint.device,
             "quantity": alert.fingerprint.quantity,
-            "threshold": alert.extra.get("threshold"),
+            "threshold": alert.threshold,
             "started_at_ms": alert.started_at_ms,
             "start_ms": start,
             "end_ms": end,

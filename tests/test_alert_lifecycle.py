@@ -78,7 +78,7 @@ def test_readings_abnormal_during_verification_reopen(book: AlertBook) -> None:
     assert book.verify(60 * MIN, alive) == []  # a reopened alert is not verified
     again = book.store.get(opened.alert_id)
     assert again is not None and not again.acknowledged  # it needs someone again
-    assert again.extra["level_since_ms"] == 4 * MIN  # a fresh acknowledgement deadline
+    assert again.level_since_ms == 4 * MIN  # a fresh acknowledgement deadline
     assert [e.type for e in book.acknowledge(opened.alert_id, actor="a", now_ms=5 * MIN)] == [
         EventType.ACKNOWLEDGED
     ]
@@ -221,18 +221,18 @@ def test_unacknowledged_alerts_climb_the_hierarchy_until_someone_acknowledges(
         ["community -> street"],
         ["street -> district"],
     ]
-    assert store.get(yellow.alert_id).extra["level"] == "grid"  # its deadline is longer
+    assert store.get(yellow.alert_id).level == "grid"  # its deadline is longer
 
     # the district desk hears of it only now; the grid officer has heard all along
     def receivers(alert_id: int) -> set[str]:
-        return set(store.get(alert_id).extra["receivers"])
+        return set(store.get(alert_id).receivers)
 
     assert receivers(red.alert_id) == {"grid", "district"}
     book.acknowledge(red.alert_id, actor="district-desk", now_ms=3 * 60_000 + 1)
     assert book.escalate(60 * 60_000, deadlines) == [
         e for e in book.history(yellow.alert_id) if e.seq > 1
     ]  # only the yellow one moves
-    assert store.get(red.alert_id).extra["level"] == "district"  # acknowledged: it stays
+    assert store.get(red.alert_id).level == "district"  # acknowledged: it stays
 
 
 def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
@@ -251,7 +251,7 @@ def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
     monkeypatch.setattr(book.store, "alerts", lambda **_: seen_by_the_scan)
     assert book.escalate(30 * MIN, {"red": 60.0}) == []
     assert book.verify(30 * MIN, alive) == []
-    assert book.store.get(red.alert_id).extra.get("level", "grid") == "grid"
+    assert book.store.get(red.alert_id).level == "grid"
     assert book.store.get(gone.alert_id).state != State.CLOSED
 
 
@@ -331,7 +331,7 @@ def test_a_leak_seen_by_five_sensors_is_one_incident(tmp_path: Path) -> None:
     assert {book.store.get(e.alert_id).incident for e in opened} == {leader}
     joined = [e for e in book.history(leader) if e.type == EventType.INCIDENT_JOINED]
     assert len(joined) == 4
-    assert book.store.get(leader).extra["incident_colour"] == "red"
+    assert book.store.get(leader).incident_colour == "red"
     # the dispatcher gets one work order: the leader's events only
     assert {key.split("-")[0] for key in _outbox_keys(tmp_path)} == {str(leader)}
     assert len(_outbox_keys(tmp_path)) == 5  # opened + 4 joined

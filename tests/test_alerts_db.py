@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -215,3 +217,61 @@ def test_recover_uses_the_sqlite3_shell_when_it_can(tmp_path: Path, works: bool)
         assert salvage.method == "row by row"
         assert 7 in ids
         assert len(ids) > ALERTS // 2
+
+
+def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_path: Path) -> None:
+    """The bookkeeping JSON of a version-1 file (keys written by every version since) is
+    read into the alert's fields and written back unchanged: older code can read it too."""
+    path = tmp_path / "alerts.db"
+    SqliteAlertStore(path).close()
+    stored = {
+        "level": "street",
+        "level_since_ms": 5_000,
+        "threshold": 25.0,
+        "receivers": ["duty", "orders"],
+        "incident": 3,
+        "incident_colour": "red",
+        "toggles_ms": [4_000, 4_500],
+        "flapping": True,
+        "dispatched": True,
+        "acknowledged_colour": "orange",
+        "resolved_at_ms": 6_000,
+    }
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # version 1
+        db.execute("ALTER TABLE outbox DROP COLUMN created_ms")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+        for alert_id, extra in ((7, stored), (8, {})):
+            db.execute(
+                "INSERT INTO alerts VALUES (?, ?, ?, 'lel_pct', 'threshold', 'resolved', 'red',"
+                " 'chem', 'chem-a', '{}', 55.0, 1000, 6000, 0, 5500, 1, ?, 1)",
+                (alert_id, f"gas-{alert_id}", f"gas-{alert_id}", json.dumps(extra)),
+            )
+    store = SqliteAlertStore(path)
+    try:
+        old, bare = store.get(7), store.get(8)
+        assert old is not None and bare is not None
+        assert (old.level, old.level_since_ms, old.threshold) == ("street", 5_000, 25.0)
+        assert old.receivers == ["duty", "orders"]
+        assert (old.incident, old.incident_colour) == (3, "red")
+        assert (old.toggles_ms, old.flapping, old.dispatched) == ([4_000, 4_500], True, True)
+        assert (old.acknowledged_colour, old.resolved_at_ms) == ("orange", 6_000)
+        assert (bare.level, bare.level_since_ms, bare.incident, bare.receivers) == (
+            "grid",
+            None,
+            8,
+            [],
+        )
+        store.save(old, [])
+        store.save(bare, [])
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = dict(db.execute("SELECT id, extra FROM alerts").fetchall())
+    assert json.loads(rows[7]) == stored
+    assert json.loads(rows[8]) == {
+        "level": "grid",
+        "receivers": [],
+        "toggles_ms": [],
+        "flapping": False,
+        "dispatched": False,
+    }

@@ -67,7 +67,7 @@ def test_a_red_alert_in_a_yellow_incident_reaches_an_orange_only_receiver(tmp_pa
         (gas.alert_id, EventType.ESCALATED),
         (tank.alert_id, EventType.INCIDENT_ESCALATED),
     ]
-    assert book.store.get(tank.alert_id).extra["level"] == "grid"
+    assert book.store.get(tank.alert_id).level == "grid"
     assert outbox(tmp_path, "desk")[-1]["event"]["type"] == "incident_escalated"
     assert outbox(tmp_path, "each")[-1]["event"]["type"] == "escalated"
 

@@ -120,7 +120,7 @@ class AlertBook:
         a new alert's are decided inside the store's transaction)."""
         self._watch_flapping(change)
         alert = change.alert
-        alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
+        alert.incident_colour = COLOURS[worst_level([alert, *incident])]
         notifiable = self._notifiable(change, silenced)
         outbox = self.router(alert, notifiable, incident) if self.router else ()
         return alert, change.events, outbox
@@ -144,23 +144,23 @@ class AlertBook:
         alert = change.alert
         if silenced:
             return []
-        if alert.extra.get("flapping"):
+        if alert.flapping:
             return [e for e in change.events if e.type not in TOGGLES]
         return change.events
 
     def _watch_flapping(self, change: Change) -> None:
         """Mark an alert flapping when its condition toggles too often; unmark when calm."""
         alert = change.alert
-        toggles = list(alert.extra.get("toggles_ms", []))
+        toggles = list(alert.toggles_ms)
         toggles += [e.at_ms for e in change.events if e.type in TOGGLES]
         if not toggles:
             return
         horizon = max(toggles) - self.flap_window_ms
         toggles = [t for t in toggles if t > horizon]
-        alert.extra["toggles_ms"] = toggles
+        alert.toggles_ms = toggles
         flapping = len(toggles) >= self.flap_toggles
-        if flapping != bool(alert.extra.get("flapping")):
-            alert.extra["flapping"] = flapping
+        if flapping != alert.flapping:
+            alert.flapping = flapping
             change.record(
                 EventType.FLAPPING,
                 max(toggles),
@@ -269,11 +269,9 @@ class AlertBook:
                 updated_at_ms=event.ts_ms,
                 condition_active=True,
                 condition_changed_at_ms=event.ts_ms,
-                extra={
-                    "level": ESCALATION_LEVELS[0],
-                    "level_since_ms": event.ts_ms,
-                    "threshold": event.threshold,
-                },
+                level=ESCALATION_LEVELS[0],
+                level_since_ms=event.ts_ms,
+                threshold=event.threshold,
             )
             opened = AlertEvent(
                 0,
@@ -296,7 +294,7 @@ class AlertBook:
                 # The fix did not hold: someone must take it on again, and the
                 # acknowledgement deadline runs afresh at the level reached.
                 alert.state, alert.acknowledged = State.REOPENED, False
-                alert.extra["level_since_ms"] = event.ts_ms
+                alert.level_since_ms = event.ts_ms
                 change.record(
                     EventType.REOPENED,
                     event.ts_ms,
@@ -308,14 +306,14 @@ class AlertBook:
                     alert.state = (
                         State.ACKNOWLEDGED
                         if alert.acknowledged
-                        else (State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN)
+                        else (State.DISPATCHED if alert.dispatched else State.OPEN)
                     )
                 change.record(EventType.CONDITION_RETURNED, event.ts_ms, SYSTEM)
         if event.colour != alert.colour:
             previous, alert.colour = alert.colour, event.colour
-            alert.extra["threshold"] = event.threshold
+            alert.threshold = event.threshold
             note = f"{previous} -> {event.colour}"
-            seen = str(alert.extra.get("acknowledged_colour", previous))
+            seen = alert.acknowledged_colour or previous
             if alert.state == State.ACKNOWLEDGED and COLOURS.index(event.colour) > COLOURS.index(
                 seen
             ):
@@ -334,7 +332,7 @@ class AlertBook:
         lead: Change | None = None
         lead_silenced = False
         if leader is not None:
-            alert.extra["incident"] = leader.id
+            alert.incident_leader = leader.id
             incident = self._incident(alert)
             lead = self._change(leader)
             lead_silenced = self.silenced(leader, opened.at_ms)
@@ -385,7 +383,7 @@ class AlertBook:
             return []
         change = self._change(alert)
         alert.state = State.DISPATCHED
-        alert.extra["dispatched"] = True
+        alert.dispatched = True
         change.record(EventType.DISPATCHED, now_ms, actor, note)
         return self._commit(change)
 
@@ -402,7 +400,7 @@ class AlertBook:
                 raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
             change = self._change(alert)
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-            alert.extra["acknowledged_colour"] = alert.colour
+            alert.acknowledged_colour = alert.colour
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
             events = self._commit(change)
         # An incident's acknowledgement covers its alerts as they are now; one that joins
@@ -422,10 +420,10 @@ class AlertBook:
         change = self._change(alert)
         if not alert.acknowledged:  # resolving implies someone handled it
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-            alert.extra["acknowledged_colour"] = alert.colour
+            alert.acknowledged_colour = alert.colour
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
         alert.state = State.RESOLVED
-        alert.extra["resolved_at_ms"] = now_ms
+        alert.resolved_at_ms = now_ms
         change.record(EventType.RESOLVED, now_ms, actor, note)
         return self._commit(change) + self._for_incident(
             alert, self.resolve, RESOLVE_FROM, actor, now_ms
@@ -450,9 +448,7 @@ class AlertBook:
         def due(alert: Alert) -> bool:
             if alert.state != State.RESOLVED or alert.condition_active:
                 return False  # the handler says fixed, the readings do not agree yet
-            normal_since = max(
-                alert.condition_changed_at_ms, int(alert.extra.get("resolved_at_ms", 0))
-            )
+            normal_since = max(alert.condition_changed_at_ms, alert.resolved_at_ms or 0)
             if now_ms - normal_since < self.verify_window_ms:
                 return False
             return device_alive(alert.fingerprint.device)  # silence is not normality
@@ -477,20 +473,20 @@ class AlertBook:
 
         def due(alert: Alert) -> bool:
             deadline = deadlines_s.get(alert.colour)
-            level = alert.extra.get("level", ESCALATION_LEVELS[0])
+            level = alert.level
             if alert.state not in ESCALATES_FROM:
                 return False
             if deadline is None or level == ESCALATION_LEVELS[-1]:
                 return False
-            since = int(alert.extra.get("level_since_ms", alert.started_at_ms))
+            since = alert.started_at_ms if alert.level_since_ms is None else alert.level_since_ms
             if now_ms - since < deadline * 1000:
                 return False
             return not self.silenced(alert, now_ms)  # in maintenance: nobody must answer
 
         def climb(alert: Alert, change: Change) -> None:
-            level = alert.extra.get("level", ESCALATION_LEVELS[0])
+            level = alert.level
             upper = ESCALATION_LEVELS[ESCALATION_LEVELS.index(level) + 1]
-            alert.extra["level"], alert.extra["level_since_ms"] = upper, now_ms
+            alert.level, alert.level_since_ms = upper, now_ms
             deadline = deadlines_s[alert.colour]
             change.record(
                 EventType.ESCALATED,

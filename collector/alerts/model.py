@@ -20,13 +20,15 @@ forever as the audit trail.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from detectors.levels import COLOURS
+
+T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -106,7 +108,20 @@ class Alert:
     condition_active: bool = True
     condition_changed_at_ms: int = 0
     acknowledged: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The escalation level reached, and since when its acknowledgement deadline runs
+    # (None: since the alert started).
+    level: str = ESCALATION_LEVELS[0]
+    level_since_ms: int | None = None
+    threshold: float | None = None  # the configured value the colour was raised at
+    receivers: list[str] = field(default_factory=list)  # every receiver that took it
+    # The leading alert of the incident it joined; None when it leads its own.
+    incident_leader: int | None = None
+    incident_colour: str | None = None  # the worst colour among the incident's alerts
+    toggles_ms: list[int] = field(default_factory=list)  # condition toggles, flap window
+    flapping: bool = False
+    dispatched: bool = False  # a receiver has taken one of its events
+    acknowledged_colour: str | None = None  # the colour someone last acknowledged
+    resolved_at_ms: int | None = None
 
     @property
     def active(self) -> bool:
@@ -115,7 +130,7 @@ class Alert:
     @property
     def incident(self) -> int:
         """The incident this alert belongs to: the id of the unit's leading alert."""
-        return int(self.extra.get("incident", self.id))
+        return self.id if self.incident_leader is None else self.incident_leader
 
     @property
     def leads_incident(self) -> bool:
@@ -135,9 +150,9 @@ class Alert:
             "detector": self.fingerprint.detector,
             "value": self.value,
             "incident": self.incident,
-            "incident_colour": self.extra.get("incident_colour", self.colour),
-            "threshold": self.extra.get("threshold"),
-            "level": self.extra.get("level"),
+            "incident_colour": self.incident_colour or self.colour,
+            "threshold": self.threshold,
+            "level": self.level,
             "started_at": iso_time(self.started_at_ms),
             "updated_at": iso_time(self.updated_at_ms),
             "url": f"{public_url.rstrip('/')}/alerts/{self.id}",
@@ -215,3 +230,50 @@ class Silence:
 
 class TransitionError(ValueError):
     """A workflow action that the alert's state does not allow (e.g. ack a closed alert)."""
+
+
+# How an alert's bookkeeping fields are stored: one JSON object, each field under its
+# own name (the incident's leader under "incident"). A field left at None is left out, so
+# the object reads the same to every version of this code that wrote such objects.
+_STORED_AS = {"incident_leader": "incident"}
+_BOOKKEEPING = (
+    "level",
+    "level_since_ms",
+    "threshold",
+    "receivers",
+    "incident_leader",
+    "incident_colour",
+    "toggles_ms",
+    "flapping",
+    "dispatched",
+    "acknowledged_colour",
+    "resolved_at_ms",
+)
+
+
+def bookkeeping(alert: Alert) -> dict[str, Any]:
+    """The alert's bookkeeping fields as the stored JSON object."""
+    stored = {_STORED_AS.get(name, name): getattr(alert, name) for name in _BOOKKEEPING}
+    return {key: value for key, value in stored.items() if value is not None}
+
+
+def with_bookkeeping(alert: Alert, stored: Mapping[str, Any]) -> Alert:
+    """The alert with the bookkeeping fields read back from their stored JSON object;
+    a key missing from it (written before the field existed) keeps the field's default."""
+
+    def optional(key: str, kind: Callable[[Any], T]) -> T | None:
+        found = stored.get(key)
+        return None if found is None else kind(found)
+
+    alert.level = str(stored.get("level", ESCALATION_LEVELS[0]))
+    alert.level_since_ms = optional("level_since_ms", int)
+    alert.threshold = optional("threshold", float)
+    alert.receivers = [str(r) for r in stored.get("receivers", ())]
+    alert.incident_leader = optional("incident", int)
+    alert.incident_colour = optional("incident_colour", str)
+    alert.toggles_ms = [int(t) for t in stored.get("toggles_ms", ())]
+    alert.flapping = bool(stored.get("flapping", False))
+    alert.dispatched = bool(stored.get("dispatched", False))
+    alert.acknowledged_colour = optional("acknowledged_colour", str)
+    alert.resolved_at_ms = optional("resolved_at_ms", int)
+    return alert

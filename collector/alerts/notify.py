@@ -55,7 +55,7 @@ class OutboxEntry:
 def _matches(receiver: ReceiverSettings, alert: Alert) -> bool:
     if receiver.families and alert.family not in receiver.families:
         return False
-    if receiver.levels and alert.extra.get("level", "grid") not in receiver.levels:
+    if receiver.levels and alert.level not in receiver.levels:
         return False
     if COLOURS.index(alert.colour) < COLOURS.index(receiver.min_colour):
         return False
@@ -93,7 +93,7 @@ class Notifier:
         """Outbox entries for these events; remembers the receivers in the alert.
 
         ``incident``: the other active alerts of the alert's incident."""
-        taken = set(alert.extra.get("receivers", []))
+        taken = set(alert.receivers)
         for name, wanted in self.receivers.items():
             if not wanted.group_incidents:
                 if _matches(wanted, alert):
@@ -102,7 +102,7 @@ class Notifier:
                 taken.add(name)
         # The alert about a failing receiver would wait on the very failure it reports.
         taken.discard(receiver_reported_on(alert) or "")
-        alert.extra["receivers"] = sorted(taken)
+        alert.receivers = sorted(taken)
         entries = []
         for name in sorted(taken):
             receiver = self.receivers.get(name)
@@ -183,8 +183,8 @@ class Notifier:
         self, alert: Alert, event: AlertEvent, settings: ReceiverSettings
     ) -> dict[str, str]:
         fingerprint = alert.fingerprint
-        threshold = alert.extra.get("threshold")
-        incident_colour = str(alert.extra.get("incident_colour", alert.colour))
+        threshold = alert.threshold
+        incident_colour = alert.incident_colour or alert.colour
         value = _number(alert.value)
         reading = f"{fingerprint.quantity} {value}" if fingerprint.quantity and value else ""
         if reading and threshold is not None:
@@ -200,7 +200,7 @@ class Notifier:
             "state": alert.state.value,
             "acknowledged": "true" if alert.acknowledged else "false",
             "condition": "active" if alert.condition_active else "cleared",
-            "level": str(alert.extra.get("level", "")),
+            "level": alert.level,
             "alert_id": str(event.alert_id),
             "event_id": event.id,
             "event_type": event.type.value,

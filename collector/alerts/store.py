@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Silence, State
+from collector.alerts.model import (
+    Alert,
+    AlertEvent,
+    EventType,
+    Fingerprint,
+    Silence,
+    State,
+    bookkeeping,
+    with_bookkeeping,
+)
 from collector.alerts.notify import OutboxEntry
 from collector.alerts.schema import prepare
 from collector.errors import AlertStoreError, DamagedAlertStoreError
@@ -307,7 +316,7 @@ class SqliteAlertStore:
             int(alert.condition_active),
             alert.condition_changed_at_ms,
             int(alert.acknowledged),
-            json.dumps(alert.extra),
+            json.dumps(bookkeeping(alert)),
         )
 
     @staticmethod
@@ -348,7 +357,7 @@ class SqliteAlertStore:
 
     @staticmethod
     def _alert(row: Sequence[Any]) -> Alert:
-        return Alert(
+        alert = Alert(
             id=row[0],
             fingerprint=Fingerprint(row[1], row[2], row[3]),
             state=State(row[4]),
@@ -362,8 +371,8 @@ class SqliteAlertStore:
             condition_active=bool(row[12]),
             condition_changed_at_ms=row[13],
             acknowledged=bool(row[14]),
-            extra=json.loads(row[15]),
         )
+        return with_bookkeeping(alert, json.loads(row[15]))
 
     def get(self, alert_id: int) -> Alert | None:
         with self._lock:

@@ -171,7 +171,7 @@ def create_app(context: ApiContext) -> FastAPI:
         return round(time.time() * 1000)
 
     def require(alert_id: int) -> Alert:
-        alert = book.store.get(alert_id)
+        alert = book.get(alert_id)
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
         return alert
@@ -185,7 +185,7 @@ def create_app(context: ApiContext) -> FastAPI:
         family: str | None = None,
         hierarchy: Annotated[str | None, Query(description="prefix: city/district/...")] = None,
     ) -> list[dict[str, Any]]:
-        found = book.store.alerts(states=state or [])
+        found = book.find(states=state or [])
         return [
             context.alert_json(a)
             for a in found
@@ -254,7 +254,7 @@ def create_app(context: ApiContext) -> FastAPI:
 
     @app.get("/api/silences")
     def list_silences(caller: Caller) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(s) for s in book.store.silences(now_ms())]
+        return [dataclasses.asdict(s) for s in book.silences(now_ms())]
 
     @app.get("/api/receivers")
     def receivers(caller: Caller) -> list[dict[str, Any]]:
@@ -265,7 +265,7 @@ def create_app(context: ApiContext) -> FastAPI:
     @app.get("/api/units")
     def units(caller: Caller) -> list[dict[str, Any]]:
         """Every unit with its worst active colour: the console's unit tree."""
-        active = book.store.alerts(states=sorted(ACTIVE_STATES))
+        active = book.find(states=sorted(ACTIVE_STATES))
         return [
             {
                 "id": state.id,

@@ -48,12 +48,12 @@ from typing import Any
 import uvicorn
 
 from collector.admission import QuantityAdmission
+from collector.alerts.backends import open_storage
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
 from collector.alerts.notify import Notifier
 from collector.alerts.pending import PendingDetections
-from collector.alerts.store import SqliteAlertStore
 from collector.api import ApiContext, create_app
 from collector.config import Settings
 from collector.detection import DetectionEngine, DetectionEvent, set_aside_damaged_state
@@ -270,8 +270,7 @@ class Collector:
             colour="red",
         )
         if settings.alerts.enabled:
-            database = settings.data_dir / settings.alerts.database
-            store = SqliteAlertStore(database)
+            store = open_storage(settings.alerts.store_url, relative_to=settings.data_dir)
             notifier = Notifier(settings.alerts.receivers, settings.alerts.public_url)
             self.alerts = AlertBook(
                 store,
@@ -282,13 +281,13 @@ class Collector:
             self.unit_states.prime(self._unit_state_bodies())
             self._pending = PendingDetections(self.alerts.on_detection)
             self.dispatcher: Dispatcher | None = Dispatcher(
-                store,
+                store.outbox,
                 settings.alerts.receivers,
                 self.alerts,
                 retry_initial_s=settings.alerts.retry_initial_s,
                 retry_max_s=settings.alerts.retry_max_s,
             )
-            active = store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
+            active = self.alerts.find(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
             if self._rate_watch is not None:
                 self._rate_watch.resume(active)
             self.dispatcher.watch.resume(active)
@@ -387,7 +386,7 @@ class Collector:
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
         if self.alerts is not None:
-            self.alerts.store.close()
+            self.alerts.close()
         await self.influx.aclose()
 
     def _api_server(self) -> uvicorn.Server | None:
@@ -487,7 +486,7 @@ class Collector:
             out["alert_store_failures_total"] = self._pending.failures
             out["alert_detections_dropped_total"] = self._pending.dropped
         if self.alerts is not None:
-            out["outbox_entries"] = self.alerts.store.outbox_counts()
+            out["outbox_entries"] = self.alerts.outbox_counts()
         if self.dispatcher is not None:
             receivers = self.dispatcher.status()
 
@@ -793,7 +792,7 @@ class Collector:
         self.unit_states.publish(
             unit_state_topic(alert.unit),
             lambda: unit_state_body(
-                alert.unit, alerts.store.alerts(states=states, unit=alert.unit)
+                alert.unit, alerts.find(states=states, unit=alert.unit)
             ),
         )
 
@@ -801,7 +800,7 @@ class Collector:
         """Every unit's retained state as the alert store has it now."""
         assert self.alerts is not None
         by_unit: dict[str, list[Alert]] = {}
-        for alert in self.alerts.store.alerts(states=sorted(ACTIVE_STATES)):
+        for alert in self.alerts.find(states=sorted(ACTIVE_STATES)):
             by_unit.setdefault(alert.unit, []).append(alert)
         return {unit_state_topic(u): unit_state_body(u, a) for u, a in by_unit.items()}
 
@@ -822,7 +821,7 @@ class Collector:
             if is_pseudo_unit(unit):
                 raise ValueError(f"{unit!r} is a pseudo-unit: its alerts have no on-site panel")
             alert_id, actor, note = parse_ack(message.payload)
-            alert = self.alerts.store.get(alert_id)
+            alert = self.alerts.get(alert_id)
             if alert is None or alert.unit != unit:
                 raise ValueError(f"no alert {alert_id} in unit {unit!r}")
             self.alerts.acknowledge(
@@ -1075,7 +1074,7 @@ class Collector:
                 await self._save_detector_state()
                 last_save = time.monotonic()
             if self.alerts is not None:
-                self.stats.outbox = self.alerts.store.outbox_counts()
+                self.stats.outbox = self.alerts.outbox_counts()
             operator = self._operator_checks()
             if operator:
                 registry = self.registry.current
@@ -1150,7 +1149,7 @@ class Collector:
         if self.alerts is not None:
             lines += unit_status_lines(
                 self.registry.current,
-                self.alerts.store.alerts(states=sorted(ACTIVE_STATES)),
+                self.alerts.find(states=sorted(ACTIVE_STATES)),
                 now_ms,
                 self.settings.alerts.ack_deadlines_s,
             )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
-from collector.alerts.notify import OutboxEntry
+from collector.alerts.outbox import OutboxEntry
 from collector.alerts.repair import recover
 from collector.alerts.store import SqliteAlertStore
 from collector.demo import wait_for_collector
@@ -43,9 +43,9 @@ def fill(path: Path) -> None:
         opened = AlertEvent(
             0, 1, EventType.OPENED, 1_000 + i, "detector", "", State.OPEN, "red", 55
         )
-        alert, events = store.create(alert, [opened])
+        alert, events = store.alerts.create(alert, [opened])
         entry = OutboxEntry("hotline", events[0].id, alert.id, 1, b"{}")
-        store.save(alert, [], [entry])
+        store.alerts.save(alert, [], [entry])
     store.close()  # checkpoints the write-ahead log into the file
 
 
@@ -165,7 +165,7 @@ def test_damaged_alert_database_is_refused_clearly_and_recovered(
         started_at_ms=1,
         updated_at_ms=1,
     )
-    new, _ = store.create(alert, [])
+    new, _ = store.alerts.create(alert, [])
     store.close()
     assert new.id > (ALERTS if damage == "pages" else 0)
 
@@ -248,7 +248,7 @@ def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_p
             )
     store = SqliteAlertStore(path)
     try:
-        old, bare = store.get(7), store.get(8)
+        old, bare = store.alerts.get(7), store.alerts.get(8)
         assert old is not None and bare is not None
         assert (old.level, old.level_since_ms, old.threshold) == ("street", 5_000, 25.0)
         assert old.receivers == ["duty", "orders"]
@@ -261,8 +261,8 @@ def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_p
             8,
             [],
         )
-        store.save(old, [])
-        store.save(bare, [])
+        store.alerts.save(old, [])
+        store.alerts.save(bare, [])
     finally:
         store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:

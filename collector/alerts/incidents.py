@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.alerts.model import Alert, AlertEvent, EventType, State
+from collector.alerts.model import SYSTEM, Alert, AlertEvent, EventType, State
 from detectors.levels import COLOURS
-
-SYSTEM = "system"
 
 
 @dataclass

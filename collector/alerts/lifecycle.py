@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
+from collector.alerts.flapping import notifiable, watch_flapping
 from collector.alerts.incidents import (
-    SYSTEM,
     Change,
     await_acknowledgement,
     leader_of,
@@ -28,19 +28,20 @@ from collector.alerts.model import (
     ESCALATES_FROM,
     ESCALATION_LEVELS,
     RESOLVE_FROM,
-    TOGGLES,
+    SYSTEM,
     Alert,
     AlertEvent,
+    Detection,
     EventType,
     Fingerprint,
     Silence,
     State,
     TransitionError,
+    opened_by,
     worst_level,
 )
-from collector.alerts.notify import OutboxEntry
-from collector.alerts.store import AlertStore, Write
-from collector.detection import DetectionEvent
+from collector.alerts.outbox import OutboxEntry
+from collector.alerts.repositories import AlertStorage, Write
 from detectors.levels import COLOURS
 
 VERIFIER = "verifier"
@@ -69,7 +70,7 @@ class AlertBook:
 
     def __init__(
         self,
-        store: AlertStore,
+        storage: AlertStorage,
         *,
         verify_window_s: float = 300.0,
         listeners: Sequence[EventListener] = (),
@@ -77,7 +78,9 @@ class AlertBook:
         flap_window_s: float = 3600.0,
         flap_toggles: int = 6,
     ) -> None:
-        self.store = store
+        self._storage = storage
+        self._alerts = storage.alerts
+        self._silences = storage.silences
         self.router = router  # outbox entries for each change, written in its transaction
         self.flap_window_ms = round(flap_window_s * 1000)
         self.flap_toggles = flap_toggles
@@ -94,7 +97,7 @@ class AlertBook:
     # -- helpers ---------------------------------------------------------------------------
 
     def _change(self, alert: Alert) -> Change:
-        return Change(alert, [], self.store.last_seq(alert.id) + 1)
+        return Change(alert, [], self._alerts.last_seq(alert.id) + 1)
 
     def _commit(self, change: Change) -> list[AlertEvent]:
         """Save the change, with its outbox and what it means for the incident's leader,
@@ -110,7 +113,7 @@ class AlertBook:
             if tell_leader(change, lead):
                 others = [a for a in incident if a.id != leader.id] + [alert]
                 writes.append(self._write(lead, others, self._silenced_at(lead)))
-        self.store.save_all(writes)
+        self._alerts.save_all(writes)
         for saved, events, _ in writes:
             self._tell(saved, events)
         return [event for _, events, _ in writes for event in events]
@@ -118,11 +121,11 @@ class AlertBook:
     def _write(self, change: Change, incident: Sequence[Alert], silenced: bool) -> Write:
         """The alert's row, events and outbox entries, decided in memory (no store access:
         a new alert's are decided inside the store's transaction)."""
-        self._watch_flapping(change)
+        watch_flapping(change, window_ms=self.flap_window_ms, toggles_to_flap=self.flap_toggles)
         alert = change.alert
         alert.incident_colour = COLOURS[worst_level([alert, *incident])]
-        notifiable = self._notifiable(change, silenced)
-        outbox = self.router(alert, notifiable, incident) if self.router else ()
+        notifiable_events = notifiable(change, silenced)
+        outbox = self.router(alert, notifiable_events, incident) if self.router else ()
         return alert, change.events, outbox
 
     def _silenced_at(self, change: Change) -> bool:
@@ -134,40 +137,9 @@ class AlertBook:
             return []
         return [
             a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=alert.unit)
+            for a in self._alerts.matching(states=sorted(ACTIVE_STATES), unit=alert.unit)
             if a.incident == alert.incident and a.id != alert.id
         ]
-
-    @staticmethod
-    def _notifiable(change: Change, silenced: bool) -> list[AlertEvent]:
-        """The events that may notify: none under a silence, no toggles while flapping."""
-        alert = change.alert
-        if silenced:
-            return []
-        if alert.flapping:
-            return [e for e in change.events if e.type not in TOGGLES]
-        return change.events
-
-    def _watch_flapping(self, change: Change) -> None:
-        """Mark an alert flapping when its condition toggles too often; unmark when calm."""
-        alert = change.alert
-        toggles = list(alert.toggles_ms)
-        toggles += [e.at_ms for e in change.events if e.type in TOGGLES]
-        if not toggles:
-            return
-        horizon = max(toggles) - self.flap_window_ms
-        toggles = [t for t in toggles if t > horizon]
-        alert.toggles_ms = toggles
-        flapping = len(toggles) >= self.flap_toggles
-        if flapping != alert.flapping:
-            alert.flapping = flapping
-            change.record(
-                EventType.FLAPPING,
-                max(toggles),
-                SYSTEM,
-                f"{len(toggles)} toggles in {self.flap_window_ms / 1000:.0f} s: "
-                + ("notifying the state, not each toggle" if flapping else "calm again"),
-            )
 
     def _incident_leader(self, unit: str) -> Alert | None:
         """The leading alert of the unit's open incident, if there is one.
@@ -178,7 +150,7 @@ class AlertBook:
             return None
         leaders = [
             a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=unit)
+            for a in self._alerts.matching(states=sorted(ACTIVE_STATES), unit=unit)
             if a.leads_incident and a.state != State.RESOLVED
         ]
         return min(leaders, key=lambda a: a.id) if leaders else None
@@ -205,12 +177,12 @@ class AlertBook:
     def _members(self, leader: Alert) -> list[Alert]:
         return [
             a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=leader.unit)
+            for a in self._alerts.matching(states=sorted(ACTIVE_STATES), unit=leader.unit)
             if a.incident == leader.id and a.id != leader.id
         ]
 
     def silenced(self, alert: Alert, now_ms: int) -> bool:
-        return any(s.covers(alert, now_ms) for s in self.store.silences(now_ms))
+        return any(s.covers(alert, now_ms) for s in self._silences.current(now_ms))
 
     @_serialised
     def silence(
@@ -227,10 +199,10 @@ class AlertBook:
             raise ValueError("a silence covers one unit or one device")
         if ends_ms <= starts_ms:
             raise ValueError("a silence must end after it starts")
-        return self.store.add_silence(Silence(0, unit, device, starts_ms, ends_ms, actor, reason))
+        return self._silences.add(Silence(0, unit, device, starts_ms, ends_ms, actor, reason))
 
     def _require(self, alert_id: int) -> Alert:
-        alert = self.store.get(alert_id)
+        alert = self._alerts.get(alert_id)
         if alert is None:
             raise KeyError(alert_id)
         return alert
@@ -239,7 +211,7 @@ class AlertBook:
 
     @_serialised
     def on_detection(
-        self, event: DetectionEvent, hierarchy: dict[str, str] | None = None
+        self, event: Detection, hierarchy: dict[str, str] | None = None
     ) -> list[AlertEvent]:
         fingerprint = Fingerprint(event.device, event.quantity, event.detector)
         value = event.value if event.value == event.value else None  # NaN: no value
@@ -250,40 +222,13 @@ class AlertBook:
     def _raise(
         self,
         fingerprint: Fingerprint,
-        event: DetectionEvent,
+        event: Detection,
         value: float | None,
         hierarchy: dict[str, str],
     ) -> list[AlertEvent]:
-        alert = self.store.find_active(fingerprint)
+        alert = self._alerts.find_active(fingerprint)
         if alert is None:
-            alert = Alert(
-                id=0,
-                fingerprint=fingerprint,
-                state=State.OPEN,
-                colour=event.colour,
-                family=event.family,
-                unit=event.unit,
-                hierarchy=hierarchy,
-                value=value,
-                started_at_ms=event.ts_ms,
-                updated_at_ms=event.ts_ms,
-                condition_active=True,
-                condition_changed_at_ms=event.ts_ms,
-                level=ESCALATION_LEVELS[0],
-                level_since_ms=event.ts_ms,
-                threshold=event.threshold,
-            )
-            opened = AlertEvent(
-                0,
-                1,
-                EventType.OPENED,
-                event.ts_ms,
-                SYSTEM,
-                f"{event.detector}: {event.colour}",
-                alert.state,
-                alert.colour,
-                value,
-            )
+            alert, opened = opened_by(event, fingerprint, value, hierarchy)
             return self._open(alert, opened)
         change = self._change(alert)
         alert.value = value
@@ -346,14 +291,14 @@ class AlertBook:
                 also.append(self._write(lead, others, lead_silenced))
             return writes + also
 
-        created, events = self.store.create(alert, [opened], decide)  # assigns the id
+        created, events = self._alerts.create(alert, [opened], decide)  # assigns the id
         self._tell(created, events)
         for saved, told, _ in also:
             self._tell(saved, told)
         return events + [event for _, told, _ in also for event in told]
 
     def _clear(self, fingerprint: Fingerprint, at_ms: int, value: float | None) -> list[AlertEvent]:
-        alert = self.store.find_active(fingerprint)
+        alert = self._alerts.find_active(fingerprint)
         if alert is None or not alert.condition_active:
             return []
         change = self._change(alert)
@@ -505,11 +450,11 @@ class AlertBook:
     ) -> list[AlertEvent]:
         """``act`` on every alert in ``states`` that is ``due``, each under the lock."""
         events: list[AlertEvent] = []
-        for candidate in self.store.alerts(states=states):
+        for candidate in self._alerts.matching(states=states):
             if not due(candidate):
                 continue
             with self._lock:
-                alert = self.store.get(candidate.id)
+                alert = self._alerts.get(candidate.id)
                 if alert is None or not due(alert):
                     continue
                 change = self._change(alert)
@@ -517,5 +462,25 @@ class AlertBook:
                 events += self._commit(change)
         return events
 
+    # -- reading -------------------------------------------------------------------------
+
     def history(self, alert_id: int) -> Sequence[AlertEvent]:
-        return self.store.events(alert_id)
+        return self._alerts.events(alert_id)
+
+    def get(self, alert_id: int) -> Alert | None:
+        return self._alerts.get(alert_id)
+
+    def find(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
+        """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
+        return self._alerts.matching(states=states, unit=unit)
+
+    def silences(self, now_ms: int) -> list[Silence]:
+        """Silences not yet over (current and future)."""
+        return self._silences.current(now_ms)
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Outbox entries by status (pending, delivered, dead)."""
+        return self._storage.outbox.counts()
+
+    def close(self) -> None:
+        self._storage.close()

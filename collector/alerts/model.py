@@ -24,11 +24,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from detectors.levels import COLOURS
 
 T = TypeVar("T")
+
+
+# The actor of what the service does by itself (opening, escalating, incidents).
+SYSTEM = "system"
 
 
 class State(StrEnum):
@@ -228,6 +232,41 @@ class Silence:
         )
 
 
+def opened_by(
+    detection: Detection, fingerprint: Fingerprint, value: float | None, hierarchy: dict[str, str]
+) -> tuple[Alert, AlertEvent]:
+    """A new alert raised by a detection (numbered by the store), and its first event."""
+    alert = Alert(
+        id=0,
+        fingerprint=fingerprint,
+        state=State.OPEN,
+        colour=detection.colour,
+        family=detection.family,
+        unit=detection.unit,
+        hierarchy=hierarchy,
+        value=value,
+        started_at_ms=detection.ts_ms,
+        updated_at_ms=detection.ts_ms,
+        condition_active=True,
+        condition_changed_at_ms=detection.ts_ms,
+        level=ESCALATION_LEVELS[0],
+        level_since_ms=detection.ts_ms,
+        threshold=detection.threshold,
+    )
+    opened = AlertEvent(
+        0,
+        1,
+        EventType.OPENED,
+        detection.ts_ms,
+        SYSTEM,
+        f"{detection.detector}: {detection.colour}",
+        alert.state,
+        alert.colour,
+        value,
+    )
+    return alert, opened
+
+
 class TransitionError(ValueError):
     """A workflow action that the alert's state does not allow (e.g. ack a closed alert)."""
 
@@ -277,3 +316,30 @@ def with_bookkeeping(alert: Alert, stored: Mapping[str, Any]) -> Alert:
     alert.acknowledged_colour = optional("acknowledged_colour", str)
     alert.resolved_at_ms = optional("resolved_at_ms", int)
     return alert
+
+
+class Detection(Protocol):
+    """What the alert book takes from a detector: a colour raised, changed or cleared for
+    a fingerprint, or a device gone silent or resumed (collector/detection.py's
+    DetectionEvent is one)."""
+
+    @property
+    def kind(self) -> str: ...  # "raised", "changed", "cleared", "silent" or "resumed"
+    @property
+    def detector(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def family(self) -> str: ...
+    @property
+    def quantity(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def colour(self) -> str: ...
+    @property
+    def value(self) -> float: ...  # NaN when there is none
+    @property
+    def ts_ms(self) -> int: ...
+    @property
+    def threshold(self) -> float | None: ...

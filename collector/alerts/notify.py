@@ -30,26 +30,17 @@ import hashlib
 import hmac
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import orjson
 
 from collector.alerts.health import receiver_reported_on
 from collector.alerts.model import Alert, AlertEvent, State, iso_time, within
+from collector.alerts.outbox import OutboxEntry
 from collector.config import ReceiverSettings
 from detectors.levels import COLOURS
 
 EVENT_ID_HEADER = "X-SmartUnit-Event-Id"
 SIGNATURE_HEADER = "X-SmartUnit-Signature"
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    receiver: str
-    event_key: str
-    alert_id: int
-    seq: int
-    payload: bytes
 
 
 def _matches(receiver: ReceiverSettings, alert: Alert) -> bool:

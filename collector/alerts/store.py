@@ -1,10 +1,10 @@
-"""Durable alert storage: the AlertStore interface and its SQLite implementation.
+"""Durable alert storage in SQLite: the three repositories on one database.
 
 Every change is one transaction that writes the alert's new row and its new events
 together, so a crash can never leave an event without its alert or the other way round.
 SQLite runs in WAL mode with ``synchronous=FULL``: a committed change survives a power
 cut. A partial unique index enforces one active alert per fingerprint in the database
-itself. PostgreSQL can implement the same interface later.
+itself. The interfaces are in collector/alerts/repositories.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from collector.alerts.model import (
     Alert,
@@ -31,63 +30,10 @@ from collector.alerts.model import (
     bookkeeping,
     with_bookkeeping,
 )
-from collector.alerts.notify import OutboxEntry
+from collector.alerts.outbox import Backlog, OutboxEntry, OutboxRow
+from collector.alerts.repositories import Decide, Write
 from collector.alerts.schema import prepare
 from collector.errors import AlertStoreError, DamagedAlertStoreError
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    receiver: str
-    event_key: str
-    alert_id: int
-    seq: int
-    payload: bytes
-    attempts: int
-    created_ms: int  # when the event was written to the outbox (the collector's clock)
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """A receiver's part of the outbox."""
-
-    pending: int = 0
-    oldest_pending_ms: int | None = None  # created_ms of its oldest pending event
-    dead: int = 0  # events in its dead-letter list
-
-
-# One alert's new row, new events and their outbox entries.
-Write = tuple[Alert, Sequence[AlertEvent], Sequence[OutboxEntry]]
-# Called inside create's transaction once the alert has its id: what to write for it, and
-# for any other alert its creation changes (the leader of the incident it joins).
-Decide = Callable[[Alert, list[AlertEvent]], Sequence[Write]]
-
-
-class AlertStore(Protocol):
-    def create(
-        self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
-    ) -> tuple[Alert, list[AlertEvent]]: ...
-    def save(
-        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
-    ) -> None: ...
-    def save_all(self, writes: Sequence[Write]) -> None: ...
-    def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]: ...
-    def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int: ...
-    def delivered(self, row_id: int, now_ms: int) -> None: ...
-    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
-    def dead(self, row_id: int, error: str) -> None: ...
-    def retry_now(self, receiver: str) -> int: ...
-    def backlogs(self) -> dict[str, Backlog]: ...
-    def outbox_counts(self) -> dict[str, int]: ...
-    def add_silence(self, silence: Silence) -> Silence: ...
-    def silences(self, now_ms: int) -> list[Silence]: ...
-    def get(self, alert_id: int) -> Alert | None: ...
-    def find_active(self, fingerprint: Fingerprint) -> Alert | None: ...
-    def alerts(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]: ...
-    def events(self, alert_id: int) -> list[AlertEvent]: ...
-    def last_seq(self, alert_id: int) -> int: ...
-    def close(self) -> None: ...
 
 
 def integrity_problems(db: sqlite3.Connection, *, thorough: bool = False) -> list[str]:
@@ -105,7 +51,9 @@ def integrity_problems(db: sqlite3.Connection, *, thorough: bool = False) -> lis
     return [] if found == ["ok"] else found
 
 
-class SqliteAlertStore:
+class SqliteDatabase:
+    """One SQLite connection shared by the repositories, and its transactions."""
+
     def __init__(self, path: Path | str) -> None:
         """Open (or create) the store; a damaged file raises DamagedAlertStoreError.
 
@@ -114,36 +62,36 @@ class SqliteAlertStore:
         (``smartunit alerts-db recover``)."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()  # the collector loop and the HTTP API share the store
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.lock = threading.Lock()  # the collector loop and the HTTP API share the store
         try:
             self._open(Path(path))
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self.db.close()
             raise DamagedAlertStoreError(Path(path), str(exc)) from None
         except AlertStoreError:
-            self._db.close()
+            self.db.close()
             raise
 
     def _open(self, path: Path) -> None:
-        problems = integrity_problems(self._db)
+        problems = integrity_problems(self.db)
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise DamagedAlertStoreError(path, problems[0] + more)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        prepare(self._db, path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        prepare(self.db, path)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db.in_transaction:  # a failed write whose rollback failed too
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            if self.db.in_transaction:  # a failed write whose rollback failed too
                 self._rollback()
-            self._db.execute("BEGIN IMMEDIATE")
+            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-                self._db.execute("COMMIT")
+                yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
@@ -152,8 +100,23 @@ class SqliteAlertStore:
         # An unwritable disk may fail the rollback as well (SQLite then rolls back on
         # its own) or leave the transaction open: the next write tries again.
         with contextlib.suppress(sqlite3.Error):
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class _Repository:
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database.db
+        self._lock = database.lock
+        self._transaction = database.transaction
+
+
+class SqliteAlerts(_Repository):
+    """Alerts and their events, with the outbox entries of each change."""
 
     def create(
         self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
@@ -217,90 +180,6 @@ class SqliteAlertStore:
             "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
             [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload, now_ms) for e in entries],
         )
-
-    def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
-        """Pending deliveries to ``receiver`` that may go now: per alert, only the oldest,
-        so one alert's events reach the receiver in order."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts, "
-                "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
-                "AND o.next_attempt_ms <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
-                "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq) "
-                "ORDER BY o.id LIMIT ?",
-                (receiver, now_ms, limit),
-            ).fetchall()
-        return [OutboxRow(*row) for row in rows]
-
-    def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int:
-        """Move pending deliveries to any receiver not in ``receivers`` to the dead-letter
-        list; how many."""
-        marks = ", ".join("?" for _ in receivers)
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET status = 'dead', last_error = ? "
-                f"WHERE status = 'pending' AND receiver NOT IN ({marks})",
-                (error[:500], *receivers),
-            )
-        return cursor.rowcount
-
-    def delivered(self, row_id: int, now_ms: int) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE outbox SET status = 'delivered', delivered_ms = ? WHERE id = ?",
-                (now_ms, row_id),
-            )
-
-    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? "
-                "WHERE id = ?",
-                (next_attempt_ms, error[:500], row_id),
-            )
-
-    def dead(self, row_id: int, error: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE outbox SET status = 'dead', attempts = attempts + 1, "
-                "last_error = ? WHERE id = ?",
-                (error[:500], row_id),
-            )
-
-    def retry_now(self, receiver: str) -> int:
-        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET next_attempt_ms = 0 "
-                "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0",
-                (receiver,),
-            )
-        return cursor.rowcount
-
-    def backlogs(self) -> dict[str, Backlog]:
-        """Per receiver with anything pending or dead: its backlog (index scans only for
-        the counts; the pending rows are read for their age)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
-                "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
-            ).fetchall()
-        found: dict[str, Backlog] = {}
-        for receiver, status, count, oldest in rows:
-            was = found.get(receiver, Backlog())
-            if status == "pending":
-                found[receiver] = dataclasses.replace(
-                    was, pending=int(count), oldest_pending_ms=int(oldest)
-                )
-            else:
-                found[receiver] = dataclasses.replace(was, dead=int(count))
-        return found
-
-    def outbox_counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, count(*) FROM outbox GROUP BY status")
-            return {status: int(n) for status, n in rows.fetchall()}
 
     @staticmethod
     def _row_values(alert: Alert) -> tuple[Any, ...]:
@@ -390,7 +269,7 @@ class SqliteAlertStore:
             ).fetchone()
         return self._alert(row) if row else None
 
-    def alerts(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
+    def matching(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
         """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
         query = f"SELECT {self._COLUMNS} FROM alerts WHERE 1"
         params: list[str] = []
@@ -417,7 +296,95 @@ class SqliteAlertStore:
             for r in rows
         ]
 
-    def add_silence(self, silence: Silence) -> Silence:
+
+class SqliteOutbox(_Repository):
+    def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
+        """Pending deliveries to ``receiver`` that may go now: per alert, only the oldest,
+        so one alert's events reach the receiver in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.id, o.receiver, o.event_key, o.alert_id, o.seq, o.payload, o.attempts, "
+                "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.receiver = ? "
+                "AND o.next_attempt_ms <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
+                "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq) "
+                "ORDER BY o.id LIMIT ?",
+                (receiver, now_ms, limit),
+            ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int:
+        """Move pending deliveries to any receiver not in ``receivers`` to the dead-letter
+        list; how many."""
+        marks = ", ".join("?" for _ in receivers)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET status = 'dead', last_error = ? "
+                f"WHERE status = 'pending' AND receiver NOT IN ({marks})",
+                (error[:500], *receivers),
+            )
+        return cursor.rowcount
+
+    def delivered(self, row_id: int, now_ms: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET status = 'delivered', delivered_ms = ? WHERE id = ?",
+                (now_ms, row_id),
+            )
+
+    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? "
+                "WHERE id = ?",
+                (next_attempt_ms, error[:500], row_id),
+            )
+
+    def dead(self, row_id: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET status = 'dead', attempts = attempts + 1, "
+                "last_error = ? WHERE id = ?",
+                (error[:500], row_id),
+            )
+
+    def retry_now(self, receiver: str) -> int:
+        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET next_attempt_ms = 0 "
+                "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0",
+                (receiver,),
+            )
+        return cursor.rowcount
+
+    def backlogs(self) -> dict[str, Backlog]:
+        """Per receiver with anything pending or dead: its backlog (index scans only for
+        the counts; the pending rows are read for their age)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
+                "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
+            ).fetchall()
+        found: dict[str, Backlog] = {}
+        for receiver, status, count, oldest in rows:
+            was = found.get(receiver, Backlog())
+            if status == "pending":
+                found[receiver] = dataclasses.replace(
+                    was, pending=int(count), oldest_pending_ms=int(oldest)
+                )
+            else:
+                found[receiver] = dataclasses.replace(was, dead=int(count))
+        return found
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, count(*) FROM outbox GROUP BY status")
+            return {status: int(n) for status, n in rows.fetchall()}
+
+
+class SqliteSilences(_Repository):
+    def add(self, silence: Silence) -> Silence:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO silences (unit, device, starts_ms, ends_ms, actor, reason) "
@@ -433,7 +400,7 @@ class SqliteAlertStore:
             )
         return dataclasses.replace(silence, id=int(cursor.lastrowid or 0))
 
-    def silences(self, now_ms: int) -> list[Silence]:
+    def current(self, now_ms: int) -> list[Silence]:
         """Silences not yet over (current and future)."""
         with self._lock:
             rows = self._db.execute(
@@ -443,6 +410,16 @@ class SqliteAlertStore:
             ).fetchall()
         return [Silence(*row) for row in rows]
 
+
+class SqliteAlertStore:
+    """The three repositories on one SQLite file: one connection, one lock, so a change
+    and its outbox entries are one transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.database = SqliteDatabase(path)
+        self.alerts = SqliteAlerts(self.database)
+        self.outbox = SqliteOutbox(self.database)
+        self.silences = SqliteSilences(self.database)
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()

@@ -349,3 +349,12 @@ def test_a_silent_gateway_is_an_alertmanager_alert_without_a_value(
     assert "quantity" not in alert["labels"]  # empty labels are absent, as in Prometheus
     assert "value" not in alert["annotations"] and "threshold" not in alert["annotations"]
     assert alert["annotations"]["summary"] == "orange silence on gw-1 of unit-a"
+
+
+def test_every_configurable_format_is_registered() -> None:
+    from typing import get_args
+
+    from collector.alerts.formats import FORMATS
+    from collector.config import ReceiverSettings as Settings
+
+    assert set(get_args(Settings.model_fields["format"].annotation)) == set(FORMATS)

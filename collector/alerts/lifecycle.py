@@ -65,7 +65,9 @@ def _serialised(method: F) -> F:
 
 
 class AlertBook:
-    """``listeners`` hear of every committed change, whoever caused it (detector, API,
+    """What the rest of the service changes and reads alerts through (never the store).
+
+    ``listeners`` hear of every committed change, whoever caused it (detector, API,
     verifier): annotations, notifications and the field downlink hang on them."""
 
     def __init__(

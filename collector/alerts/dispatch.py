@@ -44,11 +44,11 @@ from typing import Any
 
 import httpx
 
+from collector.alerts.backends import STORE_ERRORS
 from collector.alerts.health import ReceiverHealth
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
 from collector.alerts.outbox import Backlog, OutboxRepository, OutboxRow
-from collector.alerts.pending import STORE_ERRORS
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
 from collector.logs import RateLimitedLog

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collector.alerts.backends import STORE_ERRORS
 from collector.alerts.model import Detection
 from detectors.levels import COLOURS
 
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 MAX_FINGERPRINTS = 10_000
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
-STORE_ERRORS = (sqlite3.Error, OSError)
 
 Apply = Callable[[Detection, dict[str, str]], object]
 

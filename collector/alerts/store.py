@@ -35,6 +35,10 @@ from collector.alerts.repositories import Decide, Write
 from collector.alerts.schema import prepare
 from collector.errors import AlertStoreError, DamagedAlertStoreError
 
+# What a failing SQLite store raises (full or unwritable disk, locked or lost file): the
+# write is retried, not the service stopped.
+UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+
 
 def integrity_problems(db: sqlite3.Connection, *, thorough: bool = False) -> list[str]:
     """What SQLite finds wrong with a database; empty when it is sound.

@@ -362,6 +362,10 @@ class AlertSettings(_Section):
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.database}"
 
+    def sqlite_file(self, data_dir: Path) -> Path:
+        """The SQLite file the store's URL names (what ``alerts-db`` checks and recovers)."""
+        return data_dir / self.store_url.partition(":///")[2]
+
 
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"

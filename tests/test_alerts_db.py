@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -275,3 +276,19 @@ def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_p
         "flapping": False,
         "dispatched": False,
     }
+
+
+def test_alerts_db_checks_the_file_the_store_url_names(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    chosen = data_dir / "book" / "alerts.db"
+    chosen.parent.mkdir(parents=True)
+    chosen.write_text("alert log\n" * 1000)
+    SqliteAlertStore(data_dir / "alerts.db").close()  # a sound file where the default is
+    config = tmp_path / "smartunit.toml"
+    config.write_text('[alerts]\nstore = "sqlite:///book/alerts.db"\n')
+    env = {**os.environ, "SMARTUNIT_DATA_DIR": str(data_dir)}
+
+    checked = smartunit("alerts-db", "check", "--config", str(config), env=env)
+
+    assert checked.returncode == 1, checked
+    assert "damaged" in checked.stdout and str(chosen) in checked.stdout

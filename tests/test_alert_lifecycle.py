@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -346,3 +348,22 @@ def test_a_leak_seen_by_five_sensors_is_one_incident(tmp_path: Path) -> None:
     # another unit's alert starts its own incident
     (other,) = book.on_detection(detection("raised", "red", 0, device="gas-9", unit="donghai"))
     assert book.get(other.alert_id).incident == other.alert_id
+
+
+@pytest.mark.parametrize(
+    ("module", "never"),
+    [
+        ("collector.alerts.lifecycle", "collector.detection"),
+        ("collector.alerts.pending", "collector.detection"),
+        ("collector.alerts.store", "collector.alerts.notify"),
+    ],
+)
+def test_the_alert_parts_keep_to_their_side(module: str, never: str) -> None:
+    """The book takes detections by their shape, and the store knows no receiver."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys, {module}; print({never!r} in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,7 @@ from pydantic import (
 )
 
 from collector.errors import ConfigError
+from collector.families import FAMILIES
 from collector.urls import redact_url, url_problem
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -253,6 +255,16 @@ IDENTIFYING_LABELS = frozenset(
 )
 
 
+# Silent gateways (collector/detection.py) raise alerts under the family "gateway".
+ALERT_FAMILIES = (*FAMILIES, "gateway")
+
+
+def _alert_family(name: str) -> str:
+    if name not in ALERT_FAMILIES:
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(ALERT_FAMILIES)}")
+    return name
+
+
 class ReceiverSettings(_Section):
     """A webhook receiver: a work-order system, a 12345 hotline platform, a chat bridge."""
 
@@ -261,7 +273,7 @@ class ReceiverSettings(_Section):
     secret: SecretStr | None = None
     format: Literal["native", "alertmanager"] = "native"
     # Routing: empty means any. A hierarchy prefix "suzhou/gusu" takes that district.
-    families: list[Literal["camera", "parking", "chem", "gateway"]] = []
+    families: list[Annotated[str, AfterValidator(_alert_family)]] = []
     min_colour: Literal["blue", "yellow", "orange", "red"] = "blue"
     hierarchy_prefix: str = ""
     # Escalation levels this receiver answers for (empty: every level). A district's

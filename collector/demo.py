@@ -30,6 +30,7 @@ from collector.brokerauth import (
 )
 from collector.config import InfluxSettings, MqttSettings, MqttTls, load_settings
 from collector.errors import ServiceStartError, SmartUnitError
+from collector.families import PLUGINS
 from collector.influx import query_sync
 from collector.localservices import (
     BrokerAuth,
@@ -91,7 +92,7 @@ def mqtt_url(broker: Mosquitto, user: str, password: str) -> str:
 
 def count_readings(influx: InfluxSettings) -> dict[str, int]:
     counts = dict.fromkeys(FAMILIES, 0)
-    field_of = {"camera": "seq", "parking": "occupied", "chem": "seq"}
+    field_of = {family: plugin.count_field for family, plugin in PLUGINS.items()}
     for family in FAMILIES:
         series = query_sync(influx, f'SELECT count("{field_of[family]}") FROM "{family}"')
         if series:

@@ -22,163 +22,29 @@ bounded: past ``MAX_ROUTES`` topics (a flood of made-up ids) it is dropped whole
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 import orjson
 
-from collector.lineprotocol import INT64_MAX, escape_measurement
+from collector.families import PLUGINS
+from collector.families.base import FastEncoder, Route
+from collector.lineprotocol import escape_measurement
 from collector.protocol import (
-    MAX_COUNT,
-    MAX_INTERVAL_S,
-    MAX_QUANTITIES,
     PAYLOAD_MODELS,
     Decoder,
     Reading,
     Rejection,
-    is_quantity_name,
     parse_topic,
     reading_line,
 )
 from collector.registry import Registry
 
 MAX_ROUTES = 100_000
-_TS_MS_LIMIT = 1e18  # beyond any accepted age, and round() of it cannot overflow
 
-
-# What every message on one data topic shares: (family, device, capacity of a parking lot
-# from the registry, "measurement,tags " line prefix). A plain tuple of plain values, which
-# the garbage collector stops tracking: 10,000 objects would lengthen every full
-# collection, a pause alerts wait for.
-Route = tuple[str, str, int | None, str]
-
-
-FastResult = tuple[Reading, str] | None
-FastEncoder = Callable[[dict[str, Any], Route, int, int, int], FastResult]
-
-
-def _stamp(
-    obj: dict[str, Any], device: str, now_ms: int, oldest: int, newest: int
-) -> tuple[int, int | None] | None:
-    """(ts_ms, seq) of a plain reading; None when ts, seq or a device claim is not plain."""
-    get = obj.get
-    ts, seq = get("ts"), get("seq")
-    if ts is None:
-        ts_ms = now_ms
-    else:
-        kind = type(ts)
-        if kind is not float and kind is not int:
-            return None
-        scaled = ts * 1000
-        if not -_TS_MS_LIMIT < scaled < _TS_MS_LIMIT:  # false for NaN and infinities too
-            return None
-        ts_ms = round(scaled)
-        if not oldest <= ts_ms <= newest:
-            return None
-    if seq is not None and not (type(seq) is int and 0 <= seq <= INT64_MAX):
-        return None
-    claimed = get("device")
-    if claimed is not None and claimed != device:
-        return None
-    claimed = get("device_id")
-    if claimed is not None and claimed != device:
-        return None
-    return ts_ms, seq
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    return type(value) is int and 0 <= value <= MAX_COUNT
-
-
-def _camera(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix = route
-    stamp = _stamp(obj, device, now_ms, oldest, newest)
-    if stamp is None:
-        return None
-    ts_ms, seq = stamp
-    get = obj.get
-    people, vehicles, interval = get("people"), get("vehicles"), get("interval_s")
-    fields: dict[str, int | float] = {}
-    if people is not None:
-        if not _count(people):
-            return None
-        fields["people"] = people
-    if vehicles is not None:
-        if not _count(vehicles):
-            return None
-        fields["vehicles"] = vehicles
-    if not fields:
-        return None
-    text = ",".join([f"{name}={count}i" for name, count in fields.items()])
-    if interval is not None:
-        kind = type(interval)
-        if not ((kind is int or kind is float) and 0 < interval <= MAX_INTERVAL_S):
-            return None  # NaN fails the comparison, infinity the bound
-        interval = fields["interval_s"] = float(interval)
-        text += f",interval_s={interval!r}"
-    if seq is not None:
-        text += f",seq={seq}i"
-    return Reading("camera", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
-
-
-def _parking(
-    obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int
-) -> FastResult:
-    _, device, known_capacity, prefix = route
-    stamp = _stamp(obj, device, now_ms, oldest, newest)
-    occupied, capacity = obj.get("occupied"), obj.get("capacity")
-    if stamp is None or not _count(occupied):
-        return None
-    ts_ms, seq = stamp
-    fields: dict[str, int | float] = {"occupied": occupied}
-    if capacity is not None:
-        if not (_count(capacity) and capacity > 0):
-            return None
-        fields["capacity"] = capacity
-    text = f"occupied={occupied}i"
-    known = capacity or known_capacity
-    if known:
-        text += f",capacity={known}i,free={max(known - occupied, 0)}i"
-    if seq is not None:
-        text += f",seq={seq}i"
-    return Reading("parking", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
-
-
-_GOOD_NAMES: set[str] = set()  # quantity names already checked; bounded below
-
-
-def _quantity_name(name: str) -> bool:
-    good = is_quantity_name(name)
-    if good and len(_GOOD_NAMES) < 10_000:
-        _GOOD_NAMES.add(name)
-    return good
-
-
-def _chem(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix = route
-    stamp = _stamp(obj, device, now_ms, oldest, newest)
-    readings = obj.get("readings")
-    if stamp is None or type(readings) is not dict or not 1 <= len(readings) <= MAX_QUANTITIES:
-        return None
-    ts_ms, seq = stamp
-    fields: dict[str, int | float] = {}
-    good_names = _GOOD_NAMES
-    for name, value in readings.items():
-        kind = type(value)
-        if not (kind is float or kind is int) or not -math.inf < value < math.inf:
-            return None
-        if name not in good_names and not _quantity_name(name):
-            return None
-        fields[name] = float(value)
-    text = ",".join([f"{name}={value!r}" for name, value in fields.items()])
-    if seq is not None:
-        text += f",seq={seq}i"
-    return Reading("chem", device, ts_ms, fields, seq), f"{prefix}{text} {ts_ms}"
-
-
-FAST_ENCODERS: dict[str, FastEncoder] = {"camera": _camera, "parking": _parking, "chem": _chem}
+# Each family's encoder lives in its plug-in (collector/families/), required there.
+FAST_ENCODERS: Mapping[str, FastEncoder] = {name: family.encode for name, family in PLUGINS.items()}
 
 
 def route_for(topic: str, registry: Registry) -> Route | None:

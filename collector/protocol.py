@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from collector.lineprotocol import INT64_MAX, encode_line
-from collector.registry import DEVICE_ID_PATTERN, DEVICE_ID_RULE, FAMILIES, Registry
+from collector.families import FAMILIES, PLUGINS
+from collector.families.base import Reading, ReadingPayload
+from collector.lineprotocol import encode_line
+from collector.registry import DEVICE_ID_PATTERN, DEVICE_ID_RULE, Registry
 
 if TYPE_CHECKING:
     from collector.admission import QuantityAdmission
@@ -31,9 +32,11 @@ REJECTED_ROOT = f"{TOPIC_ROOT}/_rejected"
 
 STATUS_MEASUREMENT = "device_status"
 
+__all__ = ["FAMILIES", "PAYLOAD_MODELS", "Reading", "ReadingPayload"]
+
 REJECTION_REASONS: dict[str, str] = {
     "bad_topic": "the topic is not smartunit/v1/{family}/{device_id}/data|status",
-    "unknown_family": "the family in the topic is not camera, parking or chem",
+    "unknown_family": f"the family in the topic is not one of {', '.join(FAMILIES)}",
     "bad_device_id": f"the device id in the topic breaks the rule: {DEVICE_ID_RULE}",
     "family_mismatch": "the registry lists this device under another family",
     "payload_too_large": "the payload is larger than ingest.max_payload_bytes",
@@ -75,99 +78,8 @@ _RANGE_ERRORS = {
     "too_short",
 }
 
-RESERVED_QUANTITIES = frozenset({"seq", "ts", "time", "device", "device_id"})
-# The protocol's limits, shared by the payload models and the fast path (fastpath.py).
-MAX_COUNT = 2**31 - 1
-MAX_INTERVAL_S = 86_400
-MAX_QUANTITIES = 64
-
-
-def is_quantity_name(name: str) -> bool:
-    """[a-z][a-z0-9_]{0,63}, and not a reserved name."""
-    return (
-        1 <= len(name) <= 64
-        and "a" <= name[0] <= "z"
-        and all("a" <= c <= "z" or "0" <= c <= "9" or c == "_" for c in name)
-        and name not in RESERVED_QUANTITIES
-    )
-
-
-def _quantity_name(name: str) -> str:
-    if not is_quantity_name(name):
-        raise PydanticCustomError(
-            "bad_quantity_name",
-            "quantity name {name!r} must match [a-z][a-z0-9_]{{0,63}} and not be reserved",
-            {"name": name[:80]},
-        )
-    return name
-
-
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-QuantityName = Annotated[str, AfterValidator(_quantity_name)]
-
-
-class _ReadingPayload(BaseModel):
-    # Unknown keys are ignored so that newer firmware can add fields without being rejected.
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-    ts: float | str | None = None
-    seq: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
-    device: str | None = None
-    device_id: str | None = None
-
-    def storable_fields(self) -> dict[str, int | float]:
-        raise NotImplementedError
-
-
-class CameraPayload(_ReadingPayload):
-    people: Count | None = None
-    vehicles: Count | None = None
-    interval_s: Annotated[float, Field(gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False)] | None = None
-
-    @model_validator(mode="after")
-    def _needs_a_count(self) -> CameraPayload:
-        if self.people is None and self.vehicles is None:
-            raise PydanticCustomError("missing_field", "a camera reading needs people or vehicles")
-        return self
-
-    def storable_fields(self) -> dict[str, int | float]:
-        fields: dict[str, int | float] = {}
-        if self.people is not None:
-            fields["people"] = self.people
-        if self.vehicles is not None:
-            fields["vehicles"] = self.vehicles
-        if self.interval_s is not None:
-            fields["interval_s"] = float(self.interval_s)
-        return fields
-
-
-class ParkingPayload(_ReadingPayload):
-    occupied: Count
-    capacity: Annotated[int, Field(gt=0, le=MAX_COUNT)] | None = None
-
-    def storable_fields(self) -> dict[str, int | float]:
-        fields: dict[str, int | float] = {"occupied": self.occupied}
-        if self.capacity is not None:
-            fields["capacity"] = self.capacity
-        return fields
-
-
-class ChemPayload(_ReadingPayload):
-    readings: Annotated[
-        dict[QuantityName, FiniteFloat], Field(min_length=1, max_length=MAX_QUANTITIES)
-    ]
-
-    def storable_fields(self) -> dict[str, int | float]:
-        # Always floats: a quantity first written as 62 and later as 62.5 must not hit a
-        # field type conflict in InfluxDB.
-        return {name: float(value) for name, value in self.readings.items()}
-
-
-PAYLOAD_MODELS: dict[str, type[_ReadingPayload]] = {
-    "camera": CameraPayload,
-    "parking": ParkingPayload,
-    "chem": ChemPayload,
+PAYLOAD_MODELS: dict[str, type[ReadingPayload]] = {
+    name: family.payload for name, family in PLUGINS.items()
 }
 
 
@@ -205,15 +117,6 @@ class Rejection:
             },
             default=str,
         )
-
-
-class Reading(NamedTuple):
-    # A tuple, not a frozen dataclass: made once per reading, and three times cheaper.
-    family: str
-    device: str
-    ts_ms: int
-    fields: dict[str, int | float]
-    seq: int | None = None
 
 
 @dataclass(slots=True)
@@ -397,7 +300,7 @@ class Decoder:
 
     def reading(
         self,
-        model: type[_ReadingPayload],
+        model: type[ReadingPayload],
         obj: Any,
         family: str,
         device: str,
@@ -510,12 +413,7 @@ def reading_line(reading: Reading, registry: Registry) -> str:
     """The line-protocol line for a reading, placed by the registry in force."""
     placement = registry.placement(reading.device)
     fields = dict(reading.fields)
-    if reading.family == "parking":
-        capacity = fields.get("capacity") or placement.capacity
-        if capacity:
-            fields["capacity"] = int(capacity)
-            # Over-full lots happen (illegal parking); free space does not go negative.
-            fields["free"] = max(int(capacity) - int(fields["occupied"]), 0)
+    fields.update(PLUGINS[reading.family].derived(reading.fields, placement.capacity))
     if reading.seq is not None:
         fields["seq"] = reading.seq
     return encode_line(reading.family, placement.tags, fields, reading.ts_ms)

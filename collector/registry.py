@@ -43,12 +43,14 @@ from pydantic import (
 
 from collector.config import RegistrySettings, format_validation_errors, read_toml
 from collector.errors import ConfigError
+from collector.families import FAMILIES, known_family
 from collector.lineprotocol import check_tag_text, encode_tags
 
 log = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("camera", "parking", "chem")
-Family = Literal["camera", "parking", "chem"]
+__all__ = ["FAMILIES", "Family", "Registry"]
+
+Family = Annotated[str, AfterValidator(known_family)]
 HIERARCHY_LEVELS: tuple[str, ...] = (
     "city",
     "district",

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from collector.config import format_validation_errors, read_toml
 from collector.errors import ConfigError
+from collector.families import known_family
 from collector.lineprotocol import check_tag_text
 from detectors.base import Detector
 from detectors.registry import DETECTORS, create
@@ -39,7 +40,7 @@ class RuleSpec(BaseModel):
 
     name: Annotated[str, AfterValidator(_tag_text)]
     description: str = ""
-    family: Literal["camera", "parking", "chem"]
+    family: Annotated[str, AfterValidator(known_family)]
     quantity: str = Field(min_length=1)
     detector: str
     params: dict[str, Any] = {}

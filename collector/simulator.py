@@ -8,9 +8,11 @@ checkpoints and sites, office-hours parking occupancy, noisy process values in c
 parks (local time of day in the city's time zone).
 
 On request, anomalies are injected and written with their times to a label file (one
-JSON object per line): ``crowd_surge``, ``gas_leak`` (a ramp of % LEL), ``stuck_sensor``,
-``camera_dropout`` (connected but silent) and ``device_offline`` (the connection drops
-without a DISCONNECT, so the broker publishes the last will).
+JSON object per line): ``crowd_surge``, ``gas_leak`` (a ramp of % LEL), ``smoke`` (a
+detector in alarm, its temperature rising), ``pressure_drop`` (a burst fire-water main),
+``stuck_sensor``, ``camera_dropout`` (connected but silent) and ``device_offline`` (the
+connection drops without a DISCONNECT, so the broker publishes the last will). Each
+family's values and anomaly kinds are its plug-in's profile (collector/families/).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import random
 import socket
 import time
@@ -34,20 +35,18 @@ import aiomqtt
 import orjson
 
 from collector.config import MqttEndpoint, load_settings, parse_mqtt_url
+from collector.families import PLUGINS
 from collector.registry import Registry
 
 log = logging.getLogger(__name__)
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
-BASE_INTERVAL_S = {"camera": 10.0, "parking": 15.0, "chem": 5.0}
 BACKLOG_LIMIT = 5000  # a device's flash buffer: the oldest readings go first when full
 BACKLOG_CHUNK = 200
 
-ANOMALY_KINDS: dict[str, tuple[str, ...]] = {
-    "camera": ("crowd_surge", "camera_dropout", "stuck_sensor", "device_offline"),
-    "parking": ("stuck_sensor", "device_offline"),
-    "chem": ("gas_leak", "stuck_sensor", "device_offline"),
-}
+# Each family's profile (interval, anomalies, values) lives in its plug-in.
+BASE_INTERVAL_S = {name: family.simulation.interval_s for name, family in PLUGINS.items()}
+ANOMALY_KINDS = {name: family.simulation.anomalies for name, family in PLUGINS.items()}
 
 
 @dataclass
@@ -62,10 +61,6 @@ class Anomaly:
 
     def progress(self, t: float) -> float:
         return min(max((t - self.start) / max(self.end - self.start, 1e-9), 0.0), 1.0)
-
-
-def _bump(hour: float, centre: float, width: float) -> float:
-    return math.exp(-(((hour - centre) / width) ** 2))
 
 
 @dataclass
@@ -83,7 +78,7 @@ class SimDevice:
     )
     anomaly: Anomaly | None = None
     stuck: dict[str, Any] | None = None
-    level_pct: float = 60.0
+    memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def data_topic(self) -> str:
@@ -93,43 +88,15 @@ class SimDevice:
     def status_topic(self) -> str:
         return f"smartunit/v1/{self.family}/{self.id}/status"
 
+    def anomaly_progress(self, kind: str, t: float) -> float | None:
+        anomaly = self.anomaly
+        if anomaly is None or anomaly.kind != kind or not anomaly.active(t):
+            return None
+        return anomaly.progress(t)
+
     def _values(self, t: float) -> dict[str, Any]:
         local = datetime.fromtimestamp(t, CITY_TZ)
-        hour = local.hour + local.minute / 60
-        rng = self.rng
-        if self.family == "camera":
-            crowd = 0.05 + 0.5 * _bump(hour, 11, 2.5) + 0.6 * _bump(hour, 17.5, 2)
-            traffic = 0.05 + 0.7 * _bump(hour, 8, 1.2) + 0.8 * _bump(hour, 18, 1.3)
-            people = crowd * self.capacity * 0.6
-            if self.anomaly and self.anomaly.kind == "crowd_surge" and self.anomaly.active(t):
-                people += self.capacity * 1.2 * self.anomaly.progress(t)
-            return {
-                "people": max(0, round(rng.gauss(people, math.sqrt(people + 1)))),
-                "vehicles": max(0, round(rng.gauss(traffic * 80, math.sqrt(traffic * 80 + 1)))),
-                "interval_s": self.interval_s,
-            }
-        if self.family == "parking":
-            busy = 0.25 + 0.65 * _bump(hour, 13, 4.5)
-            occupied = min(self.capacity, max(0, round(rng.gauss(busy * self.capacity, 3))))
-            values: dict[str, Any] = {"occupied": occupied}
-            if self.send_capacity:
-                values["capacity"] = self.capacity
-            return values
-        self.level_pct = min(95.0, max(5.0, self.level_pct + rng.gauss(0, 0.3)))
-        lel = max(0.0, rng.gauss(1.5, 0.3))
-        if self.anomaly and self.anomaly.kind == "gas_leak" and self.anomaly.active(t):
-            lel += 60.0 * self.anomaly.progress(t)
-        return {
-            "readings": {
-                "lel_pct": round(lel, 2),
-                "h2s_ppm": round(max(0.0, rng.gauss(0.6, 0.15)), 2),
-                "temp_c": round(
-                    40 + 4 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.4), 2
-                ),
-                "pressure_kpa": round(rng.gauss(310, 1.5), 1),
-                "level_pct": round(self.level_pct, 1),
-            }
-        }
+        return PLUGINS[self.family].simulation.values(self, t, local.hour + local.minute / 60)
 
     def sample(self, t: float) -> dict[str, Any] | None:
         """The reading this device takes at time t, or None while its camera is dark."""
@@ -337,11 +304,9 @@ def build_fleet(
     fleet: list[SimDevice] = []
     for device in sorted(registry.devices.values(), key=lambda d: d.id):
         unit = registry.units[device.unit]
-        capacity = {
-            "camera": unit.safe_capacity or 500,
-            "parking": device.capacity or unit.capacity or 200,
-            "chem": 0,
-        }[device.family]
+        capacity = PLUGINS[device.family].simulation.capacity(
+            device.capacity, unit.capacity, unit.safe_capacity
+        )
         fleet.append(
             SimDevice(
                 id=device.id,
@@ -353,15 +318,14 @@ def build_fleet(
                 rng=random.Random(rng.random()),
             )
         )
-    prefixes = {"camera": "sim-cam", "parking": "sim-park", "chem": "sim-chem"}
-    for family, prefix in prefixes.items():
+    for family, plugin in PLUGINS.items():
         for index in range(1, generated_per_family + 1):
             fleet.append(
                 SimDevice(
-                    id=f"{prefix}-{index:04d}",
+                    id=f"{plugin.simulation.device_prefix}-{index:04d}",
                     family=family,
                     unit="_unregistered",
-                    capacity={"camera": 400, "parking": 150, "chem": 0}[family],
+                    capacity=plugin.simulation.generated_capacity,
                     send_capacity=True,
                     interval_s=BASE_INTERVAL_S[family] * interval_scale,
                     rng=random.Random(rng.random()),

@@ -22,7 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from collector.families import FAMILIES
+
 OUT = Path(__file__).resolve().parent.parent / "dashboards"
+TARGET_REFS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DATASOURCE = {"type": "influxdb", "uid": "${datasource}"}
 LEVELS = ["district", "street", "community", "grid", "unit"]
 COLOUR_STEPS = [  # the five-colour warning, level 0..4
@@ -507,6 +511,101 @@ def chem() -> dict[str, Any]:
     return dashboard("smartunit-chem", "SmartUnit — Chemical park", panels, ["chem"])
 
 
+# The fire presets: heat at 57 degC (orange); water pressure below 150 / 100 kPa.
+HEAT_STEPS = steps(("orange", 57))
+PRESSURE_STEPS = [  # dangerous when low: red below 100 kPa, orange below 150 kPa
+    {"color": "red", "value": None},
+    {"color": "orange", "value": 100},
+    {"color": "green", "value": 150},
+]
+SMOKE_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "clear", "color": "green", "index": 0},
+            "1": {"text": "SMOKE", "color": "red", "index": 1},
+        },
+    }
+]
+
+
+def fire() -> dict[str, Any]:
+    detectors = (
+        'SELECT last("smoke") AS "smoke", last("temp_c") AS "temp_c" FROM "fire" '
+        f'WHERE {where()} GROUP BY "unit", "device"'
+    )
+    alarms = (
+        f'SELECT max("smoke") AS "smoke" FROM "fire" WHERE {where()} '
+        'GROUP BY time($__interval), "unit" fill(none)'
+    )
+    pressure = (
+        f'SELECT mean("pressure_kpa") FROM "fire" WHERE {where()} '
+        'GROUP BY time($__interval), "unit", "device" fill(none)'
+    )
+    lowest = (
+        'SELECT min("pressure_kpa") AS "pressure_kpa" FROM (SELECT last("pressure_kpa") AS '
+        f'"pressure_kpa" FROM "fire" WHERE {where()} GROUP BY "unit", "device") GROUP BY "unit"'
+    )
+    heat = (
+        f'SELECT max("temp_c") FROM "fire" WHERE {where()} '
+        'GROUP BY time($__interval), "unit", "device" fill(none)'
+    )
+    return dashboard(
+        "smartunit-fire",
+        "SmartUnit — Fire safety",
+        [
+            panel(
+                "table",
+                "Detectors: smoke and temperature now",
+                [target(detectors, table=True)],
+                w=12,
+                mappings=SMOKE_MAPPINGS,
+                description="The fire-smoke preset raises red at once on a detector in alarm",
+            ),
+            panel(
+                "bargauge",
+                "Lowest fire-water pressure per unit",
+                [target(lowest, alias="$tag_unit")],
+                w=12,
+                unit="pressurekpa",
+                thresholds=PRESSURE_STEPS,
+                options={"displayMode": "basic", "orientation": "horizontal"},
+                description="Red below 100 kPa (GB 50974-2014 minimum static pressure), "
+                "orange below 150 kPa, as the fire-water-pressure-low preset",
+            ),
+            panel(
+                "timeseries",
+                "Fire-water pressure",
+                [target(pressure, alias="$tag_unit $tag_device")],
+                w=12,
+                unit="pressurekpa",
+                thresholds=PRESSURE_STEPS,
+                bands=True,
+            ),
+            panel(
+                "timeseries",
+                "Temperature at detectors",
+                [target(heat, alias="$tag_unit $tag_device")],
+                w=12,
+                unit="celsius",
+                thresholds=HEAT_STEPS,
+                bands=True,
+                description="Orange from 57 degC (class A1 heat detectors), as the fire-heat "
+                "preset",
+            ),
+            panel(
+                "timeseries",
+                "Smoke alarms per unit",
+                [target(alarms, alias="$tag_unit")],
+                w=24,
+                options={"drawStyle": "bars"},
+                mappings=SMOKE_MAPPINGS,
+            ),
+        ],
+        ["fire"],
+    )
+
+
 def devices() -> dict[str, Any]:
     status = (
         'SELECT last("online") AS "online", last("state") AS "state" FROM "device_status" '
@@ -528,7 +627,7 @@ def devices() -> dict[str, Any]:
             ref,
             table=True,
         )
-        for ref, family in zip("ABC", ["camera", "parking", "chem"], strict=True)
+        for ref, family in zip(TARGET_REFS, FAMILIES, strict=False)
     ]
     rejected = (
         'SELECT non_negative_difference(last("count")) FROM "smartunit_rejections" '
@@ -675,6 +774,7 @@ DASHBOARDS = {
     "crowd.json": crowd,
     "parking.json": parking,
     "chem-park.json": chem,
+    "fire.json": fire,
     "devices.json": devices,
     "collector.json": collector,
 }

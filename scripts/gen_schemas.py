@@ -14,22 +14,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector.protocol import PAYLOAD_MODELS, StatusPayload  # noqa: E402
+from collector.families import PLUGINS  # noqa: E402
+from collector.protocol import StatusPayload  # noqa: E402
 
 SCHEMA_DIR = ROOT / "docs" / "schemas"
 
 
 def schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for family, model in PAYLOAD_MODELS.items():
-        one = model.model_json_schema()
+    for family, plugin in PLUGINS.items():
+        one = plugin.payload.model_json_schema()
         one["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         one["$id"] = f"smartunit/v1/{family}/data"
         one["description"] = (
-            f"One {family} reading. The payload of smartunit/v1/{family}/{{device_id}}/data is "
+            f"One {family} reading: {plugin.summary}. "
+            f"The payload of smartunit/v1/{family}/{{device_id}}/data is "
             "one such object or a JSON array of them (a backlog). ts: epoch seconds, or an "
             "RFC 3339 time with an offset; default the time of receipt. Unknown keys are ignored."
         )
+        one["examples"] = [plugin.example]
         out[f"{family}.json"] = one
     status = StatusPayload.model_json_schema()
     status["$schema"] = "https://json-schema.org/draft/2020-12/schema"

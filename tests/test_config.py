@@ -28,7 +28,7 @@ def test_example_config_parses_with_its_registry() -> None:
         text=True,
         check=True,
     ).stdout
-    assert "7 units, 9 devices" in out
+    assert "7 units, 11 devices" in out
 
 
 def test_environment_overrides_win(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_the_committed_dashboards_are_what_the_generator_writes() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert len(DASHBOARDS) == 6
+    assert len(DASHBOARDS) == 7
 
 
 def test_dashboards_use_the_current_schema_and_influxql_only() -> None:

@@ -113,6 +113,7 @@ def test_grafana_provisioning_references_the_dashboards_that_exist() -> None:
             "crowd.json",
             "parking.json",
             "chem-park.json",
+            "fire.json",
             "devices.json",
             "collector.json",
         ]

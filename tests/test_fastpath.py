@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.families import PLUGINS
 from collector.fastpath import FAST_ENCODERS, FastDecoder, route_for
 from collector.protocol import PAYLOAD_MODELS, Decoder, Limits, Reading, reading_line
 from collector.registry import Registry
@@ -38,18 +39,20 @@ REGISTRY = Registry.from_mapping(
         },
     }
 )
-DEVICES = {
-    "camera": ["cam-1", "cam-new"],
-    "parking": ["lot-1", "lot-2", "lot-new"],
+REGISTERED = {
+    "camera": ["cam-1"],
+    "parking": ["lot-1", "lot-2"],
     "chem": ["gas-1"],
 }
+# Every family of the plug-in registry, with an unregistered device besides the above.
+DEVICES = {family: [*REGISTERED.get(family, []), f"{family}-new"] for family in PLUGINS}
 LIMITS = Limits(max_future_ms=300_000, max_age_ms=86_400_000)
 DECODER = Decoder(LIMITS)
 NOW_MS = 1_700_000_000_000
 
 EDGE_VALUES = st.sampled_from(
     [
-        None, True, False, 0, 1, -1, 12, 2**31 - 1, 2**31, 2**63 - 1, -(2**63),
+        None, True, False, 0, 1, 2, -1, 12, 2**31 - 1, 2**31, 2**63 - 1, -(2**63),
         0.0, -0.0, 0.5, 1.5, 86_400, 86_400.0, 86_400.5, 1e308, -1e308, 5e-324,
         NOW_MS / 1000, NOW_MS, "12",
         "2023-11-14T22:13:20Z", "", "cam-1", "lot-1", "gas-1", [], [1], {}, {"a": 1},
@@ -64,9 +67,8 @@ TIMES = st.sampled_from(
 READINGS = st.dictionaries(QUANTITY_NAMES, EDGE_VALUES | st.floats(), max_size=4)
 KEYS = sorted({key for model in PAYLOAD_MODELS.values() for key in model.model_fields})
 BASE = {
-    "camera": {"people": 12, "vehicles": 3, "interval_s": 10},
-    "parking": {"occupied": 40},
-    "chem": {"readings": {"lel_pct": 1.5, "temp_c": 41}},
+    family: {k: v for k, v in plugin.example.items() if k not in ("ts", "seq")}
+    for family, plugin in PLUGINS.items()
 }
 
 
@@ -74,7 +76,9 @@ BASE = {
 def near_valid(draw: st.DrawFn) -> tuple[str, str, dict[str, object]]:
     family = draw(st.sampled_from(list(BASE)))
     obj: dict[str, object] = {**BASE[family], "ts": NOW_MS / 1000 - 5, "seq": 7}
-    for key in draw(st.lists(st.sampled_from(KEYS), max_size=3)):
+    # Mostly the family's own keys (its edges), sometimes another family's (ignored).
+    keys = st.sampled_from(sorted(PAYLOAD_MODELS[family].model_fields)) | st.sampled_from(KEYS)
+    for key in draw(st.lists(keys, max_size=3)):
         special = {"readings": READINGS, "ts": TIMES | EDGE_VALUES}
         obj[key] = draw(special.get(key, EDGE_VALUES))
     for key in draw(st.lists(st.sampled_from(KEYS), max_size=2)):

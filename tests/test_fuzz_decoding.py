@@ -19,6 +19,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.families import PLUGINS
 from collector.fastpath import Encoded, FastDecoder
 from collector.protocol import (
     FAMILIES,
@@ -114,9 +115,8 @@ def _now() -> int:
 # -- near-valid readings: each valid one out exactly once, each broken one rejected --------
 
 VALID = {
-    "camera": {"people": 12, "vehicles": 3},
-    "parking": {"occupied": 40, "capacity": 120},
-    "chem": {"readings": {"lel_pct": 1.5, "temp_c": 41.0}},
+    family: {k: v for k, v in plugin.example.items() if k not in ("ts", "seq", "interval_s")}
+    for family, plugin in PLUGINS.items()
 }
 BREAKAGES = [
     ("people", -1),
@@ -131,6 +131,10 @@ BREAKAGES = [
     ("readings", {}),
     ("seq", -5),
     ("device", "somebody-else"),
+    ("smoke", 2),
+    ("smoke", True),
+    ("temp_c", "hot"),
+    ("pressure_kpa", [350]),
 ]
 
 
@@ -163,11 +167,7 @@ def batches(draw: st.DrawFn) -> tuple[str, str, list[dict], set[int]]:
 
 def _breaks(family: str, key: str, value: object) -> bool:
     """Whether that change makes a reading of this family invalid."""
-    relevant = {
-        "camera": {"people", "ts", "seq", "device"},
-        "parking": {"occupied", "ts", "seq", "device"},
-        "chem": {"readings", "ts", "seq", "device"},
-    }[family]
+    relevant = {*VALID[family], "ts", "seq", "device"}
     if key == "people" and family == "camera" and value is None:
         return True
     return key in relevant

@@ -1,0 +1,111 @@
+"""Cameras at checkpoints and sites: people and vehicles counted per interval."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from collector.families.base import (
+    MAX_INTERVAL_S,
+    Count,
+    Family,
+    FastResult,
+    Reading,
+    ReadingPayload,
+    Route,
+    SimulatedDevice,
+    Simulation,
+    bump,
+    finish_line,
+    is_count,
+    no_derived_fields,
+    stamp,
+)
+
+
+class CameraPayload(ReadingPayload):
+    people: Count | None = None
+    vehicles: Count | None = None
+    interval_s: Annotated[float, Field(gt=0, le=MAX_INTERVAL_S, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_count(self) -> CameraPayload:
+        if self.people is None and self.vehicles is None:
+            raise PydanticCustomError("missing_field", "a camera reading needs people or vehicles")
+        return self
+
+    def storable_fields(self) -> dict[str, int | float]:
+        fields: dict[str, int | float] = {}
+        if self.people is not None:
+            fields["people"] = self.people
+        if self.vehicles is not None:
+            fields["vehicles"] = self.vehicles
+        if self.interval_s is not None:
+            fields["interval_s"] = float(self.interval_s)
+        return fields
+
+
+def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
+    _, device, _, prefix = route
+    stamped = stamp(obj, device, now_ms, oldest, newest)
+    if stamped is None:
+        return None
+    ts_ms, seq = stamped
+    get = obj.get
+    people, vehicles, interval = get("people"), get("vehicles"), get("interval_s")
+    fields: dict[str, int | float] = {}
+    if people is not None:
+        if not is_count(people):
+            return None
+        fields["people"] = people
+    if vehicles is not None:
+        if not is_count(vehicles):
+            return None
+        fields["vehicles"] = vehicles
+    if not fields:
+        return None
+    text = ",".join([f"{name}={count}i" for name, count in fields.items()])
+    if interval is not None:
+        kind = type(interval)
+        if not ((kind is int or kind is float) and 0 < interval <= MAX_INTERVAL_S):
+            return None  # NaN fails the comparison, infinity the bound
+        interval = fields["interval_s"] = float(interval)
+        text += f",interval_s={interval!r}"
+    return Reading("camera", device, ts_ms, fields, seq), finish_line(prefix, text, seq, ts_ms)
+
+
+def _simulated(device: SimulatedDevice, t: float, hour: float) -> dict[str, Any]:
+    rng = device.rng
+    crowd = 0.05 + 0.5 * bump(hour, 11, 2.5) + 0.6 * bump(hour, 17.5, 2)
+    traffic = 0.05 + 0.7 * bump(hour, 8, 1.2) + 0.8 * bump(hour, 18, 1.3)
+    people = crowd * device.capacity * 0.6
+    surge = device.anomaly_progress("crowd_surge", t)
+    if surge is not None:
+        people += device.capacity * 1.2 * surge
+    return {
+        "people": max(0, round(rng.gauss(people, math.sqrt(people + 1)))),
+        "vehicles": max(0, round(rng.gauss(traffic * 80, math.sqrt(traffic * 80 + 1)))),
+        "interval_s": device.interval_s,
+    }
+
+
+FAMILY = Family(
+    name="camera",
+    summary="a camera's counts of people and vehicles over its interval",
+    payload=CameraPayload,
+    encode=encode,
+    derived=no_derived_fields,
+    count_field="seq",
+    example={"ts": 1700000000, "seq": 42, "people": 12, "vehicles": 3, "interval_s": 10},
+    simulation=Simulation(
+        interval_s=10.0,
+        anomalies=("crowd_surge", "camera_dropout", "stuck_sensor", "device_offline"),
+        device_prefix="sim-cam",
+        generated_capacity=400,
+        capacity=lambda registered, unit, safe: safe or 500,
+        values=_simulated,
+    ),
+)

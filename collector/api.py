@@ -92,6 +92,8 @@ class ApiContext:
             "condition_active": alert.condition_active,
             "acknowledged": alert.acknowledged,
             "flapping": alert.flapping,
+            "acknowledged_by": alert.acknowledged_by,
+            "peak": alert.peak,
             "started_at_ms": alert.started_at_ms,
             "updated_at_ms": alert.updated_at_ms,
             "ack_due_at_ms": due,
@@ -266,16 +268,25 @@ def create_app(context: ApiContext) -> FastAPI:
     def units(caller: Caller) -> list[dict[str, Any]]:
         """Every unit with its worst active colour: the console's unit tree."""
         active = book.find(states=sorted(ACTIVE_STATES))
+        registry = context.registry()
         return [
             {
                 "id": state.id,
                 "name": (state.unit.name if state.unit else "") or state.id,
                 "kind": state.kind,
                 "hierarchy": state.hierarchy,
+                "hierarchy_names": {
+                    level: registry.places.get(place, place)
+                    for level, place in state.hierarchy.items()
+                },
+                "lat": state.unit.lat if state.unit else None,
+                "lon": state.unit.lon if state.unit else None,
+                "contact": state.unit.contact if state.unit else None,
+                "runbook": state.unit.runbook if state.unit else None,
                 "colour": COLOURS[state.level],
                 "active": len(state.alerts),
             }
-            for state in unit_states(context.registry(), active)
+            for state in unit_states(registry, active)
         ]
 
     @app.get("/api/alerts/{alert_id}/series")

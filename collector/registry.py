@@ -128,6 +128,12 @@ class Unit(_Strict):
     safe_capacity: Annotated[int, Field(gt=0)] | None = None
     capacity: Annotated[int, Field(gt=0)] | None = None
     enterprise: str | None = None
+    # Where the console's map puts the unit (WGS-84 degrees); a unit without both is
+    # listed but not placed.
+    lat: Annotated[float, Field(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    contact: str | None = None  # who to call on site, shown with the unit's alerts
+    runbook: str | None = None  # link to what to do, shown with the unit's alerts
     meta: dict[str, str | int | float | bool] = {}
 
 
@@ -146,6 +152,9 @@ class Device(_Strict):
 class RegistryFile(_Strict):
     units: dict[UnitId, Unit] = {}
     devices: dict[DeviceId, Device] = {}
+    # Display names of hierarchy ids (district, street, ... ids as used in the units'
+    # hierarchy): "gusu" = "姑苏区". Ids without one are shown as they are.
+    places: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _devices_name_known_units(self) -> RegistryFile:
@@ -170,7 +179,13 @@ class Placement:
 class Registry:
     """An immutable snapshot of the registry; swap a new one in to change it."""
 
-    def __init__(self, units: Mapping[str, Unit], devices: Mapping[str, Device]) -> None:
+    def __init__(
+        self,
+        units: Mapping[str, Unit],
+        devices: Mapping[str, Device],
+        places: Mapping[str, str] | None = None,
+    ) -> None:
+        self.places = dict(places or {})
         self.units = {uid: unit.model_copy(update={"id": uid}) for uid, unit in units.items()}
         self.devices = {did: dev.model_copy(update={"id": did}) for did, dev in devices.items()}
         self._placements: dict[str, Placement] = {
@@ -189,7 +204,7 @@ class Registry:
         except ValidationError as exc:
             heading = f"invalid registry in {origin}:"
             raise ConfigError(format_validation_errors(exc, heading)) from None
-        return cls(parsed.units, parsed.devices)
+        return cls(parsed.units, parsed.devices, parsed.places)
 
     @classmethod
     def load(cls, path: Path) -> Registry:

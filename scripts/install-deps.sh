@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, Chromium and
-# PostgreSQL (tests) and a Python venv.
+# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, a CJK font (the
+# console), Chromium and PostgreSQL (tests) and a Python venv.
 # Idempotent: installs only what is missing. Used by `make demo`, `make test` and CI.
 set -euo pipefail
 
@@ -13,6 +13,9 @@ command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
 "${PYTHON:-python3}" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # validates docker-compose.yml in the tests
 [ -x /usr/bin/chromium ] || need+=(chromium)  # the console's browser test (Playwright drives it)
+# Chinese on the console (unit and place names, the zh-CN interface): without a CJK font
+# Debian's browsers draw empty boxes
+fc-list 2>/dev/null | grep -q "Noto Sans CJK" || need+=(fonts-noto-cjk)
 # promtool, Prometheus' own linter, checks /metrics in the tests. Debian ships it only in
 # the server's package (19 MB download, 96 MB installed); its server is switched off below.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

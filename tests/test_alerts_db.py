@@ -236,7 +236,10 @@ def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_p
         "flapping": True,
         "dispatched": True,
         "acknowledged_colour": "orange",
+        "acknowledged_by": "console:desk",
         "resolved_at_ms": 6_000,
+        "peak": 58.0,
+        "peak_colour": "red",
     }
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # version 1
         db.execute("ALTER TABLE outbox DROP COLUMN created_ms")
@@ -255,7 +258,8 @@ def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_p
         assert old.receivers == ["duty", "orders"]
         assert (old.incident, old.incident_colour) == (3, "red")
         assert (old.toggles_ms, old.flapping, old.dispatched) == ([4_000, 4_500], True, True)
-        assert (old.acknowledged_colour, old.resolved_at_ms) == ("orange", 6_000)
+        assert (old.acknowledged_colour, old.acknowledged_by) == ("orange", "console:desk")
+        assert (old.resolved_at_ms, old.peak, old.peak_colour) == (6_000, 58.0, "red")
         assert (bare.level, bare.level_since_ms, bare.incident, bare.receivers) == (
             "grid",
             None,

@@ -269,6 +269,7 @@ def test_the_console_shows_a_failing_receiver_until_it_delivers(
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.add_init_script("localStorage.setItem('smartunit.lang', 'en')")  # its words below
         page.goto(base + "/")
         page.fill("#login-actor", "duty officer Li")
         page.fill("#login-token", TOKEN)

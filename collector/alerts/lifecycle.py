@@ -146,6 +146,7 @@ class AlertBook:
             return self._ledger.open(alert, opened)
         change = self._ledger.change(alert)
         alert.value = value
+        alert.note_peak(event.colour, value, event.threshold)
         if not alert.condition_active:
             alert.condition_active = True
             alert.condition_changed_at_ms = event.ts_ms
@@ -231,7 +232,7 @@ class AlertBook:
                 raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
             change = self._ledger.change(alert)
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-            alert.acknowledged_colour = alert.colour
+            alert.acknowledged_colour, alert.acknowledged_by = alert.colour, actor
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
             events = self._ledger.commit(change)
         # An incident's acknowledgement covers its alerts as they are now; one that joins
@@ -251,7 +252,7 @@ class AlertBook:
         change = self._ledger.change(alert)
         if not alert.acknowledged:  # resolving implies someone handled it
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-            alert.acknowledged_colour = alert.colour
+            alert.acknowledged_colour, alert.acknowledged_by = alert.colour, actor
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
         alert.state = State.RESOLVED
         alert.resolved_at_ms = now_ms

@@ -125,11 +125,31 @@ class Alert:
     flapping: bool = False
     dispatched: bool = False  # a receiver has taken one of its events
     acknowledged_colour: str | None = None  # the colour someone last acknowledged
+    acknowledged_by: str | None = None  # who did
     resolved_at_ms: int | None = None
+    # The value at the worst colour reached: what a recovered alert was at its height.
+    peak: float | None = None
+    peak_colour: str | None = None
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    def note_peak(self, colour: str, value: float | None, threshold: float | None) -> None:
+        """Keep the value at the worst colour reached (the one furthest past its limit)."""
+        if value is None:
+            return
+        if self.peak is not None and self.peak_colour in COLOURS:
+            rank, peak_rank = COLOURS.index(colour), COLOURS.index(self.peak_colour)
+            if rank < peak_rank:
+                return
+            if (
+                rank == peak_rank
+                and threshold is not None
+                and abs(value - threshold) < abs(self.peak - threshold)
+            ):
+                return
+        self.peak, self.peak_colour = value, colour
 
     @property
     def incident(self) -> int:
@@ -252,6 +272,8 @@ def opened_by(
         level=ESCALATION_LEVELS[0],
         level_since_ms=detection.ts_ms,
         threshold=detection.threshold,
+        peak=value,
+        peak_colour=detection.colour,
     )
     opened = AlertEvent(
         0,
@@ -286,7 +308,10 @@ _BOOKKEEPING = (
     "flapping",
     "dispatched",
     "acknowledged_colour",
+    "acknowledged_by",
     "resolved_at_ms",
+    "peak",
+    "peak_colour",
 )
 
 
@@ -314,7 +339,10 @@ def with_bookkeeping(alert: Alert, stored: Mapping[str, Any]) -> Alert:
     alert.flapping = bool(stored.get("flapping", False))
     alert.dispatched = bool(stored.get("dispatched", False))
     alert.acknowledged_colour = optional("acknowledged_colour", str)
+    alert.acknowledged_by = optional("acknowledged_by", str)
     alert.resolved_at_ms = optional("resolved_at_ms", int)
+    alert.peak = optional("peak", float)
+    alert.peak_colour = optional("peak_colour", str)
     return alert
 
 

@@ -2,9 +2,11 @@
 // with the operator's bearer token; text from the API is only ever set as textContent.
 "use strict";
 
-const LEVELS = ["district", "street", "community", "grid"];
+const LEVELS = ["city", "district", "street", "community", "grid", "micro_grid"];
 const COLOURS = ["green", "blue", "yellow", "orange", "red"];
 const ACTIVE = ["open", "dispatched", "acknowledged", "recovered", "resolved", "reopened"];
+const ACK_FROM = ["open", "dispatched", "recovered", "reopened"];
+const RESOLVE_FROM = ["open", "dispatched", "acknowledged", "recovered", "reopened"];
 const REFRESH_MS = 5000;
 
 const state = {
@@ -12,6 +14,14 @@ const state = {
   actor: sessionStorage.getItem("smartunit.actor") || "",
   scope: [],          // hierarchy path chosen in the tree: ["suzhou", "gusu", ...]
   alerts: [],
+  units: new Map(),   // id -> unit from /api/units (display name, places, coordinates)
+  places: new Map(),  // hierarchy id -> display name
+  selected: new Set(),
+  rowErrors: new Map(),
+  flashing: new Set(),
+  openIncidents: new Set(), // leaders whose incident is opened to its alerts
+  lastOk: 0,          // when the API last answered a whole refresh
+  offline: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -38,6 +48,8 @@ class Unauthorised extends Error {}
 async function api(path, options = {}) {
   const response = await fetch(path, {
     ...options,
+    // a collector that hangs must count as a missed refresh, not keep the page waiting
+    signal: AbortSignal.timeout(REFRESH_MS),
     headers: {
       "Authorization": `Bearer ${state.token}`,
       "Content-Type": "application/json",
@@ -46,7 +58,12 @@ async function api(path, options = {}) {
   });
   if (response.status === 401 || response.status === 403) throw new Unauthorised();
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
+  if (!response.ok) {
+    const detail = Array.isArray(body.detail)
+      ? body.detail.map((d) => `${d.loc.slice(1).join(".")}: ${d.msg}`).join("; ")
+      : body.detail;
+    throw new Error(detail || `HTTP ${response.status}`);
+  }
   return body;
 }
 
@@ -68,12 +85,13 @@ function signIn() {
 
 async function onSignIn(event) {
   event.preventDefault();
+  unlockAudio();
   state.token = $("login-token").value.trim();
   state.actor = $("login-actor").value.trim();
   try {
     await api("/api/units");
   } catch (error) {
-    $("login-error").textContent = error instanceof Unauthorised ? "Unknown token." : error.message;
+    $("login-error").textContent = error instanceof Unauthorised ? t("unknown_token") : error.message;
     return;
   }
   sessionStorage.setItem("smartunit.token", state.token);
@@ -91,22 +109,59 @@ function signOut() {
 
 // -- formatting --------------------------------------------------------------------------
 
-function age(ms) {
-  const s = Math.max(0, (Date.now() - ms) / 1000);
-  if (s < 90) return `${Math.round(s)} s`;
-  if (s < 5400) return `${Math.round(s / 60)} min`;
-  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
-  return `${Math.round(s / 86400)} d`;
+function duration(ms) {
+  const s = Math.max(0, ms / 1000);
+  if (s < 90) return t("s", Math.round(s));
+  if (s < 5400) return t("min", Math.round(s / 60));
+  if (s < 172800) return t("h", (s / 3600).toFixed(1));
+  return t("d", Math.round(s / 86400));
 }
 
-const time = (ms) => new Date(ms).toLocaleString();
-const colourDot = (colour) => el("span", { class: `dot c-${colour}`, title: colour });
-const valueText = (a) =>
-  a.value === null ? "—" : a.threshold === null ? `${a.value}` : `${a.value} (limit ${a.threshold})`;
+const age = (ms) => duration(Date.now() - ms);
+const time = (ms) => new Date(ms).toLocaleString(LANG);
+const clock = (ms) => new Date(ms).toLocaleTimeString(LANG);
+const colourDot = (colour) => el("span", { class: `dot c-${colour}`, title: colourName(colour) });
+const unitName = (id) => state.units.get(id)?.name || id;
+const placeName = (id) => state.places.get(id) || id;
+const person = (actor) => (actor || "").replace(/^[^:]*:/, ""); // "console:Li" -> "Li"
+const number = (v, quantity) => `${Number(v.toPrecision(4))}${quantityUnit(quantity) ? " " + quantityUnit(quantity) : ""}`;
+
+function valueText(a) {
+  if (a.value === null && (a.peak ?? null) === null) return "—";
+  const now = a.value === null ? "—" : number(a.value, a.quantity);
+  const shown = a.peak !== null && a.peak !== undefined && a.peak !== a.value
+    ? t("peak_now", number(a.peak, a.quantity), now) : now;
+  return a.threshold === null || a.threshold === undefined ? shown : t("with_limit", shown, a.threshold);
+}
+
+function wherePath(hierarchy) {
+  return LEVELS.map((k) => hierarchy[k]).filter(Boolean).map(placeName).join(" / ");
+}
 
 function inScope(alert) {
-  const path = ["city", ...LEVELS].map((k) => alert.hierarchy[k]);
-  return state.scope.every((part, i) => path[i] === part);
+  return state.scope.every((part, i) => alert.hierarchy[LEVELS[i]] === part);
+}
+
+function matchesSearch(alert, query) {
+  if (!query) return true;
+  const text = [alert.id, alert.unit, unitName(alert.unit), alert.device, alert.quantity,
+    quantityName(alert.quantity), detectorName(alert.detector), wherePath(alert.hierarchy),
+    stateName(alert.state), colourName(alert.colour), person(alert.acknowledged_by)].join(" ");
+  return text.toLowerCase().includes(query.toLowerCase());
+}
+
+// -- connection: never show stale data as calm --------------------------------------------
+
+function renderConnection() {
+  $("updated").textContent = state.lastOk
+    ? t("last_updated", clock(state.lastOk)) : t("never_updated");
+  $("updated").classList.toggle("stale", state.offline);
+  document.body.classList.toggle("offline", state.offline);
+  $("offline").hidden = !state.offline;
+  if (state.offline) {
+    $("offline").textContent = state.lastOk
+      ? t("offline", clock(state.lastOk), age(state.lastOk)) : t("offline_never");
+  }
 }
 
 // -- unit tree ---------------------------------------------------------------------------
@@ -115,40 +170,56 @@ function worst(colours) {
   return colours.reduce((a, b) => (COLOURS.indexOf(b) > COLOURS.indexOf(a) ? b : a), "green");
 }
 
+const registered = (unit) => !unit.id.startsWith("_") && Object.keys(unit.hierarchy).length > 0;
+
+function pickScope(path) {
+  return () => {
+    state.scope = path;
+    if (location.pathname !== "/") go("/");
+    else renderList();
+  };
+}
+
+function treeLabel(colour, name, active) {
+  return [colourDot(colour), name, active ? el("span", { class: "n" }, ` (${active})`) : ""];
+}
+
 function renderTree(units) {
   const root = { children: {}, units: [] };
-  for (const unit of units) {
+  for (const unit of units.filter(registered)) {
     let node = root;
-    for (const key of ["city", ...LEVELS]) {
-      const name = unit.hierarchy[key] || "(none)";
-      node = node.children[name] ||= { children: {}, units: [] };
+    for (const level of LEVELS.slice(0, 5)) {
+      const id = unit.hierarchy[level];
+      if (!id) break;
+      node = node.children[id] ||= { children: {}, units: [] };
     }
     node.units.push(unit);
   }
   const everyUnit = (node) => node.units.concat(...Object.values(node.children).map(everyUnit));
-  const pick = (path) => () => { state.scope = path; if (location.pathname !== "/") go("/"); else renderList(); };
-  const label = (colour, name, active) =>
-    [colourDot(colour), name, active ? ` (${active})` : ""];
+  const unitItem = (unit, path) => el("li", { "data-unit": unit.id },
+    el("span", { onclick: pickScope(path) }, ...treeLabel(unit.colour, unit.name, unit.active)));
   const list = (node, path) => {
     const ul = el("ul");
-    for (const name of Object.keys(node.children).sort()) {
-      const child = node.children[name];
-      const here = [...path, name];
+    const children = Object.keys(node.children).sort((a, b) => placeName(a).localeCompare(placeName(b), LANG));
+    for (const id of children) {
+      const child = node.children[id];
+      const here = [...path, id];
       const leaves = everyUnit(child);
       const active = leaves.reduce((n, u) => n + u.active, 0);
-      const li = el("li", {}, el("span", { onclick: pick(here) },
-        ...label(worst(leaves.map((u) => u.colour)), name, active)));
+      const li = el("li", { "data-place": id }, el("span", { onclick: pickScope(here) },
+        ...treeLabel(worst(leaves.map((u) => u.colour)), placeName(id), active)));
       if (Object.keys(child.children).length) li.append(list(child, here));
-      if (child.units.length) {
-        li.append(el("ul", {}, ...child.units.map((unit) =>
-          el("li", { "data-unit": unit.id },
-            el("span", { onclick: pick(here) }, ...label(unit.colour, unit.name, unit.active))))));
-      }
+      if (child.units.length) li.append(el("ul", {}, ...child.units.map((u) => unitItem(u, here))));
       ul.append(li);
     }
     return ul;
   };
   $("tree-root").replaceChildren(...list(root, []).children);
+  // devices the registry does not know stand apart, each under its own name
+  const loose = units.filter((u) => !registered(u) && u.active);
+  $("unregistered-title").hidden = !loose.length;
+  $("tree-unregistered").replaceChildren(...loose.map((u) =>
+    el("li", { "data-unit": u.id }, el("span", {}, ...treeLabel(u.colour, u.name, u.active)))));
 }
 
 // -- alert list --------------------------------------------------------------------------
@@ -158,145 +229,165 @@ function renderSummary(alerts) {
   const counts = COLOURS.slice(1).reverse().map((c) => [c, active.filter((a) => a.colour === c).length]);
   const overdue = active.filter((a) => a.overdue).length;
   $("summary").replaceChildren(
-    ...counts.map(([c, n]) => el("span", { class: `count c-${c}`, title: `${c} alerts` }, `${n} ${c}`)),
-    overdue ? el("span", { class: "overdue" }, `${overdue} overdue`) : "",
+    ...counts.map(([c, n]) => el("span", {
+      class: n ? `count c-${c}` : "count zero", title: t("summary_title", colourName(c)), "data-colour": c,
+    }, t("n_colour", n, colourName(c)))),
+    el("span", { class: overdue ? "count overdue" : "count zero" }, t("n_overdue", overdue)),
   );
 }
 
-function renderList() {
+function dueCell(a) {
+  if (!a.ack_due_at_ms) return el("td", { class: "due dim" }, "—");
+  const left = a.ack_due_at_ms - Date.now();
+  return left > 0
+    ? el("td", { class: "due" }, t("due_in", duration(left)))
+    : el("td", { class: "due" }, el("span", { class: "overdue" }, t("overdue", duration(-left))));
+}
+
+function visibleAlerts() {
   const family = $("family").value;
-  const rows = state.alerts
-    .filter((a) => inScope(a) && (!family || a.family === family))
+  const query = $("search").value.trim();
+  return state.alerts
+    .filter((a) => inScope(a) && (!family || a.family === family) && matchesSearch(a, query))
     .sort((a, b) => COLOURS.indexOf(b.colour) - COLOURS.indexOf(a.colour) || a.started_at_ms - b.started_at_ms);
-  $("scope").textContent = state.scope.length ? state.scope.join(" / ") : "the whole city";
+}
+
+// A leak seen by five sensors is one incident: one row, in the incident's worst colour,
+// that opens to its alerts. An alert whose leader is not on the list stands on its own.
+function incidents(rows) {
+  const shown = new Set(rows.map((a) => a.id));
+  const groups = new Map();
+  for (const a of rows) {
+    const leader = a.incident !== a.id && shown.has(a.incident) ? a.incident : a.id;
+    if (!groups.has(leader)) groups.set(leader, []);
+    groups.get(leader).push(a);
+  }
+  const rank = (group) => Math.max(...group.map((a) => COLOURS.indexOf(a.colour)));
+  return [...groups.entries()]
+    .map(([leader, group]) => ({
+      leader: group.find((a) => a.id === leader),
+      members: group.filter((a) => a.id !== leader),
+      colour: COLOURS[rank(group)],
+    }))
+    .sort((x, y) => COLOURS.indexOf(y.colour) - COLOURS.indexOf(x.colour)
+      || x.leader.started_at_ms - y.leader.started_at_ms);
+}
+
+function alertRow(a, { ackable, colour, members, member, open }) {
+  const canAck = ackable.has(a.id);
+  const stop = (event) => event.stopPropagation();
+  const box = canAck ? el("input", { type: "checkbox", "data-select": a.id, onclick: stop,
+    onchange: (event) => { event.target.checked ? state.selected.add(a.id) : state.selected.delete(a.id); renderBulk(); } }) : "";
+  if (box) box.checked = state.selected.has(a.id);
+  const ack = canAck ? el("button", { type: "button", "data-ack": a.id,
+    onclick: (event) => { stop(event); runRow(a.id, () => act(a.id, "ack", "")); } }, t("ack")) : "";
+  const toggle = members.length ? el("button", {
+    type: "button", class: "expand", "data-incident": a.id, title: t("incident_alerts", members.length + 1),
+    onclick: (event) => {
+      stop(event);
+      if (state.openIncidents.has(a.id)) state.openIncidents.delete(a.id); else state.openIncidents.add(a.id);
+      renderList();
+    },
+  }, `${open ? "▾" : "▸"} ${members.length + 1}`) : "";
+  const flashing = [a, ...members].some((m) => state.flashing.has(m.id) && !m.acknowledged);
+  const error = state.rowErrors.get(a.id);
+  const row = el("tr", {
+    class: `alert${member ? " member" : ""}${flashing ? " flash" : ""}`,
+    "data-alert": a.id, "data-colour": a.colour, "data-incident": a.incident,
+    onclick: () => go(`/alerts/${a.id}`),
+  },
+    el("td", { class: `bar c-${colour}` }),
+    el("td", { onclick: stop }, box),
+    el("td", { class: "id" }, member ? "↳ " : "", a.id, toggle),
+    el("td", { class: "unit" }, el("strong", {}, unitName(a.unit)), el("small", {}, a.device)),
+    el("td", {}, quantityName(a.quantity), el("small", {}, detectorName(a.detector))),
+    el("td", { class: "value" }, valueText(a)),
+    el("td", { class: "state", "data-state": a.state }, stateName(a.state),
+      a.flapping ? el("span", { class: "flapping" }, t("flapping")) : ""),
+    el("td", { class: a.acknowledged_by ? "handler" : "handler dim" }, person(a.acknowledged_by) || t("nobody")),
+    dueCell(a),
+    el("td", {}, age(a.started_at_ms)),
+    el("td", { class: "act" }, ack, error ? el("span", { class: "error row-error" }, error) : ""));
+  if (member && !open) row.hidden = true;
+  return row;
+}
+
+function renderList() {
+  const rows = visibleAlerts();
+  $("scope").textContent = state.scope.length ? state.scope.map(placeName).join(" / ") : t("whole_city");
   $("scope-clear").hidden = !state.scope.length;
   $("empty").hidden = rows.length > 0;
-  $("alerts").querySelector("tbody").replaceChildren(...rows.map((a) => {
-    const ack = el("button", {
-      type: "button",
-      "data-ack": a.id,
-      onclick: async (event) => {
-        event.stopPropagation();
-        await run(() => act(a.id, "ack", ""));
-      },
-    }, "Acknowledge");
-    const canAck = ["open", "dispatched", "recovered", "reopened"].includes(a.state);
-    return el("tr", { class: "alert", "data-alert": a.id, onclick: () => go(`/alerts/${a.id}`) },
-      el("td", { class: `bar c-${a.colour}` }),
-      el("td", {}, a.id),
-      el("td", {}, a.unit),
-      el("td", {}, a.device),
-      el("td", {}, `${a.quantity || "silence"} · ${a.detector}`),
-      el("td", {}, valueText(a)),
-      el("td", { class: "state" }, a.state, a.flapping ? el("span", { class: "flapping" }, "flapping") : ""),
-      el("td", {}, age(a.started_at_ms), a.overdue ? el("span", { class: "overdue" }, "OVERDUE") : ""),
-      el("td", {}, canAck ? ack : ""));
+  $("empty").textContent = $("search").value.trim() ? t("none_matching") : t("no_alerts");
+  const ackable = new Set(rows.filter((a) => ACK_FROM.includes(a.state)).map((a) => a.id));
+  for (const id of state.selected) if (!ackable.has(id)) state.selected.delete(id);
+  // a search names alerts, not incidents: every match is shown
+  const searching = Boolean($("search").value.trim());
+  $("alerts").querySelector("tbody").replaceChildren(...incidents(rows).flatMap(({ leader, members, colour }) => {
+    const open = searching || state.openIncidents.has(leader.id);
+    return [
+      alertRow(leader, { ackable, colour, members, member: false, open }),
+      ...members.map((m) => alertRow(m, { ackable, colour: m.colour, members: [], member: true, open })),
+    ];
   }));
+  const boxes = [...document.querySelectorAll("#alerts tbody tr:not([hidden]) input[data-select]")];
+  $("select-all").checked = boxes.length > 0 && boxes.every((box) => box.checked);
+  renderBulk();
+}
+
+function renderBulk() {
+  $("bulk").hidden = state.selected.size === 0;
+  $("bulk-ack").textContent = t("ack_selected", state.selected.size);
+}
+
+async function bulkAcknowledge() {
+  const note = $("bulk-note").value.trim();
+  const ids = [...state.selected];
+  $("list-error").textContent = "";
+  const failures = [];
+  for (const id of ids) {
+    try {
+      await act(id, "ack", note);
+      state.selected.delete(id);
+    } catch (error) {
+      if (error instanceof Unauthorised) return signIn();
+      failures.push(`#${id}: ${error.message}`);
+    }
+  }
+  $("list-error").textContent = failures.join("; ");
+  if (!failures.length) $("bulk-note").value = "";
+  await refresh();
 }
 
 async function loadList() {
   const query = $("states").value === "active" ? ACTIVE.map((s) => `state=${s}`).join("&") : "";
   const [alerts, units] = await Promise.all([api(`/api/alerts?${query}`), api("/api/units")]);
+  state.units = new Map(units.map((u) => [u.id, u]));
+  state.places = new Map(units.flatMap((u) =>
+    Object.entries(u.hierarchy).map(([level, id]) => [id, u.hierarchy_names?.[level] || id])));
   state.alerts = alerts;
+  for (const id of announceNewReds(alerts)) state.flashing.add(id);
+  flashWhileUnacknowledged(alerts, state.flashing);
   renderSummary(alerts);
   renderTree(units);
+  renderSilenceUnits(units);
   renderList();
-}
-
-// -- webhook receivers -------------------------------------------------------------------
-
-// A receiver that does not take events means people who are not told: shown on every page.
-function renderReceivers(receivers) {
-  const failing = receivers.filter((r) => r.failing || r.alert);
-  $("receivers").hidden = !failing.length;
-  $("receivers").replaceChildren(...failing.map((r) => {
-    const since = r.failing_since_ms ? `failing for ${age(r.failing_since_ms)}` : "delivering again";
-    const waiting = r.pending
-      ? `${r.pending} event(s) waiting, the oldest ${age(Date.now() - r.oldest_pending_age_s * 1000)}`
-      : "nothing waiting";
-    return el("div", { class: "receiver-failing", "data-receiver": r.name },
-      colourDot(r.alert || "orange"), ` Webhook receiver ${r.name}: ${since}`,
-      el("span", { class: "detail" },
-        `${r.consecutive_failures} failed attempt(s) in a row; last answer: ${r.last_error || "—"}; ` +
-        `${waiting}; ${r.dead} in the dead-letter list`));
-  }));
-}
-
-async function loadReceivers() {
-  renderReceivers(await api("/api/receivers"));
-}
-
-// -- one alert ---------------------------------------------------------------------------
-
-function renderChart(series) {
-  const figure = $("chart");
-  const points = series.points;
-  figure.querySelector("figcaption").textContent =
-    `${series.device} ${series.quantity} from InfluxDB: ${points.length} points; ` +
-    "dashed red: the alert's start, dashed orange: the limit it crossed";
-  figure.querySelector("svg")?.remove();
-  if (!points.length) return;
-  const W = 1000, H = 260, P = 30;
-  const values = points.map((p) => p[1]).concat(series.threshold ?? []);
-  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
-  // the time axis spans the data and the alert's start, not the empty part of the window
-  const t0 = Math.min(points[0][0], series.started_at_ms);
-  const t1 = Math.max(points[points.length - 1][0], series.started_at_ms);
-  const x = (t) => P + ((t - t0) / (t1 - t0 || 1)) * (W - 2 * P);
-  const y = (v) => H - P - ((v - lo) / span) * (H - 2 * P);
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("preserveAspectRatio", "none");
-  const add = (tag, attrs, text) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    svg.append(node);
-  };
-  add("line", { x1: x(series.started_at_ms), x2: x(series.started_at_ms), y1: P, y2: H - P,
-                stroke: "#e0303a", "stroke-dasharray": "4 4" });
-  if (series.threshold !== null && series.threshold !== undefined) {
-    add("line", { x1: P, x2: W - P, y1: y(series.threshold), y2: y(series.threshold),
-                  stroke: "#f07b18", "stroke-dasharray": "8 4" });
-    add("text", { x: W - P - 4, y: y(series.threshold) - 4, fill: "#f07b18", "text-anchor": "end",
-                  "font-size": 14 }, `limit ${series.threshold}`);
+  if (currentView() === "map") {
+    renderMap(units, { onPick: (unit) => { pickScope(LEVELS.map((k) => unit.hierarchy[k]).filter(Boolean))(); showView("list"); } });
   }
-  add("polyline", { points: points.map(([t, v]) => `${x(t)},${y(v)}`).join(" "),
-                    fill: "none", stroke: "#4fb3ff", "stroke-width": 2 });
-  add("text", { x: 4, y: P, fill: "#8d96a3", "font-size": 13 }, hi.toPrecision(4));
-  add("text", { x: 4, y: H - P, fill: "#8d96a3", "font-size": 13 }, lo.toPrecision(4));
-  add("text", { x: P, y: H - 8, fill: "#8d96a3", "font-size": 13 }, time(t0));
-  add("text", { x: W - P, y: H - 8, fill: "#8d96a3", "font-size": 13, "text-anchor": "end" }, time(t1));
-  figure.prepend(svg);
+  if (currentView() === "silences") await loadSilences();
 }
 
-async function loadAlert(id) {
-  const alert = await api(`/api/alerts/${id}`);
-  $("alert-title").replaceChildren(
-    el("span", { class: `count c-${alert.colour}` }, alert.colour),
-    `#${alert.id} ${alert.unit} · ${alert.device} · ${alert.quantity || "silence"}`,
-    el("span", { class: "state", id: "alert-state" }, alert.state),
-    alert.overdue ? el("span", { class: "overdue" }, "OVERDUE") : "",
-  );
-  const facts = [
-    ["Detector", alert.detector], ["Value", valueText(alert)],
-    ["Where", ["city", ...LEVELS].map((k) => alert.hierarchy[k]).filter(Boolean).join(" / ")],
-    ["Started", `${time(alert.started_at_ms)} (${age(alert.started_at_ms)} ago)`],
-    ["Escalation level", alert.level], ["Acknowledged", alert.acknowledged ? "yes" : "no"],
-    ["Readings now", alert.condition_active ? "abnormal" : "normal"],
-    ["Acknowledge by", alert.ack_due_at_ms ? time(alert.ack_due_at_ms) : "—"],
-    ["Incident", alert.incident === alert.id ? "leads its unit's incident" : `part of #${alert.incident}`],
-  ];
-  $("alert-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-  $("timeline").replaceChildren(...alert.events.slice().reverse().map((e) =>
-    el("li", {},
-      el("time", {}, time(e.at_ms)), el("span", { class: "type" }, e.type.replace("_", " ")),
-      `${e.actor}${e.note ? ": " + e.note : ""}`)));
-  document.title = `#${alert.id} ${alert.colour} — SmartUnit`;
-  api(`/api/alerts/${id}/series`).then(renderChart).catch((error) => {
-    $("chart").querySelector("figcaption").textContent = `No chart: ${error.message}`;
-  });
+// -- views: the list, the map, the silences -----------------------------------------------
+
+const currentView = () => (["map", "silences"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "list");
+
+function showView(view) {
+  if (view !== currentView()) history.replaceState({}, "", view === "list" ? "/" : `/#${view}`);
+  for (const name of ["list", "map", "silences"]) $(`pane-${name}`).hidden = name !== view;
+  for (const tab of document.querySelectorAll("#tabs button")) {
+    tab.classList.toggle("on", tab.dataset.view === view);
+  }
+  $("filters").classList.toggle("dim-filters", view !== "list");
 }
 
 // -- routing and refresh -----------------------------------------------------------------
@@ -306,13 +397,14 @@ function go(path) {
   route();
 }
 
-async function run(job) {
-  $("action-result").textContent = "";
+// An action from a list row: its error is shown in that row, where the operator looks.
+async function runRow(alertId, job) {
+  state.rowErrors.delete(alertId);
   try {
     await job();
   } catch (error) {
     if (error instanceof Unauthorised) return signIn();
-    $("action-result").textContent = error.message;
+    state.rowErrors.set(alertId, error.message);
   }
   await refresh();
 }
@@ -323,9 +415,14 @@ async function refresh() {
   const match = location.pathname.match(/^\/alerts\/(\d+)$/);
   try {
     await Promise.all([match ? loadAlert(match[1]) : loadList(), loadReceivers()]);
+    state.lastOk = Date.now();
+    state.offline = false;
   } catch (error) {
     if (error instanceof Unauthorised) return signIn();
+    // one refresh missed is enough: a dead collector must not look like a quiet city
+    state.offline = true;
   }
+  renderConnection();
   timer = setTimeout(refresh, REFRESH_MS);
 }
 
@@ -333,28 +430,51 @@ function route() {
   const detail = /^\/alerts\/\d+$/.test(location.pathname);
   $("list-view").hidden = detail;
   $("alert-view").hidden = !detail;
+  if (!detail) showView(currentView());
   if (!state.token) return signIn();
   refresh();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  translatePage();
+  document.title = t("title");
+  $("lang").replaceChildren(...Object.entries(LANGUAGES).map(([code, name]) => el("option", { value: code }, name)));
+  $("lang").value = LANG;
+  $("lang").addEventListener("change", () => setLanguage($("lang").value));
+  renderMute();
+  $("mute").addEventListener("click", toggleMute);
   $("login-form").addEventListener("submit", onSignIn);
   $("logout").addEventListener("click", signOut);
   $("family").addEventListener("change", renderList);
+  $("search").addEventListener("input", renderList);
   $("states").addEventListener("change", refresh);
   $("scope-clear").addEventListener("click", () => { state.scope = []; renderList(); });
   $("back").addEventListener("click", (event) => { event.preventDefault(); go("/"); });
+  $("bulk-ack").addEventListener("click", bulkAcknowledge);
+  $("select-all").addEventListener("change", (event) => {
+    const boxes = document.querySelectorAll("#alerts tbody tr:not([hidden]) input[data-select]");
+    for (const box of boxes) {
+      const id = Number(box.dataset.select);
+      if (event.target.checked) state.selected.add(id); else state.selected.delete(id);
+    }
+    renderList();
+  });
+  for (const tab of document.querySelectorAll("#tabs button")) {
+    tab.addEventListener("click", () => { showView(tab.dataset.view); refresh(); });
+  }
+  $("tile-url").value = localStorage.getItem("smartunit.tile_url") || "";
+  $("tile-url").addEventListener("change", () => {
+    localStorage.setItem("smartunit.tile_url", $("tile-url").value.trim());
+    refresh();
+  });
+  $("silence-form").addEventListener("submit", createSilence);
   for (const button of document.querySelectorAll("#actions button")) {
-    button.addEventListener("click", () => {
-      const id = location.pathname.split("/").pop();
-      const note = $("note").value;
-      run(async () => {
-        await act(id, button.dataset.action, note);
-        $("note").value = "";
-      });
-    });
+    button.addEventListener("click", () => alertAction(button.dataset.action));
   }
   window.addEventListener("popstate", route);
+  // ages, deadlines and "n s ago" keep moving between refreshes, and visibly stop being
+  // current when the collector is gone
+  setInterval(renderConnection, 1000);
   $("actor-name").textContent = state.actor;
   route();
 });

@@ -4,6 +4,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY collector ./collector
 COPY detectors ./detectors
+COPY fieldtools ./fieldtools
+# fieldtools/config/ links to the samples in config/; the build copies them into the package
+COPY config ./config
 RUN pip install --no-cache-dir .
 COPY config /etc/smartunit
 RUN useradd --system --home /var/lib/smartunit smartunit \

@@ -40,7 +40,7 @@ $(ALERTA_STAMP): tests/alerta-requirements.txt
 	@touch $(ALERTA_STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check collector detectors tests bench scripts
+	$(VENV)/bin/ruff check collector detectors fieldtools tests bench scripts
 	$(VENV)/bin/mypy
 
 fuzz: venv

@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
-"""Detector quality and speed, on the benchmark data in ../shared/bench (see its README).
+"""Detector quality, alarm noise and speed, on the benchmark data in ../shared/bench
+(see its README) and on the simulator's devices.
 
-- NAB v1.1, the 40-file dev split: the ``alert`` column as shipped (threshold 0.5 on the
-  0/1 onsets, nothing tuned on the data) and the oracle score of the ``score`` column, for
-  the three profiles, beside the published comparators. Runs the same code path as
-  ``smartunit backtest`` with the defaults a user gets.
+- NAB v1.1, the 40-file development split: the ``alert`` column as shipped (threshold
+  0.5 on the 0/1 onsets) and the oracle score of the ``score`` column, for the three
+  profiles, beside the published comparators, and per category. Runs the same code path
+  as ``smartunit backtest`` with the defaults a user gets.
+- How the defaults were chosen (bench/detector_grid.py): leave one category out (each
+  fold's defaults chosen on the other categories), the cross-validated mean of every
+  grid point, and the spread as each default moves.
 - SKAB valve2: one chain per channel, OR-combined (an alert active on any channel),
   scored on rows from 400 on: F1 with FAR and MAR.
+- Alarm noise on the product's own data (bench/detector_fleet.py): the simulator's
+  normal fleet, false alerts per 1,000 device-days per family; injected anomalies
+  caught, with the time to detect.
 - Throughput of the default chain (detector + decider) over 10,000 series on one core.
 
-Usage: bench/detectors.py [--shared PATH]
+Usage: bench/detectors.py [--shared PATH] [--no-grid] [--no-fleet]
 """
 
 from __future__ import annotations
@@ -19,14 +26,27 @@ import csv
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.detector_fleet import fleet_injected, fleet_noise
+from bench.detector_grid import report_grid, run_grid
 from collector.backtest import SeriesFile, run_chain
+from detectors.auto import QUIET
 from detectors.chain import Chain
-from detectors.evaluation import PROFILES, load_nab, nab_score, oracle_score, outlier_metrics
+from detectors.evaluation import (
+    PROFILES,
+    LabelledSeries,
+    OutlierMetrics,
+    find_bench_data,
+    load_nab,
+    nab_score,
+    oracle_score,
+    outlier_metrics,
+)
 
 PUBLISHED_58 = {  # full 58-file corpus, oracle threshold (../shared/bench/README.md)
     "ARTime": (74.9, 65.1, 80.4),
@@ -50,7 +70,7 @@ SKAB_PUBLISHED = {  # whole SKAB test set, multivariate models: F1, FAR %, MAR %
 SKAB_SCORED_FROM = 400
 
 
-def bench_nab(root: Path) -> None:
+def bench_nab(root: Path) -> tuple[list[LabelledSeries], list[SeriesFile], float]:
     corpus = load_nab(root)
     files = [
         SeriesFile(
@@ -86,10 +106,21 @@ def bench_nab(root: Path) -> None:
     for name, values in PUBLISHED_58.items():
         print(f"    {name:32s} " + " ".join(f"{v:8.1f}" for v in values))
     print(f"  alerts on artificialNoAnomaly files: {quiet}")
+    print("  per category, alerts as shipped, standard profile:")
+    for category in sorted({s.name.split("/")[0] for s in corpus}):
+        mine = [i for i, s in enumerate(corpus) if s.name.startswith(category + "/")]
+        part = [corpus[i] for i in mine]
+        count = sum(int(alerts[i].sum()) for i in mine)
+        if sum(len(s.windows) for s in part):
+            value = nab_score(part, [alerts[i] for i in mine], "standard", 0.5).normalised
+            print(f"    {category:24s} {value:6.2f}  ({len(part)} files, {count} alerts)")
+        else:
+            print(f"    {category:24s}   (no windows; {len(part)} files, {count} alerts)")
     print(
         f"nab_alert_standard={shipped[0]:.2f} nab_oracle_standard={oracle[0]:.2f} "
         f"nab_noanomaly_alerts={quiet}"
     )
+    return corpus, files, shipped[0]
 
 
 def _skab_file(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +138,19 @@ def _skab_file(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarra
     return channels, t, values, anomaly
 
 
-def bench_skab(root: Path) -> None:
+def bench_quiet(corpus: list[LabelledSeries], files: list[SeriesFile], skab: Path) -> None:
+    """What the quiet setting (detectors.auto.QUIET) costs on the benchmarks."""
+    results = run_chain(files, Chain.from_config(**QUIET))
+    alerts = [r.onset.astype(np.float64) for r in results]
+    shipped = nab_score(corpus, alerts, "standard", 0.5).normalised
+    m = skab_metrics(skab, QUIET)
+    print(
+        f"Quiet setting ({QUIET}): NAB standard, alerts as shipped {shipped:.2f}; SKAB valve2 "
+        f"F1 {m.f1:.2f} FAR {100 * m.far:.1f} % MAR {100 * m.mar:.1f} %"
+    )
+
+
+def skab_metrics(root: Path, params: dict[str, Any]) -> OutlierMetrics:
     truth, predicted = [], []
     for path in sorted((root / "data" / "valve2").glob("*.csv")):
         channels, t, values, anomaly = _skab_file(path)
@@ -115,13 +158,18 @@ def bench_skab(root: Path) -> None:
             SeriesFile(Path(f"{path.stem}/{c}"), [], t, values[:, i])
             for i, c in enumerate(channels)
         ]
-        results = run_chain(series, Chain.from_config())
+        results = run_chain(series, Chain.from_config(**params))
         any_active = np.logical_or.reduce([r.active for r in results])
         truth.append(anomaly[SKAB_SCORED_FROM:])
         predicted.append(any_active[SKAB_SCORED_FROM:])
-    m = outlier_metrics(truth, predicted)
+    return outlier_metrics(truth, predicted)
+
+
+def bench_skab(root: Path) -> None:
+    m = skab_metrics(root, {})
+    files = len(list((root / "data" / "valve2").glob("*.csv")))
     print(
-        f"SKAB valve2 ({len(truth)} files, rows from {SKAB_SCORED_FROM}), one auto chain per "
+        f"SKAB valve2 ({files} files, rows from {SKAB_SCORED_FROM}), one auto chain per "
         f"channel, OR-combined:"
     )
     print(
@@ -159,11 +207,33 @@ def bench_throughput(series: int = 10_000, rounds: int = 200) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_shared = Path(__file__).resolve().parent.parent.parent / "shared"
-    parser.add_argument("--shared", type=Path, default=default_shared)
+    found = find_bench_data(Path(__file__).resolve().parent)
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=found.parent if found else None,
+        help="the folder holding bench/ (found beside the checkout by default)",
+    )
+    parser.add_argument("--no-grid", action="store_true", help="skip the parameter grid")
+    parser.add_argument("--no-fleet", action="store_true", help="skip the simulator fleet")
     args = parser.parse_args()
-    bench_nab(args.shared / "bench" / "nab")
+    if args.shared is None:
+        parser.error("benchmark data not found: give --shared")
+    corpus, files, shipped = bench_nab(args.shared / "bench" / "nab")
+    if not args.no_grid:
+        figures = report_grid(run_grid(corpus, files))
+        # the grid assembles chains from their parts: it must agree with the real chain
+        if abs(figures["dev_defaults"] - shipped) > 1e-6:
+            raise SystemExit(f"grid at the defaults {figures['dev_defaults']} != {shipped}")
+        print(
+            f"nab_loco_mean={figures['fold_mean']:.2f} "
+            f"nab_cv_mean_defaults={figures['cv_mean_defaults']:.2f}"
+        )
     bench_skab(args.shared / "bench" / "skab")
+    bench_quiet(corpus, files, args.shared / "bench" / "skab")
+    if not args.no_fleet:
+        fleet_noise(presets={"defaults": {}, "quiet": QUIET})
+        fleet_injected(presets={"defaults": {}, "quiet": QUIET})
     bench_throughput()
 
 

@@ -61,10 +61,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import naive
 from bench.mqttblast import blast
 from collector.config import InfluxSettings
-from collector.demo import wait_for_collector
 from collector.errors import StoreError
 from collector.influx import query_sync
-from collector.localservices import (
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import (
     InfluxDB,
     Mosquitto,
     find_binary,

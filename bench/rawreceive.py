@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.ingest import fleet, messages
 from bench.mqttblast import blast
 from collector.config import MqttSettings
-from collector.localservices import Mosquitto, find_binary
 from collector.mqttbulk import BulkMqttSource
+from fieldtools.localservices import Mosquitto, find_binary
 
 TOPIC = "smartunit/v1/+/+/data"
 

@@ -181,7 +181,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_acl(args: argparse.Namespace) -> int:
-    from collector.brokerauth import broker_acl  # noqa: PLC0415
+    from fieldtools.brokerauth import broker_acl  # noqa: PLC0415
 
     registry = _registry(_settings(args)).current
     print(broker_acl(registry.units), end="")
@@ -189,9 +189,9 @@ def cmd_broker_acl(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from collector.simulator import run_simulator_cli  # noqa: PLC0415
+    from fieldtools.simulator import simulate_command  # noqa: PLC0415
 
-    return run_simulator_cli(args)
+    return simulate_command(args.tool_args, prog="smartunit simulate")
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -214,15 +214,21 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         capacity=args.capacity,
         show_progress=not args.quiet,
     )
+    for message in summary.failed:
+        print(f"smartunit backtest: failed: {message}", file=sys.stderr)
+    for problem in summary.problems:
+        print(f"smartunit backtest: rejected: {problem}", file=sys.stderr)
+    unjudged = ", ".join(f"{count} {note}" for note, count in sorted(summary.unjudged.items()))
     print(
-        f"{summary['files']} file(s), {summary['rows']} rows, {summary['alerts']} alert(s) "
-        f"-> {args.out}"
+        f"{summary.files} file(s), {summary.rows} rows, {summary.alerts} alert(s) -> {args.out}"
+        + (f"; not judged: {unjudged}" if unjudged else "")
+        + (f"; {len(summary.failed)} file(s) failed" if summary.failed else "")
     )
-    return 0
+    return 0 if summary.ok else EXIT_RUNTIME
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from collector.demo import run_demo  # noqa: PLC0415
+    from fieldtools.demo import run_demo  # noqa: PLC0415
 
     return run_demo(args)
 
@@ -257,11 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--config", type=Path)
     acl.set_defaults(func=cmd_broker_acl)
 
-    from collector.simulator import add_simulator_arguments  # noqa: PLC0415
-
-    simulate = sub.add_parser("simulate", help="simulated field devices publishing over MQTT")
-    add_simulator_arguments(simulate)
-    simulate.set_defaults(func=cmd_simulate)
+    # The simulator defines its own arguments (smartunit simulate --help), so that building
+    # this parser loads no field tool.
+    simulate = sub.add_parser(
+        "simulate",
+        help="simulated field devices publishing over MQTT (see: smartunit simulate --help)",
+        add_help=False,
+    )
+    simulate.set_defaults(func=cmd_simulate, takes_tool_args=True)
 
     backtest = sub.add_parser(
         "backtest", help="what would the detectors have raised on these CSV series?"
@@ -319,13 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="unregistered generated devices per family, besides the registry's",
     )
+    demo.add_argument(
+        "--config-dir",
+        action="store_true",
+        help="print the directory of the shipped sample configuration, registry, rule presets "
+        "and Mosquitto files, and exit",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, tool_args = parser.parse_known_args(argv)
+    if tool_args and not getattr(args, "takes_tool_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(tool_args)}")
+    args.tool_args = tool_args
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -131,6 +131,7 @@ class DetectionEngine:
         self.max_series = max_series
         self.series_refused = 0  # readings of series over max_series: not judged
         self.clock_step_back_s = clock_step_back_s
+        self._chain_config = (statistical, dict(statistical_params or {}))
         self.chain = (
             Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
         )
@@ -235,6 +236,7 @@ class DetectionEngine:
             meta = json.loads(str(arrays.pop("meta")))
             if meta.get("format") != self.STATE_FORMAT:
                 raise ValueError(f"state format {meta.get('format')}")
+            chain = self._restored_chain(arrays)
         except FileNotFoundError:
             return False
         except Exception as exc:  # a damaged file: BadZipFile, EOFError, zlib.error, ...
@@ -250,13 +252,29 @@ class DetectionEngine:
         for name, value in arrays.items():
             owner, _, key = name.rpartition("|")
             groups.setdefault(owner, {})[key] = value
-        if self.chain is not None and "chain" in groups:
-            self.chain.restore(groups.pop("chain"))
+        groups.pop("chain", None)
+        self.chain = chain
         if "silence" in groups:
             self.silence.restore(groups.pop("silence"))
         self._saved_rules = {k: v for k, v in groups.items() if k.startswith("rule:")}
         log.info("detector state restored", extra={"series": len(self._info), "path": str(path)})
         return True
+
+    def _restored_chain(self, arrays: Mapping[str, np.ndarray]) -> Chain | None:
+        """A new statistical chain holding the saved state; ValueError when the state was
+        saved by other detectors (another version or other ``statistical_params``), which
+        then start afresh, warmed up from history, instead of stopping the service."""
+        name, params = self._chain_config
+        if not name:
+            return None
+        chain = Chain.from_config(name, **params)
+        saved = {k[len("chain|") :]: v for k, v in arrays.items() if k.startswith("chain|")}
+        if saved:
+            try:
+                chain.restore(saved)
+            except KeyError as exc:
+                raise ValueError(f"the statistical detectors changed (no {exc})") from None
+        return chain
 
     def device_alive(self, device: str, now_s: float) -> bool:
         """Whether a device's newest reading is within its silence timeout; for a

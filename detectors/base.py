@@ -52,18 +52,29 @@ class SeriesState:
     """Named per-series float arrays that grow as new series ids appear.
 
     A field is one value per series, or, with a width in ``widths``, a row of that many
-    values per series (e.g. one per time-of-day bin).
+    values per series (e.g. one per time-of-day bin). Fields named in ``compact`` are
+    held in float32: wide tables of counts and means, where half the memory matters more
+    than digits beyond the seventh.
     """
 
-    def __init__(self, fields: dict[str, float], widths: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        fields: dict[str, float],
+        widths: dict[str, int] | None = None,
+        compact: frozenset[str] = frozenset(),
+    ) -> None:
         self.fields = dict(fields)
         self.widths = dict(widths or {})
+        self.compact = compact
         self.count = 0  # series ids in use: 0 .. count - 1
         self.arrays: dict[str, FloatArray] = {k: self._blank(k, 0) for k in self.fields}
 
     def _blank(self, key: str, size: int) -> FloatArray:
         shape = (size, self.widths[key]) if key in self.widths else (size,)
-        return np.full(shape, self.fields[key], dtype=np.float64)
+        return np.full(shape, self.fields[key], dtype=self._dtype(key))
+
+    def _dtype(self, key: str) -> type[np.floating[Any]]:
+        return np.float32 if key in self.compact else np.float64
 
     def __getitem__(self, key: str) -> FloatArray:
         return self.arrays[key]
@@ -101,7 +112,7 @@ class SeriesState:
         if set(state) != set(self.fields) or len(sizes) > 1:
             raise ValueError(f"{owner}: state needs arrays {sorted(self.fields)} of one length")
         self.count = sizes.pop() if sizes else 0
-        self.arrays = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state.items()}
+        self.arrays = {k: np.asarray(v, dtype=self._dtype(k)).copy() for k, v in state.items()}
 
 
 def as_batch(series: Any, t: Any, x: Any) -> tuple[IntArray, FloatArray, FloatArray]:
@@ -133,9 +144,11 @@ class Detector(ABC):
     state_widths: ClassVar[dict[str, int]] = {}  # fields holding a row per series
     # Fields holding device times (epoch seconds): what ``rewind`` moves back.
     time_fields: ClassVar[frozenset[str]] = frozenset()
+    # Wide fields held in float32 (see SeriesState).
+    compact_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
-        self._state = SeriesState(self.state_fields, self._widths())
+        self._state = SeriesState(self.state_fields, self._widths(), self.compact_fields)
 
     def _widths(self) -> dict[str, int]:
         return dict(self.state_widths)
@@ -146,13 +159,17 @@ class Detector(ABC):
         out = np.zeros(len(series), dtype=np.float64)
         if len(series) == 0:
             return out
-        self._state.grow(int(series.max()) + 1)
+        self.grow(int(series.max()) + 1)
         valid = np.isfinite(x) & np.isfinite(t)
         for round_positions in split_rounds(series):
             positions = round_positions[valid[round_positions]]
             if len(positions):
                 out[positions] = self._score_round(series[positions], t[positions], x[positions])
         return np.clip(out, 0.0, 1.0)
+
+    def grow(self, needed: int) -> None:
+        """Room for series ids 0 .. needed - 1 (a detector made of parts grows them too)."""
+        self._state.grow(needed)
 
     def state(self) -> dict[str, FloatArray]:
         return self._state.snapshot()

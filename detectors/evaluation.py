@@ -75,6 +75,16 @@ class LabelledSeries:
         return int(min(np.floor(PROBATION_FRACTION * n), PROBATION_MAX_ROWS))
 
 
+def find_bench_data(start: Path) -> Path | None:
+    """The nearest ``shared/bench`` beside ``start`` or one of its parents (a checkout
+    sits beside ``shared``; a worktree may sit one level deeper)."""
+    for folder in [start, *start.parents]:
+        candidate = folder / "shared" / "bench"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def read_timestamp_value_csv(path: Path) -> tuple[NDArray[np.datetime64], FloatArray]:
     """A ``timestamp,value`` CSV as (datetime64[ms] array, float array)."""
     stamps: list[str] = []
@@ -237,3 +247,58 @@ def outlier_metrics(
     far = fp / (fp + tn) if fp + tn else 0.0
     mar = fn / (fn + tp) if fn + tp else 0.0
     return OutlierMetrics(f1, far, mar, tp, fp, fn, tn)
+
+
+class AlertScorer:
+    """The NAB raw score of one file's 0/1 alert column, fast enough for a grid search.
+
+    Same rules as ``nab_score`` at threshold 0.5 on alerts: what each row would be worth
+    as a detection is worked out once, so scoring an alert column only looks at its
+    alerts (tests/test_nab_scoring.py checks both agree).
+    """
+
+    def __init__(self, series: LabelledSeries, profile: Profile) -> None:
+        n = len(series.values)
+        probation = series.probation
+        self.fn = profile.fn
+        self.window_of = np.full(n, -1, dtype=np.int64)
+        self.worth = np.zeros(n)
+        for k, (left, right) in enumerate(series.windows):
+            rows = np.arange(max(left, probation), right + 1)
+            self.window_of[rows] = k
+            self.window_of[left : right + 1] = np.where(
+                np.arange(left, right + 1) < probation, -2, k
+            )
+            self.worth[rows] = profile.tp * scaled_sigmoid(-(right - rows + 1) / (right - left + 1))
+            self.worth[rows] /= _S_MINUS_ONE
+        self.windows = len(series.windows)
+        # outside every window: the cost of a false positive on each row
+        cost = np.full(n, -profile.fp)
+        ends = np.array([right for _, right in series.windows], dtype=np.int64)
+        widths = np.array([right - left + 1 for left, right in series.windows], dtype=np.int64)
+        rows = np.arange(n)
+        if len(ends):
+            order = np.argsort(ends)
+            ends, widths = ends[order], widths[order]
+            preceding = np.searchsorted(ends, rows, side="left") - 1
+            has = preceding >= 0
+            position = (rows[has] - ends[preceding[has]]) / np.maximum(
+                widths[preceding[has]] - 1, 1
+            )
+            cost[has] = profile.fp * scaled_sigmoid(position)
+        cost[:probation] = 0.0
+        self.fp_cost = np.where(self.window_of == -1, cost, 0.0)
+
+    def score(self, alert_rows: NDArray[np.int64]) -> float:
+        """Raw score of alerts on ``alert_rows`` (row numbers, ascending)."""
+        total = float(self.fp_cost[alert_rows].sum())
+        hit = self.window_of[alert_rows]
+        inside = hit >= 0
+        found, first = np.unique(hit[inside], return_index=True)
+        total += float(self.worth[alert_rows[inside][first]].sum())
+        return total - self.fn * (self.windows - len(found))
+
+
+def normalised(raw: float, windows: int, profile_name: str = "standard") -> float:
+    """A raw NAB score as the scoreboard shows it (0 = no detections, 100 = perfect)."""
+    return _normalise(raw, windows, PROFILES[profile_name])

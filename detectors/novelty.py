@@ -16,6 +16,14 @@ bench/detectors.py: off by default). ``young_readings`` raises that multiple by
 sqrt(young_readings / n) while the series has shown fewer readings: a young range is
 broken by noise more often. Optionally the range forgets: with ``memory_s`` its
 edges relax towards the recent mean with that time constant.
+
+With ``p_alert`` a break must also be rare for this series (peaks over threshold): the
+series breaks its range at a rate it has shown (an exponentially weighted share over
+``rate_span`` readings) by excesses that are roughly exponential with the mean excess
+it has shown, so a break of excess ``e`` is as rare per reading as
+``rate * exp(-e / mean excess)``; the score is capped at ``log(p) / log(p_alert) / 2``,
+0.5 at ``p_alert``. A level that wanders (a tank filling and draining) breaks its range
+week after week by a step or so and stays quiet; a jump far beyond still alerts.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.base import Detector, FloatArray, IntArray
+from detectors.base import BoolArray, Detector, FloatArray, IntArray
 from detectors.registry import register
 
 
@@ -43,6 +51,9 @@ class RangeNovelty(Detector):
         "t_first": math.nan,
         "t_last": math.nan,
         "mean": 0.0,
+        "record_rate": 0.0,  # share of readings that broke the range
+        "record_excess": 0.0,  # mean excess of those that did
+        "records": 0.0,
     }
 
     def __init__(
@@ -55,6 +66,8 @@ class RangeNovelty(Detector):
         noise_multiple: float = 0.0,
         memory_s: float | None = None,
         young_readings: int = 0,
+        p_alert: float | None = None,
+        rate_span: int = 5000,
     ) -> None:
         super().__init__()
         if margin <= 0 or warmup_s < 0 or warmup_readings < 1:
@@ -68,6 +81,12 @@ class RangeNovelty(Detector):
         self.memory_s = memory_s
         self.noise_multiple = noise_multiple
         self.young_readings = young_readings
+        if p_alert is not None and not 0 < p_alert < 1:
+            raise ValueError("p_alert must lie in (0, 1)")
+        if rate_span < 2:
+            raise ValueError("rate_span must be >= 2")
+        self.log_alert = math.log(p_alert) if p_alert is not None else None
+        self.rate_beta = 1.0 / rate_span
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
         st = self._state
@@ -94,6 +113,8 @@ class RangeNovelty(Detector):
             (t - t_first >= self.warmup_s) | (n >= self.warmup_enough_readings)
         )
         scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
+        if self.log_alert is not None:
+            scores = np.minimum(scores, self._rarity(series, n, excess, np.isfinite(scale)))
 
         st["lo"][series] = np.minimum(lo, x)
         st["hi"][series] = np.maximum(hi, x)
@@ -105,3 +126,23 @@ class RangeNovelty(Detector):
         st["noise"][series] = np.where(np.isnan(step), noise, noise + 0.01 * (step - noise))
         st["previous"][series] = x
         return scores
+
+    def _rarity(
+        self, series: IntArray, n: FloatArray, excess: FloatArray, scored: BoolArray
+    ) -> FloatArray:
+        """Peaks over threshold: a range is broken at the series' own rate, by excesses
+        that are roughly exponential, so this break is as rare per reading as
+        rate * exp(-excess / typical excess); 0.5 where that is ``p_alert``."""
+        assert self.log_alert is not None
+        st = self._state
+        rate, typical = st["record_rate"][series], st["record_excess"][series]
+        log_p = np.log(np.maximum(rate, 1e-300)) - excess / np.maximum(typical, 1e-300)
+        rarity = np.where(typical > 0, 0.5 * log_p / self.log_alert, 1.0)
+        broke = (excess > 0) & scored
+        records = st["records"][series]
+        weight = np.maximum(1.0 / (n + 1.0), self.rate_beta)
+        st["record_rate"][series] = rate + weight * (broke - rate)
+        learn = np.maximum(1.0 / (records + 1.0), 0.05)
+        st["record_excess"][series] = np.where(broke, typical + learn * (excess - typical), typical)
+        st["records"][series] = records + broke
+        return rarity

@@ -21,11 +21,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import InfluxSettings, Settings, load_settings
-from collector.demo import wait_for_collector
 from collector.influx import query_sync, rows
-from collector.localservices import InfluxDB, Mosquitto, free_port
 from collector.registry import RegistryHolder
 from collector.service import Collector
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import InfluxDB, Mosquitto, free_port
 
 T = TypeVar("T")
 

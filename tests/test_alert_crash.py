@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.demo import wait_for_collector
-from collector.localservices import spawn, stop_process
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import spawn, stop_process
 from tests.conftest import collector_env
 from tests.test_alerts_e2e import wait_for
 from tests.test_detection_e2e import PRESETS, REGISTRY

@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from collector.config import ReceiverSettings, SilenceSettings
-from collector.localservices import free_port, spawn, stop_process
+from fieldtools.localservices import free_port, spawn, stop_process
 from tests.conftest import poll
 from tests.test_alerts_e2e import TOKEN, Api, Sensor
 from tests.test_detection_e2e import PRESETS

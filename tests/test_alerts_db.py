@@ -17,8 +17,8 @@ from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, St
 from collector.alerts.outbox import OutboxEntry
 from collector.alerts.repair import recover
 from collector.alerts.store import SqliteAlertStore
-from collector.demo import wait_for_collector
-from collector.localservices import spawn, stop_process
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import spawn, stop_process
 from tests.conftest import collector_env
 
 ALERTS = 400

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from collector.demo import wait_for_collector
-from collector.localservices import spawn, stop_process
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import spawn, stop_process
 from tests.conftest import collector_env, poll
 
 MiB = 1024 * 1024

@@ -42,7 +42,7 @@ def test_backtest_writes_scores_and_alerts_per_file(tmp_path: Path) -> None:
 
     with (tmp_path / "out" / "sub" / "spiky.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["timestamp", "value", "score", "alert", "active"]
+    assert list(rows[0]) == ["timestamp", "value", "score", "alert", "active", "note"]
     assert len(rows) == 2000
     assert rows[0]["timestamp"] == "2026-01-01 00:00:00"
     assert rows[1500]["alert"] == "1"
@@ -147,3 +147,91 @@ def test_rule_choice_does_not_depend_on_what_was_asked_before(tmp_path: Path) ->
             answer.clear()  # callers own what they get
     gas_7 = {rule.name: rule for rule in fresh[1]}["combustible-gas"]
     assert gas_7.params["levels"]["orange"] == 10.0 and fresh[0] != fresh[1]
+
+
+def test_untidy_rows_are_kept_and_marked_as_the_service_would_treat_them(tmp_path: Path) -> None:
+    """A late row, a repeated stamp and a blank value do not abort a file: each row is in
+    the output, marked, and only rows the service would judge are judged."""
+    rng = np.random.default_rng(4)
+    values = 50 + rng.normal(0, 1, 1200)
+    values[1000] = 400.0
+    write_series(tmp_path / "in" / "clean.csv", values)
+    lines = (tmp_path / "in" / "clean.csv").read_text().splitlines()
+    untidy = [
+        *lines[:501],
+        lines[300],
+        lines[501],
+        lines[501],
+        "2026-01-02 18:00:00,",
+        *lines[502:],
+    ]
+    (tmp_path / "in" / "untidy.csv").write_text("\n".join(untidy) + "\n")
+
+    done = run_backtest(str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "not judged: 1 blank, 1 duplicate, 1 late" in done.stdout
+    raw = (tmp_path / "out" / "untidy.csv").read_bytes()
+    assert b"\r" not in raw  # LF line endings
+    with (tmp_path / "out" / "untidy.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(untidy) - 1  # every input row
+    assert [r["note"] for r in rows[500:504]] == ["late", "", "duplicate", "blank"]
+    assert rows[500]["score"] == "" and rows[503]["value"] == ""
+    with (tmp_path / "out" / "clean.csv").open() as handle:
+        clean = list(csv.DictReader(handle))
+    judged = [r for r in rows if r["note"] == ""]
+    # the judged rows are the clean file's rows: same scores, same alerts
+    assert [r["score"] for r in judged] == [r["score"] for r in clean]
+    assert [r["alert"] for r in judged] == [r["alert"] for r in clean]
+    assert sum(int(r["alert"]) for r in judged) >= 1
+
+
+def test_a_bad_file_is_reported_with_row_numbers_and_the_others_go_on(tmp_path: Path) -> None:
+    write_series(tmp_path / "in" / "a_good.csv", np.arange(100.0))
+    (tmp_path / "in" / "b_rows.csv").write_text(
+        "timestamp,value\n2026-01-01 00:00:00,1\nyesterday,2\n2026-01-01 00:10:00,abc\n"
+        "2026-01-01 00:15:00,4\n"
+    )
+    (tmp_path / "in" / "c_header.csv").write_text("time,reading\n1,2\n")
+    done = run_backtest(str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet")
+    assert done.returncode == 1
+    assert "b_rows.csv: row 3: timestamp 'yesterday' is no time" in done.stderr
+    assert "b_rows.csv: row 4: value 'abc' is not a number" in done.stderr
+    assert "c_header.csv: the header must be timestamp,value" in done.stderr
+    assert (tmp_path / "out" / "a_good.csv").exists()
+    with (tmp_path / "out" / "b_rows.csv").open() as handle:
+        notes = [r["note"] for r in csv.DictReader(handle)]
+    assert notes[0] == "" and notes[1].startswith("rejected") and notes[3] == ""
+    assert not (tmp_path / "out" / "c_header.csv").exists()
+
+
+def test_rules_on_a_file_named_after_no_quantity_are_an_error(tmp_path: Path) -> None:
+    """No rule of an unknown quantity would fire: that must not read as a clean result."""
+    lel = np.array([2.0] * 20 + [60.0] * 10)
+    write_series(tmp_path / "in" / "sensor7.csv", lel, step_s=10)
+    done = run_backtest(
+        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--rules", str(PRESETS)
+    )
+    assert done.returncode != 0
+    assert "'sensor7' is no quantity" in done.stderr and "--quantity" in done.stderr
+    done = run_backtest(
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--rules",
+        str(PRESETS),
+        "--quantity",
+        "lel_pct",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 alert(s)" in done.stdout
+    done = run_backtest(
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "o"),
+        "--rules",
+        str(PRESETS),
+        "--quantity",
+        "lel",
+    )
+    assert done.returncode == 2 and "'lel' is no quantity" in done.stderr

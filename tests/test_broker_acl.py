@@ -14,17 +14,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from collector.alerts.model import State
-from collector.brokerauth import (
+from collector.errors import ConfigError
+from collector.registry import RegistryFile
+from collector.unitlink import parse_unit_topic
+from fieldtools.brokerauth import (
     COLLECTOR_USER,
     broker_acl,
     panel_acl,
     panel_user,
     write_password_file,
 )
-from collector.errors import ConfigError
-from collector.localservices import BrokerAuth, Mosquitto
-from collector.registry import RegistryFile
-from collector.unitlink import parse_unit_topic
+from fieldtools.localservices import BrokerAuth, Mosquitto
 from tests.test_alerts_e2e import wait_for
 from tests.test_downlink import alert_of
 

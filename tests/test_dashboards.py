@@ -24,7 +24,7 @@ import pytest
 from collector.config import parse_mqtt_url
 from collector.influx import query_sync, rows
 from collector.registry import Registry
-from collector.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
+from fieldtools.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))

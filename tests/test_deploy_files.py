@@ -16,8 +16,8 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.demo import secure_broker
-from collector.localservices import BrokerAuth, InfluxDB, Mosquitto
+from fieldtools.demo import secure_broker
+from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -357,3 +357,31 @@ family = "camera"
     found = {(e.detector, e.colour): e.threshold for e in events if e.kind == "raised"}
     assert found[("crowd-capacity", "yellow")] == 0.7 * 2000  # people, not a fraction
     assert found[("combustible-gas", "orange")] == 25.0  # % LEL
+
+
+def test_state_saved_by_other_detectors_starts_them_afresh_instead_of_stopping(
+    chem_park, run_collector, publisher
+) -> None:
+    """An upgrade that adds detector parts, or changed statistical_params, meets a state
+    file laid out for the old ones: the chain starts afresh and the collector runs."""
+    query = """SELECT * FROM "detections" WHERE "detector" = 'combustible-gas' GROUP BY *"""
+    start = time.time() - 300
+
+    def publish(i: int, value: float) -> None:
+        publisher.publish(
+            "smartunit/v1/chem/gas-1/data",
+            json.dumps({"ts": start + 3 * i, "readings": {"lel_pct": value}}),
+        )
+
+    older = chem_park(statistical_params={"parts": ["raw", "smooth", "shift"]})
+    first = run_collector(older)
+    publish(0, 3)
+    first.wait_received(1)
+    first.stop()
+    assert (older.data_dir / "detector-state.npz").is_file()
+
+    second = run_collector(chem_park())  # the default chain: more parts, more state
+    for i, value in enumerate([3, 30, 30, 30, 30], start=1):
+        publish(i, value)
+    assert [r["kind"] for r in wait_rows(second.settings.influx, query, 1)] == ["raised"]
+    second.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import InfluxSettings
-from collector.localservices import InfluxDB
+from fieldtools.localservices import InfluxDB
 from tests.conftest import influx_rows, poll
 
 NOW = time.time()
@@ -89,7 +89,7 @@ def test_stop_flushes_everything_received(make_settings, run_collector, publishe
 @pytest.mark.slow
 def test_broker_restart_loses_nothing(make_settings, run_collector, tmp_path: Path) -> None:
     """The collector reconnects by itself; the broker's persisted session keeps its queue."""
-    from collector.localservices import Mosquitto
+    from fieldtools.localservices import Mosquitto
     from tests.conftest import Publisher
 
     own = Mosquitto(tmp_path / "mosquitto").start()

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from collector.brokerauth import SHIPPED_ACL
 from collector.families import FAMILIES, PLUGINS, known_family
 from collector.families.base import Family
 from collector.fastpath import FAST_ENCODERS, route_for
@@ -19,6 +18,7 @@ from collector.protocol import (
     reading_line,
 )
 from collector.registry import Registry
+from fieldtools.shipped import SHIPPED_ACL, read_shipped
 
 NOW_MS = 1_700_000_000_000
 REGISTRY = Registry.from_mapping(
@@ -111,7 +111,7 @@ def test_fire_readings_need_a_measurement_and_a_binary_smoke() -> None:
 
 
 def test_the_shipped_broker_acl_lets_every_family_publish() -> None:
-    acl = SHIPPED_ACL.read_text().splitlines()
+    acl = read_shipped(SHIPPED_ACL).splitlines()
     for family in FAMILIES:
         for kind in ("data", "status"):
             assert f"pattern write smartunit/v1/{family}/%u/{kind}" in acl  # the devices

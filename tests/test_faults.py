@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from collector.config import InfluxSettings, ReceiverSettings
-from collector.demo import wait_for_collector
 from collector.errors import StoreError
-from collector.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import InfluxDB, Mosquitto, free_port, spawn, stop_process
 from tests.conftest import Publisher, collector_env, influx_rows, poll
 from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 

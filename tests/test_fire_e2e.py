@@ -18,7 +18,7 @@ import pytest
 
 from collector.config import ReceiverSettings, parse_mqtt_url
 from collector.registry import Registry
-from collector.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
+from fieldtools.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
 from tests.conftest import influx_rows, poll
 from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
@@ -80,6 +80,7 @@ def test_smoke_and_low_water_pressure_reach_the_webhook(
     make_settings,
     run_collector,
     broker,
+    publisher,
     tmp_path: Path,
     receiver_url: str,  # noqa: F811
 ) -> None:
@@ -137,3 +138,5 @@ def test_smoke_and_low_water_pressure_reach_the_webhook(
     finally:
         simulator.stop()
         collector.stop()
+        for device in fleet.values():  # the broker is shared by the session
+            publisher.publish(device.status_topic, b"", retain=True)

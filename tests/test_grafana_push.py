@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import pytest
 
-from collector.localservices import free_port
+from fieldtools.localservices import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "glsa_stand-in-service-account-token"

@@ -15,7 +15,7 @@ import pytest
 from collector.config import InfluxSettings
 from collector.errors import RetryableStoreError
 from collector.influx import InfluxClient, query_sync
-from collector.localservices import InfluxDB, free_port
+from fieldtools.localservices import InfluxDB, free_port
 
 
 def write(settings: InfluxSettings, lines: list[str]):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from collector.config import InfluxSettings
 from collector.influx import query_sync, quote_ident, rows
 from collector.lineprotocol import check_string_field, check_tag_text, encode_line
-from collector.localservices import InfluxDB
+from fieldtools.localservices import InfluxDB
 
 # Any Unicode the validators accept (no surrogates, control characters or, in tags and
 # keys, backslashes), weighted towards characters line protocol and InfluxQL treat

@@ -11,13 +11,14 @@ import pytest
 from detectors.evaluation import (
     PROFILES,
     LabelledSeries,
+    find_bench_data,
     load_nab,
     nab_score,
     oracle_score,
     outlier_metrics,
 )
 
-NAB = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "nab"
+NAB = (find_bench_data(Path(__file__).resolve().parent) or Path("shared/bench")) / "nab"
 
 # ../shared/bench/README.md: oracle threshold, these 40 files.
 PUBLISHED = {
@@ -92,3 +93,18 @@ def test_outlier_metrics() -> None:
     assert m.f1 == pytest.approx(2 / 3)
     assert m.far == pytest.approx(0.2)
     assert m.mar == pytest.approx(1 / 3)
+
+
+def test_the_fast_alert_scorer_agrees_with_the_scorer(corpus) -> None:
+    """bench/detectors.py searches its grid with AlertScorer: it must score as nab_score."""
+    from detectors.evaluation import AlertScorer
+
+    rng = np.random.default_rng(2)
+    for profile in PROFILES:
+        alerts = [(rng.random(len(s.values)) < 0.002).astype(np.float64) for s in corpus]
+        expected = nab_score(corpus, alerts, profile, 0.5).raw
+        fast = sum(
+            AlertScorer(s, PROFILES[profile]).score(np.flatnonzero(a))
+            for s, a in zip(corpus, alerts, strict=True)
+        )
+        assert fast == pytest.approx(expected, abs=1e-9)

@@ -14,7 +14,8 @@ import pytest
 
 from collector.config import parse_mqtt_url
 from collector.families import FAMILIES
-from collector.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions
+from collector.registry import Registry
+from fieldtools.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions, build_fleet
 
 
 def device(family: str, name: str, interval_s: float = 0.2) -> SimDevice:
@@ -31,7 +32,7 @@ def device(family: str, name: str, interval_s: float = 0.2) -> SimDevice:
 
 @pytest.mark.slow
 def test_offline_device_leaves_a_will_and_sends_its_backlog_as_an_array(
-    broker, subscribe, tmp_path: Path
+    broker, subscribe, publisher, tmp_path: Path
 ) -> None:
     sub = subscribe("smartunit/v1/#")
     cam = device("camera", "sim-cam-t1")
@@ -49,6 +50,8 @@ def test_offline_device_leaves_a_will_and_sends_its_backlog_as_an_array(
     by_topic: dict[str, list] = {}
     for message in sub.messages:
         by_topic.setdefault(message.topic, []).append(message)
+    for simulated in (cam, chem):  # the broker is shared by the session
+        publisher.publish(simulated.status_topic, b"", retain=True)
     status = [
         json.loads(m.payload)["state"] for m in by_topic["smartunit/v1/camera/sim-cam-t1/status"]
     ]
@@ -92,7 +95,7 @@ def test_injected_anomalies_shape_the_values() -> None:
 
 
 @pytest.mark.slow
-def test_simulate_command_writes_labels(broker, tmp_path: Path) -> None:
+def test_simulate_command_writes_labels(broker, publisher, tmp_path: Path) -> None:
     labels = tmp_path / "labels.jsonl"
     done = subprocess.run(
         [
@@ -120,6 +123,8 @@ def test_simulate_command_writes_labels(broker, tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
+    for device in build_fleet(Registry.empty(), generated_per_family=2):
+        publisher.publish(device.status_topic, b"", retain=True)  # the broker is shared
     assert done.returncode == 0, done.stderr
     assert f"simulating {2 * len(FAMILIES)} devices" in done.stdout
     found = [json.loads(line) for line in labels.read_text().splitlines()]

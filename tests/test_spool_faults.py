@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from collector.config import InfluxSettings
-from collector.demo import wait_for_collector
 from collector.lineprotocol import encode_line
-from collector.localservices import InfluxDB, spawn, stop_process
 from collector.spool import DiskSpool
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import InfluxDB, spawn, stop_process
 from tests.conftest import collector_env, fill_disk, poll
 from tests.test_durability import camera, seqs
 from tests.test_faults import Load, wait_all

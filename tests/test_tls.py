@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.config import InfluxSettings, MqttTls, Settings, load_settings
 from collector.errors import RetryableStoreError
 from collector.influx import InfluxClient, query_sync
-from collector.localservices import InfluxDB, Mosquitto, ServerTls
+from fieldtools.localservices import InfluxDB, Mosquitto, ServerTls
 from tests.conftest import CollectorThread, collector_env, poll
 
 

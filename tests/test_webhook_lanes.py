@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import pytest
 
 from collector.config import ReceiverSettings
-from collector.localservices import free_port
+from fieldtools.localservices import free_port
 from tests.conftest import poll
 
 DEVICES = [f"gas-{i}" for i in range(1, 5)]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.demo import wait_for_collector
-from collector.localservices import free_port, spawn, stop_process
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import free_port, spawn, stop_process
 from tests.conftest import collector_env, poll
 from tests.test_detection_e2e import PRESETS, REGISTRY
 

@@ -22,7 +22,7 @@ from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier,
 from collector.alerts.store import SqliteAlertStore
 from collector.config import ReceiverSettings
 from collector.detection import DetectionEvent
-from collector.localservices import free_port
+from fieldtools.localservices import free_port
 
 SECRET = "s3cret-shared-with-the-receiver"
 

@@ -25,6 +25,7 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -362,6 +363,15 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
         help="first send this much history as backlog arrays",
     )
     parser.add_argument("--seed", type=int, default=1)
+
+
+def simulate_command(argv: Sequence[str], *, prog: str) -> int:
+    """``smartunit simulate``: its arguments are parsed here, not by the command's parser."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Simulated field devices publishing over MQTT."
+    )
+    add_simulator_arguments(parser)
+    return run_simulator_cli(parser.parse_args(argv))
 
 
 def run_simulator_cli(args: argparse.Namespace) -> int:

@@ -165,7 +165,7 @@ class Mosquitto:
     """A Mosquitto broker listening on 127.0.0.1:port (TLS only, with ``tls``).
 
     Without ``auth`` anyone on this machine may connect and publish anything: for tests
-    and benchmarks only; ``smartunit demo`` always gives it (collector/demo.py)."""
+    and benchmarks only; ``smartunit demo`` always gives it (fieldtools/demo.py)."""
 
     directory: Path
     port: int = 0

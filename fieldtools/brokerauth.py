@@ -1,5 +1,6 @@
 """Who may connect to the broker and what each may publish: the shipped ACL
-(config/mosquitto.acl), one principal per on-site unit panel, and password files.
+(config/mosquitto.acl, shipped as package data), one principal per on-site unit panel,
+and password files.
 
 Principals:
     {device id}            a device: its own data and status only
@@ -23,10 +24,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from collector.errors import ConfigError
-from collector.localservices import find_binary
 from collector.unitlink import UNIT_TOPIC_ROOT, is_pseudo_unit
+from fieldtools.localservices import find_binary
+from fieldtools.shipped import SHIPPED_ACL, read_shipped
 
-SHIPPED_ACL = Path(__file__).resolve().parent.parent / "config" / "mosquitto.acl"
 COLLECTOR_USER = "smartunit-collector"
 SIMULATOR_USER = "smartunit-simulator"
 OBSERVER_USER = "smartunit-observer"
@@ -58,7 +59,7 @@ def broker_acl(unit_ids: Iterable[str]) -> str:
     """The shipped ACL followed by a panel block for each of these units."""
     panels = panel_acl(unit_ids)
     header = "\n# On-site panels, one principal per unit (smartunit broker-acl)\n"
-    return SHIPPED_ACL.read_text() + (header + panels if panels else "")
+    return read_shipped(SHIPPED_ACL) + (header + panels if panels else "")
 
 
 def write_password_file(path: Path, users: Mapping[str, str]) -> None:

@@ -20,7 +20,14 @@ import threading
 import time
 from pathlib import Path
 
-from collector.brokerauth import (
+from collector.config import InfluxSettings, MqttSettings, MqttTls, load_settings
+from collector.errors import ServiceStartError, SmartUnitError
+from collector.families import PLUGINS
+from collector.influx import query_sync
+from collector.mqtt import make_client
+from collector.registry import FAMILIES, Registry
+from collector.service import collector_status_topic
+from fieldtools.brokerauth import (
     COLLECTOR_USER,
     OBSERVER_USER,
     SIMULATOR_USER,
@@ -28,11 +35,7 @@ from collector.brokerauth import (
     panel_user,
     write_password_file,
 )
-from collector.config import InfluxSettings, MqttSettings, MqttTls, load_settings
-from collector.errors import ServiceStartError, SmartUnitError
-from collector.families import PLUGINS
-from collector.influx import query_sync
-from collector.localservices import (
+from fieldtools.localservices import (
     BrokerAuth,
     InfluxDB,
     Mosquitto,
@@ -40,11 +43,8 @@ from collector.localservices import (
     spawn,
     stop_process,
 )
-from collector.mqtt import make_client
-from collector.registry import FAMILIES, Registry
-from collector.service import collector_status_topic
+from fieldtools.shipped import SAMPLE_CONFIG, shipped_config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEMO_DB = "smartunit"
 
 
@@ -101,10 +101,18 @@ def count_readings(influx: InfluxSettings) -> dict[str, int]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    # the collector and the simulator read the shipped files while the demo runs
+    with shipped_config_dir() as config_dir:
+        if args.config_dir:
+            print(config_dir)
+            return 0
+        return _run_demo(args, config_dir / SAMPLE_CONFIG)
+
+
+def _run_demo(args: argparse.Namespace, config: Path) -> int:
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="smartunit-demo-")) if temporary else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    config = CONFIG_DIR / "smartunit.example.toml"
     registry_path = load_settings(config).registry.path
     unit_ids = list(Registry.load(registry_path).units) if registry_path else []
     broker, users = secure_broker(workdir / "mosquitto", unit_ids)

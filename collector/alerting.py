@@ -19,12 +19,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from collector.alerts.backends import open_storage
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
 from collector.alerts.notify import Notifier
 from collector.alerts.pending import PendingDetections
-from collector.alerts.store import SqliteAlertStore
 from collector.config import Settings
 from collector.detection import DetectionEvent
 from collector.errors import AlertActionError, FieldAckError
@@ -58,10 +58,10 @@ class AlertWiring:
         self.settings = settings
         self.stats = stats
         alerts = settings.alerts
-        self.store = SqliteAlertStore(settings.data_dir / alerts.database)
+        store = open_storage(alerts.store_url, relative_to=settings.data_dir)
         notifier = Notifier(alerts.receivers, alerts.public_url)
         self.book = AlertBook(
-            self.store,
+            store,
             verify_window_s=alerts.verify_window_s,
             listeners=[self._annotate, self._downlink, self._dispatch_now],
             router=notifier.route,
@@ -72,7 +72,7 @@ class AlertWiring:
         self.unit_states.prime(self._unit_state_bodies())
         self.pending = PendingDetections(self.book.on_detection)
         self.dispatcher = Dispatcher(
-            self.store,
+            store.outbox,
             alerts.receivers,
             self.book,
             retry_initial_s=alerts.retry_initial_s,
@@ -93,7 +93,7 @@ class AlertWiring:
 
     def active_operator_alerts(self) -> list[Alert]:
         """The collector's own open alerts: their watches carry on where they were."""
-        return self.store.alerts(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
+        return self.book.find(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
 
     def submit(self, event: DetectionEvent, hierarchy: dict[str, str]) -> None:
         """Stored now, or kept and retried until the store takes it."""
@@ -139,13 +139,13 @@ class AlertWiring:
         states = sorted(ACTIVE_STATES)
         self.unit_states.publish(
             unit_state_topic(alert.unit),
-            lambda: unit_state_body(alert.unit, self.store.alerts(states=states, unit=alert.unit)),
+            lambda: unit_state_body(alert.unit, self.book.find(states=states, unit=alert.unit)),
         )
 
     def _unit_state_bodies(self) -> dict[str, bytes]:
         """Every unit's retained state as the alert store has it now."""
         by_unit: dict[str, list[Alert]] = {}
-        for alert in self.store.alerts(states=sorted(ACTIVE_STATES)):
+        for alert in self.book.find(states=sorted(ACTIVE_STATES)):
             by_unit.setdefault(alert.unit, []).append(alert)
         return {unit_state_topic(u): unit_state_body(u, a) for u, a in by_unit.items()}
 
@@ -160,7 +160,7 @@ class AlertWiring:
             if is_pseudo_unit(unit):
                 raise FieldAckError(f"{unit!r} is a pseudo-unit: its alerts have no on-site panel")
             alert_id, actor, note = parse_ack(message.payload)
-            alert = self.store.get(alert_id)
+            alert = self.book.get(alert_id)
             if alert is None or alert.unit != unit:
                 raise FieldAckError(f"no alert {alert_id} in unit {unit!r}")
             self.book.acknowledge(
@@ -222,7 +222,7 @@ class AlertWiring:
 
     async def aclose(self) -> None:
         await self.dispatcher.aclose()
-        self.store.close()
+        self.book.close()
 
 
 def alert_event_line(event: AlertEvent, alert: Alert | None) -> str:

@@ -90,9 +90,9 @@ class ApiContext:
             **alert.summary(self.public_url),
             "condition_active": alert.condition_active,
             "acknowledged": alert.acknowledged,
-            "flapping": bool(alert.extra.get("flapping")),
-            "acknowledged_by": alert.extra.get("acknowledged_by"),
-            "peak": alert.extra.get("peak"),
+            "flapping": alert.flapping,
+            "acknowledged_by": alert.acknowledged_by,
+            "peak": alert.peak,
             "started_at_ms": alert.started_at_ms,
             "updated_at_ms": alert.updated_at_ms,
             "ack_due_at_ms": due,
@@ -172,7 +172,7 @@ def create_app(context: ApiContext) -> FastAPI:
         return round(time.time() * 1000)
 
     def require(alert_id: int) -> Alert:
-        alert = book.store.get(alert_id)
+        alert = book.get(alert_id)
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
         return alert
@@ -186,7 +186,7 @@ def create_app(context: ApiContext) -> FastAPI:
         family: str | None = None,
         hierarchy: Annotated[str | None, Query(description="prefix: city/district/...")] = None,
     ) -> list[dict[str, Any]]:
-        found = book.store.alerts(states=state or [])
+        found = book.find(states=state or [])
         return [
             context.alert_json(a)
             for a in found
@@ -255,7 +255,7 @@ def create_app(context: ApiContext) -> FastAPI:
 
     @app.get("/api/silences")
     def list_silences(caller: Caller) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(s) for s in book.store.silences(now_ms())]
+        return [dataclasses.asdict(s) for s in book.silences(now_ms())]
 
     @app.get("/api/receivers")
     def receivers(caller: Caller) -> list[dict[str, Any]]:
@@ -266,7 +266,7 @@ def create_app(context: ApiContext) -> FastAPI:
     @app.get("/api/units")
     def units(caller: Caller) -> list[dict[str, Any]]:
         """Every unit with its worst active colour: the console's unit tree."""
-        active = book.store.alerts(states=sorted(ACTIVE_STATES))
+        active = book.find(states=sorted(ACTIVE_STATES))
         registry = context.registry()
         return [
             {
@@ -312,7 +312,7 @@ def create_app(context: ApiContext) -> FastAPI:
         return {
             "device": alert.fingerprint.device,
             "quantity": alert.fingerprint.quantity,
-            "threshold": alert.extra.get("threshold"),
+            "threshold": alert.threshold,
             "started_at_ms": alert.started_at_ms,
             "start_ms": start,
             "end_ms": end,

@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _alerts_database(args: argparse.Namespace) -> Path:
     settings = _settings(args)
-    return settings.data_dir / settings.alerts.database
+    return settings.alerts.sqlite_file(settings.data_dir)
 
 
 def cmd_alerts_db_check(args: argparse.Namespace) -> int:

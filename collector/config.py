@@ -336,6 +336,9 @@ class ReceiverSettings(_Section):
         return labels
 
 
+ALERT_STORE_URL = re.compile(r"sqlite:///.+")
+
+
 class AlertSettings(_Section):
     enabled: bool = True
     receivers: list[ReceiverSettings] = []
@@ -353,9 +356,27 @@ class AlertSettings(_Section):
     public_url: str = "http://127.0.0.1:8080"
     # Relative to data_dir.
     database: Path = Path("alerts.db")
+    # Where alerts are kept, as a URL (relative paths under data_dir); empty: the SQLite
+    # file `database`.
+    store: str = ""
     # "closed" needs the readings normal for this long after the handler's resolution.
     verify_window_s: PositiveFloat = 300.0
     verify_interval_s: PositiveFloat = 10.0
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, url: str) -> str:
+        if url and not ALERT_STORE_URL.fullmatch(url):
+            raise ValueError(f"{url!r}: expected sqlite:///<path> (relative to data_dir)")
+        return url
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.database}"
+
+    def sqlite_file(self, data_dir: Path) -> Path:
+        """The SQLite file the store's URL names (what ``alerts-db`` checks and recovers)."""
+        return data_dir / self.store_url.partition(":///")[2]
 
 
 class LoggingSettings(_Section):

@@ -95,7 +95,7 @@ class Telemetry:
             if self.registry.current is not self._frozen_registry:
                 self.freeze_long_lived()  # a reloaded registry is as long-lived
             if self.alerts is not None:
-                self.stats.outbox = self.alerts.store.outbox_counts()
+                self.stats.outbox = self.alerts.book.outbox_counts()
             operator = self._operator_checks()
             if operator:
                 lines = self.detection.record(operator, self.registry.current)
@@ -167,7 +167,7 @@ class Telemetry:
         if self.alerts is not None:
             lines += unit_status_lines(
                 self.registry.current,
-                self.alerts.store.alerts(states=sorted(ACTIVE_STATES)),
+                self.alerts.book.find(states=sorted(ACTIVE_STATES)),
                 now_ms,
                 self.settings.alerts.ack_deadlines_s,
             )
@@ -217,7 +217,7 @@ class Telemetry:
             out["alert_detections_waiting"] = len(pending)
             out["alert_store_failures_total"] = pending.failures
             out["alert_detections_dropped_total"] = pending.dropped
-            out["outbox_entries"] = alerts.store.outbox_counts()
+            out["outbox_entries"] = alerts.book.outbox_counts()
             receivers = alerts.dispatcher.status()
 
             def per_receiver(read: Callable[[dict[str, Any]], float]) -> dict[str, float]:

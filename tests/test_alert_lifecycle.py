@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,14 +79,14 @@ def test_readings_abnormal_during_verification_reopen(book: AlertBook) -> None:
     (reopened,) = book.on_detection(detection("raised", "orange", 4 * MIN))
     assert reopened.type == EventType.REOPENED and reopened.state == State.REOPENED
     assert book.verify(60 * MIN, alive) == []  # a reopened alert is not verified
-    again = book.store.get(opened.alert_id)
+    again = book.get(opened.alert_id)
     assert again is not None and not again.acknowledged  # it needs someone again
-    assert again.extra["level_since_ms"] == 4 * MIN  # a fresh acknowledgement deadline
+    assert again.level_since_ms == 4 * MIN  # a fresh acknowledgement deadline
     assert [e.type for e in book.acknowledge(opened.alert_id, actor="a", now_ms=5 * MIN)] == [
         EventType.ACKNOWLEDGED
     ]
     # one alert per fingerprint: the same alert, not a new one
-    assert [a.id for a in book.store.alerts()] == [opened.alert_id]
+    assert [a.id for a in book.find()] == [opened.alert_id]
 
 
 def test_a_condition_that_clears_by_itself_still_needs_acknowledgement(book: AlertBook) -> None:
@@ -102,7 +104,7 @@ def test_a_silent_device_is_not_verified(book: AlertBook) -> None:
     book.on_detection(detection("cleared", "green", MIN, 3))
     book.resolve(opened.alert_id, actor="c", now_ms=2 * MIN)
     assert book.verify(60 * MIN, lambda device: False) == []
-    assert book.store.get(opened.alert_id).state == State.RESOLVED
+    assert book.get(opened.alert_id).state == State.RESOLVED
 
 
 def test_actions_are_idempotent_and_refused_when_impossible(book: AlertBook) -> None:
@@ -132,10 +134,10 @@ def test_nothing_is_forgotten_across_a_reopen_of_the_store(tmp_path: Path) -> No
     first = AlertBook(SqliteAlertStore(path))
     (opened,) = first.on_detection(detection("raised", "red", 0, 60))
     first.acknowledge(opened.alert_id, actor="f", now_ms=MIN)
-    first.store.close()
+    first.close()
 
     second = AlertBook(SqliteAlertStore(path))
-    alert = second.store.get(opened.alert_id)
+    alert = second.get(opened.alert_id)
     assert alert is not None
     assert (alert.state, alert.colour, alert.acknowledged) == (State.ACKNOWLEDGED, "red", True)
     # the same fingerprint keeps its alert; the sequence continues
@@ -144,12 +146,13 @@ def test_nothing_is_forgotten_across_a_reopen_of_the_store(tmp_path: Path) -> No
 
 
 def test_the_database_itself_refuses_two_active_alerts_per_fingerprint(tmp_path: Path) -> None:
-    book = AlertBook(SqliteAlertStore(tmp_path / "alerts.db"))
+    store = SqliteAlertStore(tmp_path / "alerts.db")
+    book = AlertBook(store)
     (opened,) = book.on_detection(detection("raised", "red", 0))
-    alert = book.store.get(opened.alert_id)
+    alert = book.get(opened.alert_id)
     assert alert is not None
     with pytest.raises(sqlite3.IntegrityError):
-        book.store.create(alert, [])
+        store.alerts.create(alert, [])
 
 
 def test_silence_events_open_alerts_without_a_value(book: AlertBook) -> None:
@@ -222,18 +225,18 @@ def test_unacknowledged_alerts_climb_the_hierarchy_until_someone_acknowledges(
         ["community -> street"],
         ["street -> district"],
     ]
-    assert store.get(yellow.alert_id).extra["level"] == "grid"  # its deadline is longer
+    assert book.get(yellow.alert_id).level == "grid"  # its deadline is longer
 
     # the district desk hears of it only now; the grid officer has heard all along
     def receivers(alert_id: int) -> set[str]:
-        return set(store.get(alert_id).extra["receivers"])
+        return set(book.get(alert_id).receivers)
 
     assert receivers(red.alert_id) == {"grid", "district"}
     book.acknowledge(red.alert_id, actor="district-desk", now_ms=3 * 60_000 + 1)
     assert book.escalate(60 * 60_000, deadlines) == [
         e for e in book.history(yellow.alert_id) if e.seq > 1
     ]  # only the yellow one moves
-    assert store.get(red.alert_id).extra["level"] == "district"  # acknowledged: it stays
+    assert book.get(red.alert_id).level == "district"  # acknowledged: it stays
 
 
 def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
@@ -245,15 +248,15 @@ def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
     gone, _joined = book.on_detection(detection("raised", "red", 0, device="gas-2"))
     book.on_detection(detection("cleared", "green", MIN, device="gas-2"))
     book.resolve(gone.alert_id, actor="handler", now_ms=MIN)
-    seen_by_the_scan = book.store.alerts()
+    seen_by_the_scan = book.find()
     book.acknowledge(red.alert_id, actor="desk", now_ms=MIN)  # meanwhile, a person acts
     book.on_detection(detection("raised", "red", 2 * MIN, device="gas-2"))  # it is back
 
-    monkeypatch.setattr(book.store, "alerts", lambda **_: seen_by_the_scan)
+    monkeypatch.setattr(book._alerts, "matching", lambda **_: seen_by_the_scan)
     assert book.escalate(30 * MIN, {"red": 60.0}) == []
     assert book.verify(30 * MIN, alive) == []
-    assert book.store.get(red.alert_id).extra.get("level", "grid") == "grid"
-    assert book.store.get(gone.alert_id).state != State.CLOSED
+    assert book.get(red.alert_id).level == "grid"
+    assert book.get(gone.alert_id).state != State.CLOSED
 
 
 def test_escalation_clocks_survive_a_restart(tmp_path: Path) -> None:
@@ -291,13 +294,13 @@ def test_a_maintenance_window_mutes_and_pauses_escalation(tmp_path: Path) -> Non
         reason="calibrating gas detectors",
     )
     (muted,) = book.on_detection(detection("raised", "red", MIN))
-    assert book.store.outbox_counts() == {}  # recorded, not notified
+    assert book.outbox_counts() == {}  # recorded, not notified
     assert book.escalate(20 * MIN, {"red": 60.0}) == []  # nobody is expected to answer
     assert [e.type for e in book.history(muted.alert_id)] == [EventType.OPENED]
     # after the window, the same alert escalates and notifies again
     (escalated,) = book.escalate(31 * MIN, {"red": 60.0})
     assert escalated.type == EventType.ESCALATED
-    assert book.store.outbox_counts() == {"pending": 1}
+    assert book.outbox_counts() == {"pending": 1}
     with pytest.raises(ValueError, match="one unit or one device"):
         book.silence(starts_ms=0, ends_ms=1, actor="x", reason="y")
 
@@ -329,20 +332,39 @@ def test_a_leak_seen_by_five_sensors_is_one_incident(tmp_path: Path) -> None:
         for k, colour in enumerate(["yellow", "orange", "orange", "red", "orange"])
     ]
     leader = opened[0].alert_id
-    assert {book.store.get(e.alert_id).incident for e in opened} == {leader}
+    assert {book.get(e.alert_id).incident for e in opened} == {leader}
     joined = [e for e in book.history(leader) if e.type == EventType.INCIDENT_JOINED]
     assert len(joined) == 4
-    assert book.store.get(leader).extra["incident_colour"] == "red"
+    assert book.get(leader).incident_colour == "red"
     # the dispatcher gets one work order: the leader's events only
     assert {key.split("-")[0] for key in _outbox_keys(tmp_path)} == {str(leader)}
     assert len(_outbox_keys(tmp_path)) == 5  # opened + 4 joined
     # acknowledging and resolving the incident handles every alert in it
     book.acknowledge(leader, actor="hotline:op-3", now_ms=10_000)
-    assert {book.store.get(e.alert_id).state for e in opened} == {State.ACKNOWLEDGED}
+    assert {book.get(e.alert_id).state for e in opened} == {State.ACKNOWLEDGED}
     book.resolve(leader, actor="hotline:op-3", note="valve closed", now_ms=20_000)
-    assert {book.store.get(e.alert_id).state for e in opened} == {State.RESOLVED}
+    assert {book.get(e.alert_id).state for e in opened} == {State.RESOLVED}
     member_notes = [e.note for e in book.history(opened[3].alert_id) if e.actor.startswith("hot")]
     assert member_notes == [f"with incident {leader}", f"with incident {leader}"]
     # another unit's alert starts its own incident
     (other,) = book.on_detection(detection("raised", "red", 0, device="gas-9", unit="donghai"))
-    assert book.store.get(other.alert_id).incident == other.alert_id
+    assert book.get(other.alert_id).incident == other.alert_id
+
+
+@pytest.mark.parametrize(
+    ("module", "never"),
+    [
+        ("collector.alerts.lifecycle", "collector.detection"),
+        ("collector.alerts.pending", "collector.detection"),
+        ("collector.alerts.store", "collector.alerts.notify"),
+    ],
+)
+def test_the_alert_parts_keep_to_their_side(module: str, never: str) -> None:
+    """The book takes detections by their shape, and the store knows no receiver."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys, {module}; print({never!r} in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, State
-from collector.alerts.notify import OutboxEntry
+from collector.alerts.outbox import OutboxEntry
 from collector.alerts.repair import recover
 from collector.alerts.store import SqliteAlertStore
 from fieldtools.demo import wait_for_collector
@@ -41,9 +44,9 @@ def fill(path: Path) -> None:
         opened = AlertEvent(
             0, 1, EventType.OPENED, 1_000 + i, "detector", "", State.OPEN, "red", 55
         )
-        alert, events = store.create(alert, [opened])
+        alert, events = store.alerts.create(alert, [opened])
         entry = OutboxEntry("hotline", events[0].id, alert.id, 1, b"{}")
-        store.save(alert, [], [entry])
+        store.alerts.save(alert, [], [entry])
     store.close()  # checkpoints the write-ahead log into the file
 
 
@@ -163,7 +166,7 @@ def test_damaged_alert_database_is_refused_clearly_and_recovered(
         started_at_ms=1,
         updated_at_ms=1,
     )
-    new, _ = store.create(alert, [])
+    new, _ = store.alerts.create(alert, [])
     store.close()
     assert new.id > (ALERTS if damage == "pages" else 0)
 
@@ -215,3 +218,81 @@ def test_recover_uses_the_sqlite3_shell_when_it_can(tmp_path: Path, works: bool)
         assert salvage.method == "row by row"
         assert 7 in ids
         assert len(ids) > ALERTS // 2
+
+
+def test_an_alert_stored_by_the_schema_before_reads_back_with_typed_fields(tmp_path: Path) -> None:
+    """The bookkeeping JSON of a version-1 file (keys written by every version since) is
+    read into the alert's fields and written back unchanged: older code can read it too."""
+    path = tmp_path / "alerts.db"
+    SqliteAlertStore(path).close()
+    stored = {
+        "level": "street",
+        "level_since_ms": 5_000,
+        "threshold": 25.0,
+        "receivers": ["duty", "orders"],
+        "incident": 3,
+        "incident_colour": "red",
+        "toggles_ms": [4_000, 4_500],
+        "flapping": True,
+        "dispatched": True,
+        "acknowledged_colour": "orange",
+        "acknowledged_by": "console:desk",
+        "resolved_at_ms": 6_000,
+        "peak": 58.0,
+        "peak_colour": "red",
+    }
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # version 1
+        db.execute("ALTER TABLE outbox DROP COLUMN created_ms")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+        for alert_id, extra in ((7, stored), (8, {})):
+            db.execute(
+                "INSERT INTO alerts VALUES (?, ?, ?, 'lel_pct', 'threshold', 'resolved', 'red',"
+                " 'chem', 'chem-a', '{}', 55.0, 1000, 6000, 0, 5500, 1, ?, 1)",
+                (alert_id, f"gas-{alert_id}", f"gas-{alert_id}", json.dumps(extra)),
+            )
+    store = SqliteAlertStore(path)
+    try:
+        old, bare = store.alerts.get(7), store.alerts.get(8)
+        assert old is not None and bare is not None
+        assert (old.level, old.level_since_ms, old.threshold) == ("street", 5_000, 25.0)
+        assert old.receivers == ["duty", "orders"]
+        assert (old.incident, old.incident_colour) == (3, "red")
+        assert (old.toggles_ms, old.flapping, old.dispatched) == ([4_000, 4_500], True, True)
+        assert (old.acknowledged_colour, old.acknowledged_by) == ("orange", "console:desk")
+        assert (old.resolved_at_ms, old.peak, old.peak_colour) == (6_000, 58.0, "red")
+        assert (bare.level, bare.level_since_ms, bare.incident, bare.receivers) == (
+            "grid",
+            None,
+            8,
+            [],
+        )
+        store.alerts.save(old, [])
+        store.alerts.save(bare, [])
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = dict(db.execute("SELECT id, extra FROM alerts").fetchall())
+    assert json.loads(rows[7]) == stored
+    assert json.loads(rows[8]) == {
+        "level": "grid",
+        "receivers": [],
+        "toggles_ms": [],
+        "flapping": False,
+        "dispatched": False,
+    }
+
+
+def test_alerts_db_checks_the_file_the_store_url_names(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    chosen = data_dir / "book" / "alerts.db"
+    chosen.parent.mkdir(parents=True)
+    chosen.write_text("alert log\n" * 1000)
+    SqliteAlertStore(data_dir / "alerts.db").close()  # a sound file where the default is
+    config = tmp_path / "smartunit.toml"
+    config.write_text('[alerts]\nstore = "sqlite:///book/alerts.db"\n')
+    env = {**os.environ, "SMARTUNIT_DATA_DIR": str(data_dir)}
+
+    checked = smartunit("alerts-db", "check", "--config", str(config), env=env)
+
+    assert checked.returncode == 1, checked
+    assert "damaged" in checked.stdout and str(chosen) in checked.stdout

@@ -8,7 +8,9 @@ objects.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -203,3 +205,30 @@ def test_a_gas_alarm_runs_the_loop_through_the_api_reopens_and_closes_verified(
     assert delivered() == types
     assert Receiver.bad_signatures == 0
     collector.stop()
+
+
+@pytest.mark.slow
+def test_the_alert_store_is_where_its_url_says(
+    make_settings, run_collector, gas_sensor: Sensor, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    presets = PRESETS.read_text()
+    rules = tmp_path / "rules.toml"
+    rules.write_text(presets[presets.index("[[rules]]") : presets.index("# A combustible gas")])
+    settings = make_settings(
+        registry,
+        detection={"rules": [rules], "statistical": None},
+        alerts={"store": "sqlite:///book/alerts.db"},
+        http={"tokens": {"work-orders": SecretStr(TOKEN)}},
+    )
+    run_collector(settings)
+    api = Api(settings.http.port)
+    gas_sensor.value = 55
+    (alert,) = wait_for(lambda: api.alerts(colour="red"), timeout_s=30)
+
+    chosen = settings.data_dir / "book" / "alerts.db"
+    with contextlib.closing(sqlite3.connect(f"file:{chosen}?mode=ro", uri=True)) as db:
+        stored = db.execute("SELECT device, colour FROM alerts WHERE id = ?", (alert["id"],))
+        assert stored.fetchall() == [("gas-1", "red")]
+    assert not (settings.data_dir / settings.alerts.database).exists()

@@ -44,5 +44,5 @@ def test_the_alert_store_waiting_list_outlasts_thousands_of_refused_writes(
     store.writable = True
     store.now += 1000.0
     assert pending.retry(10) == 1 and not pending.degraded
-    (alert,) = store.book.store.alerts()
+    (alert,) = store.book.find()
     assert alert.colour == "red"

@@ -128,7 +128,7 @@ def test_only_the_units_panel_acknowledges_its_alert(
     assert not accepted(port, "xinghua", "smartunit/v1/units/xinghua/ack", ack)
     assert not accepted(port, "unit@donghai", "smartunit/v1/units/xinghua/ack", ack)
     assert accepted(port, "unit@xinghua", "smartunit/v1/units/xinghua/ack", ack)
-    assert wait_for(lambda: book.store.get(alert_id).state == State.ACKNOWLEDGED)
+    assert wait_for(lambda: book.get(alert_id).state == State.ACKNOWLEDGED)
     acks = [e.actor for e in book.history(alert_id) if e.type.value == "acknowledged"]
     assert acks == ["field:xinghua:guard-3"]
     collector.stop()

@@ -50,7 +50,7 @@ def test_one_reading_from_the_future_does_not_blind_a_gas_detector(
     assert collector.collector.metrics()["clock_steps_back_total"] == 1
     alerts = collector.collector.alerts
     assert alerts is not None
-    assert [(a.fingerprint.device, a.colour) for a in alerts.store.alerts()] == [("gas-1", "red")]
+    assert [(a.fingerprint.device, a.colour) for a in alerts.find()] == [("gas-1", "red")]
     collector.stop()
 
 

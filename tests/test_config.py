@@ -81,6 +81,7 @@ def test_secrets_never_reach_a_log_line() -> None:
         ("typo = 1\n", "typo: unknown key"),
         ("[detection]\nstatistical_params = { noise_multipel = 1 }\n", "noise_multipel"),
         ("[detection]\nstatistical_params = { shift = { z = -1 } }\n", "z > 0"),
+        ("[alerts]\nstore = 'postgres://db/alerts'\n", "alerts.store"),
     ],
 )
 def test_bad_keys_are_named_and_exit_2(tmp_path: Path, text: str, key: str) -> None:

@@ -47,7 +47,7 @@ def test_a_recovered_red_shows_its_peak_and_who_handles_it(tmp_path: Path) -> No
     book.on_detection(gas("cleared", "green", 6 * MIN, 1.2, None))
     book.acknowledge(opened.alert_id, actor="console:值班员 李", now_ms=7 * MIN)
 
-    alert = book.store.get(opened.alert_id)
+    alert = book.get(opened.alert_id)
     assert alert is not None
     shown = ApiContext(book=book, tokens={}).alert_json(alert)
     assert shown["value"] == 1.2 and shown["threshold"] == 50.0

@@ -61,7 +61,7 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
         json.dumps({"alert_id": red.alert_id, "actor": "guard-3", "note": "evacuating hall B"}),
     )
     publisher.publish("smartunit/v1/units/xinghua/ack", b"not json")
-    assert wait_for(lambda: book.store.get(red.alert_id).state == State.ACKNOWLEDGED)
+    assert wait_for(lambda: book.get(red.alert_id).state == State.ACKNOWLEDGED)
     acks = [e for e in book.history(red.alert_id) if e.type.value == "acknowledged"]
     assert [(e.actor, e.note) for e in acks] == [("field:xinghua:guard-3", "evacuating hall B")]
     # a name that would read backwards in the trail is kept, without its control characters
@@ -71,7 +71,7 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
             {"alert_id": orange.alert_id, "actor": "guard\u202e-4\x07", "note": "a\u202eb\n"}
         ),
     )
-    assert wait_for(lambda: book.store.get(orange.alert_id).state == State.ACKNOWLEDGED)
+    assert wait_for(lambda: book.get(orange.alert_id).state == State.ACKNOWLEDGED)
     acks = [e for e in book.history(orange.alert_id) if e.type.value == "acknowledged"]
     assert [(e.actor, e.note) for e in acks] == [("field:xinghua:guard-4", "ab\n")]
 
@@ -82,7 +82,7 @@ def test_units_see_their_worst_colour_and_can_acknowledge_on_site(
             DetectionEvent(
                 "cleared",
                 "combustible-gas",
-                book.store.get(alert_id).fingerprint.device,
+                book.get(alert_id).fingerprint.device,
                 "chem",
                 "lel_pct",
                 "xinghua",
@@ -148,9 +148,9 @@ def test_acks_for_pseudo_units_or_on_any_other_topic_are_refused(
     # one valid ack last: once it is applied, every message before it has been judged
     other = alert_of(book, "gas-2", "xinghua")
     publisher.publish("smartunit/v1/units/xinghua/ack", json.dumps({"alert_id": other}))
-    assert wait_for(lambda: book.store.get(other).state == State.ACKNOWLEDGED)
+    assert wait_for(lambda: book.get(other).state == State.ACKNOWLEDGED)
     for alert_id in (fleet, operator, unregistered, xinghua):
-        assert book.store.get(alert_id).state != State.ACKNOWLEDGED, alert_id
+        assert book.get(alert_id).state != State.ACKNOWLEDGED, alert_id
     rejections = collector.stats.rejections
     assert rejections["ack_refused"] == 4
     assert rejections["unknown_family"] == 2  # "units" is no device family

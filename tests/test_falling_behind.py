@@ -32,12 +32,12 @@ def test_late_arrivals_raise_and_clear_the_operator_alert(
             time.sleep(0.02)
 
     send(age_s=0.0, seconds=1.0)  # on time: nothing to say
-    assert not [a for a in book.store.alerts() if a.fingerprint.detector == "collector-behind"]
+    assert not [a for a in book.find() if a.fingerprint.detector == "collector-behind"]
 
     send(age_s=90.0, seconds=1.5)  # every reading arrives 90 s after it was taken
 
     def behind() -> list:
-        return [a for a in book.store.alerts() if a.fingerprint.detector == "collector-behind"]
+        return [a for a in book.find() if a.fingerprint.detector == "collector-behind"]
 
     (alert,) = wait_for(behind, timeout_s=5)
     assert alert.colour == "orange" and alert.family == "system" and alert.condition_active

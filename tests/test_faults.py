@@ -218,12 +218,12 @@ def test_webhook_receiver_down_under_load_gets_every_event_once(
     outage_end = time.monotonic() + 30
     book = collector.collector.alerts
     assert book is not None
-    poll(book.store.outbox_counts, lambda c: c.get("pending", 0) >= 10, 10)
+    poll(book.outbox_counts, lambda c: c.get("pending", 0) >= 10, 10)
     time.sleep(max(0.0, outage_end - time.monotonic()))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        counts = poll(book.store.outbox_counts, lambda c: not c.get("pending"), 30, 0.2)
+        counts = poll(book.outbox_counts, lambda c: not c.get("pending"), 30, 0.2)
         sent = load.stop()
     finally:
         server.shutdown()

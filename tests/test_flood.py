@@ -125,9 +125,7 @@ def test_a_qos0_flood_the_collector_cannot_take_yet_stays_bounded(broker, receiv
 
 
 def rate_alerts(collector, detector: str) -> list:
-    return [
-        a for a in collector.collector.alerts.store.alerts() if a.fingerprint.detector == detector
-    ]
+    return [a for a in collector.collector.alerts.find() if a.fingerprint.detector == detector]
 
 
 @pytest.mark.slow

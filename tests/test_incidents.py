@@ -67,7 +67,7 @@ def test_a_red_alert_in_a_yellow_incident_reaches_an_orange_only_receiver(tmp_pa
         (gas.alert_id, EventType.ESCALATED),
         (tank.alert_id, EventType.INCIDENT_ESCALATED),
     ]
-    assert book.store.get(tank.alert_id).extra["level"] == "grid"
+    assert book.get(tank.alert_id).level == "grid"
     assert outbox(tmp_path, "desk")[-1]["event"]["type"] == "incident_escalated"
     assert outbox(tmp_path, "each")[-1]["event"]["type"] == "escalated"
 
@@ -92,16 +92,16 @@ def test_an_acknowledgement_covers_what_was_there_when_it_was_given(tmp_path: Pa
     book.acknowledge(tank.alert_id, actor="desk", now_ms=MIN)
 
     gas = book.on_detection(detection("raised", "red", 2 * MIN, "gas-1"))[0]
-    red = book.store.get(gas.alert_id)
+    red = book.get(gas.alert_id)
     assert red is not None and red.state == State.OPEN and not red.acknowledged
     # the incident the desk acknowledged was yellow: it needs the desk again
-    leader = book.store.get(tank.alert_id)
+    leader = book.get(tank.alert_id)
     assert leader is not None and leader.state == State.OPEN and not leader.acknowledged
     assert book.escalate(3 * MIN + 1, DEADLINES)[0].alert_id == gas.alert_id  # red: 1 min
 
     # a fresh acknowledgement of the leader covers the red alert too
     book.acknowledge(tank.alert_id, actor="desk", now_ms=4 * MIN)
-    assert {book.store.get(i).state for i in (tank.alert_id, gas.alert_id)} == {State.ACKNOWLEDGED}
+    assert {book.get(i).state for i in (tank.alert_id, gas.alert_id)} == {State.ACKNOWLEDGED}
     assert book.acknowledge(tank.alert_id, actor="desk", now_ms=5 * MIN) == []  # idempotent
 
 
@@ -111,7 +111,7 @@ def test_an_acknowledged_alert_that_rises_needs_acknowledgement_again(tmp_path: 
     book.acknowledge(gas.alert_id, actor="desk", now_ms=MIN)
     book.on_detection(detection("changed", "yellow", 2 * MIN, "gas-1"))
     book.on_detection(detection("changed", "orange", 3 * MIN, "gas-1"))  # what was seen
-    assert book.store.get(gas.alert_id).state == State.ACKNOWLEDGED
+    assert book.get(gas.alert_id).state == State.ACKNOWLEDGED
 
     (rose,) = book.on_detection(detection("changed", "red", 4 * MIN, "gas-1"))
     assert rose.state == State.OPEN and "above the orange acknowledged" in rose.note
@@ -163,7 +163,7 @@ def test_an_alarm_after_the_incident_was_resolved_is_a_work_order_of_its_own(
         for e in book.on_detection(detection("raised", "red", 3 * MIN, "gas-1"))
         if e.type == EventType.OPENED
     ]
-    assert book.store.get(gas.alert_id).incident == gas.alert_id
+    assert book.get(gas.alert_id).incident == gas.alert_id
     native = outbox(tmp_path, "desk")[-1]
     assert native["event"]["type"] == "opened" and native["alert"]["id"] == gas.alert_id
     message = outbox(tmp_path, "alerta")[-1]
@@ -173,10 +173,10 @@ def test_an_alarm_after_the_incident_was_resolved_is_a_work_order_of_its_own(
 
     # the old incident closes; an alert joining later joins the new one
     book.verify(20 * MIN, lambda device: True)
-    assert book.store.get(tank.alert_id).state == State.CLOSED
+    assert book.get(tank.alert_id).state == State.CLOSED
     pump, *told_leader = book.on_detection(
         detection("raised", "orange", 21 * MIN, "pump-1", "temp_c")
     )
     assert [e.alert_id for e in told_leader] == [gas.alert_id]
-    assert book.store.get(pump.alert_id).incident == gas.alert_id
+    assert book.get(pump.alert_id).incident == gas.alert_id
     assert outbox(tmp_path, "desk")[-1]["event"]["type"] == "incident_joined"

@@ -520,18 +520,18 @@ def test_a_retained_on_site_acknowledgement_is_not_replayed_onto_a_reopened_aler
     (red,) = book.on_detection(raised("gas-ret", "retain-unit", "red"))
     ack = "smartunit/v1/units/retain-unit/ack"
     publisher.publish(ack, json.dumps({"alert_id": red.alert_id, "actor": "g1"}), retain=True)
-    assert poll(lambda: book.store.get(red.alert_id).state, State.ACKNOWLEDGED.__eq__)
+    assert poll(lambda: book.get(red.alert_id).state, State.ACKNOWLEDGED.__eq__)
     now = round(time.time() * 1000)
     book.on_detection(replace(raised("gas-ret", "retain-unit", "green"), kind="cleared"))
     book.resolve(red.alert_id, actor="desk", now_ms=now)
     book.on_detection(raised("gas-ret", "retain-unit", "red"))  # the fix did not hold
-    assert book.store.get(red.alert_id).state == State.REOPENED
+    assert book.get(red.alert_id).state == State.REOPENED
     collector.stop()
 
     collector = run_collector(settings)  # the session resumes; the retained ack comes again
     book = collector.collector.alerts
     assert poll(lambda: collector.stats.rejections["retained"], lambda n: n >= 1) == 1
-    assert book.store.get(red.alert_id).state == State.REOPENED  # still needs a person
+    assert book.get(red.alert_id).state == State.REOPENED  # still needs a person
     acks = [e for e in book.history(red.alert_id) if e.type.value == "acknowledged"]
     assert len(acks) == 1
     collector.stop()

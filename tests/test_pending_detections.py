@@ -25,7 +25,8 @@ def gas(kind: str, colour: str, at_ms: int, device: str = "gas-1") -> DetectionE
 
 class Store:
     def __init__(self, tmp_path: Path) -> None:
-        self.book = AlertBook(SqliteAlertStore(tmp_path / "alerts.db"))
+        self.storage = SqliteAlertStore(tmp_path / "alerts.db")
+        self.book = AlertBook(self.storage)
         self.writable = True
         self.now = 0.0
 
@@ -52,7 +53,7 @@ def test_detections_wait_in_order_and_are_stored_once_the_store_takes_writes(
 
     store.writable, store.now = True, 100.0
     assert pending.due() and pending.retry(10) == 3 and not pending.degraded
-    (alert,) = store.book.store.alerts()
+    (alert,) = store.book.find()
     history = [(e.type, e.colour, e.at_ms) for e in store.book.history(alert.id)]
     assert history == [
         (EventType.OPENED, "yellow", 0),  # opened when it happened
@@ -72,7 +73,7 @@ def test_a_full_waiting_list_gives_up_the_least_severe_fingerprint(tmp_path: Pat
     assert pending.dropped == 1 and len(pending) == 2
     store.writable, store.now = True, 100.0
     pending.retry(10)
-    assert sorted(a.fingerprint.device for a in store.book.store.alerts()) == ["gas-1", "gas-3"]
+    assert sorted(a.fingerprint.device for a in store.book.find()) == ["gas-1", "gas-3"]
 
 
 def test_a_join_is_stored_with_its_alert_or_not_at_all(
@@ -89,7 +90,7 @@ def test_a_join_is_stored_with_its_alert_or_not_at_all(
         "raised", "combustible-gas", "gas-1", "chem", "lel_pct", "xinghua", "red", "", 55.0, 1
     )  # type: ignore[arg-type]
     assert pending.submit(tank, {})
-    sqlite_store = store.book.store
+    sqlite_store = store.storage.alerts
     insert_events = sqlite_store._insert_events
     failing = {"left": 1}
 
@@ -101,9 +102,9 @@ def test_a_join_is_stored_with_its_alert_or_not_at_all(
 
     monkeypatch.setattr(sqlite_store, "_insert_events", fails_at_the_leader)
     assert not pending.submit(red, {})
-    assert [a.fingerprint.device for a in sqlite_store.alerts()] == ["tank-1"]  # all or none
+    assert [a.fingerprint.device for a in sqlite_store.matching()] == ["tank-1"]  # all or none
     store.now = 100.0
     assert pending.retry(10) == 1
-    leader, member = sqlite_store.alerts()
+    leader, member = sqlite_store.matching()
     assert member.incident == leader.id
     assert [e.type for e in store.book.history(leader.id)][-1] == EventType.INCIDENT_JOINED

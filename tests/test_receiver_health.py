@@ -335,8 +335,8 @@ def test_an_outbox_of_the_schema_before_gets_creation_times_that_give_nothing_up
     before_ms = time.time() * 1000
     store = SqliteAlertStore(path)
     try:
-        (row,) = store.due(round(time.time() * 1000), "orders")
-        backlog = store.backlogs()["orders"]
+        (row,) = store.outbox.due(round(time.time() * 1000), "orders")
+        backlog = store.outbox.backlogs()["orders"]
     finally:
         store.close()
     # Its age is unknown: it counts from the upgrade, not from 1970 (given up at once).

@@ -88,7 +88,7 @@ def test_a_device_naming_quantities_without_end_is_capped(
     assert alerts is not None
     found = [
         (a.fingerprint.device, a.fingerprint.detector)
-        for a in alerts.store.alerts()
+        for a in alerts.find()
         if a.family == "system"
     ]
     assert found == [("gas-1", "quantity-cap")]
@@ -117,7 +117,7 @@ def test_the_collector_holds_no_more_series_than_its_cap(
     assert len(devices) == 5
     alerts = collector.collector.alerts
     assert alerts is not None
-    assert [(a.fingerprint.device, a.fingerprint.detector) for a in alerts.store.alerts()] == [
+    assert [(a.fingerprint.device, a.fingerprint.detector) for a in alerts.find()] == [
         (settings.mqtt.client_id, "series-cap")
     ]
     collector.stop()

@@ -130,7 +130,7 @@ def test_a_damaged_spool_record_is_skipped_reported_and_the_rest_replayed(
     book = collector.collector.alerts
 
     def corrupt() -> list:
-        return [a for a in book.store.alerts() if a.fingerprint.detector == "spool-corrupt"]
+        return [a for a in book.find() if a.fingerprint.detector == "spool-corrupt"]
 
     (alert,) = poll(corrupt, bool, 20)
     assert (alert.colour, alert.family) == ("red", "system")

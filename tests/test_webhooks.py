@@ -105,14 +105,14 @@ def make(
     )
     store = SqliteAlertStore(tmp_path / "alerts.db")
     book = AlertBook(store, router=Notifier([receiver], "http://console").route)
-    return book, Dispatcher(store, [receiver], book, retry_initial_s=0.05, retry_max_s=0.2)
+    return book, Dispatcher(store.outbox, [receiver], book, retry_initial_s=0.05, retry_max_s=0.2)
 
 
 async def drain(dispatcher: Dispatcher, deadline_s: float = 20.0) -> None:
     """Run the dispatcher until nothing is pending (or the deadline), then stop it."""
     running = asyncio.create_task(dispatcher.run(interval_s=0.05))
     end = time.monotonic() + deadline_s
-    while dispatcher.store.outbox_counts().get("pending") and time.monotonic() < end:
+    while dispatcher.outbox.counts().get("pending") and time.monotonic() < end:
         await asyncio.sleep(0.05)
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
@@ -160,7 +160,7 @@ def test_a_refusing_receiver_fills_the_dead_letter_list(tmp_path: Path, receiver
     book.on_detection(gas("raised", "orange", 0, "gas-3"))
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
-    assert dispatcher.store.outbox_counts() == {"dead": 1}
+    assert dispatcher.outbox.counts() == {"dead": 1}
     assert Receiver.requests == 1  # not retried: a 4xx is final
 
 
@@ -180,7 +180,7 @@ def test_the_first_delivery_marks_the_alert_dispatched(tmp_path: Path, receiver_
     (opened,) = book.on_detection(gas("raised", "orange", 0, "gas-4"))
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
-    alert = book.store.get(opened.alert_id)
+    alert = book.get(opened.alert_id)
     assert alert is not None and alert.state.value == "dispatched"
     history = [e.type.value for e in book.history(opened.alert_id)]
     assert history == ["opened", "dispatched"]
@@ -223,10 +223,10 @@ def test_events_for_a_receiver_no_longer_configured_go_to_the_dead_letter_list(
     book.on_detection(gas("raised", "orange", 0, "gas-6"))
     asyncio.run(dispatcher.aclose())
     other = ReceiverSettings(name="other", url=receiver_url, secret=SECRET)
-    restarted = Dispatcher(dispatcher.store, [other], book)  # reconfigured, restarted
+    restarted = Dispatcher(dispatcher.outbox, [other], book)  # reconfigured, restarted
     asyncio.run(drain(restarted))
     asyncio.run(restarted.aclose())
-    assert restarted.store.outbox_counts() == {"dead": 1}
+    assert restarted.outbox.counts() == {"dead": 1}
     assert Receiver.requests == 0
 
 
@@ -349,3 +349,12 @@ def test_a_silent_gateway_is_an_alertmanager_alert_without_a_value(
     assert "quantity" not in alert["labels"]  # empty labels are absent, as in Prometheus
     assert "value" not in alert["annotations"] and "threshold" not in alert["annotations"]
     assert alert["annotations"]["summary"] == "orange silence on gw-1 of unit-a"
+
+
+def test_every_configurable_format_is_registered() -> None:
+    from typing import get_args
+
+    from collector.alerts.formats import FORMATS
+    from collector.config import ReceiverSettings as Settings
+
+    assert set(get_args(Settings.model_fields["format"].annotation)) == set(FORMATS)

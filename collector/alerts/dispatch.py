@@ -43,11 +43,11 @@ from typing import Any
 
 import httpx
 
+from collector.alerts.backends import STORE_ERRORS
 from collector.alerts.health import ReceiverHealth
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
-from collector.alerts.pending import STORE_ERRORS
-from collector.alerts.store import AlertStore, Backlog, OutboxRow
+from collector.alerts.outbox import Backlog, OutboxRepository, OutboxRow
 from collector.backoff import Backoff
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
@@ -65,14 +65,14 @@ FAILURE_LOG_INTERVAL_S = 60.0
 class Dispatcher:
     def __init__(
         self,
-        store: AlertStore,
+        outbox: OutboxRepository,
         receivers: Sequence[ReceiverSettings],
         book: AlertBook,
         *,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 300.0,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
         self.book = book
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
         self.backoff = Backoff(initial_s=retry_initial_s, max_s=retry_max_s)
@@ -85,7 +85,7 @@ class Dispatcher:
     def status(self) -> list[dict[str, Any]]:
         """Each receiver's health and backlog: the API, /metrics and the console show it."""
         now_ms = round(time.time() * 1000)
-        backlogs = self.store.backlogs()
+        backlogs = self.outbox.backlogs()
         found = []
         for name, lane in self.lanes.items():
             health, backlog = lane.health, backlogs.get(name, Backlog())
@@ -138,7 +138,7 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         # Receivers are configured at start: rows left for one that is gone never go out.
         try:
-            orphans = self.store.dead_unless_receiver(list(self.lanes), "receiver not configured")
+            orphans = self.outbox.dead_unless_receiver(list(self.lanes), "receiver not configured")
         except STORE_ERRORS as exc:  # the store failing: the rows wait for the next start
             log.error("webhook outbox cannot be written", extra={"error": str(exc)[:300]})
             orphans = 0
@@ -196,7 +196,7 @@ class ReceiverLane:
         if room <= 0:
             return
         # A row in flight is still pending, so it comes back: ask for that many more.
-        rows = self.dispatcher.store.due(
+        rows = self.dispatcher.outbox.due(
             round(time.time() * 1000), self.receiver.name, limit=len(self.in_flight) + room
         )
         for row in rows:
@@ -225,7 +225,7 @@ class ReceiverLane:
 
     async def _send(self, row: OutboxRow) -> None:
         receiver, dispatcher = self.receiver, self.dispatcher
-        store, results = dispatcher.store, dispatcher.results
+        outbox, results = dispatcher.outbox, dispatcher.results
         headers = {EVENT_ID_HEADER: row.event_key}
         if receiver.secret is not None:
             headers[SIGNATURE_HEADER] = sign(
@@ -249,7 +249,7 @@ class ReceiverLane:
             status = response.status_code
             if 200 <= status < 300:
                 now_ms = round(time.time() * 1000)
-                store.delivered(row.id, now_ms)
+                outbox.delivered(row.id, now_ms)
                 results["delivered"] += 1
                 self._delivered(now_ms)
                 dispatcher.book.dispatched(
@@ -273,7 +273,7 @@ class ReceiverLane:
             )
             return
         delay = dispatcher.backoff.delay(row.attempts + 1, retry_after_s=retry_after)
-        store.retry_later(row.id, round((time.time() + delay) * 1000), error)
+        outbox.retry_later(row.id, round((time.time() + delay) * 1000), error)
         results["retried"] += 1
         dispatcher.failure_log.warning(
             f"failed:{self.name}",
@@ -291,7 +291,7 @@ class ReceiverLane:
         if health.failing_since_ms is not None:
             # It is back: what waits for it goes now, not each event at the end of its
             # own backoff (up to retry_max_s after the receiver recovered).
-            waiting = self.dispatcher.store.retry_now(self.name)
+            waiting = self.dispatcher.outbox.retry_now(self.name)
             log.warning(
                 "webhook receiver takes events again",
                 extra={
@@ -304,7 +304,7 @@ class ReceiverLane:
         health.record_delivery(now_ms)
 
     def _dead(self, row: OutboxRow, error: str, message: str, *, given_up: bool = False) -> None:
-        self.dispatcher.store.dead(row.id, error)
+        self.dispatcher.outbox.dead(row.id, error)
         self.dispatcher.results["dead"] += 1
         self.health.record_dead_letter(given_up=given_up)
         # Never silent: every one counted (API, /metrics) and raised as an operator alert.

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.alerts.model import Alert, AlertEvent, EventType, State
+from collector.alerts.model import SYSTEM, Alert, AlertEvent, EventType, State
 from detectors.levels import COLOURS
-
-SYSTEM = "system"
 
 
 @dataclass
@@ -57,7 +55,7 @@ def tell_leader(change: Change, lead: Change) -> bool:
     matches them: these events are how a red alert in a yellow incident reaches an
     orange-only receiver."""
     member, leader = change.alert, lead.alert
-    before = str(leader.extra.get("incident_colour", leader.colour))
+    before = leader.incident_colour or leader.colour
     rose = COLOURS.index(member.colour) > COLOURS.index(before)
     what = f"alert {member.id} ({member.fingerprint.device} {member.fingerprint.quantity})"
     told: list[tuple[EventType, int, str]] = []
@@ -93,5 +91,5 @@ def await_acknowledgement(alert: Alert, at_ms: int) -> None:
     if not alert.condition_active:
         alert.state = State.RECOVERED
     else:
-        alert.state = State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN
-    alert.extra["level_since_ms"] = at_ms
+        alert.state = State.DISPATCHED if alert.dispatched else State.OPEN
+    alert.level_since_ms = at_ms

@@ -5,51 +5,37 @@ device or gateway silent or resumed) and workflow actions from people and integr
 (acknowledge, resolve, comment). Actions are idempotent: acknowledging an acknowledged
 alert changes nothing and records nothing. Time is always passed in (``now_ms``), never
 read inside, so verification windows and deadlines can be compressed by configuration.
+
+How a change is written and told is the ledger's (``ledger``); verification and
+escalation run on the clock (``sweeps``).
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from collector.alerts.incidents import (
-    SYSTEM,
-    Change,
-    await_acknowledgement,
-    leader_of,
-    tell_leader,
-)
+from collector.alerts import sweeps
+from collector.alerts.incidents import await_acknowledgement
+from collector.alerts.ledger import EventListener, IncidentRouter, Ledger
 from collector.alerts.model import (
     ACK_FROM,
-    ACTIVE_STATES,
     DISPATCH_FROM,
-    ESCALATES_FROM,
-    ESCALATION_LEVELS,
     RESOLVE_FROM,
-    TOGGLES,
+    SYSTEM,
     Alert,
     AlertEvent,
+    Detection,
     EventType,
     Fingerprint,
     Silence,
     State,
-    worst_level,
+    opened_by,
 )
-from collector.alerts.notify import OutboxEntry
-from collector.alerts.store import AlertStore, Write
-from collector.detection import DetectionEvent
+from collector.alerts.repositories import AlertStorage
 from collector.errors import AlertActionError, TransitionError, UnknownAlertError
 from detectors.levels import COLOURS
-
-VERIFIER = "verifier"
-
-
-EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
-# Outbox entries for an alert's events, given the other active alerts of its incident.
-IncidentRouter = Callable[[Alert, Sequence[AlertEvent], Sequence[Alert]], Sequence[OutboxEntry]]
-
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,32 +49,15 @@ def _serialised(method: F) -> F:
     return cast(F, wrapper)
 
 
-def _note_peak(alert: Alert, colour: str, value: float | None, threshold: float | None) -> None:
-    """Keep the value at the worst colour reached (the one furthest past its limit): what
-    an alert that has since recovered was at its height."""
-    if value is None:
-        return
-    peak, peak_colour = alert.extra.get("peak"), alert.extra.get("peak_colour")
-    if peak is not None and peak_colour in COLOURS:
-        rank, peak_rank = COLOURS.index(colour), COLOURS.index(peak_colour)
-        if rank < peak_rank:
-            return
-        if (
-            rank == peak_rank
-            and threshold is not None
-            and abs(value - threshold) < abs(peak - threshold)
-        ):
-            return
-    alert.extra["peak"], alert.extra["peak_colour"] = value, colour
-
-
 class AlertBook:
-    """``listeners`` hear of every committed change, whoever caused it (detector, API,
+    """What the rest of the service changes and reads alerts through (never the store).
+
+    ``listeners`` hear of every committed change, whoever caused it (detector, API,
     verifier): annotations, notifications and the field downlink hang on them."""
 
     def __init__(
         self,
-        store: AlertStore,
+        storage: AlertStorage,
         *,
         verify_window_s: float = 300.0,
         listeners: Sequence[EventListener] = (),
@@ -96,111 +65,19 @@ class AlertBook:
         flap_window_s: float = 3600.0,
         flap_toggles: int = 6,
     ) -> None:
-        self.store = store
-        self.router = router  # outbox entries for each change, written in its transaction
-        self.flap_window_ms = round(flap_window_s * 1000)
-        self.flap_toggles = flap_toggles
+        self._storage = storage
+        self._alerts = storage.alerts
+        self._silences = storage.silences
+        self._ledger = Ledger(
+            storage.alerts,
+            storage.silences,
+            listeners=listeners,
+            router=router,
+            flap_window_s=flap_window_s,
+            flap_toggles=flap_toggles,
+        )
+        self._lock = self._ledger.lock
         self.verify_window_ms = round(verify_window_s * 1000)
-        self.listeners = list(listeners)
-        # Detections (collector loop) and people (HTTP API threads) change the same alerts:
-        # each operation reads, decides and writes as one step.
-        self._lock = threading.RLock()
-
-    def _tell(self, alert: Alert, events: Sequence[AlertEvent]) -> None:
-        for listener in self.listeners:
-            listener(alert, events)
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _change(self, alert: Alert) -> Change:
-        return Change(alert, [], self.store.last_seq(alert.id) + 1)
-
-    def _commit(self, change: Change) -> list[AlertEvent]:
-        """Save the change, with its outbox and what it means for the incident's leader,
-        in one transaction: a retry after a failed write finds all of it or none."""
-        if not change.events:
-            return []
-        alert = change.alert
-        incident = self._incident(alert)
-        writes = [self._write(change, incident, self._silenced_at(change))]
-        leader = leader_of(alert, incident)
-        if leader is not None:
-            lead = self._change(leader)
-            if tell_leader(change, lead):
-                others = [a for a in incident if a.id != leader.id] + [alert]
-                writes.append(self._write(lead, others, self._silenced_at(lead)))
-        self.store.save_all(writes)
-        for saved, events, _ in writes:
-            self._tell(saved, events)
-        return [event for _, events, _ in writes for event in events]
-
-    def _write(self, change: Change, incident: Sequence[Alert], silenced: bool) -> Write:
-        """The alert's row, events and outbox entries, decided in memory (no store access:
-        a new alert's are decided inside the store's transaction)."""
-        self._watch_flapping(change)
-        alert = change.alert
-        alert.extra["incident_colour"] = COLOURS[worst_level([alert, *incident])]
-        notifiable = self._notifiable(change, silenced)
-        outbox = self.router(alert, notifiable, incident) if self.router else ()
-        return alert, change.events, outbox
-
-    def _silenced_at(self, change: Change) -> bool:
-        return self.silenced(change.alert, max(e.at_ms for e in change.events))
-
-    def _incident(self, alert: Alert) -> list[Alert]:
-        """The other active alerts of the alert's incident."""
-        if not alert.unit:
-            return []
-        return [
-            a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=alert.unit)
-            if a.incident == alert.incident and a.id != alert.id
-        ]
-
-    @staticmethod
-    def _notifiable(change: Change, silenced: bool) -> list[AlertEvent]:
-        """The events that may notify: none under a silence, no toggles while flapping."""
-        alert = change.alert
-        if silenced:
-            return []
-        if alert.extra.get("flapping"):
-            return [e for e in change.events if e.type not in TOGGLES]
-        return change.events
-
-    def _watch_flapping(self, change: Change) -> None:
-        """Mark an alert flapping when its condition toggles too often; unmark when calm."""
-        alert = change.alert
-        toggles = list(alert.extra.get("toggles_ms", []))
-        toggles += [e.at_ms for e in change.events if e.type in TOGGLES]
-        if not toggles:
-            return
-        horizon = max(toggles) - self.flap_window_ms
-        toggles = [t for t in toggles if t > horizon]
-        alert.extra["toggles_ms"] = toggles
-        flapping = len(toggles) >= self.flap_toggles
-        if flapping != bool(alert.extra.get("flapping")):
-            alert.extra["flapping"] = flapping
-            change.record(
-                EventType.FLAPPING,
-                max(toggles),
-                SYSTEM,
-                f"{len(toggles)} toggles in {self.flap_window_ms / 1000:.0f} s: "
-                + ("notifying the state, not each toggle" if flapping else "calm again"),
-            )
-
-    def _incident_leader(self, unit: str) -> Alert | None:
-        """The leading alert of the unit's open incident, if there is one.
-
-        A resolved incident takes no new alerts: it only waits for verification and
-        nobody works on it any more, so a new alarm there is a work order of its own."""
-        if not unit:
-            return None
-        leaders = [
-            a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=unit)
-            if a.leads_incident and a.state != State.RESOLVED
-        ]
-        return min(leaders, key=lambda a: a.id) if leaders else None
 
     def _for_incident(
         self,
@@ -214,22 +91,12 @@ class AlertBook:
         if not leader.leads_incident:
             return []
         events: list[AlertEvent] = []
-        for member in self._members(leader):
+        for member in self._ledger.members(leader):
             if member.state in allowed:
                 events += action(
                     member.id, actor=actor, now_ms=now_ms, note=f"with incident {leader.id}"
                 )
         return events
-
-    def _members(self, leader: Alert) -> list[Alert]:
-        return [
-            a
-            for a in self.store.alerts(states=sorted(ACTIVE_STATES), unit=leader.unit)
-            if a.incident == leader.id and a.id != leader.id
-        ]
-
-    def silenced(self, alert: Alert, now_ms: int) -> bool:
-        return any(s.covers(alert, now_ms) for s in self.store.silences(now_ms))
 
     @_serialised
     def silence(
@@ -246,10 +113,10 @@ class AlertBook:
             raise AlertActionError("a silence covers one unit or one device")
         if ends_ms <= starts_ms:
             raise AlertActionError("a silence must end after it starts")
-        return self.store.add_silence(Silence(0, unit, device, starts_ms, ends_ms, actor, reason))
+        return self._silences.add(Silence(0, unit, device, starts_ms, ends_ms, actor, reason))
 
     def _require(self, alert_id: int) -> Alert:
-        alert = self.store.get(alert_id)
+        alert = self._alerts.get(alert_id)
         if alert is None:
             raise UnknownAlertError(alert_id)
         return alert
@@ -258,7 +125,7 @@ class AlertBook:
 
     @_serialised
     def on_detection(
-        self, event: DetectionEvent, hierarchy: dict[str, str] | None = None
+        self, event: Detection, hierarchy: dict[str, str] | None = None
     ) -> list[AlertEvent]:
         fingerprint = Fingerprint(event.device, event.quantity, event.detector)
         value = event.value if event.value == event.value else None  # NaN: no value
@@ -269,48 +136,17 @@ class AlertBook:
     def _raise(
         self,
         fingerprint: Fingerprint,
-        event: DetectionEvent,
+        event: Detection,
         value: float | None,
         hierarchy: dict[str, str],
     ) -> list[AlertEvent]:
-        alert = self.store.find_active(fingerprint)
+        alert = self._alerts.find_active(fingerprint)
         if alert is None:
-            alert = Alert(
-                id=0,
-                fingerprint=fingerprint,
-                state=State.OPEN,
-                colour=event.colour,
-                family=event.family,
-                unit=event.unit,
-                hierarchy=hierarchy,
-                value=value,
-                started_at_ms=event.ts_ms,
-                updated_at_ms=event.ts_ms,
-                condition_active=True,
-                condition_changed_at_ms=event.ts_ms,
-                extra={
-                    "level": ESCALATION_LEVELS[0],
-                    "level_since_ms": event.ts_ms,
-                    "threshold": event.threshold,
-                    "peak": value,
-                    "peak_colour": event.colour,
-                },
-            )
-            opened = AlertEvent(
-                0,
-                1,
-                EventType.OPENED,
-                event.ts_ms,
-                SYSTEM,
-                f"{event.detector}: {event.colour}",
-                alert.state,
-                alert.colour,
-                value,
-            )
-            return self._open(alert, opened)
-        change = self._change(alert)
+            alert, opened = opened_by(event, fingerprint, value, hierarchy)
+            return self._ledger.open(alert, opened)
+        change = self._ledger.change(alert)
         alert.value = value
-        _note_peak(alert, event.colour, value, event.threshold)
+        alert.note_peak(event.colour, value, event.threshold)
         if not alert.condition_active:
             alert.condition_active = True
             alert.condition_changed_at_ms = event.ts_ms
@@ -318,7 +154,7 @@ class AlertBook:
                 # The fix did not hold: someone must take it on again, and the
                 # acknowledgement deadline runs afresh at the level reached.
                 alert.state, alert.acknowledged = State.REOPENED, False
-                alert.extra["level_since_ms"] = event.ts_ms
+                alert.level_since_ms = event.ts_ms
                 change.record(
                     EventType.REOPENED,
                     event.ts_ms,
@@ -330,14 +166,14 @@ class AlertBook:
                     alert.state = (
                         State.ACKNOWLEDGED
                         if alert.acknowledged
-                        else (State.DISPATCHED if alert.extra.get("dispatched") else State.OPEN)
+                        else (State.DISPATCHED if alert.dispatched else State.OPEN)
                     )
                 change.record(EventType.CONDITION_RETURNED, event.ts_ms, SYSTEM)
         if event.colour != alert.colour:
             previous, alert.colour = alert.colour, event.colour
-            alert.extra["threshold"] = event.threshold
+            alert.threshold = event.threshold
             note = f"{previous} -> {event.colour}"
-            seen = str(alert.extra.get("acknowledged_colour", previous))
+            seen = alert.acknowledged_colour or previous
             if alert.state == State.ACKNOWLEDGED and COLOURS.index(event.colour) > COLOURS.index(
                 seen
             ):
@@ -346,41 +182,13 @@ class AlertBook:
                 change.ack_voided = True
                 note += f", above the {seen} acknowledged"
             change.record(EventType.COLOUR_CHANGED, event.ts_ms, SYSTEM, note)
-        return self._commit(change)
-
-    def _open(self, alert: Alert, opened: AlertEvent) -> list[AlertEvent]:
-        """Store a new alert, and what its joining means for its unit's incident, in one
-        transaction (the store numbers the alert inside it)."""
-        leader = self._incident_leader(alert.unit)
-        incident: list[Alert] = []
-        lead: Change | None = None
-        lead_silenced = False
-        if leader is not None:
-            alert.extra["incident"] = leader.id
-            incident = self._incident(alert)
-            lead = self._change(leader)
-            lead_silenced = self.silenced(leader, opened.at_ms)
-        silenced = self.silenced(alert, opened.at_ms)
-        also: list[Write] = []
-
-        def decide(created: Alert, events: list[AlertEvent]) -> list[Write]:
-            writes = [self._write(Change(created, events, 2), incident, silenced)]
-            if lead is not None and tell_leader(Change(created, events, 2), lead):
-                others = [a for a in incident if a.id != lead.alert.id] + [created]
-                also.append(self._write(lead, others, lead_silenced))
-            return writes + also
-
-        created, events = self.store.create(alert, [opened], decide)  # assigns the id
-        self._tell(created, events)
-        for saved, told, _ in also:
-            self._tell(saved, told)
-        return events + [event for _, told, _ in also for event in told]
+        return self._ledger.commit(change)
 
     def _clear(self, fingerprint: Fingerprint, at_ms: int, value: float | None) -> list[AlertEvent]:
-        alert = self.store.find_active(fingerprint)
+        alert = self._alerts.find_active(fingerprint)
         if alert is None or not alert.condition_active:
             return []
-        change = self._change(alert)
+        change = self._ledger.change(alert)
         alert.condition_active = False
         alert.condition_changed_at_ms = at_ms
         alert.value = value
@@ -394,7 +202,7 @@ class AlertBook:
             )
         else:
             change.record(EventType.CONDITION_CLEARED, at_ms, SYSTEM)
-        return self._commit(change)
+        return self._ledger.commit(change)
 
     # -- workflow --------------------------------------------------------------------------
 
@@ -405,11 +213,11 @@ class AlertBook:
         alert = self._require(alert_id)
         if alert.state not in DISPATCH_FROM:
             return []
-        change = self._change(alert)
+        change = self._ledger.change(alert)
         alert.state = State.DISPATCHED
-        alert.extra["dispatched"] = True
+        alert.dispatched = True
         change.record(EventType.DISPATCHED, now_ms, actor, note)
-        return self._commit(change)
+        return self._ledger.commit(change)
 
     @_serialised
     def acknowledge(
@@ -422,12 +230,11 @@ class AlertBook:
         if alert.state != State.ACKNOWLEDGED:
             if alert.state not in ACK_FROM:
                 raise TransitionError(f"alert {alert_id} is {alert.state}: cannot acknowledge")
-            change = self._change(alert)
+            change = self._ledger.change(alert)
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-            alert.extra["acknowledged_colour"] = alert.colour
-            alert.extra["acknowledged_by"] = actor
+            alert.acknowledged_colour, alert.acknowledged_by = alert.colour, actor
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, note)
-            events = self._commit(change)
+            events = self._ledger.commit(change)
         # An incident's acknowledgement covers its alerts as they are now; one that joins
         # or rises later needs a fresh acknowledgement of the leader (idempotent for the
         # rest: an acknowledged alert records nothing).
@@ -442,108 +249,56 @@ class AlertBook:
             return []  # idempotent
         if alert.state not in RESOLVE_FROM:
             raise TransitionError(f"alert {alert_id} is {alert.state}: cannot resolve")
-        change = self._change(alert)
+        change = self._ledger.change(alert)
         if not alert.acknowledged:  # resolving implies someone handled it
             alert.state, alert.acknowledged = State.ACKNOWLEDGED, True
-            alert.extra["acknowledged_colour"] = alert.colour
-            alert.extra["acknowledged_by"] = actor
+            alert.acknowledged_colour, alert.acknowledged_by = alert.colour, actor
             change.record(EventType.ACKNOWLEDGED, now_ms, actor, "acknowledged by resolving")
         alert.state = State.RESOLVED
-        alert.extra["resolved_at_ms"] = now_ms
+        alert.resolved_at_ms = now_ms
         change.record(EventType.RESOLVED, now_ms, actor, note)
-        return self._commit(change) + self._for_incident(
+        return self._ledger.commit(change) + self._for_incident(
             alert, self.resolve, RESOLVE_FROM, actor, now_ms
         )
 
     @_serialised
     def comment(self, alert_id: int, *, actor: str, note: str, now_ms: int) -> list[AlertEvent]:
-        change = self._change(self._require(alert_id))
+        change = self._ledger.change(self._require(alert_id))
         change.record(EventType.COMMENTED, now_ms, actor, note)
-        return self._commit(change)
+        return self._ledger.commit(change)
 
-    # -- verification ----------------------------------------------------------------------
-
-    # verify and escalate scan every open alert from a worker thread. The scan takes no
-    # lock: holding the book's lock through it (~50-80 ms for 200 open alerts) stalled the
-    # event loop's next detection, hence a new alert's webhook. Only an alert found due is
-    # locked, read again and checked again, since a person may have acted on it meanwhile.
+    # -- the clock -------------------------------------------------------------------------
 
     def verify(self, now_ms: int, device_alive: Callable[[str], bool]) -> list[AlertEvent]:
         """Close resolved alerts whose readings stayed normal for the window, device alive."""
-
-        def due(alert: Alert) -> bool:
-            if alert.state != State.RESOLVED or alert.condition_active:
-                return False  # the handler says fixed, the readings do not agree yet
-            normal_since = max(
-                alert.condition_changed_at_ms, int(alert.extra.get("resolved_at_ms", 0))
-            )
-            if now_ms - normal_since < self.verify_window_ms:
-                return False
-            return device_alive(alert.fingerprint.device)  # silence is not normality
-
-        def close(alert: Alert, change: Change) -> None:
-            alert.state = State.CLOSED
-            change.record(
-                EventType.CLOSED,
-                now_ms,
-                VERIFIER,
-                f"readings normal for {self.verify_window_ms / 1000:.0f} s",
-            )
-
-        return self._sweep([State.RESOLVED], due, close)
+        return sweeps.verify(self._ledger, now_ms, device_alive, self.verify_window_ms)
 
     def escalate(self, now_ms: int, deadlines_s: Mapping[Any, float]) -> list[AlertEvent]:
-        """Climb one level for every alert whose acknowledgement deadline has passed.
+        """Climb one level for every alert whose acknowledgement deadline has passed."""
+        return sweeps.escalate(self._ledger, now_ms, deadlines_s)
 
-        ``deadlines_s`` maps a colour to its deadline; colours without one never escalate.
-        The clock restarts at each level, and it survives restarts: it is stored.
-        """
+    def silenced(self, alert: Alert, now_ms: int) -> bool:
+        return self._ledger.silenced(alert, now_ms)
 
-        def due(alert: Alert) -> bool:
-            deadline = deadlines_s.get(alert.colour)
-            level = alert.extra.get("level", ESCALATION_LEVELS[0])
-            if alert.state not in ESCALATES_FROM:
-                return False
-            if deadline is None or level == ESCALATION_LEVELS[-1]:
-                return False
-            since = int(alert.extra.get("level_since_ms", alert.started_at_ms))
-            if now_ms - since < deadline * 1000:
-                return False
-            return not self.silenced(alert, now_ms)  # in maintenance: nobody must answer
-
-        def climb(alert: Alert, change: Change) -> None:
-            level = alert.extra.get("level", ESCALATION_LEVELS[0])
-            upper = ESCALATION_LEVELS[ESCALATION_LEVELS.index(level) + 1]
-            alert.extra["level"], alert.extra["level_since_ms"] = upper, now_ms
-            deadline = deadlines_s[alert.colour]
-            change.record(
-                EventType.ESCALATED,
-                now_ms,
-                SYSTEM,
-                f"not acknowledged within {deadline:.0f} s: {level} -> {upper}",
-            )
-
-        return self._sweep(sorted(ESCALATES_FROM), due, climb)
-
-    def _sweep(
-        self,
-        states: Sequence[State],
-        due: Callable[[Alert], bool],
-        act: Callable[[Alert, Change], None],
-    ) -> list[AlertEvent]:
-        """``act`` on every alert in ``states`` that is ``due``, each under the lock."""
-        events: list[AlertEvent] = []
-        for candidate in self.store.alerts(states=states):
-            if not due(candidate):
-                continue
-            with self._lock:
-                alert = self.store.get(candidate.id)
-                if alert is None or not due(alert):
-                    continue
-                change = self._change(alert)
-                act(alert, change)
-                events += self._commit(change)
-        return events
+    # -- reading -------------------------------------------------------------------------
 
     def history(self, alert_id: int) -> Sequence[AlertEvent]:
-        return self.store.events(alert_id)
+        return self._alerts.events(alert_id)
+
+    def get(self, alert_id: int) -> Alert | None:
+        return self._alerts.get(alert_id)
+
+    def find(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
+        """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
+        return self._alerts.matching(states=states, unit=unit)
+
+    def silences(self, now_ms: int) -> list[Silence]:
+        """Silences not yet over (current and future)."""
+        return self._silences.current(now_ms)
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Outbox entries by status (pending, delivered, dead)."""
+        return self._storage.outbox.counts()
+
+    def close(self) -> None:
+        self._storage.close()

@@ -20,13 +20,19 @@ forever as the audit trail.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from detectors.levels import COLOURS
+
+T = TypeVar("T")
+
+
+# The actor of what the service does by itself (opening, escalating, incidents).
+SYSTEM = "system"
 
 
 class State(StrEnum):
@@ -106,16 +112,49 @@ class Alert:
     condition_active: bool = True
     condition_changed_at_ms: int = 0
     acknowledged: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The escalation level reached, and since when its acknowledgement deadline runs
+    # (None: since the alert started).
+    level: str = ESCALATION_LEVELS[0]
+    level_since_ms: int | None = None
+    threshold: float | None = None  # the configured value the colour was raised at
+    receivers: list[str] = field(default_factory=list)  # every receiver that took it
+    # The leading alert of the incident it joined; None when it leads its own.
+    incident_leader: int | None = None
+    incident_colour: str | None = None  # the worst colour among the incident's alerts
+    toggles_ms: list[int] = field(default_factory=list)  # condition toggles, flap window
+    flapping: bool = False
+    dispatched: bool = False  # a receiver has taken one of its events
+    acknowledged_colour: str | None = None  # the colour someone last acknowledged
+    acknowledged_by: str | None = None  # who did
+    resolved_at_ms: int | None = None
+    # The value at the worst colour reached: what a recovered alert was at its height.
+    peak: float | None = None
+    peak_colour: str | None = None
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def note_peak(self, colour: str, value: float | None, threshold: float | None) -> None:
+        """Keep the value at the worst colour reached (the one furthest past its limit)."""
+        if value is None:
+            return
+        if self.peak is not None and self.peak_colour in COLOURS:
+            rank, peak_rank = COLOURS.index(colour), COLOURS.index(self.peak_colour)
+            if rank < peak_rank:
+                return
+            if (
+                rank == peak_rank
+                and threshold is not None
+                and abs(value - threshold) < abs(self.peak - threshold)
+            ):
+                return
+        self.peak, self.peak_colour = value, colour
+
     @property
     def incident(self) -> int:
         """The incident this alert belongs to: the id of the unit's leading alert."""
-        return int(self.extra.get("incident", self.id))
+        return self.id if self.incident_leader is None else self.incident_leader
 
     @property
     def leads_incident(self) -> bool:
@@ -135,9 +174,9 @@ class Alert:
             "detector": self.fingerprint.detector,
             "value": self.value,
             "incident": self.incident,
-            "incident_colour": self.extra.get("incident_colour", self.colour),
-            "threshold": self.extra.get("threshold"),
-            "level": self.extra.get("level"),
+            "incident_colour": self.incident_colour or self.colour,
+            "threshold": self.threshold,
+            "level": self.level,
             "started_at": iso_time(self.started_at_ms),
             "updated_at": iso_time(self.updated_at_ms),
             "url": f"{public_url.rstrip('/')}/alerts/{self.id}",
@@ -211,3 +250,120 @@ class Silence:
         return (self.device is not None and self.device == alert.fingerprint.device) or (
             self.unit is not None and self.unit == alert.unit
         )
+
+
+def opened_by(
+    detection: Detection, fingerprint: Fingerprint, value: float | None, hierarchy: dict[str, str]
+) -> tuple[Alert, AlertEvent]:
+    """A new alert raised by a detection (numbered by the store), and its first event."""
+    alert = Alert(
+        id=0,
+        fingerprint=fingerprint,
+        state=State.OPEN,
+        colour=detection.colour,
+        family=detection.family,
+        unit=detection.unit,
+        hierarchy=hierarchy,
+        value=value,
+        started_at_ms=detection.ts_ms,
+        updated_at_ms=detection.ts_ms,
+        condition_active=True,
+        condition_changed_at_ms=detection.ts_ms,
+        level=ESCALATION_LEVELS[0],
+        level_since_ms=detection.ts_ms,
+        threshold=detection.threshold,
+        peak=value,
+        peak_colour=detection.colour,
+    )
+    opened = AlertEvent(
+        0,
+        1,
+        EventType.OPENED,
+        detection.ts_ms,
+        SYSTEM,
+        f"{detection.detector}: {detection.colour}",
+        alert.state,
+        alert.colour,
+        value,
+    )
+    return alert, opened
+
+
+# How an alert's bookkeeping fields are stored: one JSON object, each field under its
+# own name (the incident's leader under "incident"). A field left at None is left out, so
+# the object reads the same to every version of this code that wrote such objects.
+_STORED_AS = {"incident_leader": "incident"}
+_BOOKKEEPING = (
+    "level",
+    "level_since_ms",
+    "threshold",
+    "receivers",
+    "incident_leader",
+    "incident_colour",
+    "toggles_ms",
+    "flapping",
+    "dispatched",
+    "acknowledged_colour",
+    "acknowledged_by",
+    "resolved_at_ms",
+    "peak",
+    "peak_colour",
+)
+
+
+def bookkeeping(alert: Alert) -> dict[str, Any]:
+    """The alert's bookkeeping fields as the stored JSON object."""
+    stored = {_STORED_AS.get(name, name): getattr(alert, name) for name in _BOOKKEEPING}
+    return {key: value for key, value in stored.items() if value is not None}
+
+
+def with_bookkeeping(alert: Alert, stored: Mapping[str, Any]) -> Alert:
+    """The alert with the bookkeeping fields read back from their stored JSON object;
+    a key missing from it (written before the field existed) keeps the field's default."""
+
+    def optional(key: str, kind: Callable[[Any], T]) -> T | None:
+        found = stored.get(key)
+        return None if found is None else kind(found)
+
+    alert.level = str(stored.get("level", ESCALATION_LEVELS[0]))
+    alert.level_since_ms = optional("level_since_ms", int)
+    alert.threshold = optional("threshold", float)
+    alert.receivers = [str(r) for r in stored.get("receivers", ())]
+    alert.incident_leader = optional("incident", int)
+    alert.incident_colour = optional("incident_colour", str)
+    alert.toggles_ms = [int(t) for t in stored.get("toggles_ms", ())]
+    alert.flapping = bool(stored.get("flapping", False))
+    alert.dispatched = bool(stored.get("dispatched", False))
+    alert.acknowledged_colour = optional("acknowledged_colour", str)
+    alert.acknowledged_by = optional("acknowledged_by", str)
+    alert.resolved_at_ms = optional("resolved_at_ms", int)
+    alert.peak = optional("peak", float)
+    alert.peak_colour = optional("peak_colour", str)
+    return alert
+
+
+class Detection(Protocol):
+    """What the alert book takes from a detector: a colour raised, changed or cleared for
+    a fingerprint, or a device gone silent or resumed (collector/detection.py's
+    DetectionEvent is one)."""
+
+    @property
+    def kind(self) -> str: ...  # "raised", "changed", "cleared", "silent" or "resumed"
+    @property
+    def detector(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def family(self) -> str: ...
+    @property
+    def quantity(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def colour(self) -> str: ...
+    @property
+    def value(self) -> float: ...  # NaN when there is none
+    @property
+    def ts_ms(self) -> int: ...
+    @property
+    def threshold(self) -> float | None: ...

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from collector.alerts.backends import STORE_ERRORS
+from collector.alerts.model import Detection
 from collector.backoff import Backoff
-from collector.detection import DetectionEvent
 from detectors.levels import COLOURS
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,13 @@ log = logging.getLogger(__name__)
 MAX_FINGERPRINTS = 10_000
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
-STORE_ERRORS = (sqlite3.Error, OSError)
 
-Apply = Callable[[DetectionEvent, dict[str, str]], object]
+Apply = Callable[[Detection, dict[str, str]], object]
 
 
 @dataclass(frozen=True)
 class _Waiting:
-    event: DetectionEvent
+    event: Detection
     hierarchy: dict[str, str]
 
     @property
@@ -50,7 +49,7 @@ class _Waiting:
         return COLOURS.index(self.event.colour) if self.event.colour in COLOURS else 0
 
 
-def _key(event: DetectionEvent) -> tuple[str, str, str]:
+def _key(event: Detection) -> tuple[str, str, str]:
     return (event.device, event.quantity, event.detector)
 
 
@@ -94,7 +93,7 @@ class PendingDetections:
         peak, self._peak = max(self._peak, len(self)), len(self)
         return peak
 
-    def submit(self, event: DetectionEvent, hierarchy: dict[str, str]) -> bool:
+    def submit(self, event: Detection, hierarchy: dict[str, str]) -> bool:
         """Apply a detection now, or keep it to retry; True when it is stored."""
         if self._queue:  # behind what waits: in order, and no write while it cannot
             self._add(_Waiting(event, hierarchy))

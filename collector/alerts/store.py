@@ -1,10 +1,10 @@
-"""Durable alert storage: the AlertStore interface and its SQLite implementation.
+"""Durable alert storage in SQLite: the three repositories on one database.
 
 Every change is one transaction that writes the alert's new row and its new events
 together, so a crash can never leave an event without its alert or the other way round.
 SQLite runs in WAL mode with ``synchronous=FULL``: a committed change survives a power
 cut. A partial unique index enforces one active alert per fingerprint in the database
-itself. PostgreSQL can implement the same interface later.
+itself. The interfaces are in collector/alerts/repositories.py.
 """
 
 from __future__ import annotations
@@ -15,70 +15,29 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from collector.alerts.model import Alert, AlertEvent, EventType, Fingerprint, Silence, State
-from collector.alerts.notify import OutboxEntry
+from collector.alerts.model import (
+    Alert,
+    AlertEvent,
+    EventType,
+    Fingerprint,
+    Silence,
+    State,
+    bookkeeping,
+    with_bookkeeping,
+)
+from collector.alerts.outbox import Backlog, OutboxEntry, OutboxRow
+from collector.alerts.repositories import Decide, Write
 from collector.alerts.schema import prepare
 from collector.errors import AlertStoreError, DamagedAlertStoreError
 
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    receiver: str
-    event_key: str
-    alert_id: int
-    seq: int
-    payload: bytes
-    attempts: int
-    created_ms: int  # when the event was written to the outbox (the collector's clock)
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """A receiver's part of the outbox."""
-
-    pending: int = 0
-    oldest_pending_ms: int | None = None  # created_ms of its oldest pending event
-    dead: int = 0  # events in its dead-letter list
-
-
-# One alert's new row, new events and their outbox entries.
-Write = tuple[Alert, Sequence[AlertEvent], Sequence[OutboxEntry]]
-# Called inside create's transaction once the alert has its id: what to write for it, and
-# for any other alert its creation changes (the leader of the incident it joins).
-Decide = Callable[[Alert, list[AlertEvent]], Sequence[Write]]
-
-
-class AlertStore(Protocol):
-    def create(
-        self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
-    ) -> tuple[Alert, list[AlertEvent]]: ...
-    def save(
-        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
-    ) -> None: ...
-    def save_all(self, writes: Sequence[Write]) -> None: ...
-    def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]: ...
-    def dead_unless_receiver(self, receivers: Sequence[str], error: str) -> int: ...
-    def delivered(self, row_id: int, now_ms: int) -> None: ...
-    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None: ...
-    def dead(self, row_id: int, error: str) -> None: ...
-    def retry_now(self, receiver: str) -> int: ...
-    def backlogs(self) -> dict[str, Backlog]: ...
-    def outbox_counts(self) -> dict[str, int]: ...
-    def add_silence(self, silence: Silence) -> Silence: ...
-    def silences(self, now_ms: int) -> list[Silence]: ...
-    def get(self, alert_id: int) -> Alert | None: ...
-    def find_active(self, fingerprint: Fingerprint) -> Alert | None: ...
-    def alerts(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]: ...
-    def events(self, alert_id: int) -> list[AlertEvent]: ...
-    def last_seq(self, alert_id: int) -> int: ...
-    def close(self) -> None: ...
+# What a failing SQLite store raises (full or unwritable disk, locked or lost file): the
+# write is retried, not the service stopped.
+UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
 
 
 def integrity_problems(db: sqlite3.Connection, *, thorough: bool = False) -> list[str]:
@@ -96,7 +55,9 @@ def integrity_problems(db: sqlite3.Connection, *, thorough: bool = False) -> lis
     return [] if found == ["ok"] else found
 
 
-class SqliteAlertStore:
+class SqliteDatabase:
+    """One SQLite connection shared by the repositories, and its transactions."""
+
     def __init__(self, path: Path | str) -> None:
         """Open (or create) the store; a damaged file raises DamagedAlertStoreError.
 
@@ -105,36 +66,36 @@ class SqliteAlertStore:
         (``smartunit alerts-db recover``)."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()  # the collector loop and the HTTP API share the store
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.lock = threading.Lock()  # the collector loop and the HTTP API share the store
         try:
             self._open(Path(path))
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self.db.close()
             raise DamagedAlertStoreError(Path(path), str(exc)) from None
         except AlertStoreError:
-            self._db.close()
+            self.db.close()
             raise
 
     def _open(self, path: Path) -> None:
-        problems = integrity_problems(self._db)
+        problems = integrity_problems(self.db)
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise DamagedAlertStoreError(path, problems[0] + more)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        prepare(self._db, path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        prepare(self.db, path)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db.in_transaction:  # a failed write whose rollback failed too
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            if self.db.in_transaction:  # a failed write whose rollback failed too
                 self._rollback()
-            self._db.execute("BEGIN IMMEDIATE")
+            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-                self._db.execute("COMMIT")
+                yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
@@ -143,8 +104,23 @@ class SqliteAlertStore:
         # An unwritable disk may fail the rollback as well (SQLite then rolls back on
         # its own) or leave the transaction open: the next write tries again.
         with contextlib.suppress(sqlite3.Error):
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class _Repository:
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database.db
+        self._lock = database.lock
+        self._transaction = database.transaction
+
+
+class SqliteAlerts(_Repository):
+    """Alerts and their events, with the outbox entries of each change."""
 
     def create(
         self, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None = None
@@ -209,6 +185,123 @@ class SqliteAlertStore:
             [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload, now_ms) for e in entries],
         )
 
+    @staticmethod
+    def _row_values(alert: Alert) -> tuple[Any, ...]:
+        return (
+            alert.state.value,
+            alert.colour,
+            alert.family,
+            alert.unit,
+            json.dumps(alert.hierarchy),
+            alert.value,
+            alert.started_at_ms,
+            alert.updated_at_ms,
+            int(alert.condition_active),
+            alert.condition_changed_at_ms,
+            int(alert.acknowledged),
+            json.dumps(bookkeeping(alert)),
+        )
+
+    @staticmethod
+    def _insert_events(db: sqlite3.Connection, alert: Alert, events: Sequence[AlertEvent]) -> None:
+        if not events:
+            return
+        db.executemany(
+            "INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    alert.id,
+                    e.seq,
+                    e.type.value,
+                    e.at_ms,
+                    e.actor,
+                    e.note,
+                    e.state.value,
+                    e.colour,
+                    e.value,
+                )
+                for e in events
+            ],
+        )
+        db.execute("UPDATE alerts SET last_seq = ? WHERE id = ?", (events[-1].seq, alert.id))
+
+    def last_seq(self, alert_id: int) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT last_seq FROM alerts WHERE id = ?", (alert_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    _COLUMNS = (
+        "id, device, quantity, detector, state, colour, family, unit, hierarchy, value, "
+        "started_at_ms, updated_at_ms, condition_active, condition_changed_at_ms, "
+        "acknowledged, extra"
+    )
+
+    @staticmethod
+    def _alert(row: Sequence[Any]) -> Alert:
+        alert = Alert(
+            id=row[0],
+            fingerprint=Fingerprint(row[1], row[2], row[3]),
+            state=State(row[4]),
+            colour=row[5],
+            family=row[6],
+            unit=row[7],
+            hierarchy=json.loads(row[8]),
+            value=row[9],
+            started_at_ms=row[10],
+            updated_at_ms=row[11],
+            condition_active=bool(row[12]),
+            condition_changed_at_ms=row[13],
+            acknowledged=bool(row[14]),
+        )
+        return with_bookkeeping(alert, json.loads(row[15]))
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM alerts WHERE id = ?",
+                (alert_id,),
+            ).fetchone()
+        return self._alert(row) if row else None
+
+    def find_active(self, fingerprint: Fingerprint) -> Alert | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM alerts WHERE fingerprint = ? AND state != 'closed'",
+                (fingerprint.key(),),
+            ).fetchone()
+        return self._alert(row) if row else None
+
+    def matching(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
+        """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
+        query = f"SELECT {self._COLUMNS} FROM alerts WHERE 1"
+        params: list[str] = []
+        if states:
+            query += f" AND state IN ({', '.join('?' for _ in states)})"
+            params += [s.value for s in states]
+        if unit is not None:
+            # Each alert event looks up its unit's alerts: by index, not by reading them all.
+            query += " AND unit = ?"
+            params.append(unit)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
+        return [self._alert(row) for row in rows]
+
+    def events(self, alert_id: int) -> list[AlertEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT alert_id, seq, type, at_ms, actor, note, state, colour, value "
+                "FROM alert_events WHERE alert_id = ? ORDER BY seq",
+                (alert_id,),
+            ).fetchall()
+        return [
+            AlertEvent(r[0], r[1], EventType(r[2]), r[3], r[4], r[5], State(r[6]), r[7], r[8])
+            for r in rows
+        ]
+
+
+class SqliteOutbox(_Repository):
     def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
         """Pending deliveries to ``receiver`` that may go now: per alert, only the oldest,
         so one alert's events reach the receiver in order."""
@@ -288,127 +381,14 @@ class SqliteAlertStore:
                 found[receiver] = dataclasses.replace(was, dead=int(count))
         return found
 
-    def outbox_counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, count(*) FROM outbox GROUP BY status")
             return {status: int(n) for status, n in rows.fetchall()}
 
-    @staticmethod
-    def _row_values(alert: Alert) -> tuple[Any, ...]:
-        return (
-            alert.state.value,
-            alert.colour,
-            alert.family,
-            alert.unit,
-            json.dumps(alert.hierarchy),
-            alert.value,
-            alert.started_at_ms,
-            alert.updated_at_ms,
-            int(alert.condition_active),
-            alert.condition_changed_at_ms,
-            int(alert.acknowledged),
-            json.dumps(alert.extra),
-        )
 
-    @staticmethod
-    def _insert_events(db: sqlite3.Connection, alert: Alert, events: Sequence[AlertEvent]) -> None:
-        if not events:
-            return
-        db.executemany(
-            "INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    alert.id,
-                    e.seq,
-                    e.type.value,
-                    e.at_ms,
-                    e.actor,
-                    e.note,
-                    e.state.value,
-                    e.colour,
-                    e.value,
-                )
-                for e in events
-            ],
-        )
-        db.execute("UPDATE alerts SET last_seq = ? WHERE id = ?", (events[-1].seq, alert.id))
-
-    def last_seq(self, alert_id: int) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT last_seq FROM alerts WHERE id = ?", (alert_id,)
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    _COLUMNS = (
-        "id, device, quantity, detector, state, colour, family, unit, hierarchy, value, "
-        "started_at_ms, updated_at_ms, condition_active, condition_changed_at_ms, "
-        "acknowledged, extra"
-    )
-
-    @staticmethod
-    def _alert(row: Sequence[Any]) -> Alert:
-        return Alert(
-            id=row[0],
-            fingerprint=Fingerprint(row[1], row[2], row[3]),
-            state=State(row[4]),
-            colour=row[5],
-            family=row[6],
-            unit=row[7],
-            hierarchy=json.loads(row[8]),
-            value=row[9],
-            started_at_ms=row[10],
-            updated_at_ms=row[11],
-            condition_active=bool(row[12]),
-            condition_changed_at_ms=row[13],
-            acknowledged=bool(row[14]),
-            extra=json.loads(row[15]),
-        )
-
-    def get(self, alert_id: int) -> Alert | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM alerts WHERE id = ?",
-                (alert_id,),
-            ).fetchone()
-        return self._alert(row) if row else None
-
-    def find_active(self, fingerprint: Fingerprint) -> Alert | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM alerts WHERE fingerprint = ? AND state != 'closed'",
-                (fingerprint.key(),),
-            ).fetchone()
-        return self._alert(row) if row else None
-
-    def alerts(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
-        """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
-        query = f"SELECT {self._COLUMNS} FROM alerts WHERE 1"
-        params: list[str] = []
-        if states:
-            query += f" AND state IN ({', '.join('?' for _ in states)})"
-            params += [s.value for s in states]
-        if unit is not None:
-            # Each alert event looks up its unit's alerts: by index, not by reading them all.
-            query += " AND unit = ?"
-            params.append(unit)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
-        return [self._alert(row) for row in rows]
-
-    def events(self, alert_id: int) -> list[AlertEvent]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT alert_id, seq, type, at_ms, actor, note, state, colour, value "
-                "FROM alert_events WHERE alert_id = ? ORDER BY seq",
-                (alert_id,),
-            ).fetchall()
-        return [
-            AlertEvent(r[0], r[1], EventType(r[2]), r[3], r[4], r[5], State(r[6]), r[7], r[8])
-            for r in rows
-        ]
-
-    def add_silence(self, silence: Silence) -> Silence:
+class SqliteSilences(_Repository):
+    def add(self, silence: Silence) -> Silence:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO silences (unit, device, starts_ms, ends_ms, actor, reason) "
@@ -424,7 +404,7 @@ class SqliteAlertStore:
             )
         return dataclasses.replace(silence, id=int(cursor.lastrowid or 0))
 
-    def silences(self, now_ms: int) -> list[Silence]:
+    def current(self, now_ms: int) -> list[Silence]:
         """Silences not yet over (current and future)."""
         with self._lock:
             rows = self._db.execute(
@@ -434,6 +414,16 @@ class SqliteAlertStore:
             ).fetchall()
         return [Silence(*row) for row in rows]
 
+
+class SqliteAlertStore:
+    """The three repositories on one SQLite file: one connection, one lock, so a change
+    and its outbox entries are one transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.database = SqliteDatabase(path)
+        self.alerts = SqliteAlerts(self.database)
+        self.outbox = SqliteOutbox(self.database)
+        self.silences = SqliteSilences(self.database)
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()

@@ -1,6 +1,6 @@
 """Alarm noise on the product's own data: the simulator's devices, without a broker.
 
-The simulator's device models (collector/simulator.py: the same daily crowd, traffic and
+The simulator's device models (fieldtools/simulator.py: the same daily crowd, traffic and
 parking curves and noisy process values the demo fleet sends) are sampled directly at
 ``interval_scale`` times each family's firmware interval, and every (device, quantity)
 series goes through the default chain as the collector would run it.

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.evaluation import PROFILES, AlertScorer, LabelledSeries, normalised
 from collector.backtest import SeriesFile, run_chain
 from detectors.auto import PARTS
 from detectors.chain import Chain
-from detectors.evaluation import PROFILES, AlertScorer, LabelledSeries, normalised
 
 
 @dataclass(frozen=True)

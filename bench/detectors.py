@@ -34,10 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.detector_fleet import fleet_injected, fleet_noise
 from bench.detector_grid import report_grid, run_grid
-from collector.backtest import SeriesFile, run_chain
-from detectors.auto import QUIET
-from detectors.chain import Chain
-from detectors.evaluation import (
+from bench.evaluation import (
     PROFILES,
     LabelledSeries,
     OutlierMetrics,
@@ -47,6 +44,9 @@ from detectors.evaluation import (
     oracle_score,
     outlier_metrics,
 )
+from collector.backtest import SeriesFile, run_chain
+from detectors.auto import QUIET
+from detectors.chain import Chain
 
 PUBLISHED_58 = {  # full 58-file corpus, oracle threshold (../shared/bench/README.md)
     "ARTime": (74.9, 65.1, 80.4),

@@ -39,8 +39,7 @@ from collector.admission import PROTOCOL_QUANTITIES
 from collector.errors import ConfigError
 from collector.rules import RuleBook
 from detectors.chain import Chain, ChainOutput, interleave
-from detectors.levels import COLOURS, LevelDecider
-from detectors.rules.capacity import CapacityRule
+from detectors.levels import COLOURS
 
 CHUNK_ROWS = 50_000
 SHOWN_PROBLEMS = 10  # rejected rows named per file; the rest are counted
@@ -270,11 +269,11 @@ def run_rules(
         ids = np.zeros(len(x), dtype=np.int64)
         for spec in book.rules_for_quantity(rule_quantity(item, book, quantity)):
             detector = spec.build()
-            if isinstance(detector, CapacityRule):
+            if "capacity" in detector.context_fields:
                 if capacity is None:
                     raise ConfigError(f"rule {spec.name!r} needs --capacity")
-                detector.set_capacity([0], [capacity])
-            decider = getattr(detector, "decider", LevelDecider)()
+                detector.set_context([0], capacity=[capacity])
+            decider = detector.decider()
             rule_score = detector.score(ids, t, x)
             np.maximum(score, rule_score, out=score)
             np.maximum(level, decider.decide(ids, t, rule_score).level, out=level)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,7 +22,6 @@ from collector.registry import Registry
 from collector.rules import RuleBook, RuleSpec
 from detectors.base import Detector
 from detectors.levels import COLOURS, LevelDecider
-from detectors.rules.capacity import CapacityRule
 
 # (device, family, quantity) of each series, by series id
 SeriesInfo = Sequence[tuple[str, str, str]]
@@ -108,8 +106,7 @@ class RuleRunners:
         runner = self._runners.get(id(spec))
         if runner is None:
             detector = spec.build()
-            decider = detector.decider() if hasattr(detector, "decider") else LevelDecider()
-            runner = self._runners[id(spec)] = RuleRunner(spec, detector, decider)
+            runner = self._runners[id(spec)] = RuleRunner(spec, detector, detector.decider())
             saved = self._saved.pop(runner.key, None)
             if saved is not None:
                 runner.restore(saved)
@@ -155,10 +152,9 @@ class RuleRunners:
             # ascending positions: by series, then by time, as the detectors need
             chosen = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
             s, now, x = ids[chosen], times[chosen], values[chosen]
-            capacity = None
-            if isinstance(runner.detector, CapacityRule):
-                capacity = self._capacities(runner.spec.capacity_from, info, registry)[s]
-                runner.detector.set_capacity(s, capacity)
+            if runner.detector.context_fields:
+                context = self._context(runner, info, registry)
+                runner.detector.set_context(s, **{k: v[s] for k, v in context.items()})
             scores = runner.detector.score(s, now, x)
             levels = runner.decider.decide(s, now, scores).level.astype(np.int64)
             if len(runner.last_level) < len(info):
@@ -187,12 +183,21 @@ class RuleRunners:
                         level=now_level,
                         previous=was,
                         score=float(scores[k]),
-                        threshold=_threshold(
-                            runner, now_level, None if capacity is None else float(capacity[k])
-                        ),
+                        threshold=_threshold(runner, now_level, int(s[k])),
                     )
                 )
         return events
+
+    def _context(
+        self, runner: RuleRunner, info: SeriesInfo, registry: Registry
+    ) -> dict[str, np.ndarray]:
+        """The series context (``Detector.context_fields``) a rule's detector needs, for
+        every series: what the registry knows of each series' site."""
+        context = {}
+        for name in runner.detector.context_fields:
+            if name == "capacity":
+                context[name] = self._capacities(runner.spec.capacity_from, info, registry)
+        return context
 
     def _capacities(
         self, capacity_from: str | None, info: SeriesInfo, registry: Registry
@@ -214,12 +219,10 @@ class RuleRunners:
         return known
 
 
-def _threshold(runner: RuleRunner, level: int, capacity: float | None) -> float | None:
+def _threshold(runner: RuleRunner, level: int, series: int) -> float | None:
     if level == 0:
         return None
     configured = runner.spec.params.get("levels", {}).get(COLOURS[level])
     if not isinstance(configured, int | float):
         return None  # a colour reached together with the next one has no value of its own
-    if isinstance(runner.detector, CapacityRule):
-        return None if capacity is None or math.isnan(capacity) else configured * capacity
-    return float(configured)
+    return runner.detector.level_in_units(configured, series)

@@ -27,6 +27,9 @@ from collector.lineprotocol import check_tag_text
 from detectors.base import Detector
 from detectors.registry import DETECTORS, create
 
+# The series context (``Detector.context_fields``) the registry gives a rule's detector.
+SERIES_CONTEXT = frozenset({"capacity"})
+
 
 def _tag_text(name: str) -> str:
     problem = check_tag_text(name)  # rule names become tags of stored detections
@@ -54,7 +57,10 @@ class RuleSpec(BaseModel):
         if self.detector not in DETECTORS:
             known = ", ".join(sorted(DETECTORS))
             raise ValueError(f"unknown detector {self.detector!r}; known: {known}")
-        if (self.detector == "capacity") != (self.capacity_from is not None):
+        context = DETECTORS[self.detector].context_fields
+        if context - SERIES_CONTEXT:
+            raise ValueError(f"no series context {sorted(context - SERIES_CONTEXT)} for rules")
+        if ("capacity" in context) != (self.capacity_from is not None):
             raise ValueError("capacity rules, and only they, need capacity_from")
         try:
             self.build()

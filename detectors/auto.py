@@ -136,7 +136,7 @@ class AutoDetector(Detector):
         self._state["smooth"][series] = smooth
         scores: FloatArray = np.zeros(len(series))
         for name, part in self.parts.items():
-            part_scores = part._score_round(series, t, smooth if name == "smooth" else x)
+            part_scores = part.score_round(series, t, smooth if name == "smooth" else x)
             np.maximum(scores, part_scores, out=scores)
         return scores
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from detectors.levels import LevelDecider
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -146,6 +149,9 @@ class Detector(ABC):
     time_fields: ClassVar[frozenset[str]] = frozenset()
     # Wide fields held in float32 (see SeriesState).
     compact_fields: ClassVar[frozenset[str]] = frozenset()
+    # What a detector needs to know about each series besides its readings (a site's
+    # capacity): state fields the caller fills through ``set_context`` before scoring.
+    context_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self._state = SeriesState(self.state_fields, self._widths(), self.compact_fields)
@@ -166,6 +172,36 @@ class Detector(ABC):
             if len(positions):
                 out[positions] = self._score_round(series[positions], t[positions], x[positions])
         return np.clip(out, 0.0, 1.0)
+
+    def score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
+        """Scores of one round (each series once, finite readings, ids grown), for a
+        detector made of parts that runs its parts round by round alongside its own."""
+        return self._score_round(series, t, x)
+
+    def decider(self) -> LevelDecider:
+        """The decider that turns this detector's scores into colours: one colour at the
+        alert level (0.5) unless the detector knows its own bands (rules do)."""
+        from detectors.levels import LevelDecider  # noqa: PLC0415 - levels builds on base
+
+        return LevelDecider()
+
+    def set_context(self, series: Any, **context: Any) -> None:
+        """Per-series facts named in ``context_fields`` (one value per id in ``series``),
+        kept in the state until set again."""
+        unknown = set(context) - self.context_fields
+        if unknown:
+            raise ValueError(f"{self.name}: no context {sorted(unknown)}")
+        ids = np.asarray(series, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        self.grow(int(ids.max()) + 1)
+        for key, values in context.items():
+            self._state[key][ids] = np.asarray(values, dtype=np.float64)
+
+    def level_in_units(self, configured: float, series: int) -> float | None:
+        """A level configured for this detector, in the readings' units for ``series``
+        (None: not known there): what an alert reports as the value it was raised at."""
+        return float(configured)
 
     def grow(self, needed: int) -> None:
         """Room for series ids 0 .. needed - 1 (a detector made of parts grows them too)."""

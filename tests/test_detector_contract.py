@@ -1,5 +1,6 @@
 """One contract, every registered detector (river's pattern): whatever it detects, it must
-score in [0, 1], never look ahead, be batch-invariant, and survive save and restore."""
+score in [0, 1], never look ahead, be batch-invariant, survive save and restore, bring a
+decider for its scores and take per-series context only through ``set_context``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import detectors  # noqa: F401 - registers every detector
-from detectors.base import split_rounds
+from detectors.base import Detector, split_rounds
 from detectors.registry import DETECTORS, UnknownDetectorError, create
 
 NAMES = sorted(DETECTORS)
@@ -37,7 +38,8 @@ def test_registry_knows_detectors_and_refuses_unknown_names() -> None:
     } <= set(DETECTORS)
     for name in NAMES:
         if DETECTORS[name].kind == "rule":
-            assert hasattr(create(name), "decider"), f"rule {name} brings its own decider"
+            own = DETECTORS[name].decider is not Detector.decider
+            assert own, f"rule {name} brings its own decider"
     with pytest.raises(UnknownDetectorError, match="range_novelty"):
         create("no_such_detector")
 
@@ -91,6 +93,51 @@ def test_save_and_restore_continue_exactly(name: str) -> None:
     second.restore(saved)
     tail = second.score(sid[half:], t[half:], x[half:])
     np.testing.assert_allclose(np.concatenate([head, tail]), whole)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_decider_turns_scores_into_colours(name: str) -> None:
+    sid, t, x = workload()
+    detector = create(name)
+    if detector.context_fields:
+        detector.set_context(np.unique(sid), **dict.fromkeys(detector.context_fields, 50.0))
+    scores = detector.score(sid, t, x)
+    decider = detector.decider()
+    out = decider.decide(sid, t, scores)
+    assert out.level.shape == x.shape
+    assert np.all((out.level >= 0) & (out.level <= 4))
+    assert np.all(out.level[out.onset] > 0)
+    assert np.all(out.level[scores == 0] == 0)  # a score of 0 is never a colour
+    # the decider's state survives save and restore like the detector's
+    again = detector.decider()
+    again.restore(decider.state())
+    np.testing.assert_equal(again.state(), decider.state())
+    if name in catching("spike"):
+        spike = np.flatnonzero(x == 500.0)
+        assert np.all(out.level[spike] > 0), f"{name}: its decider lets the spike pass"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_context_comes_only_through_set_context_and_is_kept_in_the_state(name: str) -> None:
+    sid, t, x = workload()
+    detector = create(name)
+    with pytest.raises(ValueError, match="no context"):
+        detector.set_context([0], no_such_context=[1.0])
+    if not detector.context_fields:
+        return
+    ids = np.unique(sid)
+    without = create(name).score(sid, t, x)
+    detector.set_context(ids, **dict.fromkeys(detector.context_fields, np.full(len(ids), 50.0)))
+    half = len(x) // 2
+    head = detector.score(sid[:half], t[:half], x[:half])
+    restored = create(name)
+    restored.restore(detector.state())  # the context travels with the saved state
+    tail = restored.score(sid[half:], t[half:], x[half:])
+    with_context = np.concatenate([head, tail])
+    assert not np.allclose(with_context, without), f"{name}: context changes nothing"
+    whole = create(name)
+    whole.set_context(ids, **dict.fromkeys(detector.context_fields, np.full(len(ids), 50.0)))
+    np.testing.assert_allclose(whole.score(sid, t, x), with_context)
 
 
 def catching(what: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.evaluation import (
+from bench.evaluation import (
     PROFILES,
     LabelledSeries,
     find_bench_data,
@@ -97,7 +97,7 @@ def test_outlier_metrics() -> None:
 
 def test_the_fast_alert_scorer_agrees_with_the_scorer(corpus) -> None:
     """bench/detectors.py searches its grid with AlertScorer: it must score as nab_score."""
-    from detectors.evaluation import AlertScorer
+    from bench.evaluation import AlertScorer
 
     rng = np.random.default_rng(2)
     for profile in PROFILES:

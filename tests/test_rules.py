@@ -141,7 +141,7 @@ def test_capacity_ratio_uses_each_sites_capacity() -> None:
         levels={"yellow": 0.7, "orange": 0.85, "red": 1.0},
         clear={"yellow": 0.6, "orange": 0.8, "red": 0.95},
     )
-    crowd.set_capacity([0, 1], [800, 3000])  # a checkpoint and a garden
+    crowd.set_context([0, 1], capacity=[800, 3000])  # a checkpoint and a garden
     sid = np.array([0, 1, 0, 1, 0, 1, 2])
     people = np.array([500, 2000, 700, 2600, 820, 3100, 10_000], dtype=np.float64)
     t = 1.7e9 + np.arange(len(sid)) * 10.0

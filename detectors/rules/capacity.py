@@ -1,8 +1,8 @@
 """Capacity ratio: people against a site's safe capacity, cars against a lot's spaces.
 
 Levels are fractions of the capacity (``{"yellow": 0.7, "orange": 0.85, "red": 1.0}``).
-Capacities differ per series and come from the registry: ``set_capacity`` gives them;
-a series without a known capacity scores 0.
+Capacities differ per series and come from the registry as the series' context
+(``set_context(series, capacity=...)``); a series without a known capacity scores 0.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class CapacityRule(Detector):
     name = "capacity"
     kind = "rule"
     state_fields: ClassVar[dict[str, float]] = {"capacity": math.nan}
+    context_fields: ClassVar[frozenset[str]] = frozenset({"capacity"})
 
     def __init__(
         self,
@@ -39,20 +40,28 @@ class CapacityRule(Detector):
         )
         self.default_capacity = capacity
 
-    def set_capacity(self, series: Any, capacity: Any) -> None:
-        ids = np.asarray(series, dtype=np.int64)
-        if len(ids):
-            self._state.grow(int(ids.max()) + 1)
-            values = np.asarray(capacity, dtype=np.float64)
-            self._state["capacity"][ids] = np.where(values > 0, values, np.nan)
+    def set_context(self, series: Any, **context: Any) -> None:
+        if "capacity" in context:
+            values = np.asarray(context["capacity"], dtype=np.float64)
+            context["capacity"] = np.where(values > 0, values, np.nan)  # none known
+        super().set_context(series, **context)
 
     def decider(self) -> LevelDecider:
         return self.bands.decider()
 
-    def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
+    def level_in_units(self, configured: float, series: int) -> float | None:
+        capacity = self._capacity(np.array([series], dtype=np.int64))[0]
+        return None if math.isnan(capacity) else float(configured * capacity)
+
+    def _capacity(self, series: IntArray) -> FloatArray:
+        self.grow(int(series.max()) + 1 if len(series) else 0)
         capacity = self._state["capacity"][series]
         if self.default_capacity is not None:
             capacity = np.where(np.isnan(capacity), self.default_capacity, capacity)
+        return capacity
+
+    def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
+        capacity = self._capacity(series)
         known = np.isfinite(capacity)
         ratio = x / np.where(known, capacity, 1.0)
         return np.where(known, self.bands.map(ratio), 0.0)

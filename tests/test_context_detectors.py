@@ -33,6 +33,7 @@ def onsets(values: np.ndarray, **params: object) -> np.ndarray:
     return chain.process(np.zeros(n, dtype=np.int64), 1.7e9 + np.arange(n) * 300.0, values).onset
 
 
+@pytest.mark.slow
 def test_a_daily_peak_that_does_not_come_is_caught() -> None:
     """Every value of the missing peak lies inside the range the series has shown: only
     what this hour usually looks like gives it away."""

@@ -31,6 +31,30 @@ T = TypeVar("T")
 
 _ids = itertools.count(1)
 
+# Every fixture that stands for a real server, a collector, or the OS beneath them. A test
+# whose fixture closure reaches any of them is end-to-end: the mark follows from what the test
+# uses, so a new end-to-end test cannot land in the fast run by someone forgetting a mark.
+SERVER_FIXTURES = frozenset(
+    {
+        "broker",
+        "influxdb",
+        "database",
+        "make_settings",
+        "run_collector",
+        "publisher",
+        "subscribe",
+        "small_filesystem",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``e2e`` each test that starts processes: ``make test-fast`` runs the rest."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:

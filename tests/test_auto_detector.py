@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from detectors.chain import Chain
 
@@ -60,6 +61,7 @@ def test_a_sustained_shift_inside_the_noise_stays_active_while_it_lasts() -> Non
     assert not out.active[1000:].any()
 
 
+@pytest.mark.slow
 def test_spike_level_shift_and_drift_are_caught() -> None:
     spike = quiet_series(1)
     spike[3000] += 40

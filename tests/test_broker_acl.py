@@ -74,6 +74,7 @@ def secured_broker(tmp_path: Path):
     broker.stop()
 
 
+@pytest.mark.slow
 def test_devices_publish_only_their_own_topics(secured_broker: Mosquitto) -> None:
     port = secured_broker.port
     seen: list[str] = []

@@ -4,6 +4,7 @@ that makes one threshold mean the same rarity on every series."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from detectors.auto import QUIET
 from detectors.chain import Chain
@@ -32,6 +33,7 @@ def onsets(values: np.ndarray, **params: object) -> np.ndarray:
     return chain.process(np.zeros(n, dtype=np.int64), 1.7e9 + np.arange(n) * 300.0, values).onset
 
 
+@pytest.mark.slow
 def test_a_daily_peak_that_does_not_come_is_caught() -> None:
     """Every value of the missing peak lies inside the range the series has shown: only
     what this hour usually looks like gives it away."""
@@ -89,6 +91,7 @@ def random_walks(count: int, n: int, seed: int) -> np.ndarray:
     return np.clip(60 + np.cumsum(rng.normal(0, 0.3, (n, count)), axis=0), 5, 95)
 
 
+@pytest.mark.slow
 def test_the_quiet_setting_lets_a_wandering_level_be_and_still_sees_a_jump() -> None:
     """A tank level wanders and keeps setting new extremes; each is as rare as the series
     makes them, so the quiet setting (a range break rarer than once in 100,000 readings

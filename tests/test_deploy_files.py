@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -178,6 +179,7 @@ def signs_in(port: int, user: str | None, password: str | None) -> bool:
     return not getattr(codes[0], "is_failure", True)
 
 
+@pytest.mark.slow
 def test_the_compose_password_script_lets_in_the_collector_and_no_one_else(
     tmp_path: Path,
 ) -> None:

@@ -137,14 +137,14 @@ def test_push_installs_then_updates_every_dashboard(grafana: str) -> None:
     source = StandInGrafana.datasources["smartunit-influxdb"]
     assert source["jsonData"]["dbName"] == "smartunit"
     assert source["secureJsonData"]["httpHeaderValue1"] == "Token influx-t"
-    assert first.stdout.count("pushed /d/smartunit-") == 6
+    assert first.stdout.count("pushed /d/smartunit-") == len(files)
 
     StandInGrafana.calls.clear()
     again = push(grafana, TOKEN, "--influx-url", "http://influxdb:8086")
     assert again.returncode == 0, again.stderr
     assert "POST /api/folders" not in StandInGrafana.calls  # the folder exists: reused
     assert "PUT /api/datasources/uid/smartunit-influxdb" in StandInGrafana.calls
-    assert StandInGrafana.calls.count("POST /api/dashboards/db") == 6
+    assert StandInGrafana.calls.count("POST /api/dashboards/db") == len(files)
 
 
 def test_a_wrong_token_is_a_clear_error_that_does_not_print_it(grafana: str) -> None:

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from collector.config import Settings, load_settings
+from collector.config import Settings
+from collector.configfile import load_settings
 from collector.errors import (
     AlertStoreError,
     ConfigError,
@@ -38,7 +39,7 @@ def _registry(settings: Settings) -> RegistryHolder:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from collector.app import Collector  # noqa: PLC0415
-    from collector.config import redacted  # noqa: PLC0415
+    from collector.configfile import redacted  # noqa: PLC0415
     from collector.logs import setup_logging  # noqa: PLC0415
 
     settings = _settings(args)

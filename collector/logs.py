@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line (or plain text for people at a terminal).
 
 Anything passed as ``extra={...}`` becomes a key of the JSON object. Secrets never reach
-a log: settings are logged through ``config.redacted``, and URLs with passwords masked.
+a log: settings are logged through ``configfile.redacted``, and URLs with passwords masked.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ from pydantic import (
     model_validator,
 )
 
-from collector.config import RegistrySettings, format_validation_errors, read_toml
+from collector.config import RegistrySettings
+from collector.configfile import format_validation_errors, read_toml
 from collector.errors import ConfigError
 from collector.families import FAMILIES, known_family
 from collector.lineprotocol import check_tag_text, encode_tags

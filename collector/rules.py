@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from collector.config import format_validation_errors, read_toml
+from collector.configfile import format_validation_errors, read_toml
 from collector.errors import ConfigError
 from collector.families import known_family
 from collector.lineprotocol import check_tag_text

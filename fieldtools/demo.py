@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from collector.config import InfluxSettings, MqttSettings, MqttTls, load_settings
+from collector.config import InfluxSettings, MqttSettings, MqttTls
+from collector.configfile import load_settings
 from collector.errors import ServiceStartError, SmartUnitError
 from collector.families import PLUGINS
 from collector.influx import query_sync

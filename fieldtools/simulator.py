@@ -35,7 +35,8 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import orjson
 
-from collector.config import MqttEndpoint, load_settings, parse_mqtt_url
+from collector.config import MqttEndpoint, parse_mqtt_url
+from collector.configfile import load_settings
 from collector.families import PLUGINS
 from collector.registry import Registry
 

@@ -21,7 +21,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.app import Collector
-from collector.config import InfluxSettings, Settings, load_settings
+from collector.config import InfluxSettings, Settings
+from collector.configfile import load_settings
 from collector.influx import query_sync, rows
 from collector.registry import RegistryHolder
 from fieldtools.demo import wait_for_collector

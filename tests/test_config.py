@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import load_settings, parse_mqtt_url, redacted
+from collector.config import parse_mqtt_url
+from collector.configfile import load_settings, redacted
 from collector.errors import ConfigError
 from collector.logs import JsonFormatter
 

@@ -20,7 +20,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.config import InfluxSettings, MqttTls, Settings, load_settings
+from collector.config import InfluxSettings, MqttTls, Settings
+from collector.configfile import load_settings
 from collector.errors import RetryableStoreError
 from collector.influx import InfluxClient, query_sync
 from fieldtools.localservices import InfluxDB, Mosquitto, ServerTls

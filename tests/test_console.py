@@ -53,24 +53,38 @@ def reveal(page: Any, alert_id: int) -> Any:
     return row
 
 
-@pytest.mark.slow
-def test_an_operator_acknowledges_an_alert_with_a_click(
-    make_settings, run_collector, publisher, tmp_path: Path
-) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+def console_collector(
+    make_settings,
+    run_collector,
+    tmp_path: Path,
+    *,
+    registry_text: str = REGISTRY,
+    token: str = TOKEN,
+):
+    """A collector on a chemical-park registry, its presets quick (1 s), a console ``token``:
+    the collector, its settings, the console's address, an API client with that token."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
     registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
+    registry.write_text(registry_text)
     rules = tmp_path / "rules.toml"
     rules.write_text(PRESETS.read_text().replace("for_s = 5.0", "for_s = 1.0"))
     settings = make_settings(
         registry,
         detection={"rules": [rules], "statistical": None},
-        http={"tokens": {"console": SecretStr(TOKEN)}},
+        http={"tokens": {"console": SecretStr(token)}},
     )
     collector = run_collector(settings)
     base = f"http://127.0.0.1:{settings.http.port}"
-    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
+    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+    return collector, settings, base, client
+
+
+@pytest.mark.slow
+def test_an_operator_acknowledges_an_alert_with_a_click(
+    make_settings, run_collector, publisher, tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    collector, _, base, client = console_collector(make_settings, run_collector, tmp_path)
 
     sensor = Sensor(publisher, "smartunit/v1/chem/gas-1/data", "lel_pct")
     try:

@@ -16,13 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from pydantic import SecretStr
 
 from tests.test_alerts_e2e import Sensor, wait_for
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, keep, reveal
-from tests.test_detection_e2e import PRESETS
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS, console_collector, keep, reveal
 
 TOKEN = "tok-wall"
 REFRESH_S = 5.0  # REFRESH_MS in collector/console/console.js
@@ -128,19 +125,9 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
     make_settings, run_collector, publisher, tmp_path: Path
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
-    registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(PRESETS.read_text().replace("for_s = 5.0", "for_s = 1.0"))
-    settings = make_settings(
-        registry,
-        detection={"rules": [rules], "statistical": None},
-        http={"tokens": {"console": SecretStr(TOKEN)}},
+    collector, settings, base, client = console_collector(
+        make_settings, run_collector, tmp_path, registry_text=REGISTRY, token=TOKEN
     )
-    collector = run_collector(settings)
-    base = f"http://127.0.0.1:{settings.http.port}"
-    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
 
     def reds() -> list[dict[str, Any]]:
         return list(client.get("/api/alerts", params={"colour": "red"}).json())

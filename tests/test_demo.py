@@ -45,19 +45,7 @@ def test_demo_shows_readings_and_ctrl_c_stops_everything(tmp_path: Path) -> None
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert demo.stdout is not None
-    seen: list[str] = []
-    arrived = 0
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = demo.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        match = re.match(r"readings in InfluxDB: (\d+)", line)
-        if match and int(match.group(1)) > 0:
-            arrived = int(match.group(1))
-            break
+    arrived, seen = first_readings(demo, timeout_s=90)
     output = "".join(seen)
     assert arrived > 0, output
     assert "mosquitto_sub -p" in output and "influx -port" in output
@@ -69,3 +57,20 @@ def test_demo_shows_readings_and_ctrl_c_stops_everything(tmp_path: Path) -> None
     assert "no process left running" in rest
     time.sleep(0.5)
     assert processes_mentioning(str(workdir)) == []
+
+
+def first_readings(demo: subprocess.Popen[str], *, timeout_s: float) -> tuple[int, list[str]]:
+    """The demo's first nonzero count of readings in InfluxDB (0 if none came in time),
+    and the lines it printed until then."""
+    assert demo.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = demo.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = re.match(r"readings in InfluxDB: (\d+)", line)
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1)), seen
+    return 0, seen

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.test_demo import first_readings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,19 +181,7 @@ def test_the_installed_wheel_runs_the_demo(installed: Path) -> None:
         cwd=installed.parent,
         env=env,
     )
-    assert demo.stdout is not None
-    seen: list[str] = []
-    arrived = 0
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = demo.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        match = re.match(r"readings in InfluxDB: (\d+)", line)
-        if match and int(match[1]) > 0:
-            arrived = int(match[1])
-            break
+    arrived, seen = first_readings(demo, timeout_s=120)
     if demo.poll() is None:
         demo.send_signal(signal.SIGINT)  # what Ctrl-C sends
     rest, _ = demo.communicate(timeout=60)

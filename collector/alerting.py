@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from collector.alerts.backends import open_storage
 from collector.alerts.dispatch import Dispatcher
@@ -30,7 +31,7 @@ from collector.detection import DetectionEvent
 from collector.errors import AlertActionError, FieldAckError
 from collector.lineprotocol import encode_line
 from collector.mqtt import Inbound
-from collector.operator import OPERATOR_UNIT, OperatorAlarm
+from collector.operator import OPERATOR_UNIT, OperatorAlarm, ReceiverWatch
 from collector.protocol import Rejection
 from collector.source import MessageSource
 from collector.stats import IngestStats
@@ -89,7 +90,8 @@ class AlertWiring:
         )
         # Alert events can come from any thread (the HTTP API): lines wait here.
         self._annotations: collections.deque[str] = collections.deque()
-        self.dispatcher.watch.resume(self.active_operator_alerts())
+        self.receiver_watch = ReceiverWatch(self.dispatcher.health())
+        self.receiver_watch.resume(self.active_operator_alerts())
 
     def active_operator_alerts(self) -> list[Alert]:
         """The collector's own open alerts: their watches carry on where they were."""
@@ -112,7 +114,11 @@ class AlertWiring:
     def operator_checks(self, now_ms: int) -> list[DetectionEvent]:
         """Alerts on the alerting itself: the store refusing writes, receivers failing."""
         events = self._store_alarm.update(self.pending.take_peak(), now_ms)
-        return events + self.dispatcher.watch.update(now_ms)
+        return events + self.receiver_watch.update(now_ms)
+
+    def receivers(self) -> list[dict[str, Any]]:
+        """Each receiver's health, backlog and operator alert: the API, /metrics, console."""
+        return self.dispatcher.status(self.receiver_watch.raised)
 
     # -- subscribers of alert changes --------------------------------------------------------
 

@@ -218,7 +218,7 @@ class Telemetry:
             out["alert_store_failures_total"] = pending.failures
             out["alert_detections_dropped_total"] = pending.dropped
             out["outbox_entries"] = alerts.book.outbox_counts()
-            receivers = alerts.dispatcher.status()
+            receivers = alerts.receivers()
 
             def per_receiver(read: Callable[[dict[str, Any]], float]) -> dict[str, float]:
                 return {r["name"]: read(r) for r in receivers}

@@ -22,8 +22,9 @@ is gone stays bounded, and the alert's later events get their turn.
 
 Each lane keeps its receiver's health (collector/alerts/health.py): consecutive failures,
 since when it has been failing, its last answer. A dead-lettered event and a receiver
-failing for ``alert_after_s`` become an operator alert (collector/operator.py
-``ReceiverWatch``); failures are logged with the receiver's answer, at most once per
+failing for ``alert_after_s`` become an operator alert: collector/operator.py
+``ReceiverWatch`` reads ``health()`` as data, so delivery knows nothing of detections.
+Failures are logged with the receiver's answer, at most once per
 ``FAILURE_LOG_INTERVAL_S`` per receiver (with a count of those left out).
 
 New rows go out at once: the alert book's listener calls ``wake`` (from any thread) after
@@ -38,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -52,7 +53,6 @@ from collector.backoff import Backoff
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
 from collector.logs import RateLimitedLog
-from collector.operator import ReceiverWatch
 from collector.urls import scrub
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,17 @@ class Dispatcher:
         self.results: Counter[str] = Counter()
         self.failure_log = RateLimitedLog(log, FAILURE_LOG_INTERVAL_S)
         self.lanes = {r.name: ReceiverLane(self, r) for r in receivers}
-        self.watch = ReceiverWatch((lane.receiver, lane.health) for lane in self.lanes.values())
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def status(self) -> list[dict[str, Any]]:
-        """Each receiver's health and backlog: the API, /metrics and the console show it."""
+    def health(self) -> list[tuple[ReceiverSettings, ReceiverHealth]]:
+        """Each receiver with what its lane saw: the operator watch reads it as data."""
+        return [(lane.receiver, lane.health) for lane in self.lanes.values()]
+
+    def status(self, alert_colours: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Each receiver's health and backlog: the API, /metrics and the console show it.
+
+        ``alert_colours``: the colour of each receiver's open operator alert."""
+        alert_colours = alert_colours or {}
         now_ms = round(time.time() * 1000)
         backlogs = self.outbox.backlogs()
         found = []
@@ -94,7 +100,7 @@ class Dispatcher:
                 {
                     "name": name,
                     "failing": health.failing_since_ms is not None,
-                    "alert": self.watch.raised.get(name),  # its operator alert's colour
+                    "alert": alert_colours.get(name),
                     "pending": backlog.pending,
                     "oldest_pending_age_s": None if oldest is None else (now_ms - oldest) / 1000,
                     "dead": backlog.dead,

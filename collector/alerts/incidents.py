@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.alerts.model import SYSTEM, Alert, AlertEvent, EventType, State
-from detectors.levels import COLOURS
+from collector.alerts.model import COLOURS, SYSTEM, Alert, AlertEvent, EventType, State
 
 
 @dataclass

@@ -12,10 +12,9 @@ from collections.abc import Callable, Sequence
 
 from collector.alerts.flapping import notifiable, watch_flapping
 from collector.alerts.incidents import Change, leader_of, tell_leader
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, State, worst_level
+from collector.alerts.model import ACTIVE_STATES, COLOURS, Alert, AlertEvent, State, worst_level
 from collector.alerts.outbox import OutboxEntry
 from collector.alerts.repositories import AlertRepository, SilenceRepository, Write
-from detectors.levels import COLOURS
 
 EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
 # Outbox entries for an alert's events, given the other active alerts of its incident.

@@ -21,6 +21,7 @@ from collector.alerts.incidents import await_acknowledgement
 from collector.alerts.ledger import EventListener, IncidentRouter, Ledger
 from collector.alerts.model import (
     ACK_FROM,
+    COLOURS,
     DISPATCH_FROM,
     RESOLVE_FROM,
     SYSTEM,
@@ -35,7 +36,6 @@ from collector.alerts.model import (
 )
 from collector.alerts.repositories import AlertStorage
 from collector.errors import AlertActionError, TransitionError, UnknownAlertError
-from detectors.levels import COLOURS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

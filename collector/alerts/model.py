@@ -26,9 +26,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
-from detectors.levels import COLOURS
-
 T = TypeVar("T")
+
+# The command centre's five-colour warning, lowest first: the scale the detectors decide
+# in (detectors/levels.py has the same, checked by tests/test_structure.py). Kept here as
+# well so that the alerts, and whatever delivers them, never load the detectors.
+COLOURS: tuple[str, ...] = ("green", "blue", "yellow", "orange", "red")
 
 
 # The actor of what the service does by itself (opening, escalating, incidents).

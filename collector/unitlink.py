@@ -26,12 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 
-from collector.alerts.model import Alert, worst_level
+from collector.alerts.model import COLOURS, Alert, worst_level
 from collector.errors import FieldAckError
 from collector.logs import RateLimitedLog
 from collector.plaintext import clean_name, clean_text
-from collector.protocol import TOPIC_ROOT, topic_level
-from detectors.levels import COLOURS
+from collector.protocol import TOPIC_ROOT, Rejection, topic_level
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +83,19 @@ def unit_state_body(unit: str, active: Sequence[Alert]) -> bytes:
                 for a in active
             ],
         }
+    )
+
+
+def retained_ack_rejection(unit: str, payload: bytes) -> Rejection:
+    """The broker's retained copy of an on-site acknowledgement, replayed to every new
+    subscription: an acknowledgement is an act, once; replayed, it would silence an alert
+    that came back."""
+    return Rejection(
+        "retained",
+        "the broker's retained copy of an on-site acknowledgement; acknowledge with retain off",
+        "units",
+        unit,
+        payload=payload[:512].decode("utf-8", errors="replace"),
     )
 
 

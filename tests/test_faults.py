@@ -5,7 +5,7 @@ and, like firmware, sending again what the broker did not acknowledge. After the
 and the recovery, every device's seqs 1..n must be in InfluxDB exactly as points
 (duplicates collapse: same series and device time), none missing.
 
-The four faults of issue #6: InfluxDB killed for 30 s; the collector SIGKILLed and
+The four faults the service must ride out: InfluxDB killed for 30 s; the collector SIGKILLed and
 restarted; the broker restarted (persistence on); the webhook receiver down (30 s here,
 not two minutes, with the retry backoff capped at 2 s instead of 300 s: the same rounds
 of retries in a test that stays under a minute).

@@ -27,6 +27,7 @@ from collector.influx import query_sync, rows
 from collector.registry import RegistryHolder
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, Mosquitto, free_port
+from tests.receivers import receiver_url  # noqa: F401 - a fixture for every test
 
 T = TypeVar("T")
 

@@ -19,9 +19,9 @@ from pydantic import SecretStr
 
 from collector.config import ReceiverSettings, SilenceSettings
 from tests.conftest import poll
+from tests.receivers import SECRET, WorkOrders
 from tests.test_alerts_e2e import TOKEN, Api
 from tests.test_detection_e2e import REGISTRY
-from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
 ALERT_STORE_DETECTOR = "alert-store-unwritable"  # the operator alert, by name
 RULES = """
@@ -46,7 +46,7 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0) -> Any:
 
 
 @pytest.fixture
-def chem_park(make_settings, tmp_path: Path, receiver_url: str) -> Callable[..., Any]:  # noqa: F811
+def chem_park(make_settings, tmp_path: Path, receiver_url: str) -> Callable[..., Any]:
     def build(receiver: dict[str, Any], **alerts: Any) -> Any:
         registry = tmp_path / "registry.toml"
         registry.write_text(REGISTRY)
@@ -80,7 +80,7 @@ def reading(publisher: Any, device: str, quantity: str, value: float) -> None:
 def received(event_type: str, alert_id: int | None = None) -> list[dict[str, Any]]:
     return [
         m
-        for m in Receiver.processed
+        for m in WorkOrders.processed
         if m["event"]["type"] == event_type and alert_id in (None, m["alert"]["id"])
     ]
 
@@ -103,7 +103,7 @@ def test_a_red_alarm_in_a_yellow_incident_reaches_an_orange_only_receiver(
     (joined,) = wait_for(lambda: received("incident_joined", tank["id"]))
     assert joined["alert"]["incident_colour"] == "red"
     assert f"alert {gas['id']} (gas-1 lel_pct) joined, red" in joined["event"]["note"]
-    assert Receiver.bad_signatures == 0
+    assert WorkOrders.bad_signatures == 0
 
     # the red alarm escalates on its own one-second deadline; the yellow one waits an hour
     (escalated,) = wait_for(lambda: received("incident_escalated", tank["id"]))
@@ -167,5 +167,5 @@ def test_an_alarm_raised_while_the_alert_store_is_unwritable_is_stored_and_sent_
     assert operator["colour"] == "red" and operator["family"] == "system"
     assert wait_for(lambda: received("opened", operator["id"]))
     assert wait_for(lambda: api.client.get("/healthz").status_code == 200)
-    assert Receiver.bad_signatures == 0
+    assert WorkOrders.bad_signatures == 0
     collector.stop()

@@ -8,6 +8,11 @@
 A backend implements them (collector/alerts/store.py: SQLite) and is registered under
 its URL scheme in collector/alerts/backends.py; the rest of the service sees only these
 interfaces.
+
+``Decide`` runs inside ``create``'s transaction because the outbox rows carry the id the
+store assigns there; it is pure computation on data (routing, flapping, the incident's
+leader, receiver formats encoding bodies): no I/O, no delivery, nothing that waits, which
+tests/test_structure.py holds by checking those modules reach no I/O module.
 """
 
 from __future__ import annotations

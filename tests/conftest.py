@@ -217,6 +217,9 @@ class CollectorThread:
                 and collector.stats.messages_received >= count
                 and collector.source.backlog == 0
                 and collector.writer.queue.empty()
+                # a batch still being filled or written is not in the queue: its readings
+                # are accepted but not yet stored
+                and collector.stats.readings_stored >= collector.stats.readings_accepted
             ):
                 time.sleep(self.settings.ingest.flush_interval_ms / 1000 + 0.3)
                 return

@@ -629,8 +629,9 @@ def devices() -> dict[str, Any]:
         )
         for ref, family in zip(TARGET_REFS, FAMILIES, strict=False)
     ]
+    # Increments (collector/telemetry.py), summed: right across restarts and collectors.
     rejected = (
-        'SELECT non_negative_difference(last("count")) FROM "smartunit_rejections" '
+        'SELECT sum("rejected") AS "rejected" FROM "smartunit_rejections" '
         'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)'
     )
     return dashboard(

@@ -25,6 +25,7 @@ from collector.config import parse_mqtt_url
 from collector.influx import query_sync, rows
 from collector.registry import Registry
 from fieldtools.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
+from tests.conftest import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
@@ -144,6 +145,46 @@ def test_every_panel_query_runs_and_returns_rows(filled) -> None:
                 failures.append(f"{path.name} / annotation: {exc}")
     assert not failures, "\n".join(failures)
     assert checked > 60
+
+
+def panel_targets(board_name: str, title: str) -> list[dict[str, Any]]:
+    board = json.loads((ROOT / "dashboards" / board_name).read_text())
+    found = [p for p in panels(board) if p["title"] == title]
+    assert len(found) == 1, f"{board_name} has no single panel {title!r}"
+    return list(found[0]["targets"])
+
+
+def test_the_rejections_panel_counts_the_first_rejections_after_a_restart(
+    make_settings, run_collector, publisher
+) -> None:
+    """The panel's own InfluxQL, on what two runs of a collector wrote, counts every
+    rejection: those before the restart, the first one of a reason seen before it, and
+    the first one of a reason never seen before."""
+    settings = make_settings(REGISTRY, ingest={"stats_interval_s": 0.3})
+    (target,) = panel_targets("devices.json", "Rejected messages by reason")
+    query = substitute(target["query"], {})
+
+    def counted() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for series in query_sync(settings.influx, query):
+            reason = series["tags"]["reason"]
+            values = [v for row in rows(series) for k, v in row.items() if k != "time"]
+            totals[reason] = totals.get(reason, 0) + sum(v for v in values if v is not None)
+        return totals
+
+    data_topic = "smartunit/v1/camera/cam-x/data"
+    first = run_collector(settings)
+    for _ in range(3):
+        publisher.publish(data_topic, "not json")
+    assert poll(counted, {"bad_json": 3}.__eq__) == {"bad_json": 3}
+    first.stop()
+
+    second = run_collector(settings)
+    publisher.publish(data_topic, "not json")
+    publisher.publish("smartunit/v1/nonsense/cam-x/data", "{}")
+    expected = {"bad_json": 4, "unknown_family": 1}
+    assert poll(counted, expected.__eq__) == expected
+    second.stop()
 
 
 def column_names(result: list[dict[str, Any]]) -> set[str]:

@@ -616,9 +616,12 @@ def devices() -> dict[str, Any]:
         f'(SELECT last("online") AS "online" FROM "device_status" WHERE {where()} '
         'GROUP BY "device")'
     )
+    # A field ("level") besides the tags: InfluxQL returns no rows for tags alone. A
+    # gateway's detections carry the hierarchy its devices share (collector/detecting.py).
+    is_silence = "\"detector\" = 'silence'"
     silent = (
-        'SELECT "device", "family", "colour", "kind", "unit" FROM "detections" '
-        "WHERE $timeFilter AND \"detector\" = 'silence'"
+        'SELECT "kind", "colour", "level", "device", "family", "unit" FROM "detections" '
+        f"WHERE {where(is_silence)}"
     )
     loss = [
         target(

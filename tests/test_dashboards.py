@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import subprocess
 import sys
@@ -19,9 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from collector.config import parse_mqtt_url
+from collector.config import InfluxSettings, parse_mqtt_url
+from collector.detecting import detection_line
+from collector.detection import DetectionEvent
 from collector.influx import query_sync, rows
 from collector.registry import Registry
 from fieldtools.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
@@ -185,6 +189,50 @@ def test_the_rejections_panel_counts_the_first_rejections_after_a_restart(
     expected = {"bad_json": 4, "unknown_family": 1}
     assert poll(counted, expected.__eq__) == expected
     second.stop()
+
+
+def test_the_silent_devices_panel_follows_the_hierarchy(influxdb, database) -> None:
+    """A silent device and a silent gateway, written as the collector writes them: the
+    panel's query, filtered to a district, shows what is in that district only."""
+    registry = Registry.load(REGISTRY)
+    gateway = "gw-xh-01"
+    behind = [d for d in registry.devices.values() if d.gateway == gateway]
+    gateway_district = registry.units[behind[0].unit].hierarchy.district
+    elsewhere = next(
+        d
+        for d in sorted(registry.devices.values(), key=lambda d: d.id)
+        if registry.units[d.unit].hierarchy.district != gateway_district
+    )
+    now_ms = int(time.time() * 1000)
+
+    def silent(device: str, family: str, unit: str) -> str:
+        event = DetectionEvent(
+            "silent", "silence", device, family, "", unit, "orange", "green", math.nan, now_ms
+        )
+        return detection_line(event, registry)
+
+    influx = InfluxSettings(url=influxdb.url, database=database)
+    query_sync(influx, f'CREATE DATABASE "{database}"')
+    lines = [silent(gateway, "gateway", ""), silent(elsewhere.id, elsewhere.family, elsewhere.unit)]
+    written = httpx.post(
+        f"{influxdb.url}/write",
+        params={"db": database, "precision": "ms"},
+        content="\n".join(lines),
+    )
+    assert written.status_code == 204, written.text
+    (target,) = panel_targets("devices.json", "Silent devices and gateways")
+    everything = {level: ".*" for level in ("district", "street", "community", "grid", "unit")}
+
+    def shown(**chosen: str) -> set[str]:
+        variables = everything | {k: regex_value(v) for k, v in chosen.items()}
+        result = query_sync(influx, substitute(target["query"], variables))
+        return {row["device"] for series in result for row in rows(series)}
+
+    assert shown() == {gateway, elsewhere.id}
+    assert shown(district=gateway_district) == {gateway}
+    assert shown(unit=behind[0].unit) == {gateway}  # all its devices are there
+    other_district = registry.units[elsewhere.unit].hierarchy.district
+    assert shown(district=other_district) == {elsewhere.id}
 
 
 def column_names(result: list[dict[str, Any]]) -> set[str]:

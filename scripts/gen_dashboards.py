@@ -36,12 +36,13 @@ COLOUR_STEPS = [  # the five-colour warning, level 0..4
     {"color": "orange", "value": 3},
     {"color": "red", "value": 4},
 ]
+WARNING_COLOURS = ["green", "blue", "yellow", "orange", "red"]  # level 0..4
 LEVEL_MAPPINGS = [
     {
         "type": "value",
         "options": {
             str(level): {"text": name, "color": name, "index": level}
-            for level, name in enumerate(["green", "blue", "yellow", "orange", "red"])
+            for level, name in enumerate(WARNING_COLOURS)
         },
     }
 ]
@@ -181,21 +182,26 @@ def hierarchy_variables() -> list[dict[str, Any]]:
     return variables
 
 
+def of_colour(colour: str) -> str:
+    return f"\"colour\" = '{colour}'"
+
+
 def annotations() -> dict[str, Any]:
-    query = (
-        f'SELECT "note", "type", "colour", "device", "alert_id" FROM "alert_events" WHERE {where()}'
-    )
+    """One annotation query per warning colour, drawn in that colour: a red alert's events
+    are red marks on every time series, a blue one's blue."""
+    fields = '"note", "type", "state", "colour", "device", "unit", "alert_id"'
     return {
         "list": [
             {
-                "name": "Alert events",
+                "name": f"Alert events: {colour}",
                 "datasource": DATASOURCE,
-                "enable": True,
-                "iconColor": "red",
-                "query": query,
+                "enable": colour != "green",
+                "iconColor": colour,
+                "query": f'SELECT {fields} FROM "alert_events" WHERE {where(of_colour(colour))}',
                 "textColumn": "note",
-                "tagsColumn": "type,colour,device",
+                "tagsColumn": "type,state,unit,device",
             }
+            for colour in WARNING_COLOURS
         ]
     }
 

@@ -83,6 +83,16 @@ def test_dashboards_use_the_current_schema_and_influxql_only() -> None:
         assert names == ["datasource", "district", "street", "community", "grid", "unit"]
 
 
+def test_alert_annotations_are_drawn_in_their_alerts_colour() -> None:
+    for path in DASHBOARDS:
+        annotations = json.loads(path.read_text())["annotations"]["list"]
+        drawn = {}
+        for annotation in annotations:
+            (colour,) = re.findall(r"\"colour\" = '([a-z]+)'", annotation["query"])
+            drawn[colour] = annotation["iconColor"]
+        assert drawn == {c: c for c in ("green", "blue", "yellow", "orange", "red")}, path.name
+
+
 @pytest.fixture
 def filled(make_settings, run_collector, broker, publisher):
     """Two hours of simulated history plus some live seconds, stored by the collector."""

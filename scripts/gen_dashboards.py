@@ -47,6 +47,8 @@ LEVEL_MAPPINGS = [
     }
 ]
 MAY_BE_EMPTY = "May be empty"
+# Grafana (7.4 on) takes an option's text and value from these named groups.
+LABEL_REGEX = "/^(?<text>[^|]*)\\|(?<value>.*)$/"
 SAFE_CAPACITY_KNOWN = '"safe_capacity" > 0'
 
 
@@ -160,7 +162,8 @@ def hierarchy_variables() -> list[dict[str, Any]]:
     for position, level in enumerate(LEVELS):
         above = LEVELS[:position]
         condition = " AND ".join(f'"{k}" =~ /^${k}$/' for k in above)
-        query = f'SHOW TAG VALUES FROM "unit_status" WITH KEY = "{level}"'
+        # "<display name>|<id>" (collector/snapshots.py): the name shown, the id the value
+        query = f'SHOW TAG VALUES FROM "unit_status" WITH KEY = "{level}_label"'
         if condition:
             query += f" WHERE {condition}"
         variables.append(
@@ -171,6 +174,7 @@ def hierarchy_variables() -> list[dict[str, Any]]:
                 "datasource": DATASOURCE,
                 "query": query,
                 "definition": query,
+                "regex": LABEL_REGEX,
                 "refresh": 1,  # on dashboard load
                 "includeAll": True,
                 "allValue": ".*",

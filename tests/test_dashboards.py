@@ -201,6 +201,30 @@ def test_the_rejections_panel_counts_the_first_rejections_after_a_restart(
     second.stop()
 
 
+def test_the_hierarchy_variables_show_display_names_and_filter_by_id(
+    make_settings, run_collector
+) -> None:
+    """Against what a collector wrote: each variable shows the registry's names (the unit's
+    own, the places' from [places]) and its value is the id the panels filter by."""
+    settings = make_settings(REGISTRY, ingest={"stats_interval_s": 0.3})
+    run_collector(settings)
+    board = json.loads((ROOT / "dashboards" / "city-overview.json").read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"][1:]}
+    every = dict.fromkeys(variables, ".*")  # "All" above each variable
+
+    def options(name: str, **chosen: str) -> dict[str, str]:
+        return variable_options(settings.influx, variables[name], every | chosen)
+
+    units = poll(lambda: options("unit"), bool)
+    assert units.get("观前街广场") == "guanqian-square", units
+    assert units["Pingjiang Road checkpoint"] == "pingjiang-checkpoint"
+    districts = options("district")
+    assert districts["姑苏区"] == "gusu"
+    streets = options("street", district=regex_value(districts["姑苏区"]))
+    assert streets["观前街道"] == "guanqian" and "扬子江国际化学工业园" not in streets
+    assert options("grid")["G0107"] == "G0107"  # no display name: the id
+
+
 def test_the_silent_devices_panel_follows_the_hierarchy(influxdb, database) -> None:
     """A silent device and a silent gateway, written as the collector writes them: the
     panel's query, filtered to a district, shows what is in that district only."""
@@ -279,8 +303,21 @@ def resolve_variables(settings, board: dict[str, Any]) -> dict[str, str]:
     """Each variable's query with the values chosen above it; the first value is chosen."""
     chosen: dict[str, str] = {}
     for variable in board["templating"]["list"][1:]:
-        query = substitute(variable["query"], chosen) if chosen else variable["query"]
-        values = [r["value"] for s in query_sync(settings.influx, query) for r in rows(s)]
-        assert values, f"variable {variable['name']} has no values: {query}"
-        chosen[variable["name"]] = regex_value(sorted(values)[0])
+        options = variable_options(settings.influx, variable, chosen)
+        assert options, f"variable {variable['name']} has no values: {variable['query']}"
+        chosen[variable["name"]] = regex_value(sorted(options.values())[0])
     return chosen
+
+
+def variable_options(influx, variable: dict[str, Any], chosen: dict[str, str]) -> dict[str, str]:
+    """A query variable's options, text to value, as Grafana makes them: the query with the
+    values chosen above it, each result through the variable's regex (named groups)."""
+    query = substitute(variable["query"], chosen) if chosen else variable["query"]
+    pattern = re.compile(variable["regex"].strip("/").replace("(?<", "(?P<"))
+    options = {}
+    for series in query_sync(influx, query):
+        for row in rows(series):
+            found = pattern.search(row["value"])
+            if found:
+                options[found["text"]] = found["value"]
+    return options

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the Grafana dashboards in dashboards/*.json from the definitions below.
 
-Dashboards are code here so that the six of them share one hierarchy filter, one set of
-template variables and one annotation query; the JSON files are what Grafana imports
+Dashboards are code here so that they share one hierarchy filter, one set of
+template variables and the same annotation queries; the JSON files are what Grafana imports
 (provisioning, ``smartunit dashboards push``) and are committed. tests/test_dashboards.py
 checks that the files are what this script writes, and runs every query against a real
 InfluxDB filled by the simulator.

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
-from collector.config import parse_mqtt_url
+from collector.config import Settings, parse_mqtt_url
 from collector.configfile import load_settings, redacted
 from collector.errors import ConfigError
 from collector.logs import JsonFormatter
@@ -167,3 +170,47 @@ def test_receiver_urls_reach_a_log_line_without_their_secrets() -> None:
     for secret in ("hunter2", "ops:", "tok-x9"):
         assert secret not in line
     assert "https://***@hooks.example/in?access_token=***" in line
+
+
+def model_keys(model: type[BaseModel], section: str = "") -> set[str]:
+    """Every key of a settings model, dotted by section; a list of models is ``name[]``."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        dotted = f"{section}.{name}" if section else name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= model_keys(annotation, dotted)
+        elif get_origin(annotation) is list and _is_model(get_args(annotation)[0]):
+            keys |= model_keys(get_args(annotation)[0], f"{dotted}[]")
+        else:
+            keys.add(dotted)
+    return keys
+
+
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+EXAMPLE_SECTION = re.compile(r"^#?\s*(\[\[?)([a-z_.]+)\]\]?\s*(#.*)?$")
+EXAMPLE_KEY = re.compile(r"^#?\s*([a-z_]+)\s*=")
+
+
+def documented_keys(text: str) -> set[str]:
+    """The keys the example sets or shows commented out (``# key = ...``), dotted by section."""
+    keys: set[str] = set()
+    section = ""
+    for line in text.splitlines():
+        if found := EXAMPLE_SECTION.match(line):
+            section = found.group(2) + ("[]" if found.group(1) == "[[" else "")
+        elif found := EXAMPLE_KEY.match(line):
+            keys.add(f"{section}.{found.group(1)}" if section else found.group(1))
+    return keys
+
+
+def test_the_example_config_documents_every_setting() -> None:
+    documented = documented_keys(EXAMPLE.read_text())
+    settings = model_keys(Settings)
+    undocumented = sorted(settings - documented)
+    assert not undocumented, f"settings the example does not document: {undocumented}"
+    unknown = sorted(documented - settings)
+    assert not unknown, f"keys in the example that are no setting: {unknown}"

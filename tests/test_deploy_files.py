@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.config import IngestSettings
 from fieldtools.demo import secure_broker
 from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto
 
@@ -221,3 +223,44 @@ def test_the_local_influxdb_yields_the_cpu_to_the_collector(influxdb: InfluxDB) 
     if autogroup_on.exists() and autogroup_on.read_text().strip() == "1":
         # nice ranks threads only inside a scheduling group: its own group is lowered too
         assert (proc / "autogroup").read_text().split()[-1] == str(influxdb.cpu_nice)
+
+
+SYSTEMD_UNIT = ROOT / "scripts" / "systemd" / "smartunit-collector.service"
+
+
+def unit_settings(text: str) -> dict[str, dict[str, str]]:
+    """A systemd unit file's sections and keys (one value per key, as this unit uses)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, equals, value = line.partition("=")
+        assert current is not None and equals, f"line {number} is neither a section nor a key"
+        current[key] = value
+    return sections
+
+
+def test_the_systemd_unit_is_valid_and_stops_within_its_flush(tmp_path: Path) -> None:
+    text = SYSTEMD_UNIT.read_text()
+    settings = unit_settings(text)
+    service = settings["Service"]
+    assert set(settings) == {"Unit", "Service", "Install"}
+    program, *arguments = service["ExecStart"].split()
+    assert program.endswith("/bin/smartunit") and arguments[:2] == ["run", "--config"]
+    # SIGKILL must not come before the collector has flushed what it received
+    flush_s = IngestSettings().shutdown_flush_s
+    assert int(service["TimeoutStopSec"]) >= 2 * flush_s
+    assert service["RestartPreventExitStatus"] == "2"  # a configuration error
+    verify = shutil.which("systemd-analyze")
+    if verify is None:
+        return  # parsed above; systemd checks the rest where it is installed
+    # as installed with this checkout's smartunit: verify insists the program exists
+    installed = tmp_path / SYSTEMD_UNIT.name
+    installed.write_text(text.replace(program, str(Path(sys.executable).parent / "smartunit")))
+    done = subprocess.run([verify, "verify", str(installed)], capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr

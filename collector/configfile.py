@@ -7,9 +7,13 @@ SMARTUNIT_MQTT_URL         ``mqtt://[user:pass@]host:port`` (``mqtts://`` for TL
 SMARTUNIT_INFLUX_URL       ``http(s)://[user:pass@]host:port`` of the InfluxDB HTTP API
 SMARTUNIT_INFLUX_DB        database (1.x) or bucket mapped by DBRP (2.x, 3.x)
 SMARTUNIT_INFLUX_TOKEN     token sent as ``Authorization: Token ...`` (optional)
+SMARTUNIT_HTTP_HOST        address the HTTP API listens on (``0.0.0.0``: every one)
 SMARTUNIT_HTTP_PORT        port of the HTTP API
+SMARTUNIT_PUBLIC_URL       base of the alert links in webhook payloads
 SMARTUNIT_DATA_DIR         directory for durable state
 =========================  ==========================================================
+
+``SMARTUNIT_CONFIG`` names the file itself, read when no path is given (``--config``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SMARTUNIT_INFLUX_URL": ("influx", "url"),
     "SMARTUNIT_INFLUX_DB": ("influx", "database"),
     "SMARTUNIT_INFLUX_TOKEN": ("influx", "token"),
+    "SMARTUNIT_HTTP_HOST": ("http", "host"),
     "SMARTUNIT_HTTP_PORT": ("http", "port"),
+    "SMARTUNIT_PUBLIC_URL": ("alerts", "public_url"),
     "SMARTUNIT_DATA_DIR": ("data_dir",),
 }
+CONFIG_ENV = "SMARTUNIT_CONFIG"
 
 # A catch-all receiver for quick starts: every alert event goes there.
 API_TOKEN_ENV = "SMARTUNIT_API_TOKEN"  # noqa: S105 - a variable's name
@@ -102,6 +109,8 @@ def load_settings(
     raw: dict[str, Any] = {}
     origin = "defaults and environment"
     base = Path.cwd()
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
     if path is not None:
         path = Path(path)
         origin = str(path)

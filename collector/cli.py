@@ -190,7 +190,7 @@ def cmd_broker_acl(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fieldtools.simulator import simulate_command  # noqa: PLC0415
+    from fieldtools.simulate import simulate_command  # noqa: PLC0415
 
     return simulate_command(args.tool_args, prog="smartunit simulate")
 

@@ -20,8 +20,11 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.registry import Registry
 from fieldtools.demo import secure_broker, wait_for_collector
 from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto, spawn, stop_process
+from fieldtools.simulate import schedule_problems
+from fieldtools.simulator import ScheduledAnomaly, build_fleet
 from tests.conftest import collector_env, poll
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +90,13 @@ def test_compose_file_is_valid_and_needs_its_secrets() -> None:
     published = {int(port["target"]) for port in _ports(services["collector"])}
     assert int(collector_env["SMARTUNIT_HTTP_PORT"]) in published
     assert collector_env["SMARTUNIT_PUBLIC_URL"] == "http://localhost:8080"
+    # the simulator's script names devices of the registry the image ships
+    command = services["simulator"]["command"]
+    schedule = [
+        ScheduledAnomaly.parse(command[i + 1]) for i, a in enumerate(command) if a == "--schedule"
+    ]
+    fleet = build_fleet(Registry.load(ROOT / "config" / "registry.example.toml"))
+    assert schedule and schedule_problems(fleet, schedule) == []
     public = compose_config({**COMPOSE_SECRETS, "SMARTUNIT_PUBLIC_URL": "https://su.example"})
     public_env = yaml.safe_load(public.stdout)["services"]["collector"]["environment"]
     assert public_env["SMARTUNIT_PUBLIC_URL"] == "https://su.example"

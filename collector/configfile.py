@@ -24,9 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from collector.config import Settings
+from collector.configerrors import Loc, Problem, describe, validation_problems
 from collector.errors import ConfigError
 from collector.urls import redact_url
 
@@ -48,7 +49,9 @@ WEBHOOK_URL_ENV = "SMARTUNIT_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "SMARTUNIT_WEBHOOK_SECRET"  # noqa: S105 - a variable's name
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[Loc, str]:
+    """Sets the overrides present in ``env``; the keys they set, each with its variable."""
+    applied: dict[Loc, str] = {}
     for var, path in ENV_OVERRIDES.items():
         value = env.get(var)
         if value is None or value == "":
@@ -60,16 +63,16 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError(f"{'.'.join(path[:-1])}: must be a table to apply {var}")
             node = child
         node[path[-1]] = value
+        applied[path] = var
+    return applied
 
 
-def format_validation_errors(exc: ValidationError, heading: str) -> str:
-    """One line per problem, each naming its key path (``mqtt.url: ...``)."""
-    lines = [heading]
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+def format_validation_errors(
+    exc: ValidationError, heading: str, *, model: type[BaseModel], path: Path | None = None
+) -> str:
+    """One line per problem, each naming its file and line (when it comes from ``path``),
+    its key path (``mqtt.url: ...``) and, for a misspelt key, the closest valid one."""
+    return describe(heading, validation_problems(exc, model), path)
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -116,7 +119,7 @@ def load_settings(
         origin = str(path)
         base = path.resolve().parent
         raw = read_toml(path, "configuration")
-    _apply_env(raw, env)
+    from_env = _apply_env(raw, env)
     if env.get(API_TOKEN_ENV):
         http = raw.setdefault("http", {})
         if isinstance(http, dict):
@@ -134,9 +137,12 @@ def load_settings(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(
-            format_validation_errors(exc, f"invalid configuration in {origin}:")
-        ) from None
+        problems = [
+            Problem(p.loc, f"{p.message} (set by {from_env[p.loc]})") if p.loc in from_env else p
+            for p in validation_problems(exc, Settings)
+        ]
+        file = Path(path) if path is not None else None
+        raise ConfigError(describe(f"invalid configuration in {origin}:", problems, file)) from None
     return _resolve_relative(settings, base, env)
 
 

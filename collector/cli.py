@@ -153,11 +153,13 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from collector.rules import RuleBook  # noqa: PLC0415
+    from collector.rules import RuleBook, units_unknown_to  # noqa: PLC0415
 
     settings = load_settings(args.path)
     registry = _registry(settings).current
     book = RuleBook.load(settings.detection.rules)
+    for warning in units_unknown_to(registry, settings.detection.rules):
+        print(warning, file=sys.stderr)
     endpoint = settings.mqtt.endpoint
     print(f"{args.path}: OK")
     print(f"  mqtt:     {endpoint.host}:{endpoint.port}{' (TLS)' if endpoint.tls else ''}")

@@ -29,11 +29,12 @@ from pydantic import (
     model_validator,
 )
 
-from collector.configerrors import did_you_mean
+from collector.configerrors import Problem, describe, did_you_mean
 from collector.configfile import format_validation_errors, read_toml
 from collector.errors import ConfigError
 from collector.families import known_family
 from collector.lineprotocol import check_tag_text
+from collector.registry import Registry
 from detectors.base import Detector
 from detectors.registry import DETECTORS, create
 
@@ -182,3 +183,24 @@ class RuleBook:
 
     def names(self) -> Iterable[str]:
         return sorted({rule.name for rule in self.rules})
+
+
+def units_unknown_to(registry: Registry, paths: Sequence[Path]) -> list[str]:
+    """A warning for each rule file whose rules name units the registry does not hold:
+    such a rule applies nowhere, most often because of a typo."""
+    warnings = []
+    for path in paths:
+        parsed = RuleFile.model_validate(read_toml(path, "rules"))
+        problems = [
+            Problem(
+                ("rules", index, "units"),
+                f"rule {rule.name!r} names unknown unit {unit!r}"
+                f"{did_you_mean(unit, registry.units)}, so it applies to no unit of that name",
+            )
+            for index, rule in enumerate(parsed.rules)
+            for unit in rule.units
+            if unit not in registry.units
+        ]
+        if problems:
+            warnings.append(describe(f"warning: rules in {path}:", problems, path))
+    return warnings

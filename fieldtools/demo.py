@@ -191,7 +191,7 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
             log_path=workdir / "simulator.log",
         )
         _banner(broker, influxdb, workdir, env, users=users, unit_ids=unit_ids, config=config)
-        _watch(influx, args.duration, children, workdir / "simulator.log")
+        _watch(influx, args.duration, children, workdir / "simulator.log", stored=stored)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
     except SmartUnitError as exc:
@@ -260,9 +260,11 @@ def _watch(
     duration_s: float,
     children: dict[str, subprocess.Popen[bytes]],
     simulator_log: Path,
+    *,
+    stored: int,
 ) -> None:
     started = time.monotonic()
-    previous = 0
+    previous = stored  # the history: "since last" counts what came in live
     injections = _Injections(simulator_log)
     while duration_s <= 0 or time.monotonic() - started < duration_s:
         time.sleep(

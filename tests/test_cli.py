@@ -152,3 +152,22 @@ def test_every_option_has_help() -> None:
     missing = options_without_help(build_parser(), "smartunit")
     missing += options_without_help(simulate_parser("smartunit simulate"), "smartunit simulate")
     assert missing == []
+
+
+def test_a_rule_for_a_unit_the_registry_does_not_hold_is_pointed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        "[[rules]]\nname = 'gas'\nfamily = 'chem'\nquantity = 'lel_pct'\n"
+        "detector = 'threshold'\nunits = ['donghai-gas', 'xinghua-chen']\n"
+    )
+    config = tmp_path / "smartunit.toml"
+    config.write_text(f"[registry]\npath = '{REGISTRY}'\n[detection]\nrules = ['{rules}']\n")
+    assert main(["check-config", str(config)]) == 0  # the collector runs on it
+    err = capsys.readouterr().err
+    assert (
+        f"{rules}:6: rules.0.units: rule 'gas' names unknown unit 'xinghua-chen'; "
+        "did you mean 'xinghua-chem'?"
+    ) in err
+    assert "'donghai-gas'" not in err

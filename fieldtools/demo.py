@@ -9,9 +9,9 @@ if the demo itself is killed.
 A fresh demo's InfluxDB first gets a day of the simulated devices' history, as a
 deployment's holds when a collector starts: the collector's warm start learns from it
 (the statistical detectors judge a series once they have seen a day of it, or 400
-readings), so they judge the live readings from the first one.
-Within the first minute a scripted opening shows the alert loop on registered units;
-random anomalies and now and then a faulty message follow.
+readings), so they judge the live readings from the first one. Within the first minute
+a scripted opening shows the alert loop on registered units; random anomalies and, now
+and then, a faulty message follow.
 """
 
 from __future__ import annotations

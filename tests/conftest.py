@@ -22,7 +22,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.app import Collector
 from collector.config import InfluxSettings, Settings
-from collector.configfile import load_settings
+from collector.configfile import (
+    API_TOKEN_ENV,
+    CONFIG_ENV,
+    ENV_OVERRIDES,
+    WEBHOOK_SECRET_ENV,
+    WEBHOOK_URL_ENV,
+    load_settings,
+)
 from collector.influx import query_sync, rows
 from collector.registry import RegistryHolder
 from fieldtools.demo import wait_for_collector
@@ -30,6 +37,11 @@ from fieldtools.localservices import InfluxDB, Mosquitto, free_port
 from tests.receivers import receiver_url  # noqa: F401 - a fixture for every test
 
 T = TypeVar("T")
+
+# A shell that ran the demo's `export SMARTUNIT_...` line would point every configuration
+# the tests load, and every collector they start, at the demo's files and servers.
+for _name in (*ENV_OVERRIDES, CONFIG_ENV, API_TOKEN_ENV, WEBHOOK_URL_ENV, WEBHOOK_SECRET_ENV):
+    os.environ.pop(_name, None)
 
 _ids = itertools.count(1)
 

@@ -41,7 +41,9 @@ def test_environment_overrides_win(tmp_path: Path) -> None:
         "SMARTUNIT_INFLUX_URL": "http://influx.example:8086",
         "SMARTUNIT_INFLUX_DB": "city",
         "SMARTUNIT_INFLUX_TOKEN": "tok-123",
+        "SMARTUNIT_HTTP_HOST": "0.0.0.0",
         "SMARTUNIT_HTTP_PORT": "9090",
+        "SMARTUNIT_PUBLIC_URL": "https://smartunit.example",
         "SMARTUNIT_DATA_DIR": str(tmp_path),
     }
     for source in (EXAMPLE, None):
@@ -55,7 +57,17 @@ def test_environment_overrides_win(tmp_path: Path) -> None:
         assert settings.influx.token is not None
         assert settings.influx.token.get_secret_value() == "tok-123"
         assert settings.http.port == 9090
+        assert settings.http.host == "0.0.0.0"
+        assert settings.alerts.public_url == "https://smartunit.example"
         assert settings.data_dir == tmp_path
+
+
+def test_smartunit_config_names_the_file_when_no_path_is_given(tmp_path: Path) -> None:
+    settings = load_settings(None, env={"SMARTUNIT_CONFIG": str(EXAMPLE)})
+    assert settings.registry.path == ROOT / "config" / "registry.example.toml"
+    (tmp_path / "other.toml").write_text("[http]\nport = 9999\n")
+    given = load_settings(tmp_path / "other.toml", env={"SMARTUNIT_CONFIG": str(EXAMPLE)})
+    assert given.http.port == 9999 and given.registry.path is None  # a path given wins
 
 
 def test_secrets_never_reach_a_log_line() -> None:

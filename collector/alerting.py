@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from collector.alerts.backends import open_storage
+from collector.alerts.backends import STORE_ERRORS, open_storage
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
@@ -58,7 +58,9 @@ class AlertWiring:
         self.settings = settings
         self.stats = stats
         alerts = settings.alerts
-        store = open_storage(alerts.store_url, relative_to=settings.data_dir)
+        store = open_storage(
+            alerts.store_url, relative_to=settings.data_dir, lease_s=alerts.claim_lease_s
+        )
         notifier = Notifier(alerts.receivers, alerts.public_url)
         self.book = AlertBook(
             store,
@@ -201,6 +203,9 @@ class AlertWiring:
                     # The book is thread-safe (the API uses it from threads too); off the
                     # event loop, a scan of every open alert never delays a live one.
                     await asyncio.to_thread(self._verify_and_escalate, round(now * 1000), alive_now)
+                except STORE_ERRORS as exc:  # the clock waits for the store: no deadline lost
+                    self.stats.alert_errors += 1
+                    log.error("alert clock waits for the alert store", extra={"error": str(exc)})
                 except Exception:  # keep verifying: the next tick may succeed
                     self.stats.alert_errors += 1
                     log.exception("alert verification failed")
@@ -209,6 +214,8 @@ class AlertWiring:
                 await store(Batch(lines=lines))
 
     def _verify_and_escalate(self, now_ms: int, alive: Callable[[str], bool]) -> None:
+        if not self.book.runs_clock():
+            return  # another instance sharing the store runs it
         self.book.verify(now_ms, alive)
         self.book.escalate(now_ms, self.settings.alerts.ack_deadlines_s)
 

@@ -32,10 +32,7 @@ REFUSED = (sqlite3.IntegrityError, AlertConflictError)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AlertStorage]:
-    if request.param == "sqlite":
-        url = "sqlite:///alerts.db"
-    else:
-        url = request.getfixturevalue("pg_url")
+    url = "sqlite:///alerts.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     store = open_storage(url, relative_to=tmp_path)
     yield store
     store.close()
@@ -122,7 +119,7 @@ def test_create_writes_what_decide_makes_of_the_new_alert(storage: AlertStorage)
 
 def test_deliveries_settle_in_order_per_alert(storage: AlertStorage) -> None:
     book = routed(storage)
-    (opened,) = book.on_detection(detection("raised", "orange", 0))
+    (_opened,) = book.on_detection(detection("raised", "orange", 0))
     book.on_detection(detection("changed", "red", MIN, 55))
     outbox = storage.outbox
     (first,) = outbox.due(10**13, "desk")
@@ -224,12 +221,12 @@ def test_a_change_decided_on_a_stale_copy_is_refused_and_decided_again(
     assert stale is not None
     there.acknowledge(opened.alert_id, actor="desk", now_ms=MIN)  # the other instance acts
 
-    change = there._ledger.change(stale)  # noqa: SLF001 - decided on the stale copy
+    change = there._ledger.change(stale)
     change.next_seq = 2
     stale.value = 99.0
     change.record(EventType.COMMENTED, 2 * MIN, "someone", "on a stale copy")
     with pytest.raises(AlertConflictError):
-        there._ledger.commit(change)  # noqa: SLF001
+        there._ledger.commit(change)
 
     assert here.escalate(30 * MIN, {"red": 60.0}) == []  # the acknowledgement holds
     alert = here.get(opened.alert_id)

@@ -40,6 +40,7 @@ from collector.unitlink import (
     UnitStates,
     is_pseudo_unit,
     parse_ack,
+    parse_unit_topic,
     unit_state_body,
     unit_state_topic,
 )
@@ -69,7 +70,8 @@ class AlertWiring:
             router=notifier.route,
         )
         self.unit_states = UnitStates(
-            lambda topic, body: source.publish(topic, body, qos=1, retain=True)
+            lambda topic, body: source.publish(topic, body, qos=1, retain=True),
+            current=self._unit_state_now if store.shared else None,
         )
         self.unit_states.prime(self._unit_state_bodies())
         self.pending = PendingDetections(self.book.on_detection)
@@ -180,9 +182,26 @@ class AlertWiring:
 
     async def restore_unit_states(self) -> None:
         """Overwritten unit states get the collector's again, once per interval at most."""
+        shared = self.book.shared
         while True:
             await asyncio.sleep(RESTORE_INTERVAL_S)
-            self.unit_states.restore()
+            if not shared:
+                self.unit_states.restore()
+                continue
+            try:  # it reads the shared store: off the event loop
+                await asyncio.to_thread(self.unit_states.restore)
+            except STORE_ERRORS as exc:
+                log.error("unit states wait for the alert store", extra={"error": str(exc)})
+
+    def _unit_state_now(self, topic: str) -> bytes:
+        """What a unit's state topic should hold, as the shared store has it now."""
+        states = sorted(ACTIVE_STATES)
+        parsed = parse_unit_topic(topic)
+        if parsed is not None and unit_state_topic(parsed[0]) == topic:
+            return unit_state_body(parsed[0], self.book.find(states=states, unit=parsed[0]))
+        # A unit whose name the topic level changed: found among all active alerts.
+        matching = [a for a in self.book.find(states=states) if unit_state_topic(a.unit) == topic]
+        return unit_state_body(matching[0].unit, matching) if matching else b""
 
     async def verify(
         self, alive: Callable[[str, float], bool], store: Callable[[Batch], Awaitable[None]]

@@ -286,6 +286,11 @@ class AlertBook:
 
     # -- the clock -------------------------------------------------------------------------
 
+    @property
+    def shared(self) -> bool:
+        """Other instances change these alerts too (a shared store)."""
+        return self._storage.shared
+
     def runs_clock(self) -> bool:
         """Whether this instance runs the alert clock (verify, escalate) now: always on a
         store of its own; on a shared one, one instance at a time holds the turn."""

@@ -30,7 +30,7 @@ from tests.test_detection_e2e import PRESETS
 REGISTRY = """
 [units.{unit}]
 kind = "chem_enterprise"
-hierarchy = {{ city = "suzhou", district = "zjg", street = "park", community = "e", grid = "CP-01" }}
+hierarchy = {{ city = "sz", district = "zjg", street = "park", community = "e", grid = "CP-01" }}
 """
 DEVICES = ("gas-1", "gas-2", "gas-3", "gas-4")
 

@@ -221,8 +221,9 @@ def test_a_change_decided_on_a_stale_copy_is_refused_and_decided_again(
     assert stale is not None
     there.acknowledge(opened.alert_id, actor="desk", now_ms=MIN)  # the other instance acts
 
+    # Decided on the stale copy, numbered after the acknowledgement it never saw.
     change = there._ledger.change(stale)
-    change.next_seq = 2
+    assert change.next_seq == 3
     stale.value = 99.0
     change.record(EventType.COMMENTED, 2 * MIN, "someone", "on a stale copy")
     with pytest.raises(AlertConflictError):

@@ -81,6 +81,10 @@ CONNECT_OPTIONS: dict[str, Any] = {
 
 Row = tuple[Any, ...]
 
+# Each alert read carries, out of sight of its fields, the event its row stood at: a
+# change decided on it is written only if the row still stands there.
+_READ_AT_SEQ = "_pg_read_at_seq"
+
 
 def instance_name() -> str:
     """This process among the instances sharing the store: host, process, and a random
@@ -230,15 +234,19 @@ class PgAlerts(_Repository):
         if not events:
             db.execute(update + " WHERE id = %s", (*self._row_values(alert), alert.id))
         else:
-            # The change follows the event before its first: if the row has moved past
-            # that, another instance changed the alert since it was read.
+            # The change follows the event before its first, and was decided on a copy
+            # read at some event: if either is not where the row stands, another instance
+            # changed the alert since.
+            follows = events[0].seq - 1
+            read_at = vars(alert).get(_READ_AT_SEQ, follows)
             cursor = db.execute(
                 update + ", last_seq = %s WHERE id = %s AND last_seq = %s",
-                (*self._row_values(alert), events[-1].seq, alert.id, events[0].seq - 1),
+                (*self._row_values(alert), events[-1].seq, alert.id, follows),
             )
-            if cursor.rowcount != 1:
+            if cursor.rowcount != 1 or read_at != follows:
                 raise AlertConflictError(f"alert {alert.id} changed since it was read")
             self._insert_events(db, alert, events)
+            vars(alert)[_READ_AT_SEQ] = events[-1].seq  # the copy is the row again
         self._insert_outbox(db, outbox)
 
     @staticmethod
@@ -301,7 +309,7 @@ class PgAlerts(_Repository):
     _COLUMNS = (
         "id, device, quantity, detector, state, colour, family, unit, hierarchy, value, "
         "started_at_ms, updated_at_ms, condition_active, condition_changed_at_ms, "
-        "acknowledged, extra"
+        "acknowledged, extra, last_seq"
     )
 
     @staticmethod
@@ -321,6 +329,7 @@ class PgAlerts(_Repository):
             condition_changed_at_ms=int(row[13]),
             acknowledged=bool(row[14]),
         )
+        vars(alert)[_READ_AT_SEQ] = int(row[16])
         return with_bookkeeping(alert, json.loads(row[15]))
 
     def get(self, alert_id: int) -> Alert | None:

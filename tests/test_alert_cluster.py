@@ -40,12 +40,15 @@ class Desk(http.server.BaseHTTPRequestHandler):
     it is sent, repeats included."""
 
     delay_s = 0.0
+    arrived = 0  # requests begun
     keys: ClassVar[list[str]] = []
     messages: ClassVar[dict[str, dict[str, Any]]] = {}
     lock = threading.Lock()
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        with Desk.lock:
+            Desk.arrived += 1
         time.sleep(type(self).delay_s)
         with Desk.lock:
             key = self.headers[EVENT_ID_HEADER]
@@ -66,7 +69,7 @@ class Desk(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def desk_url() -> Iterator[str]:
-    Desk.delay_s, Desk.keys, Desk.messages = 0.0, [], {}
+    Desk.delay_s, Desk.arrived, Desk.keys, Desk.messages = 0.0, 0, [], {}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Desk)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -91,7 +94,12 @@ class Cluster:
         return f"plant-{self.database}"
 
     def start(
-        self, name: str, *, detects: bool = True, red_deadline_s: float = 600.0
+        self,
+        name: str,
+        *,
+        detects: bool = True,
+        red_deadline_s: float = 600.0,
+        desk_timeout_s: float = 2.0,
     ) -> Popen[bytes]:
         registry = self.directory / "registry.toml"
         registry.write_text(
@@ -103,10 +111,11 @@ class Cluster:
             f'[mqtt]\nclient_id = "{name}-{self.database}"\n'
             f'[registry]\npath = "{registry}"\n'
             f'[detection]\nenabled = {str(detects).lower()}\nrules = ["{PRESETS}"]\n'
-            f'[alerts]\nstore = "{self.store_url}"\nclaim_lease_s = 3.0\n'
+            f'[alerts]\nstore = "{self.store_url}"\nclaim_lease_s = {desk_timeout_s + 1}\n'
             "verify_interval_s = 0.5\nretry_initial_s = 0.1\nretry_max_s = 0.5\n"
             f"ack_deadlines_s = {{ red = {red_deadline_s} }}\n"
-            f'[[alerts.receivers]]\nname = "desk"\nurl = "{self.desk_url}"\ntimeout_s = 2.0\n'
+            f'[[alerts.receivers]]\nname = "desk"\nurl = "{self.desk_url}"\n'
+            f"timeout_s = {desk_timeout_s}\n"
             "group_incidents = false\n"
         )
         env = collector_env(self.broker, self.influxdb, self.database, self.directory / name)
@@ -215,7 +224,7 @@ def test_postgresql_restarted_under_load_loses_no_alert_event(
     cluster, publisher: Publisher, pg_url: str, postgres: PostgresServer
 ) -> None:
     shared = cluster(pg_url)
-    shared.start("only")
+    shared.start("only", desk_timeout_s=10.0)
     load = threading.Event()
 
     def steady_load() -> None:  # normal readings from a device all along
@@ -229,17 +238,20 @@ def test_postgresql_restarted_under_load_loses_no_alert_event(
     loader = threading.Thread(target=steady_load, daemon=True)
     loader.start()
     try:
+        Desk.delay_s = 3.0  # the desk takes its time over the first event
         burst(publisher, "gas-1", 60.0)
-        assert wait_for(lambda: Desk.events("opened"), timeout_s=30), shared.log("only")
+        assert wait_for(lambda: Desk.arrived, timeout_s=30), shared.log("only")
 
-        postgres.stop_fast()
+        postgres.stop_fast()  # while the desk works on it: its answer cannot be written
         try:
             burst(publisher, "gas-2", 60.0)  # opened while the store is down
             burst(publisher, "gas-1", 5.0)  # and gas-1 recovers meanwhile
             assert wait_for(
                 lambda: "alert store cannot be written" in shared.log("only"), timeout_s=30
             ), shared.log("only")
+            assert wait_for(lambda: Desk.events("opened"))  # the desk took it meanwhile
         finally:
+            Desk.delay_s = 0.0
             postgres.start()
         burst(publisher, "gas-3", 60.0)  # after the restart
 

@@ -360,6 +360,8 @@ class AlertSettings(_Section):
                 "expected sqlite:///<path> (relative to data_dir) or "
                 "postgresql://<user>@<host>:<port>/<database>"
             )
+        if url.startswith("postgresql:") and (problem := url_problem(url)) is not None:
+            raise ValueError(f"the PostgreSQL URL {problem}")
         return url
 
     @model_validator(mode="after")

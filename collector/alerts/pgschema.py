@@ -18,6 +18,11 @@ from collector.errors import AlertStoreError
 
 SCHEMA_VERSION = 1
 
+# The tables mirror collector/alerts/schema.py column for column: a column added there is
+# added here too (and read and written in collector/alerts/pgstore.py), with an
+# ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` for databases created before, and
+# SCHEMA_VERSION raised.
+
 # An arbitrary constant: the advisory lock key under which the schema is prepared.
 SCHEMA_LOCK = 0x5347_5354  # "SGST"
 

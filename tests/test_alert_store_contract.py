@@ -21,7 +21,7 @@ from collector.alerts.outbox import OutboxEntry
 from collector.alerts.pgstore import PgAlertStore
 from collector.alerts.repositories import AlertStorage
 from collector.config import ReceiverSettings
-from collector.errors import AlertConflictError
+from collector.errors import AlertConflictError, AlertStoreError
 from tests.postgres import PostgresServer
 from tests.test_alert_lifecycle import MIN, alive, detection
 
@@ -271,3 +271,11 @@ def test_postgresql_gone_is_an_unavailable_store_and_the_next_use_reconnects(
     (changed,) = book.on_detection(detection("changed", "orange", MIN))
     assert (changed.alert_id, changed.seq) == (opened.alert_id, 2)
     store.close()
+
+
+def test_a_database_of_a_newer_schema_is_refused(pg_url: str) -> None:
+    PgAlertStore(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(AlertStoreError, match="schema 99"):
+        PgAlertStore(pg_url)

@@ -20,8 +20,9 @@ SCHEMA_VERSION = 1
 
 # The tables mirror collector/alerts/schema.py column for column: a column added there is
 # added here too (and read and written in collector/alerts/pgstore.py), with an
-# ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` for databases created before, and
-# SCHEMA_VERSION raised.
+# ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` after the tables for databases created
+# before, and SCHEMA_VERSION raised (every statement here is idempotent: running them
+# is the upgrade).
 
 # An arbitrary constant: the advisory lock key under which the schema is prepared.
 SCHEMA_LOCK = 0x5347_5354  # "SGST"
@@ -105,11 +106,15 @@ def prepare(db: psycopg.Connection[tuple[object, ...]], where: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         db.execute(SCHEMA)
         found = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if found is None:
-            db.execute("INSERT INTO meta VALUES ('schema', %s)", (str(SCHEMA_VERSION),))
-        elif int(str(found[0])) != SCHEMA_VERSION:
+        version = None if found is None else int(str(found[0]))
+        if version is not None and version > SCHEMA_VERSION:
             raise AlertStoreError(
-                f"alert database {where} has schema {found[0]}, this version reads "
-                f"{SCHEMA_VERSION}",
+                f"alert database {where} has schema {version}, this version reads {SCHEMA_VERSION}",
                 path=Path(where),
             )
+        # An older schema was brought up to date by SCHEMA's idempotent statements.
+        db.execute(
+            "INSERT INTO meta VALUES ('schema', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (str(SCHEMA_VERSION),),
+        )

@@ -91,6 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _alerts_database(args: argparse.Namespace) -> Path:
     settings = _settings(args)
+    if not settings.alerts.store_url.startswith("sqlite:"):
+        raise ConfigError(
+            "alerts-db checks and recovers an SQLite alert store; a PostgreSQL one is "
+            "checked with PostgreSQL's own tools (pg_amcheck) and its own backups"
+        )
     return settings.alerts.sqlite_file(settings.data_dir)
 
 

@@ -152,6 +152,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data["mqtt"]["url"] = redact_url(settings.mqtt.url)
     data["influx"]["url"] = redact_url(settings.influx.url)
+    if settings.alerts.store.startswith("postgresql:"):
+        data["alerts"]["store"] = redact_url(settings.alerts.store)
     receivers = settings.alerts.receivers
     for receiver, dumped in zip(receivers, data["alerts"]["receivers"], strict=True):
         dumped["url"] = redact_url(receiver.url)

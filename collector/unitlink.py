@@ -127,11 +127,22 @@ class UnitStates:
     always the last one published.
     """
 
-    def __init__(self, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[str, bytes], None],
+        *,
+        current: Callable[[str], bytes] | None = None,
+    ) -> None:
+        """``current``: for an alert store shared with other instances, the state a topic
+        should hold as the store has it now. Those instances publish a unit's state when
+        they change its alerts, so what this one last published may be stale: a differing
+        state is first checked against the store, and kept when the store agrees."""
         self._publish = publish
+        self._current = current
         self._lock = threading.Lock()
         self._published: dict[str, bytes] = {}  # only units with active alerts
-        self._contested: dict[str, None] = {}  # overwritten topics, in arrival order
+        # overwritten topics, in arrival order, with what was seen there
+        self._contested: dict[str, bytes] = {}
         self._log = RateLimitedLog(log, 60.0)
         self.overwrites = 0
         self.restored = 0
@@ -152,31 +163,59 @@ class UnitStates:
         with self._lock:
             if payload == self._published.get(topic, b""):
                 return False
-            self.overwrites += 1
             if topic not in self._contested and len(self._contested) >= MAX_CONTESTED_TOPICS:
+                self.overwrites += 1
                 self.unrestored += 1
                 return True
-            self._contested[topic] = None
+            self._contested[topic] = payload
+            if self._current is not None:
+                return True  # told apart from an overwrite by the store, in restore()
+            self.overwrites += 1
+        self._overwritten(topic)
+        return True
+
+    def _overwritten(self, topic: str) -> None:
         self._log.warning(
             "unit_state_overwritten",
             "a unit's retained alert state was overwritten by another client: restoring it",
             topic=topic[:200],
         )
-        return True
 
     def restore(self) -> int:
-        """Publish the collector's state again on every topic overwritten since the last call."""
+        """Publish the collector's state again on every topic overwritten since the last
+        call; how many. With a shared store (``current``) the store says what the topic
+        should hold: another instance's newer state is kept, not overwritten (this reads
+        the store: call it off the event loop)."""
         with self._lock:
-            topics = list(self._contested)
+            contested = dict(self._contested)
             self._contested.clear()
-            for topic in topics:
-                self._send(topic, self._published.get(topic, b""))
-            self.restored += len(topics)
-        return len(topics)
+            restored = 0
+            for topic, seen in contested.items():
+                body = self._published.get(topic, b"")
+                if self._current is not None:
+                    try:
+                        body = self._current(topic)
+                    except Exception:
+                        # The store unreachable: these wait for the next turn.
+                        for left in list(contested)[list(contested).index(topic) :]:
+                            self._contested.setdefault(left, contested[left])
+                        raise
+                    if body == seen:  # another instance published the store's state
+                        self._remember(topic, body)
+                        continue
+                    self.overwrites += 1
+                    self._overwritten(topic)
+                self._send(topic, body)
+                restored += 1
+            self.restored += restored
+        return restored
 
-    def _send(self, topic: str, body: bytes) -> None:
+    def _remember(self, topic: str, body: bytes) -> None:
         if body:
             self._published[topic] = body
         else:
             self._published.pop(topic, None)
+
+    def _send(self, topic: str, body: bytes) -> None:
+        self._remember(topic, body)
         self._publish(topic, body)

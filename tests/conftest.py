@@ -34,6 +34,7 @@ from collector.influx import query_sync, rows
 from collector.registry import RegistryHolder
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, Mosquitto, free_port
+from tests.postgres import PostgresServer, require_postgres
 from tests.receivers import receiver_url  # noqa: F401 - a fixture for every test
 
 T = TypeVar("T")
@@ -58,6 +59,8 @@ SERVER_FIXTURES = frozenset(
         "publisher",
         "subscribe",
         "small_filesystem",
+        "postgres",
+        "pg_url",
     }
 )
 
@@ -75,6 +78,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     server = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (tests/postgres.py); each test that needs a
+    database of its own takes ``pg_url``."""
+    require_postgres()
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a fresh database on the session's PostgreSQL server."""
+    return postgres.new_database()
 
 
 @pytest.fixture(scope="session")

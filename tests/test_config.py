@@ -98,6 +98,7 @@ def test_secrets_never_reach_a_log_line() -> None:
         ("[detection]\nstatistical_params = { noise_multipel = 1 }\n", "noise_multipel"),
         ("[detection]\nstatistical_params = { shift = { z = -1 } }\n", "z > 0"),
         ("[alerts]\nstore = 'postgres://db/alerts'\n", "alerts.store"),
+        ("[alerts]\nstore = 'postgresql://u:a/b@db/alerts'\n", "alerts.store"),
     ],
 )
 def test_bad_keys_are_named_and_exit_2(tmp_path: Path, text: str, key: str) -> None:
@@ -226,3 +227,15 @@ def test_the_example_config_documents_every_setting() -> None:
     assert not undocumented, f"settings the example does not document: {undocumented}"
     unknown = sorted(documented - settings)
     assert not unknown, f"keys in the example that are no setting: {unknown}"
+
+
+def test_a_postgresql_store_s_password_never_reaches_a_log_line(tmp_path: Path) -> None:
+    url = "postgresql://smartunit:hunter2@db.internal:5432/alerts?sslmode=require"
+    config = tmp_path / "smartunit.toml"
+    config.write_text(f'[alerts]\nstore = "{url}"\n')
+    settings = load_settings(config, env={})
+    assert settings.alerts.store == url  # used as written
+    record = logging.LogRecord("t", logging.INFO, "", 0, "settings", (), None)
+    record.settings = redacted(settings)
+    line = JsonFormatter().format(record)
+    assert "hunter2" not in line and "postgresql://***@db.internal:5432/alerts" in line

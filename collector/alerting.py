@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from collector.alerts.backends import open_storage
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
+from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, is_pseudo_unit
 from collector.alerts.notify import Notifier
 from collector.alerts.pending import PendingDetections
 from collector.config import Settings
@@ -38,7 +38,6 @@ from collector.storage import Batch
 from collector.unitlink import (
     RESTORE_INTERVAL_S,
     UnitStates,
-    is_pseudo_unit,
     parse_ack,
     unit_state_body,
     unit_state_topic,

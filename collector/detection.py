@@ -223,7 +223,13 @@ class DetectionEngine:
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
-        return self._silence_check.check(now_s, registry, self._device_names)
+        return self._silence_check.check(now_s, registry, self._device_names, self.device_family)
+
+    def device_family(self, device: str) -> str:
+        """The family a device's readings came as ("" before any quantity was judged)."""
+        found = self._devices.get(device)
+        series = next((s for s in found[1].values() if s >= 0), None) if found else None
+        return "" if series is None else self._info[series][1]
 
     def _rewind_stepped_clocks(self, ids: np.ndarray, times: np.ndarray, now: float) -> None:
         """Re-anchor the series of devices whose clock stepped back.

@@ -23,7 +23,7 @@ from typing import Any
 from collector.alerts.backends import STORE_ERRORS, open_storage
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
+from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, is_pseudo_unit
 from collector.alerts.notify import Notifier
 from collector.alerts.pending import PendingDetections
 from collector.config import Settings
@@ -39,7 +39,6 @@ from collector.storage import Batch
 from collector.unitlink import (
     RESTORE_INTERVAL_S,
     UnitStates,
-    is_pseudo_unit,
     parse_ack,
     parse_unit_topic,
     unit_state_body,

@@ -188,7 +188,9 @@ class DetectionEngine:
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
-        return self._silence_check.check(now_s, registry, self.series.device_names)
+        return self._silence_check.check(
+            now_s, registry, self.series.device_names, self.series.device_family
+        )
 
     def _rewind_stepped_clocks(self, ids: np.ndarray, times: np.ndarray, now: float) -> None:
         """Re-anchor the series of devices whose clock stepped back (collector/clocksteps.py)."""

@@ -56,6 +56,12 @@ class SeriesTable:
                 self.info.append((device, family, quantity))
         return found
 
+    def device_family(self, device: str) -> str:
+        """The family a device's readings came as ("" before any quantity was judged)."""
+        found = self.devices.get(device)
+        series = next((s for s in found[1].values() if s >= 0), None) if found else None
+        return "" if series is None else self.info[series][1]
+
     def device_id_of(self, series: int) -> int:
         return self.devices[self.info[series][0]][0]
 

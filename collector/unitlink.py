@@ -38,7 +38,6 @@ UNIT_TOPIC_ROOT = f"{TOPIC_ROOT}/units"
 UNIT_ACK_SUBSCRIPTION = f"{UNIT_TOPIC_ROOT}/+/ack"
 UNIT_STATE_SUBSCRIPTION = f"{UNIT_TOPIC_ROOT}/+/alert"
 UNIT_TOPIC_KINDS = frozenset({"ack", "alert"})
-PSEUDO_UNIT_PREFIX = "_"  # _fleet, _collector, _unregistered: no registry unit starts so
 RESTORE_INTERVAL_S = 0.5
 MAX_CONTESTED_TOPICS = 10_000  # overwritten topics waiting for their restoration
 _ROOT_LEVELS = UNIT_TOPIC_ROOT.split("/")
@@ -53,11 +52,6 @@ def parse_unit_topic(topic: str) -> tuple[str, str] | None:
     if not unit or kind not in UNIT_TOPIC_KINDS:
         return None
     return unit, kind
-
-
-def is_pseudo_unit(unit: str) -> bool:
-    """A unit of the service's own (fleet, collector, unregistered devices): no panel."""
-    return not unit or unit.startswith(PSEUDO_UNIT_PREFIX)
 
 
 def unit_state_topic(unit: str) -> str:

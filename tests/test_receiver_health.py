@@ -31,7 +31,7 @@ from collector.config import ReceiverSettings
 from collector.operator import ReceiverWatch
 from tests.conftest import influx_rows, poll
 from tests.receivers import QuietHandler, WorkOrders, serve
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, keep
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS, browser_driver, keep
 from tests.test_webhook_lanes import gas_alarm, gas_plant
 
 TOKEN = "tok-receivers"
@@ -209,7 +209,7 @@ def test_a_refusing_receiver_is_named_shown_and_given_up_on(
 def test_the_console_shows_a_failing_receiver_until_it_delivers(
     make_settings, run_collector, publisher, tmp_path: Path, receivers
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_driver()
     assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
     settings, collector = start(make_settings, run_collector, tmp_path, receivers)
     base = f"http://127.0.0.1:{settings.http.port}"

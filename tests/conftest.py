@@ -28,6 +28,8 @@ from collector.registry import RegistryHolder
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, Mosquitto, free_port
 
+pytest_plugins = ["tests.natsfixtures"]
+
 T = TypeVar("T")
 
 _ids = itertools.count(1)

@@ -1,0 +1,434 @@
+"""Transport ``nats``: devices on the MQTT gateway of a NATS cluster (``transport = "nats"``).
+
+Devices keep protocol v1 over MQTT 3.1.1 (topics, QoS 1, retained status, last will). The
+collector takes their data from JetStream: the servers' subject mapping puts each device's
+data subject into one of ``nats.partitions`` partitions (``collector.natssubjects``), the
+MQTT gateway stores every QoS 1 publish in its stream ``$MQTT_msgs`` before it sends the
+PUBACK, and one durable pull consumer per partition reads it. A message is acknowledged to
+JetStream only after its readings were handed off durably (InfluxDB or the spool), in
+arrival order, like the MQTT source's PUBACKs; one not acknowledged within
+``nats.ack_wait_s`` (the collector died) is delivered again.
+
+Everything else (device status, the units' acknowledgements and states, the collector's
+own status with its last will, the downlink and the rejection copies) goes over one MQTT
+3.1.1 session with the gateway (the gateway refuses MQTT 5), persistent and acknowledged
+after hand-off too.
+
+The inbox is bounded by ``mqtt.receive_maximum`` messages: a partition fetches only while
+what was fetched and not yet acknowledged leaves room, so the backlog stays in the stream,
+replicated on disk, and the stream is bounded by ``nats.stream_max_bytes``. Beyond that the
+gateway refuses a device's publish (no PUBACK) and the device keeps the reading and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import paho.mqtt.client as paho
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from collector.backoff import Backoff
+from collector.config import MqttSettings, NatsSettings
+from collector.logs import RateLimitedLog
+from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox, make_client
+from collector.natssubjects import (
+    MQTT_MESSAGES_PREFIX,
+    MQTT_MESSAGES_STREAM,
+    PARTITION_ROOT,
+    PROBE_FAMILY,
+    partition_filter,
+    partition_of,
+    partitioned_topic,
+    subject_to_topic,
+)
+
+log = logging.getLogger(__name__)
+
+JETSTREAM = -1  # the generation of messages from JetStream: acknowledged on any connection
+FETCH_WAIT_S = 5.0  # a partition's long poll; a fetch returns at once when messages wait
+PROBES = 16  # device tokens published to check the servers' mapping against ours
+_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
+
+
+class PartitionMappingError(Exception):
+    """The servers' subject mapping does not put devices where ``nats.partitions`` says."""
+
+
+async def provision(js: JetStreamContext, settings: NatsSettings) -> None:
+    """The gateway's message stream (created as the gateway would, if no device connected
+    yet) with our bound, and one durable consumer per partition. Idempotent."""
+    try:
+        info = await js.stream_info(MQTT_MESSAGES_STREAM)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=MQTT_MESSAGES_STREAM,
+                subjects=[f"{MQTT_MESSAGES_PREFIX}>"],
+                retention=RetentionPolicy.INTEREST,
+                storage=StorageType.FILE,
+                num_replicas=settings.stream_replicas,
+                max_bytes=settings.stream_max_bytes,
+                discard=DiscardPolicy.NEW,
+            )
+        )
+    else:
+        config = info.config
+        if config.retention != RetentionPolicy.INTEREST:
+            raise PartitionMappingError(f"{MQTT_MESSAGES_STREAM} is not interest-retained")
+        if (config.num_replicas or 1) < settings.stream_replicas:
+            log.warning(
+                "the MQTT gateway's stream has fewer replicas than nats.stream_replicas: "
+                "set stream_replicas in the servers' mqtt block",
+                extra={"replicas": config.num_replicas, "wanted": settings.stream_replicas},
+            )
+        if config.max_bytes != settings.stream_max_bytes or config.discard != DiscardPolicy.NEW:
+            config.max_bytes, config.discard = settings.stream_max_bytes, DiscardPolicy.NEW
+            await js.update_stream(config)
+    for partition in range(settings.partitions):
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # exists, configured
+            await js.add_consumer(
+                MQTT_MESSAGES_STREAM,
+                ConsumerConfig(
+                    durable_name=consumer_name(settings, partition),
+                    filter_subject=partition_filter(partition),
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=settings.ack_wait_s,
+                    max_deliver=-1,  # never given up: a reading is stored or stays
+                ),
+            )
+
+
+def consumer_name(settings: NatsSettings, partition: int) -> str:
+    return f"{settings.consumer_prefix}-p{partition}"
+
+
+async def check_partitioning(nc: NatsClient, partitions: int) -> None:
+    """Publish probe subjects (core NATS, never stored) and see where the servers' mapping
+    puts them: a count other than ours would leave partitions without a consumer, and the
+    gateway's stream drops what no consumer wants."""
+    sub = await nc.subscribe(f"{PARTITION_ROOT}.*.{PROBE_FAMILY}.*.data")
+    try:
+        tokens = [f"probe{index}-{nc.client_id}" for index in range(PROBES)]
+        for token in tokens:
+            await nc.publish(f"smartunit.v1.{PROBE_FAMILY}.{token}.data", b"")
+        await nc.flush()
+        seen: dict[str, int] = {}
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while len(seen) < len(tokens):
+                msg = await sub.next_msg(timeout=5)
+                parts = msg.subject.split(".")
+                seen[parts[-2]] = int(parts[3])
+    finally:
+        await sub.unsubscribe()
+    if not seen:
+        raise PartitionMappingError(
+            "the NATS servers map no data subjects into partitions: add the mappings of "
+            "docs/cluster.md to every server's configuration"
+        )
+    wrong = [token for token in tokens if seen.get(token) != partition_of(token, partitions)]
+    if wrong:
+        raise PartitionMappingError(
+            f"the NATS servers' partition() mapping does not split into nats.partitions = "
+            f"{partitions} partitions: make both the same"
+        )
+
+
+class NatsSource(Inbox):
+    """Data from the partitions' durable consumers, the rest over one MQTT 3.1.1 session."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        nats_settings: NatsSettings,
+        subscriptions: Sequence[str],
+        *,
+        status_topic: str,
+    ) -> None:
+        super().__init__(settings, subscriptions, status_topic=status_topic)
+        self.nats = nats_settings
+        self._pending: dict[int, Msg] = {}  # handed to ingest, not acknowledged yet
+        self._next_key = 0
+        self._requested = 0  # asked for by fetches under way
+        self._room = asyncio.Event()
+        self._acks: collections.deque[Msg] = collections.deque()
+        self._acks_waiting = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link_up = False
+        self._jetstream_up = False
+        self._nc: NatsClient | None = None
+        self.redelivered = 0  # messages JetStream delivered again (not acknowledged in time)
+        self.ack_failures = 0
+        self._error_log = RateLimitedLog(log, 30.0)
+        self.link = make_client(
+            settings, manual_ack=True, protocol=paho.MQTTv311, clean_session=False
+        )
+        self.link.will_set(status_topic, OFFLINE, qos=1, retain=True)
+        self.link.on_connect = self._on_connect
+        self.link.on_subscribe = self._on_subscribe
+        self.link.on_disconnect = self._on_disconnect
+        self.link.on_message = self._on_message
+
+    # -- the MQTT session (paho's network thread) ------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection to the NATS gateway refused: %s", reason_code)
+            return
+        self.generation += 1
+        self.connects += 1
+        client.subscribe([(topic, 1) for topic in self.subscriptions])
+
+    def _on_subscribe(self, client: paho.Client, *_: Any) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._set_up, "link", True)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.disconnects += 1
+        self.connected.clear()
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._set_up, "link", False)
+        if reason_code.is_failure:
+            log.warning("MQTT connection to the NATS gateway lost: %s", reason_code)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._full():
+            self._note_paused()
+            while self._full():  # holding paho's thread: it reads no more meanwhile
+                time.sleep(0.01)
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
+        topic = message._topic.decode("utf-8", errors="replace")
+        now_ms = time.time_ns() // 1_000_000
+        self._inbox.append(
+            Inbound(
+                topic, payload, message.mid, message.qos, self.generation, now_ms, message.retain
+            )
+        )
+        self.received += 1
+        if not self._wakeup_pending and self._loop is not None:
+            self._wakeup_pending = True
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _set_up(self, part: str, up: bool) -> None:
+        """Online (retained, announced) once both the session and the partitions are up."""
+        if part == "link":
+            self._link_up = up
+        else:
+            self._jetstream_up = up
+        if self._link_up and self._jetstream_up and not self.connected.is_set():
+            self.connected.set()
+            self.link.publish(self.status_topic, ONLINE, qos=1, retain=True)
+        elif not (self._link_up and self._jetstream_up):
+            self.connected.clear()
+
+    # -- JetStream (the event loop) --------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        endpoint = self.settings.endpoint
+        self.link.connect_async(endpoint.host, endpoint.port, keepalive=self.settings.keepalive_s)
+        self.link.loop_start()
+        self._tasks.append(self._loop.create_task(self._run(), name="nats"))
+
+    async def _run(self) -> None:
+        backoff = Backoff(
+            initial_s=self.settings.reconnect_min_s, max_s=self.settings.reconnect_max_s
+        )
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._session()
+                return
+            except (*_NATS_ERRORS, PartitionMappingError) as exc:
+                attempt += 1
+                log.error("NATS JetStream not ready, retrying: %s", exc)
+            finally:
+                self._set_up("jetstream", False)
+                if self._nc is not None:
+                    with contextlib.suppress(*_NATS_ERRORS):
+                        await self._nc.close()
+                    self._nc = None
+            await asyncio.sleep(backoff.delay(attempt))
+
+    async def _session(self) -> None:
+        nc = self._nc = await nats.connect(
+            servers=[url.strip() for url in self.nats.url.split(",")],
+            name=self.settings.client_id,
+            max_reconnect_attempts=-1,  # a cluster's nodes come and go; never give up
+            reconnect_time_wait=self.settings.reconnect_min_s,
+            disconnected_cb=self._nats_disconnected,
+            reconnected_cb=self._nats_reconnected,
+            error_cb=self._nats_error,
+        )
+        js = nc.jetstream()
+        await provision(js, self.nats)
+        await check_partitioning(nc, self.nats.partitions)
+        subscriptions = [
+            await js.pull_subscribe_bind(
+                consumer_name(self.nats, partition), stream=MQTT_MESSAGES_STREAM
+            )
+            for partition in range(self.nats.partitions)
+        ]
+        self._set_up("jetstream", True)
+        log.info("NATS JetStream partitions bound", extra={"partitions": len(subscriptions)})
+        consumers = [
+            asyncio.create_task(self._consume(sub), name=f"nats-p{index}")
+            for index, sub in enumerate(subscriptions)
+        ]
+        consumers.append(asyncio.create_task(self._send_acks(), name="nats-acks"))
+        try:
+            await asyncio.gather(*consumers)
+        finally:
+            for task in consumers:
+                task.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
+
+    async def _nats_disconnected(self) -> None:
+        self._set_up("jetstream", False)
+        log.warning("NATS connection lost, reconnecting")
+
+    async def _nats_reconnected(self) -> None:
+        self._set_up("jetstream", True)
+
+    async def _nats_error(self, exc: Exception) -> None:
+        self._error_log.warning("nats_error", "NATS client error", error=str(exc)[:200])
+
+    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        """One partition: fetch while the inbox has room, oldest first."""
+        backoff = Backoff(initial_s=0.2, max_s=self.settings.reconnect_max_s)
+        failures = 0
+        while not self._closing:
+            room = self.settings.receive_maximum - len(self._pending) - self._requested
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            batch = min(self.nats.fetch_batch, room)
+            self._requested += batch
+            try:
+                messages = await sub.fetch(batch, timeout=FETCH_WAIT_S)
+                failures = 0
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing waiting in this partition
+            except _NATS_ERRORS as exc:  # a leader election, a node down: try again
+                failures += 1
+                self._error_log.warning("nats_fetch", "NATS fetch failed", error=str(exc)[:200])
+                await asyncio.sleep(backoff.delay(failures))
+                continue
+            finally:
+                self._requested -= batch
+            self._admit(messages)
+
+    def _admit(self, messages: list[Msg]) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        for msg in messages:
+            parsed = partitioned_topic(msg.subject)
+            # Any other shape is handed on as it came, and ingest refuses it as a bad topic.
+            topic = parsed[1] if parsed else subject_to_topic(msg.subject)
+            self._next_key += 1
+            self._pending[self._next_key] = msg
+            self._inbox.append(
+                Inbound(topic, msg.data, self._next_key, 1, JETSTREAM, now_ms, False)
+            )
+            if msg.metadata.num_delivered > 1:
+                self.redelivered += 1
+        self.received += len(messages)
+        if messages:
+            self._wakeup.set()
+
+    def ack(self, messages: Sequence[Inbound]) -> int:
+        """Acknowledge stored messages: JetStream's in the order given, the session's
+        PUBACKs on the connection that delivered them (earlier ones come again anyway)."""
+        sent = 0
+        generation = self.generation
+        for message in messages:
+            if message.generation == JETSTREAM:
+                msg = self._pending.pop(message.mid, None)
+                if msg is not None:
+                    self._acks.append(msg)
+                    sent += 1
+            elif message.qos > 0 and message.generation == generation:
+                self.link.ack(message.mid, message.qos)
+                sent += 1
+        if self._acks:
+            self._acks_waiting.set()
+            self._room.set()
+        return sent
+
+    async def _send_acks(self) -> None:
+        while True:
+            await self._acks_waiting.wait()
+            self._acks_waiting.clear()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            msg = self._acks.popleft()
+            try:
+                await msg.ack()
+            except _NATS_ERRORS as exc:
+                # JetStream delivers it again after ack_wait: stored twice, the same point.
+                self.ack_failures += 1
+                self._error_log.warning("nats_ack", "NATS ack failed", error=str(exc)[:200])
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        self.link.publish(topic, payload, qos=qos, retain=retain)
+
+    async def aclose(self) -> None:
+        """Send the acknowledgements due, say "offline" (retained), disconnect both."""
+        self._closing = True
+        self._room.set()
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            await self._flush_acks()
+            with contextlib.suppress(*_NATS_ERRORS):
+                await nc.flush(timeout=2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # closes the connection
+        if self.connected.is_set() or self._link_up:
+            info = self.link.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, 2.0)
+        self.connected.clear()
+        self.link.disconnect()
+        self.link.loop_stop()

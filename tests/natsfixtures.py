@@ -1,0 +1,100 @@
+"""Fixtures for transport "nats": a real NATS cluster (nats-server with JetStream and its
+MQTT gateway) on free loopback ports, and MQTT 3.1.1 devices that talk to it.
+
+Each test gets its own cluster (its partition count is server configuration, and tests
+kill nodes), stopped after the test with nothing left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fieldtools.localservices import NatsCluster
+
+T = TypeVar("T")
+
+NATS_FIXTURES = frozenset({"nats_cluster", "start_nats"})
+_devices = itertools.count(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on a NATS cluster starts processes: end-to-end, out of ``make test-fast``."""
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & NATS_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def start_nats(tmp_path: Path) -> Iterator[Callable[..., NatsCluster]]:
+    """Starts a cluster: ``start_nats(size=3, partitions=8)``."""
+    clusters: list[NatsCluster] = []
+
+    def start(*, size: int = 3, partitions: int = 8) -> NatsCluster:
+        cluster = NatsCluster(tmp_path / f"nats{len(clusters)}", size=size, partitions=partitions)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster(start_nats: Callable[..., NatsCluster]) -> NatsCluster:
+    return start_nats()
+
+
+class Device:
+    """A device as firmware speaks to the gateway: MQTT 3.1.1, QoS 1, a retained status
+    with "offline" as its last will."""
+
+    def __init__(self, port: int, *, family: str = "gas", device_id: str = "") -> None:
+        self.device_id = device_id or f"dev-{next(_devices)}"
+        self.family = family
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{family}-{self.device_id}",
+            protocol=paho.MQTTv311,
+        )
+        status = self.topic("status")
+        self.client.will_set(status, b'{"state":"offline"}', qos=1, retain=True)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def topic(self, kind: str) -> str:
+        return f"smartunit/v1/{self.family}/{self.device_id}/{kind}"
+
+    def publish(
+        self, payload: bytes, *, kind: str = "data", retain: bool = False, timeout_s: float = 10
+    ) -> bool:
+        """Publish at QoS 1; True once the PUBACK came back within the time."""
+        info = self.client.publish(self.topic(kind), payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def wait_true(check: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return check()

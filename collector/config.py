@@ -388,7 +388,7 @@ class NatsSettings(_Section):
     consumer_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "smartunit"
     stream_replicas: Annotated[int, Field(ge=1, le=5)] = 3
     stream_max_bytes: Annotated[int, Field(ge=-1)] = -1
-    ack_wait_s: Annotated[float, Field(ge=10)] = 300.0
+    ack_wait_s: Annotated[float, Field(ge=3)] = 30.0
     fetch_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
 
 

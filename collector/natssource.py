@@ -6,8 +6,10 @@ data subject into one of ``nats.partitions`` partitions (``collector.natssubject
 MQTT gateway stores every QoS 1 publish in its stream ``$MQTT_msgs`` before it sends the
 PUBACK, and one durable pull consumer per partition reads it. A message is acknowledged to
 JetStream only after its readings were handed off durably (InfluxDB or the spool), in
-arrival order, like the MQTT source's PUBACKs; one not acknowledged within
-``nats.ack_wait_s`` (the collector died) is delivered again.
+arrival order, like the MQTT source's PUBACKs. Messages held longer (InfluxDB and the
+spool unavailable) are reported in progress every third of ``nats.ack_wait_s``; those of
+a collector that died are delivered again after ``nats.ack_wait_s``, those of one that
+stopped cleanly at once.
 
 Everything else (device status, the units' acknowledgements and states, the collector's
 own status with its last will, the downlink and the rejection copies) goes over one MQTT
@@ -315,6 +317,7 @@ class NatsSource(Inbox):
             for index, sub in enumerate(subscriptions)
         ]
         consumers.append(asyncio.create_task(self._send_acks(), name="nats-acks"))
+        consumers.append(asyncio.create_task(self._keep_claims(), name="nats-in-progress"))
         try:
             await asyncio.gather(*consumers)
         finally:
@@ -400,6 +403,16 @@ class NatsSource(Inbox):
             self._acks_waiting.clear()
             await self._flush_acks()
 
+    async def _keep_claims(self) -> None:
+        """Tell JetStream the messages held are being worked on (stored, or waiting for
+        InfluxDB or the spool), so only a collector that died has them delivered again
+        after ``nats.ack_wait_s``."""
+        while True:
+            await asyncio.sleep(self.nats.ack_wait_s / 3)
+            for msg in list(self._pending.values()):
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await msg.in_progress()
+
     async def _flush_acks(self) -> None:
         while self._acks:
             msg = self._acks.popleft()
@@ -420,6 +433,12 @@ class NatsSource(Inbox):
         nc = self._nc
         if nc is not None and nc.is_connected:
             await self._flush_acks()
+            # Not stored: delivered again at once, to whoever reads the partition next,
+            # rather than after ack_wait.
+            for msg in self._pending.values():
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await msg.nak()
+            self._pending.clear()
             with contextlib.suppress(*_NATS_ERRORS):
                 await nc.flush(timeout=2)
         for task in self._tasks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -18,7 +19,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldtools.localservices import NatsCluster
+from collector.config import Settings
+from collector.configfile import load_settings
+from fieldtools.localservices import NatsCluster, free_port
 
 T = TypeVar("T")
 
@@ -62,7 +65,8 @@ class Device:
         self.family = family
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{family}-{self.device_id}",
+            # nats-server 2.14 and later refuse a client id with a "." (docs/cluster.md)
+            client_id=f"{family}-{self.device_id.replace('.', '_')}",
             protocol=paho.MQTTv311,
         )
         status = self.topic("status")
@@ -98,3 +102,35 @@ def wait_true(check: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     while not check() and time.monotonic() < deadline:
         time.sleep(0.1)
     return check()
+
+
+def nats_collector_settings(
+    cluster: NatsCluster,
+    *,
+    influx_url: str,
+    database: str,
+    data_dir: Path,
+    client_id: str = "",
+    **nats: Any,
+) -> Settings:
+    """A collector on ``cluster`` (transport "nats"), storing into ``database``."""
+    env = {
+        **os.environ,
+        "SMARTUNIT_TRANSPORT": "nats",
+        "SMARTUNIT_MQTT_URL": cluster.mqtt_url,
+        "SMARTUNIT_NATS_URL": cluster.urls,
+        "SMARTUNIT_INFLUX_URL": influx_url,
+        "SMARTUNIT_INFLUX_DB": database,
+        "SMARTUNIT_DATA_DIR": str(data_dir),
+        "SMARTUNIT_HTTP_PORT": str(free_port()),
+    }
+    settings = load_settings(None, env=env)
+    return settings.model_copy(
+        update={
+            "mqtt": settings.mqtt.model_copy(
+                update={"client_id": client_id or f"collector-{database}"}
+            ),
+            "nats": settings.nats.model_copy(update={"partitions": cluster.partitions, **nats}),
+            "ingest": settings.ingest.model_copy(update={"stats_interval_s": 1.0}),
+        }
+    )

@@ -389,6 +389,7 @@ class NatsSettings(_Section):
     stream_replicas: Annotated[int, Field(ge=1, le=5)] = 3
     stream_max_bytes: Annotated[int, Field(ge=-1)] = -1
     ack_wait_s: Annotated[float, Field(ge=3)] = 30.0
+    lease_ttl_s: Annotated[float, Field(ge=1.5)] = 10.0
     fetch_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
 
 

@@ -55,6 +55,7 @@ from collector.backoff import Backoff
 from collector.config import MqttSettings, NatsSettings
 from collector.logs import RateLimitedLog
 from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox, make_client
+from collector.natsleases import PartitionLeases
 from collector.natssubjects import (
     MQTT_MESSAGES_PREFIX,
     MQTT_MESSAGES_STREAM,
@@ -171,7 +172,11 @@ class NatsSource(Inbox):
     ) -> None:
         super().__init__(settings, subscriptions, status_topic=status_topic)
         self.nats = nats_settings
-        self._pending: dict[int, Msg] = {}  # handed to ingest, not acknowledged yet
+        self._pending: dict[int, tuple[Msg, int]] = {}  # handed on, not acknowledged yet
+        self._held: collections.Counter[int] = collections.Counter()  # of _pending, by partition
+        self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
+        self._fetchers: dict[int, asyncio.Task[None]] = {}
+        self.leases: PartitionLeases | None = None
         self._next_key = 0
         self._requested = 0  # asked for by fetches under way
         self._room = asyncio.Event()
@@ -304,26 +309,58 @@ class NatsSource(Inbox):
         js = nc.jetstream()
         await provision(js, self.nats)
         await check_partitioning(nc, self.nats.partitions)
-        subscriptions = [
-            await js.pull_subscribe_bind(
+        self._subscriptions = {
+            partition: await js.pull_subscribe_bind(
                 consumer_name(self.nats, partition), stream=MQTT_MESSAGES_STREAM
             )
             for partition in range(self.nats.partitions)
-        ]
+        }
+        leases = self.leases = PartitionLeases(
+            js,
+            instance=self.settings.client_id,
+            partitions=self.nats.partitions,
+            ttl_s=self.nats.lease_ttl_s,
+            replicas=self.nats.stream_replicas,
+        )
+        await leases.open()
         self._set_up("jetstream", True)
-        log.info("NATS JetStream partitions bound", extra={"partitions": len(subscriptions)})
-        consumers = [
-            asyncio.create_task(self._consume(sub), name=f"nats-p{index}")
-            for index, sub in enumerate(subscriptions)
+        tasks = [
+            asyncio.create_task(self._send_acks(), name="nats-acks"),
+            asyncio.create_task(self._keep_claims(), name="nats-in-progress"),
+            asyncio.create_task(self._keep_ownership(leases), name="nats-leases"),
         ]
-        consumers.append(asyncio.create_task(self._send_acks(), name="nats-acks"))
-        consumers.append(asyncio.create_task(self._keep_claims(), name="nats-in-progress"))
         try:
-            await asyncio.gather(*consumers)
+            await asyncio.gather(*tasks)
         finally:
-            for task in consumers:
+            for task in [*tasks, *self._fetchers.values()]:
                 task.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._fetchers.values(), return_exceptions=True)
+            self._fetchers.clear()
+
+    async def _keep_ownership(self, leases: PartitionLeases) -> None:
+        """Read the partitions this collector holds the lease of (collector/natsleases.py)."""
+        failures = 0
+        while True:
+            try:
+                change = await leases.round(self._idle)
+                failures = 0
+            except _NATS_ERRORS as exc:
+                failures += 1
+                self._error_log.warning("nats_leases", "lease round failed", error=str(exc)[:200])
+            else:
+                for partition in change.lost | change.surplus:
+                    fetcher = self._fetchers.pop(partition, None)
+                    if fetcher is not None:
+                        fetcher.cancel()
+                for partition in change.gained:
+                    self._fetchers[partition] = asyncio.create_task(
+                        self._consume(self._subscriptions[partition]), name=f"nats-p{partition}"
+                    )
+            await asyncio.sleep(leases.period_s / (2 if failures else 1))
+
+    def _idle(self, partition: int) -> bool:
+        """Nothing of the partition is read or held unacknowledged: another may take it."""
+        return partition not in self._fetchers and not self._held[partition]
 
     async def _nats_disconnected(self) -> None:
         self._set_up("jetstream", False)
@@ -366,9 +403,10 @@ class NatsSource(Inbox):
         for msg in messages:
             parsed = partitioned_topic(msg.subject)
             # Any other shape is handed on as it came, and ingest refuses it as a bad topic.
-            topic = parsed[1] if parsed else subject_to_topic(msg.subject)
+            partition, topic = parsed if parsed else (-1, subject_to_topic(msg.subject))
             self._next_key += 1
-            self._pending[self._next_key] = msg
+            self._pending[self._next_key] = (msg, partition)
+            self._held[partition] += 1
             self._inbox.append(
                 Inbound(topic, msg.data, self._next_key, 1, JETSTREAM, now_ms, False)
             )
@@ -385,9 +423,10 @@ class NatsSource(Inbox):
         generation = self.generation
         for message in messages:
             if message.generation == JETSTREAM:
-                msg = self._pending.pop(message.mid, None)
-                if msg is not None:
-                    self._acks.append(msg)
+                held = self._pending.pop(message.mid, None)
+                if held is not None:
+                    self._acks.append(held[0])
+                    self._held[held[1]] -= 1
                     sent += 1
             elif message.qos > 0 and message.generation == generation:
                 self.link.ack(message.mid, message.qos)
@@ -409,7 +448,7 @@ class NatsSource(Inbox):
         after ``nats.ack_wait_s``."""
         while True:
             await asyncio.sleep(self.nats.ack_wait_s / 3)
-            for msg in list(self._pending.values()):
+            for msg, _ in list(self._pending.values()):
                 with contextlib.suppress(*_NATS_ERRORS):
                     await msg.in_progress()
 
@@ -435,10 +474,14 @@ class NatsSource(Inbox):
             await self._flush_acks()
             # Not stored: delivered again at once, to whoever reads the partition next,
             # rather than after ack_wait.
-            for msg in self._pending.values():
+            for msg, _ in self._pending.values():
                 with contextlib.suppress(*_NATS_ERRORS):
                     await msg.nak()
             self._pending.clear()
+            self._held.clear()
+            if self.leases is not None:  # the others take our partitions over at once
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await self.leases.leave()
             with contextlib.suppress(*_NATS_ERRORS):
                 await nc.flush(timeout=2)
         for task in self._tasks:

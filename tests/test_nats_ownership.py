@@ -1,0 +1,180 @@
+"""Partition ownership: three collector processes share a NATS cluster's partitions through
+leases; one is SIGKILLed under load, its partitions are owned again, no reading is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nats
+
+from collector.natsleases import BUCKET, share
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
+from tests.conftest import influx_rows, poll
+from tests.natsfixtures import Device, run_async
+from tests.test_nats_collector import reading
+
+DEVICES = 12
+TAKEOVER_S = 30.0  # the bound the cluster promises for a dead collector's partitions
+
+
+def owners(cluster: NatsCluster) -> dict[int, str]:
+    """Partition -> the collector holding its lease."""
+
+    async def read() -> dict[int, str]:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            kv = await nc.jetstream().key_value(BUCKET)
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                return {}
+            found = {}
+            for key in keys:
+                if not key.startswith("owner."):
+                    continue
+                try:
+                    entry = await kv.get(key)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    continue
+                if entry.value:
+                    found[int(key.split(".")[1])] = entry.value.decode()
+            return found
+        finally:
+            await nc.close()
+
+    try:
+        return run_async(read())
+    except (nats.errors.Error, nats.js.errors.Error, OSError):
+        return {}
+
+
+class Load:
+    """Devices publishing readings in turn at QoS 1, each counted once its PUBACK came."""
+
+    def __init__(self, cluster: NatsCluster) -> None:
+        self.devices = [
+            Device(
+                cluster.nodes[index % len(cluster.nodes)].mqtt_port,
+                family="camera",
+                device_id=f"own-{index}",
+            )
+            for index in range(DEVICES)
+        ]
+        self.acked = {device.device_id: 0 for device in self.devices}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            for device in self.devices:
+                if device.publish(reading(seq)):
+                    self.acked[device.device_id] = seq + 1
+            seq += 1
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for device in self.devices:
+            device.close()
+
+
+def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
+    start_nats, influxdb: InfluxDB, database: str, tmp_path: Path
+) -> None:
+    cluster: NatsCluster = start_nats(size=3, partitions=8)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name in ("a", "b", "c"):
+        client_id = f"own-{name}-{database}"
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
+            f"[nats]\npartitions = {cluster.partitions}\n[alerts]\nenabled = false\n"
+        )
+        env = {
+            **os.environ,
+            "SMARTUNIT_MQTT_URL": cluster.nodes[len(procs)].mqtt_url,
+            "SMARTUNIT_NATS_URL": cluster.urls,
+            "SMARTUNIT_INFLUX_URL": influxdb.url,
+            "SMARTUNIT_INFLUX_DB": database,
+            "SMARTUNIT_DATA_DIR": str(tmp_path / name),
+            "SMARTUNIT_HTTP_PORT": str(free_port()),
+        }
+        command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+        procs[client_id] = spawn(command, env=env, log_path=tmp_path / f"{name}.log")
+    load = None
+    try:
+        for client_id in procs:
+            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
+        shared = poll(
+            lambda: owners(cluster),
+            lambda found: len(found) == cluster.partitions and len(set(found.values())) == 3,
+            60,
+        )
+        assert len(set(shared.values())) == 3, shared
+        load = Load(cluster)
+        poll(lambda: sum(load.acked.values()), lambda n: n >= DEVICES * 20, 60)
+        # the collector with the most partitions dies, mid-stream
+        victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        killed_at = time.monotonic()
+        survivors = set(procs) - {victim}
+        after = poll(
+            lambda: owners(cluster),
+            lambda found: len(found) == cluster.partitions and set(found.values()) <= survivors,
+            TAKEOVER_S,
+        )
+        took_s = time.monotonic() - killed_at
+        assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
+        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+        poll(lambda: sum(load.acked.values()), lambda n: n >= DEVICES * 60, 60)
+        load.stop()
+
+        def stored() -> dict[str, list[int]]:
+            rows = influx_rows(
+                influxdb_settings(influxdb, database),
+                'SELECT "seq" FROM "camera" GROUP BY "device"',
+            )
+            found: dict[str, set[int]] = {}
+            for row in rows:
+                found.setdefault(row["device"], set()).add(int(row["seq"]))
+            return {device: sorted(seqs) for device, seqs in found.items()}
+
+        expected = {device: list(range(count)) for device, count in load.acked.items()}
+        found = poll(
+            stored,
+            lambda got: all(set(expected[d]) <= set(got.get(d, [])) for d in expected),
+            120,
+        )
+        for device, seqs in expected.items():
+            assert set(seqs) <= set(found.get(device, [])), device
+    finally:
+        if load is not None:
+            load.stop()
+        for proc in procs.values():
+            stop_process(proc)
+
+
+def influxdb_settings(influxdb: InfluxDB, database: str):  # type: ignore[no-untyped-def]
+    from collector.config import InfluxSettings
+
+    return InfluxSettings(url=influxdb.url, database=database)
+
+
+def test_the_share_spreads_partitions_and_a_leaving_member_moves_only_its_own() -> None:
+    three = share(["a", "b", "c"], 64)
+    counts = {member: list(three.values()).count(member) for member in "abc"}
+    assert all(10 <= count <= 32 for count in counts.values()), counts
+    two = share(["a", "c"], 64)
+    moved = [p for p in range(64) if three[p] != two[p]]
+    assert all(three[p] == "b" for p in moved)

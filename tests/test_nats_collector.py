@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import NatsSettings
-from collector.natssource import PartitionMappingError, check_partitioning, consumer_name
+from collector.natsstream import PartitionMappingError, check_partitioning, consumer_name
 from collector.natssubjects import partition_of, subject_to_topic
 from fieldtools.localservices import InfluxDB, NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll

@@ -12,7 +12,7 @@ import nats
 from nats.js.api import DiscardPolicy, StreamConfig
 
 from collector.config import NatsSettings
-from collector.natssource import consumer_name, provision
+from collector.natsstream import consumer_name, provision
 from collector.natssubjects import MQTT_MESSAGES_STREAM, PARTITION_ROOT
 from fieldtools.localservices import NatsCluster
 from tests.natsfixtures import Device, run_async, wait_true

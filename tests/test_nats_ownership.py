@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
 
+from collector.config import InfluxSettings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
@@ -89,7 +91,7 @@ class Load:
 
 
 def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
-    start_nats, influxdb: InfluxDB, database: str, tmp_path: Path
+    start_nats: Callable[..., NatsCluster], influxdb: InfluxDB, database: str, tmp_path: Path
 ) -> None:
     cluster: NatsCluster = start_nats(size=3, partitions=8)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -142,7 +144,7 @@ def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
 
         def stored() -> dict[str, list[int]]:
             rows = influx_rows(
-                influxdb_settings(influxdb, database),
+                InfluxSettings(url=influxdb.url, database=database),
                 'SELECT "seq" FROM "camera" GROUP BY "device"',
             )
             found: dict[str, set[int]] = {}
@@ -163,12 +165,6 @@ def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
             load.stop()
         for proc in procs.values():
             stop_process(proc)
-
-
-def influxdb_settings(influxdb: InfluxDB, database: str):  # type: ignore[no-untyped-def]
-    from collector.config import InfluxSettings
-
-    return InfluxSettings(url=influxdb.url, database=database)
 
 
 def test_the_share_spreads_partitions_and_a_leaving_member_moves_only_its_own() -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -19,9 +21,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.config import Settings
+from collector.config import InfluxSettings, Settings
 from collector.configfile import load_settings
 from fieldtools.localservices import NatsCluster, free_port
+from tests.conftest import influx_rows, poll
 
 T = TypeVar("T")
 
@@ -62,6 +65,7 @@ class Device:
 
     def __init__(self, port: int, *, family: str = "gas", device_id: str = "") -> None:
         self.device_id = device_id or f"dev-{next(_devices)}"
+        self.port = port
         self.family = family
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -134,3 +138,63 @@ def nats_collector_settings(
             "ingest": settings.ingest.model_copy(update={"stats_interval_s": 1.0}),
         }
     )
+
+
+def reading(seq: int) -> bytes:
+    """A camera reading numbered ``seq``, a minute old."""
+    return json.dumps({"ts": time.time() - 60 + seq / 10, "seq": seq, "people": seq}).encode()
+
+
+class Load:
+    """Camera devices publishing numbered readings in turn at QoS 1, on every node of the
+    cluster; what each got a PUBACK for is recorded."""
+
+    def __init__(self, cluster: NatsCluster, devices: int) -> None:
+        self.devices = [
+            Device(
+                cluster.nodes[index % len(cluster.nodes)].mqtt_port,
+                family="camera",
+                device_id=f"load-{index}",
+            )
+            for index in range(devices)
+        ]
+        self.acked: dict[str, set[int]] = {device.device_id: set() for device in self.devices}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            for device in self.devices:
+                if device.publish(reading(seq), timeout_s=2):
+                    self.acked[device.device_id].add(seq)
+            seq += 1
+            time.sleep(0.05)
+
+    def count(self) -> int:
+        return sum(len(seqs) for seqs in self.acked.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        for device in self.devices:
+            device.close()
+
+
+def assert_every_acknowledged_reading_stored(load: Load, influx: InfluxSettings) -> None:
+    def stored() -> dict[str, set[int]]:
+        rows = influx_rows(influx, 'SELECT "seq" FROM "camera" GROUP BY "device"')
+        found: dict[str, set[int]] = {}
+        for row in rows:
+            found.setdefault(row["device"], set()).add(int(row["seq"]))
+        return found
+
+    found = poll(
+        stored,
+        lambda got: all(seqs <= got.get(device, set()) for device, seqs in load.acked.items()),
+        120,
+    )
+    for device, seqs in load.acked.items():
+        missing = sorted(seqs - found.get(device, set()))
+        assert not missing, f"{device}: {len(missing)} acknowledged readings lost: {missing[:10]}"

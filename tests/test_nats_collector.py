@@ -18,13 +18,9 @@ from collector.natsstream import PartitionMappingError, check_partitioning, cons
 from collector.natssubjects import partition_of, subject_to_topic
 from fieldtools.localservices import InfluxDB, NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
-from tests.natsfixtures import Device, nats_collector_settings, run_async
+from tests.natsfixtures import Device, nats_collector_settings, reading, run_async
 
 PER_DEVICE = 40
-
-
-def reading(seq: int) -> bytes:
-    return json.dumps({"ts": time.time() - 60 + seq / 10, "seq": seq, "people": seq}).encode()
 
 
 def stored_seqs(collector: CollectorThread, device: str) -> list[int]:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +17,8 @@ from collector.config import InfluxSettings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
-from tests.conftest import influx_rows, poll
-from tests.natsfixtures import Device, run_async
-from tests.test_nats_collector import reading
+from tests.conftest import poll
+from tests.natsfixtures import Load, assert_every_acknowledged_reading_stored, run_async
 
 DEVICES = 12
 TAKEOVER_S = 30.0  # the bound the cluster promises for a dead collector's partitions
@@ -57,39 +55,6 @@ def owners(cluster: NatsCluster) -> dict[int, str]:
         return {}
 
 
-class Load:
-    """Devices publishing readings in turn at QoS 1, each counted once its PUBACK came."""
-
-    def __init__(self, cluster: NatsCluster) -> None:
-        self.devices = [
-            Device(
-                cluster.nodes[index % len(cluster.nodes)].mqtt_port,
-                family="camera",
-                device_id=f"own-{index}",
-            )
-            for index in range(DEVICES)
-        ]
-        self.acked = {device.device_id: 0 for device in self.devices}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        seq = 0
-        while not self._stop.is_set():
-            for device in self.devices:
-                if device.publish(reading(seq)):
-                    self.acked[device.device_id] = seq + 1
-            seq += 1
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        for device in self.devices:
-            device.close()
-
-
 def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
     start_nats: Callable[..., NatsCluster], influxdb: InfluxDB, database: str, tmp_path: Path
 ) -> None:
@@ -123,8 +88,8 @@ def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
             60,
         )
         assert len(set(shared.values())) == 3, shared
-        load = Load(cluster)
-        poll(lambda: sum(load.acked.values()), lambda n: n >= DEVICES * 20, 60)
+        load = Load(cluster, DEVICES)
+        poll(load.count, lambda n: n >= DEVICES * 20, 60)
         # the collector with the most partitions dies, mid-stream
         victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
         procs[victim].send_signal(signal.SIGKILL)
@@ -139,27 +104,12 @@ def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
         took_s = time.monotonic() - killed_at
         assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
         print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
-        poll(lambda: sum(load.acked.values()), lambda n: n >= DEVICES * 60, 60)
+        poll(load.count, lambda n: n >= DEVICES * 60, 60)
         load.stop()
 
-        def stored() -> dict[str, list[int]]:
-            rows = influx_rows(
-                InfluxSettings(url=influxdb.url, database=database),
-                'SELECT "seq" FROM "camera" GROUP BY "device"',
-            )
-            found: dict[str, set[int]] = {}
-            for row in rows:
-                found.setdefault(row["device"], set()).add(int(row["seq"]))
-            return {device: sorted(seqs) for device, seqs in found.items()}
-
-        expected = {device: list(range(count)) for device, count in load.acked.items()}
-        found = poll(
-            stored,
-            lambda got: all(set(expected[d]) <= set(got.get(d, [])) for d in expected),
-            120,
+        assert_every_acknowledged_reading_stored(
+            load, InfluxSettings(url=influxdb.url, database=database)
         )
-        for device, seqs in expected.items():
-            assert set(seqs) <= set(found.get(device, [])), device
     finally:
         if load is not None:
             load.stop()

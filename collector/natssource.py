@@ -75,7 +75,8 @@ class NatsSource(Inbox):
     ) -> None:
         super().__init__(settings, subscriptions, status_topic=status_topic)
         self.nats = nats_settings
-        self._pending: dict[int, tuple[Msg, int]] = {}  # handed on, not acknowledged yet
+        # handed on, not acknowledged yet, oldest first: (message, partition, fetched at)
+        self._pending: dict[int, tuple[Msg, int, float]] = {}
         self._held: collections.Counter[int] = collections.Counter()  # of _pending, by partition
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
         self._fetchers: dict[int, asyncio.Task[None]] = {}
@@ -302,13 +303,13 @@ class NatsSource(Inbox):
             self._admit(messages)
 
     def _admit(self, messages: list[Msg]) -> None:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms, fetched_at = time.time_ns() // 1_000_000, time.monotonic()
         for msg in messages:
             parsed = partitioned_topic(msg.subject)
             # Any other shape is handed on as it came, and ingest refuses it as a bad topic.
             partition, topic = parsed if parsed else (-1, subject_to_topic(msg.subject))
             self._next_key += 1
-            self._pending[self._next_key] = (msg, partition)
+            self._pending[self._next_key] = (msg, partition, fetched_at)
             self._held[partition] += 1
             self._inbox.append(
                 Inbound(topic, msg.data, self._next_key, 1, JETSTREAM, now_ms, False)
@@ -350,8 +351,12 @@ class NatsSource(Inbox):
         InfluxDB or the spool), so only a collector that died has them delivered again
         after ``nats.ack_wait_s``."""
         while True:
-            await asyncio.sleep(self.nats.ack_wait_s / 3)
-            for msg, _ in list(self._pending.values()):
+            period = self.nats.ack_wait_s / 3  # each reported within two periods of arrival
+            await asyncio.sleep(period)
+            held_since = time.monotonic() - period
+            for msg, _, fetched_at in list(self._pending.values()):
+                if fetched_at > held_since:
+                    break  # the rest came later: usually all, stored within a second
                 with contextlib.suppress(*_NATS_ERRORS):
                     await msg.in_progress()
 
@@ -377,7 +382,7 @@ class NatsSource(Inbox):
             await self._flush_acks()
             # Not stored: delivered again at once, to whoever reads the partition next,
             # rather than after ack_wait.
-            for msg, _ in self._pending.values():
+            for msg, _, _ in self._pending.values():
                 with contextlib.suppress(*_NATS_ERRORS):
                     await msg.nak()
             self._pending.clear()

@@ -179,8 +179,9 @@ def test_a_message_is_acknowledged_to_jetstream_only_once_stored(
     tmp_path: Path,
     run_collector: Callable[..., CollectorThread],
 ) -> None:
-    """InfluxDB unreachable and no spool: the collector holds the readings and
-    acknowledges nothing; a collector that can store them gets every one again."""
+    """InfluxDB unreachable and no spool: the collector holds the readings, acknowledges
+    nothing and keeps them claimed past ack_wait (no redelivery to itself); a collector
+    that can store them gets every one again."""
     unreachable = nats_collector_settings(
         nats_cluster,
         influx_url="http://127.0.0.1:9",
@@ -193,6 +194,7 @@ def test_a_message_is_acknowledged_to_jetstream_only_once_stored(
                 update={"spool": False, "shutdown_flush_s": 1.0}
             ),
             "influx": unreachable.influx.model_copy(update={"timeout_s": 1.0}),
+            "nats": unreachable.nats.model_copy(update={"ack_wait_s": 3.0}),
         }
     )
     stuck = run_collector(unreachable)
@@ -202,8 +204,11 @@ def test_a_message_is_acknowledged_to_jetstream_only_once_stored(
     finally:
         device.close()
     assert poll(lambda: stuck.stats.messages_received, PER_DEVICE.__le__) >= PER_DEVICE
-    time.sleep(1.0)  # give a wrong acknowledgement the time to be sent and counted
+    time.sleep(3 * 3.0)  # three times ack_wait: a wrong acknowledgement or redelivery shows
     assert _pending(nats_cluster) == PER_DEVICE
+    assert stuck.collector is not None
+    assert stuck.collector.source.redelivered == 0  # type: ignore[attr-defined]
+    assert stuck.stats.messages_received == PER_DEVICE + 1  # + its own online status
     stuck.stop()
     settings = nats_collector_settings(
         nats_cluster, influx_url=influxdb.url, database=database, data_dir=tmp_path / "data2"

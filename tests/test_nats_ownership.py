@@ -17,8 +17,13 @@ from collector.config import InfluxSettings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
-from tests.conftest import poll
-from tests.natsfixtures import Load, assert_every_acknowledged_reading_stored, run_async
+from tests.conftest import CollectorThread, influx_rows, poll
+from tests.natsfixtures import (
+    Load,
+    assert_every_acknowledged_reading_stored,
+    nats_collector_settings,
+    run_async,
+)
 
 DEVICES = 12
 TAKEOVER_S = 30.0  # the bound the cluster promises for a dead collector's partitions
@@ -124,3 +129,54 @@ def test_the_share_spreads_partitions_and_a_leaving_member_moves_only_its_own() 
     two = share(["a", "c"], 64)
     moved = [p for p in range(64) if three[p] != two[p]]
     assert all(three[p] == "b" for p in moved)
+
+
+def test_a_collector_that_stops_hands_its_partitions_over_and_each_reading_is_read_once(
+    nats_cluster: NatsCluster,
+    influxdb: InfluxDB,
+    database: str,
+    tmp_path: Path,
+    run_collector: Callable[..., CollectorThread],
+) -> None:
+    def collector(name: str) -> CollectorThread:
+        settings = nats_collector_settings(
+            nats_cluster,
+            influx_url=influxdb.url,
+            database=database,
+            data_dir=tmp_path / name,
+            client_id=f"{name}-{database}",
+        )
+        return run_collector(settings)
+
+    first, second = collector("first"), collector("second")
+    both = poll(
+        lambda: owners(nats_cluster),
+        lambda found: len(found) == nats_cluster.partitions and len(set(found.values())) == 2,
+        60,
+    )
+    assert len(set(both.values())) == 2, both
+    load = Load(nats_cluster, 6)
+    try:
+        poll(load.count, lambda n: n >= 6 * 20, 60)
+        first.stop()  # gives its leases back: the second owns everything within a round
+        alone = poll(
+            lambda: owners(nats_cluster),
+            lambda found: (
+                set(found.values()) == {second.settings.mqtt.client_id}
+                and len(found) == nats_cluster.partitions
+            ),
+            15,
+        )
+        assert set(alone.values()) == {second.settings.mqtt.client_id}
+        before = load.count()
+        poll(load.count, lambda n: n >= before + 6 * 20, 60)
+    finally:
+        load.stop()
+    influx = InfluxSettings(url=influxdb.url, database=database)
+    assert_every_acknowledged_reading_stored(load, influx)
+    second.wait_received(0)
+    stored = influx_rows(influx, 'SELECT "seq" FROM "camera" GROUP BY "device"')
+    distinct = {(row["device"], row["seq"]) for row in stored}
+    # a reading read by both collectors would have been accepted twice
+    accepted = first.stats.readings_accepted + second.stats.readings_accepted
+    assert accepted == len(distinct)

@@ -13,8 +13,11 @@ stopped cleanly at once.
 
 Everything else (device status, the units' acknowledgements and states, the collector's
 own status with its last will, the downlink and the rejection copies) goes over one MQTT
-3.1.1 session with the gateway (the gateway refuses MQTT 5), persistent and acknowledged
-after hand-off too.
+3.1.1 session with the gateway (``collector.natsgateway``; the gateway refuses MQTT 5),
+persistent and acknowledged after hand-off too.
+
+Which partitions this collector reads is decided by leases shared with the other
+collectors of the cluster (``collector.natsleases``).
 
 The inbox is bounded by ``mqtt.receive_maximum`` messages: a partition fetches only while
 what was fetched and not yet acknowledged leaves room, so the backlog stays in the stream,
@@ -30,22 +33,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
-import paho.mqtt.client as paho
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from collector.backoff import Backoff
 from collector.config import MqttSettings, NatsSettings
 from collector.logs import RateLimitedLog
-from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox, make_client
+from collector.mqtt import Inbound
+from collector.natsgateway import GatewaySession
 from collector.natsleases import PartitionLeases
 from collector.natsstream import (
     PartitionMappingError,
@@ -62,7 +62,7 @@ FETCH_WAIT_S = 5.0  # a partition's long poll; a fetch returns at once when mess
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
 
-class NatsSource(Inbox):
+class NatsSource(GatewaySession):
     """Data from the partitions' durable consumers, the rest over one MQTT 3.1.1 session."""
 
     def __init__(
@@ -87,97 +87,16 @@ class NatsSource(Inbox):
         self._acks: collections.deque[Msg] = collections.deque()
         self._acks_waiting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._link_up = False
-        self._jetstream_up = False
         self._nc: NatsClient | None = None
         self.redelivered = 0  # messages JetStream delivered again (not acknowledged in time)
         self.ack_failures = 0
         self._error_log = RateLimitedLog(log, 30.0)
-        self.link = make_client(
-            settings, manual_ack=True, protocol=paho.MQTTv311, clean_session=False
-        )
-        self.link.will_set(status_topic, OFFLINE, qos=1, retain=True)
-        self.link.on_connect = self._on_connect
-        self.link.on_subscribe = self._on_subscribe
-        self.link.on_disconnect = self._on_disconnect
-        self.link.on_message = self._on_message
-
-    # -- the MQTT session (paho's network thread) ------------------------------------------
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT connection to the NATS gateway refused: %s", reason_code)
-            return
-        self.generation += 1
-        self.connects += 1
-        client.subscribe([(topic, 1) for topic in self.subscriptions])
-
-    def _on_subscribe(self, client: paho.Client, *_: Any) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._set_up, "link", True)
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self.disconnects += 1
-        self.connected.clear()
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                self._loop.call_soon_threadsafe(self._set_up, "link", False)
-        if reason_code.is_failure:
-            log.warning("MQTT connection to the NATS gateway lost: %s", reason_code)
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        if self._full():
-            self._note_paused()
-            while self._full():  # holding paho's thread: it reads no more meanwhile
-                time.sleep(0.01)
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        topic = message._topic.decode("utf-8", errors="replace")
-        now_ms = time.time_ns() // 1_000_000
-        self._inbox.append(
-            Inbound(
-                topic, payload, message.mid, message.qos, self.generation, now_ms, message.retain
-            )
-        )
-        self.received += 1
-        if not self._wakeup_pending and self._loop is not None:
-            self._wakeup_pending = True
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wakeup.set)
-
-    def _set_up(self, part: str, up: bool) -> None:
-        """Online (retained, announced) once both the session and the partitions are up."""
-        if part == "link":
-            self._link_up = up
-        else:
-            self._jetstream_up = up
-        if self._link_up and self._jetstream_up and not self.connected.is_set():
-            self.connected.set()
-            self.link.publish(self.status_topic, ONLINE, qos=1, retain=True)
-        elif not (self._link_up and self._jetstream_up):
-            self.connected.clear()
 
     # -- JetStream (the event loop) --------------------------------------------------------
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        endpoint = self.settings.endpoint
-        self.link.connect_async(endpoint.host, endpoint.port, keepalive=self.settings.keepalive_s)
-        self.link.loop_start()
+        self.start_session()
+        assert self._loop is not None
         self._tasks.append(self._loop.create_task(self._run(), name="nats"))
 
     async def _run(self) -> None:
@@ -193,7 +112,7 @@ class NatsSource(Inbox):
                 attempt += 1
                 log.error("NATS JetStream not ready, retrying: %s", exc)
             finally:
-                self._set_up("jetstream", False)
+                self._set_up("data", False)
                 if self._nc is not None:
                     with contextlib.suppress(*_NATS_ERRORS):
                         await self._nc.close()
@@ -227,7 +146,7 @@ class NatsSource(Inbox):
             replicas=self.nats.stream_replicas,
         )
         await leases.open()
-        self._set_up("jetstream", True)
+        self._set_up("data", True)
         tasks = [
             asyncio.create_task(self._send_acks(), name="nats-acks"),
             asyncio.create_task(self._keep_claims(), name="nats-in-progress"),
@@ -267,11 +186,11 @@ class NatsSource(Inbox):
         return partition not in self._fetchers and not self._held[partition]
 
     async def _nats_disconnected(self) -> None:
-        self._set_up("jetstream", False)
+        self._set_up("data", False)
         log.warning("NATS connection lost, reconnecting")
 
     async def _nats_reconnected(self) -> None:
-        self._set_up("jetstream", True)
+        self._set_up("data", True)
 
     async def _nats_error(self, exc: Exception) -> None:
         self._error_log.warning("nats_error", "NATS client error", error=str(exc)[:200])
@@ -370,9 +289,6 @@ class NatsSource(Inbox):
                 self.ack_failures += 1
                 self._error_log.warning("nats_ack", "NATS ack failed", error=str(exc)[:200])
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
-        self.link.publish(topic, payload, qos=qos, retain=retain)
-
     async def aclose(self) -> None:
         """Send the acknowledgements due, say "offline" (retained), disconnect both."""
         self._closing = True
@@ -395,10 +311,4 @@ class NatsSource(Inbox):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)  # closes the connection
-        if self.connected.is_set() or self._link_up:
-            info = self.link.publish(self.status_topic, OFFLINE, qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                await asyncio.to_thread(info.wait_for_publish, 2.0)
-        self.connected.clear()
-        self.link.disconnect()
-        self.link.loop_stop()
+        await self.close_session()

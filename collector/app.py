@@ -54,7 +54,9 @@ class Collector:
         ingest = settings.ingest
         self.stats = IngestStats()
         self._stopping = asyncio.Event()
-        self.source: MessageSource = open_source(settings.mqtt)
+        self.source: MessageSource = open_source(
+            settings.mqtt, settings.nats if settings.transport == "nats" else None
+        )
         self.influx = InfluxClient(settings.influx)
         self.spool = (
             DiskSpool(settings.data_dir / "spool", max_bytes=ingest.spool_max_bytes)

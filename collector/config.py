@@ -390,8 +390,34 @@ class LoggingSettings(_Section):
     rejection_log_interval_s: PositiveFloat = 10.0
 
 
+def _nats_urls(urls: str) -> str:
+    for url in urls.split(","):
+        parts = urlsplit(url.strip())
+        if parts.scheme not in {"nats", "tls"} or not parts.hostname:
+            raise ValueError(f"each server must be a nats:// or tls:// URL, not {url!r}")
+    return urls
+
+
+class NatsSettings(_Section):
+    """The NATS cluster of ``transport = "nats"`` (collector/natssource.py)."""
+
+    url: Annotated[str, AfterValidator(_nats_urls)] = "nats://127.0.0.1:4222"
+    # must equal the partition count of the servers' subject mapping (checked at start)
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 64
+    consumer_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "smartunit"
+    stream_replicas: Annotated[int, Field(ge=1, le=5)] = 3
+    stream_max_bytes: Annotated[int, Field(ge=-1)] = -1
+    ack_wait_s: Annotated[float, Field(ge=3)] = 30.0
+    lease_ttl_s: Annotated[float, Field(ge=1.5)] = 10.0
+    fetch_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+
 class Settings(_Section):
+    # "mqtt": one MQTT broker (Mosquitto), the default. "nats": devices on the MQTT
+    # gateway of a NATS cluster, data read from JetStream partitions ([nats]).
+    transport: Literal["mqtt", "nats"] = "mqtt"
     mqtt: MqttSettings = MqttSettings()
+    nats: NatsSettings = NatsSettings()
     influx: InfluxSettings = InfluxSettings()
     ingest: IngestSettings = IngestSettings()
     http: HttpSettings = HttpSettings()

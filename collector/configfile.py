@@ -4,6 +4,8 @@ work, also without any file:
 
 =========================  ==========================================================
 SMARTUNIT_MQTT_URL         ``mqtt://[user:pass@]host:port`` (``mqtts://`` for TLS)
+SMARTUNIT_TRANSPORT        ``mqtt`` or ``nats``
+SMARTUNIT_NATS_URL         ``nats://host:port[,nats://host:port...]`` (transport ``nats``)
 SMARTUNIT_INFLUX_URL       ``http(s)://[user:pass@]host:port`` of the InfluxDB HTTP API
 SMARTUNIT_INFLUX_DB        database (1.x) or bucket mapped by DBRP (2.x, 3.x)
 SMARTUNIT_INFLUX_TOKEN     token sent as ``Authorization: Token ...`` (optional)
@@ -33,6 +35,8 @@ from collector.urls import redact_url
 
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SMARTUNIT_MQTT_URL": ("mqtt", "url"),
+    "SMARTUNIT_TRANSPORT": ("transport",),
+    "SMARTUNIT_NATS_URL": ("nats", "url"),
     "SMARTUNIT_INFLUX_URL": ("influx", "url"),
     "SMARTUNIT_INFLUX_DB": ("influx", "database"),
     "SMARTUNIT_INFLUX_TOKEN": ("influx", "token"),

@@ -64,12 +64,15 @@ def make_client(
     client_id: str | None = None,
     manual_ack: bool = False,
     protocol: int = paho.MQTTv5,
+    clean_session: bool | None = None,
 ) -> paho.Client:
-    """A paho client with the endpoint's credentials and TLS options applied."""
+    """A paho client with the endpoint's credentials and TLS options applied
+    (``clean_session`` is for MQTT 3.1.1 only: v5 sets clean start at connect)."""
     endpoint = settings.endpoint
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id if client_id is not None else settings.client_id,
+        clean_session=clean_session,
         protocol=protocol,  # type: ignore[arg-type]
         manual_ack=manual_ack,
     )

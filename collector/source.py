@@ -1,8 +1,9 @@
 """Where messages come from: the ``MessageSource`` contract and the one that is configured.
 
-Two receivers keep this contract: ``collector.mqttbulk`` (the collector's own MQTT v5
-client on the event loop, the default) and ``collector.mqtt`` (paho-mqtt's network
-thread). The rest of the service sees only this Protocol: it drains messages in bursts,
+Three receivers keep this contract: ``collector.mqttbulk`` (the collector's own MQTT v5
+client on the event loop, the default), ``collector.mqtt`` (paho-mqtt's network thread),
+and ``collector.natssource`` (``transport = "nats"``: JetStream partitions of a NATS
+cluster). The rest of the service sees only this Protocol: it drains messages in bursts,
 acknowledges them in arrival order once their readings are stored, and publishes the
 collector's own topics (quarantine, unit states, its status).
 """
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from collector.config import MqttSettings
+from collector.config import MqttSettings, NatsSettings
 from collector.mqtt import Inbound, MqttSource
 from collector.mqttbulk import BulkMqttSource
 from collector.protocol import DATA_SUBSCRIPTION, STATUS_SUBSCRIPTION, TOPIC_ROOT, topic_level
@@ -57,9 +58,19 @@ class MessageSource(Protocol):
         """Disconnect cleanly: unacknowledged messages stay with the broker."""
 
 
-def open_source(settings: MqttSettings) -> MessageSource:
+def open_source(settings: MqttSettings, nats: NatsSettings | None = None) -> MessageSource:
     """The configured receiver, subscribed to device data and status and to the units'
-    acknowledgements and states."""
+    acknowledgements and states; with ``nats`` (transport "nats") the data comes from
+    the cluster's JetStream partitions instead (collector/natssource.py)."""
+    if nats is not None:
+        from collector.natssource import NatsSource  # noqa: PLC0415 - only for this transport
+
+        return NatsSource(
+            settings,
+            nats,
+            [STATUS_SUBSCRIPTION, UNIT_ACK_SUBSCRIPTION, UNIT_STATE_SUBSCRIPTION],
+            status_topic=collector_status_topic(settings.client_id),
+        )
     receiver = BulkMqttSource if settings.receiver == "bulk" else MqttSource
     return receiver(
         settings,

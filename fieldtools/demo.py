@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
+
 from collector.config import InfluxSettings, MqttSettings, MqttTls
 from collector.configfile import load_settings
 from collector.errors import ServiceStartError, SmartUnitError
@@ -77,7 +79,8 @@ def wait_for_collector(
     """Block until the collector's retained status says it is online (i.e. subscribed)."""
     online = threading.Event()
     settings = MqttSettings(url=mqtt_url, tls=tls or MqttTls())
-    client = make_client(settings, client_id=f"wait-{os.getpid()}")
+    # MQTT 3.1.1: what every broker the collector runs on speaks (a NATS gateway refuses 5)
+    client = make_client(settings, client_id=f"wait-{os.getpid()}", protocol=paho.MQTTv311)
     topic = collector_status_topic(client_id)
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
     client.on_message = lambda _c, _u, msg: online.set() if b'"online"' in msg.payload else None

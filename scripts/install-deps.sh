@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, a CJK font (the
-# console), Chromium and PostgreSQL (tests) and a Python venv.
+# Install what SmartUnit needs on Debian/Ubuntu: Mosquitto, InfluxDB 1.x, nats-server, a CJK
+# font (the console), Chromium and PostgreSQL (tests) and a Python venv.
 # Idempotent: installs only what is missing. Used by `make demo`, `make test` and CI.
 set -euo pipefail
 
@@ -9,6 +9,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
+# transport "nats": a local NATS cluster with its MQTT gateway (tests, cluster demo)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 # the interpreter the Makefile builds the venv with
 "${PYTHON:-python3}" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # validates docker-compose.yml in the tests

@@ -37,6 +37,8 @@ from fieldtools.localservices import InfluxDB, Mosquitto, free_port
 from tests.postgres import PostgresServer, require_postgres
 from tests.receivers import receiver_url  # noqa: F401 - a fixture for every test
 
+pytest_plugins = ["tests.natsfixtures"]
+
 T = TypeVar("T")
 
 # A shell that ran the demo's `export SMARTUNIT_...` line would point every configuration

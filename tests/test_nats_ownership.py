@@ -1,0 +1,182 @@
+"""Partition ownership: three collector processes share a NATS cluster's partitions through
+leases; one is SIGKILLed under load, its partitions are owned again, no reading is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+
+from collector.config import InfluxSettings
+from collector.natsleases import BUCKET, share
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
+from tests.conftest import CollectorThread, influx_rows, poll
+from tests.natsfixtures import (
+    Load,
+    assert_every_acknowledged_reading_stored,
+    nats_collector_settings,
+    run_async,
+)
+
+DEVICES = 12
+TAKEOVER_S = 30.0  # the bound the cluster promises for a dead collector's partitions
+
+
+def owners(cluster: NatsCluster) -> dict[int, str]:
+    """Partition -> the collector holding its lease."""
+
+    async def read() -> dict[int, str]:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            kv = await nc.jetstream().key_value(BUCKET)
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                return {}
+            found = {}
+            for key in keys:
+                if not key.startswith("owner."):
+                    continue
+                try:
+                    entry = await kv.get(key)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    continue
+                if entry.value:
+                    found[int(key.split(".")[1])] = entry.value.decode()
+            return found
+        finally:
+            await nc.close()
+
+    try:
+        return run_async(read())
+    except (nats.errors.Error, nats.js.errors.Error, OSError):
+        return {}
+
+
+def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
+    start_nats: Callable[..., NatsCluster], influxdb: InfluxDB, database: str, tmp_path: Path
+) -> None:
+    cluster: NatsCluster = start_nats(size=3, partitions=8)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name in ("a", "b", "c"):
+        client_id = f"own-{name}-{database}"
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
+            f"[nats]\npartitions = {cluster.partitions}\n[alerts]\nenabled = false\n"
+        )
+        env = {
+            **os.environ,
+            "SMARTUNIT_MQTT_URL": cluster.nodes[len(procs)].mqtt_url,
+            "SMARTUNIT_NATS_URL": cluster.urls,
+            "SMARTUNIT_INFLUX_URL": influxdb.url,
+            "SMARTUNIT_INFLUX_DB": database,
+            "SMARTUNIT_DATA_DIR": str(tmp_path / name),
+            "SMARTUNIT_HTTP_PORT": str(free_port()),
+        }
+        command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+        procs[client_id] = spawn(command, env=env, log_path=tmp_path / f"{name}.log")
+    load = None
+    try:
+        for client_id in procs:
+            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
+        shared = poll(
+            lambda: owners(cluster),
+            lambda found: len(found) == cluster.partitions and len(set(found.values())) == 3,
+            60,
+        )
+        assert len(set(shared.values())) == 3, shared
+        load = Load(cluster, DEVICES)
+        poll(load.count, lambda n: n >= DEVICES * 20, 60)
+        # the collector with the most partitions dies, mid-stream
+        victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        killed_at = time.monotonic()
+        survivors = set(procs) - {victim}
+        after = poll(
+            lambda: owners(cluster),
+            lambda found: len(found) == cluster.partitions and set(found.values()) <= survivors,
+            TAKEOVER_S,
+        )
+        took_s = time.monotonic() - killed_at
+        assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
+        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+        poll(load.count, lambda n: n >= DEVICES * 60, 60)
+        load.stop()
+
+        assert_every_acknowledged_reading_stored(
+            load, InfluxSettings(url=influxdb.url, database=database)
+        )
+    finally:
+        if load is not None:
+            load.stop()
+        for proc in procs.values():
+            stop_process(proc)
+
+
+def test_the_share_spreads_partitions_and_a_leaving_member_moves_only_its_own() -> None:
+    three = share(["a", "b", "c"], 64)
+    counts = {member: list(three.values()).count(member) for member in "abc"}
+    assert all(10 <= count <= 32 for count in counts.values()), counts
+    two = share(["a", "c"], 64)
+    moved = [p for p in range(64) if three[p] != two[p]]
+    assert all(three[p] == "b" for p in moved)
+
+
+def test_a_collector_that_stops_hands_its_partitions_over_and_each_reading_is_read_once(
+    nats_cluster: NatsCluster,
+    influxdb: InfluxDB,
+    database: str,
+    tmp_path: Path,
+    run_collector: Callable[..., CollectorThread],
+) -> None:
+    def collector(name: str) -> CollectorThread:
+        settings = nats_collector_settings(
+            nats_cluster,
+            influx_url=influxdb.url,
+            database=database,
+            data_dir=tmp_path / name,
+            client_id=f"{name}-{database}",
+        )
+        return run_collector(settings)
+
+    first, second = collector("first"), collector("second")
+    both = poll(
+        lambda: owners(nats_cluster),
+        lambda found: len(found) == nats_cluster.partitions and len(set(found.values())) == 2,
+        60,
+    )
+    assert len(set(both.values())) == 2, both
+    load = Load(nats_cluster, 6)
+    try:
+        poll(load.count, lambda n: n >= 6 * 20, 60)
+        first.stop()  # gives its leases back: the second owns everything within a round
+        alone = poll(
+            lambda: owners(nats_cluster),
+            lambda found: (
+                set(found.values()) == {second.settings.mqtt.client_id}
+                and len(found) == nats_cluster.partitions
+            ),
+            15,
+        )
+        assert set(alone.values()) == {second.settings.mqtt.client_id}
+        before = load.count()
+        poll(load.count, lambda n: n >= before + 6 * 20, 60)
+    finally:
+        load.stop()
+    influx = InfluxSettings(url=influxdb.url, database=database)
+    assert_every_acknowledged_reading_stored(load, influx)
+    second.wait_received(0)
+    stored = influx_rows(influx, 'SELECT "seq" FROM "camera" GROUP BY "device"')
+    distinct = {(row["device"], row["seq"]) for row in stored}
+    # a reading read by both collectors would have been accepted twice
+    accepted = first.stats.readings_accepted + second.stats.readings_accepted
+    assert accepted == len(distinct)

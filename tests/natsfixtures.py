@@ -23,7 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import InfluxSettings, Settings
 from collector.configfile import load_settings
-from fieldtools.localservices import NatsCluster, free_port
+from fieldtools.localservices import free_port
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import influx_rows, poll
 
 T = TypeVar("T")

@@ -260,7 +260,8 @@ def test_the_local_influxdb_yields_the_cpu_to_the_collector(influxdb: InfluxDB) 
     threads = [t / "stat" for t in (proc / "task").iterdir()]
     # field 19 of stat is the nice value; the command name before it may hold spaces
     nices = {int(t.read_text().rsplit(")", 1)[1].split()[16]) for t in threads}
-    assert nices == {influxdb.cpu_nice}  # every thread, the ones started later too
+    # os.nice adds to the niceness the tests run at (19 at most)
+    assert nices == {min(19, os.nice(0) + influxdb.cpu_nice)}  # every thread, later ones too
     autogroup_on = Path("/proc/sys/kernel/sched_autogroup_enabled")
     if autogroup_on.exists() and autogroup_on.read_text().strip() == "1":
         # nice ranks threads only inside a scheduling group: its own group is lowered too

@@ -16,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.config import NatsSettings
 from collector.natsstream import PartitionMappingError, check_partitioning, consumer_name
 from collector.natssubjects import partition_of, subject_to_topic
-from fieldtools.localservices import InfluxDB, NatsCluster
+from fieldtools.localservices import InfluxDB
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import Device, nats_collector_settings, reading, run_async
 

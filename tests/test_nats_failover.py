@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fieldtools.localservices import InfluxDB, NatsCluster
+from fieldtools.localservices import InfluxDB
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, poll
 from tests.natsfixtures import (
     Load,

@@ -14,7 +14,7 @@ from nats.js.api import DiscardPolicy, StreamConfig
 from collector.config import NatsSettings
 from collector.natsstream import consumer_name, provision
 from collector.natssubjects import MQTT_MESSAGES_STREAM, PARTITION_ROOT
-from fieldtools.localservices import NatsCluster
+from fieldtools.natscluster import NatsCluster
 from tests.natsfixtures import Device, run_async, wait_true
 
 PARTITIONS = 8

@@ -16,7 +16,8 @@ import nats
 from collector.config import InfluxSettings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import (
     Load,

@@ -38,7 +38,8 @@ from collector.registry import Registry
 from collector.rulerunner import RuleRunners
 from collector.rules import RuleBook
 from collector.silencecheck import FLEET, SilenceCheck
-from detectors.chain import Chain
+from collector.statistical import statistical_chains
+from detectors.chain import GroupedChains
 from detectors.levels import COLOURS, colour_level
 from detectors.rules.silence import SilenceWatch
 
@@ -71,6 +72,7 @@ class DetectionEngine:
         *,
         statistical: str | None = "auto",
         statistical_params: Mapping[str, Any] | None = None,
+        statistical_family_params: Mapping[str, Mapping[str, Any]] | None = None,
         statistical_colour: str = "yellow",
         silence: SilenceWatch | None = None,
         clock_step_back_s: float = 10.0,
@@ -80,10 +82,12 @@ class DetectionEngine:
         self.max_series = max_series
         self.series_refused = 0  # readings of series over max_series: not judged
         self.clock_step_back_s = clock_step_back_s
-        self._chain_config = (statistical, dict(statistical_params or {}))
-        self.chain = (
-            Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
+        self._chain_config = (
+            statistical,
+            dict(statistical_params or {}),
+            dict(statistical_family_params or {}),
         )
+        self.chain = statistical_chains(*self._chain_config)
         self.statistical_level = colour_level(statistical_colour)
         self.silence = silence or SilenceWatch()
         self._silence_check = SilenceCheck(self.silence)
@@ -126,6 +130,8 @@ class DetectionEngine:
             found = series_of[quantity] = -1 if quantity in NOT_QUANTITIES else len(self._info)
             if found >= 0:
                 self._info.append((device, family, quantity))
+                if self.chain is not None:
+                    self.chain.assign(found, family)
         return found
 
     def series_names(self) -> list[tuple[str, str]]:
@@ -171,7 +177,7 @@ class DetectionEngine:
             meta = json.loads(str(arrays.pop("meta")))
             if meta.get("format") != self.STATE_FORMAT:
                 raise ValueError(f"state format {meta.get('format')}")
-            chain = self._restored_chain(arrays)
+            chain = self._restored_chain(arrays, [family for _, family, _ in meta["series"]])
         except FileNotFoundError:
             return False
         except Exception as exc:  # a damaged file: BadZipFile, EOFError, zlib.error, ...
@@ -195,14 +201,17 @@ class DetectionEngine:
         log.info("detector state restored", extra={"series": len(self._info), "path": str(path)})
         return True
 
-    def _restored_chain(self, arrays: Mapping[str, np.ndarray]) -> Chain | None:
-        """A new statistical chain holding the saved state; ValueError when the state was
+    def _restored_chain(
+        self, arrays: Mapping[str, np.ndarray], families: Sequence[str]
+    ) -> GroupedChains | None:
+        """New statistical chains holding the saved state; ValueError when the state was
         saved by other detectors (another version or other ``statistical_params``), which
         then start afresh, warmed up from history, instead of stopping the service."""
-        name, params = self._chain_config
-        if not name:
+        chain = statistical_chains(*self._chain_config)
+        if chain is None:
             return None
-        chain = Chain.from_config(name, **params)
+        for series, family in enumerate(families):  # in their first order: ids as saved
+            chain.assign(series, family)
         saved = {k[len("chain|") :]: v for k, v in arrays.items() if k.startswith("chain|")}
         if saved:
             try:

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from collector.families.base import (
+    WHOLE_DAY,
     Family,
     FastResult,
     FiniteFloat,
@@ -115,4 +116,9 @@ FAMILY = Family(
         capacity=lambda registered, unit, safe: 0,
         values=_simulated,
     ),
+    detection={
+        # temperatures and water-main pressures held by pumps: as chem's process values
+        "warmup_enough_readings": WHOLE_DAY,
+        "p_alert": 1e-6,
+    },
 )

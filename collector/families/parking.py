@@ -9,6 +9,7 @@ from pydantic import Field
 
 from collector.families.base import (
     MAX_COUNT,
+    WHOLE_DAY,
     Count,
     Family,
     FastResult,
@@ -87,4 +88,9 @@ FAMILY = Family(
         capacity=lambda registered, unit, safe: registered or unit or 200,
         values=_simulated,
     ),
+    detection={
+        # occupancy follows office hours: a day of warm-up; rare new extremes only
+        "warmup_enough_readings": WHOLE_DAY,
+        "p_alert": 1e-4,
+    },
 )

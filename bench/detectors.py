@@ -234,6 +234,9 @@ def main() -> None:
     if not args.no_fleet:
         presets = {"families": {}, GENERIC: {}, "quiet": QUIET}
         fleet_noise(presets=presets)
+        # at the firmware intervals: 12x the readings per day, so 12x the chances per day
+        # for anything judged per reading, and windows counted in readings 12x shorter
+        fleet_noise(devices=10, days=5.0, interval_scale=1.0, presets={"families": {}})
         fleet_injected(presets=presets)
     bench_throughput()
 

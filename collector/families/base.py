@@ -36,6 +36,7 @@ TS_MS_LIMIT = 1e18  # beyond any accepted age, and round() of it cannot overflow
 # count of readings stands in for a day of device time (a range learnt over part of a day
 # is broken by the next evening or night).
 WHOLE_DAY = 1_000_000_000
+DAY_S = 86_400.0
 
 
 def is_quantity_name(name: str) -> bool:

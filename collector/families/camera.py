@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from collector.families.base import (
+    DAY_S,
     MAX_INTERVAL_S,
     WHOLE_DAY,
     Count,
@@ -113,6 +114,7 @@ FAMILY = Family(
         # counts of people and vehicles: a day of warm-up; a new extreme alerts when it is
         # rarer than once in 10,000 readings of the series (its own rate and size of breaks)
         "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
         "p_alert": 1e-4,
     },
 )

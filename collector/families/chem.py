@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from collector.families.base import (
+    DAY_S,
     MAX_QUANTITIES,
     WHOLE_DAY,
     Family,
@@ -132,6 +133,10 @@ FAMILY = Family(
         # is rarer than once in a million readings of its series (by the series' own rate
         # and size of breaks); gas levels also have the rule book's thresholds
         "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
+        # a slow level seldom changes band, so a band change is rare by the count of
+        # readings and ordinary over hours: surprise must stand out further
+        "sequence": {"likelihood": {"floor": 0.12}},
         "p_alert": 1e-6,
     },
 )

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from collector.families.base import (
+    DAY_S,
     MAX_COUNT,
     WHOLE_DAY,
     Count,
@@ -91,6 +92,7 @@ FAMILY = Family(
     detection={
         # occupancy follows office hours: a day of warm-up; rare new extremes only
         "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
         "p_alert": 1e-4,
     },
 )

@@ -84,11 +84,13 @@ class LevelShift(Detector):
         spread = np.maximum(np.sqrt(np.maximum(var, 0.0)), floor) + 1e-9 + 1e-6 * np.abs(base)
         gap = smooth - base
         z = np.abs(gap) / spread
-        t_first = np.where(np.isnan(st["t_first"][series]), t, st["t_first"][series])
-        st["t_first"][series] = t_first
-        # A series with a daily rhythm (rush hours) shows a gap its usual spread has not
-        # learnt yet until a whole day has gone by: with ``warmup_s``, that long at least.
-        warm = (n >= self.warmup_readings) & (t - t_first >= self.warmup_s)
+        warm = n >= self.warmup_readings
+        if self.warmup_s > 0:
+            # A series with a daily rhythm (rush hours) shows a gap its usual spread has
+            # not learnt yet until a whole day has gone by: that long at least.
+            t_first = np.where(np.isnan(st["t_first"][series]), t, st["t_first"][series])
+            st["t_first"][series] = t_first
+            warm &= t - t_first >= self.warmup_s
         scores = np.where(warm, z / (z + self.z), 0.0)
         # Until warm, steps of the baseline are not clipped.
         weight = np.maximum(1.0 / (n + 1.0), self.beta)

@@ -3,13 +3,17 @@
 The simulator's device models (fieldtools/simulator.py: the same daily crowd, traffic and
 parking curves and noisy process values the demo fleet sends) are sampled directly at
 ``interval_scale`` times each family's firmware interval, and every (device, quantity)
-series goes through the default chain as the collector would run it.
+series goes through the chain the collector would run for it: its family's (the
+plug-in's ``detection`` over the ``auto`` defaults, ``collector.statistical.chain_params``).
+A preset is ``statistical_params`` as a user would set them; ``GENERIC`` instead runs
+the plain ``auto`` defaults (those of ``smartunit backtest`` and NAB) on every series.
 
 - Normal fleet: no anomaly injected; every alert is a false alert. Reported per family
   as false alerts per 1,000 device-days.
 - Injected: each device gets one of its family's value anomalies (a crowd surge at a
-  camera, a gas leak in a chemical park) at a random time after the warm-up; caught when
-  an alert of that device opens while the anomaly lasts, with the time it took.
+  camera, a gas leak in a chemical park, a burst fire-water main) at a random time after
+  the warm-up; caught when an alert of that device opens while the anomaly lasts, with
+  the time it took.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import numpy as np
 from collector.admission import NOT_QUANTITIES
 from collector.backtest import SeriesFile, run_chain
 from collector.registry import Registry
+from collector.statistical import chain_params
 from detectors.chain import Chain
 from fieldtools.simulator import Anomaly, SimDevice, build_fleet
 
 DAY_S = 86_400.0
 START = 1_793_548_800.0  # 2026-11-01 00:00 UTC: any day would do
-VALUE_ANOMALIES = {"camera": "crowd_surge", "chem": "gas_leak"}  # what the chain should see
+# what the chain should see (parking has no value anomaly in the simulator)
+VALUE_ANOMALIES = {"camera": "crowd_surge", "chem": "gas_leak", "fire": "pressure_drop"}
+FAMILIES = ("camera", "parking", "chem", "fire")
+GENERIC = "generic"  # the preset that runs the plain auto defaults on every series
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,19 @@ def sample_fleet(fleet: list[SimDevice], days: float) -> list[FleetSeries]:
     return out
 
 
-def _alerts(fleet_series: list[FleetSeries], chain: Chain) -> list[list[np.ndarray]]:
-    """Per device, per quantity: the onset times of alerts."""
-    files = [f for s in fleet_series for f in s.files]
-    outputs = iter(run_chain(files, chain))
-    result = []
-    for s in fleet_series:
-        result.append([f.t[next(outputs).onset] for f in s.files])
-    return result
+def _alerts(
+    fleet_series: list[FleetSeries], preset: str, params: dict[str, Any]
+) -> list[list[np.ndarray]]:
+    """Per device, per quantity: the onset times of alerts, each family's series through
+    its own chain as the collector builds it from these ``statistical_params``."""
+    onsets: dict[int, list[np.ndarray]] = {}
+    for family in {s.family for s in fleet_series}:
+        mine = [(i, s) for i, s in enumerate(fleet_series) if s.family == family]
+        own = params if preset == GENERIC else chain_params(family, "auto", params, {})
+        outputs = iter(run_chain([f for _, s in mine for f in s.files], Chain.from_config(**own)))
+        for i, s in mine:
+            onsets[i] = [f.t[next(outputs).onset] for f in s.files]
+    return [onsets[i] for i in range(len(fleet_series))]
 
 
 def fleet_noise(
@@ -93,7 +106,7 @@ def fleet_noise(
         f"{devices * days:,.0f} device-days each; readings every {interval_scale:g}x the "
         "firmware interval): false alerts per 1,000 device-days"
     )
-    families = ("camera", "parking", "chem")
+    families = FAMILIES
     readings = {
         family: sum(len(f.x) for s in sampled if s.family == family for f in s.files)
         for family in families
@@ -103,8 +116,8 @@ def fleet_noise(
         + " ".join(f"{family + f' ({readings[family] / 1e6:.1f} M)':>18s}" for family in families)
     )
     out = {}
-    for name, params in (presets or {"defaults": {}}).items():
-        alerts = _alerts(sampled, Chain.from_config(**params))
+    for name, params in (presets or {"families": {}}).items():
+        alerts = _alerts(sampled, name, params)
         rates = {}
         for family in families:
             mine = [a for s, a in zip(sampled, alerts, strict=True) if s.family == family]
@@ -143,8 +156,8 @@ def fleet_injected(
         f"Simulator fleet, one value anomaly per device ({devices} devices x {days:g} days per "
         "family, 10 to 60 minutes from day 3 on):"
     )
-    for name, params in (presets or {"defaults": {}}).items():
-        alerts = _alerts(sampled, Chain.from_config(**params))
+    for name, params in (presets or {"families": {}}).items():
+        alerts = _alerts(sampled, name, params)
         for family, kind in VALUE_ANOMALIES.items():
             delays, false = [], 0
             for s, per_quantity in zip(sampled, alerts, strict=True):

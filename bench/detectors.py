@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.detector_fleet import fleet_injected, fleet_noise
+from bench.detector_fleet import GENERIC, fleet_injected, fleet_noise
 from bench.detector_grid import report_grid, run_grid
 from bench.evaluation import (
     PROFILES,
@@ -232,8 +232,12 @@ def main() -> None:
     bench_skab(args.shared / "bench" / "skab")
     bench_quiet(corpus, files, args.shared / "bench" / "skab")
     if not args.no_fleet:
-        fleet_noise(presets={"defaults": {}, "quiet": QUIET})
-        fleet_injected(presets={"defaults": {}, "quiet": QUIET})
+        presets = {"families": {}, GENERIC: {}, "quiet": QUIET}
+        fleet_noise(presets=presets)
+        # at the firmware intervals: 12x the readings per day, so 12x the chances per day
+        # for anything judged per reading, and windows counted in readings 12x shorter
+        fleet_noise(devices=10, days=5.0, interval_scale=1.0, presets={"families": {}})
+        fleet_injected(presets=presets)
     bench_throughput()
 
 

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from collector.families import FAMILIES
+from collector.families import FAMILIES, known_family
 from collector.urls import url_problem
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -199,6 +199,10 @@ class DetectionSettings(_Section):
     statistical: str | None = "auto"
     # Parameters of that detector, plus ``decide`` for the decider (docs/detectors.md).
     statistical_params: dict[str, Any] = {}
+    # Per family, over the family's own defaults and ``statistical_params``.
+    statistical_family_params: dict[
+        Annotated[str, AfterValidator(known_family)], dict[str, Any]
+    ] = {}
     statistical_colour: Literal["blue", "yellow", "orange", "red"] = "yellow"
     warm_start_hours: Annotated[float, Field(ge=0, le=24 * 31)] = 24.0
     # Values (readings x quantities) the warm start may ask InfluxDB for in all.
@@ -223,13 +227,14 @@ class DetectionSettings(_Section):
 
     @model_validator(mode="after")
     def _chain_builds(self) -> DetectionSettings:
-        from detectors.chain import Chain  # noqa: PLC0415 - detectors register on import
+        from collector.statistical import statistical_chains  # noqa: PLC0415 - detectors register
 
-        if self.statistical:
-            try:  # a typo in a parameter fails at load, not at the first reading
-                Chain.from_config(self.statistical, **self.statistical_params)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"statistical_params for {self.statistical!r}: {exc}") from None
+        try:  # a typo in a parameter fails at load, not at the first reading
+            statistical_chains(
+                self.statistical, self.statistical_params, self.statistical_family_params
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"statistical_params for {self.statistical!r}: {exc}") from None
         return self
 
 

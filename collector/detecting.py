@@ -194,6 +194,7 @@ def build_engine(settings: Settings) -> DetectionEngine:
         RuleBook.load(detection.rules),
         statistical=detection.statistical,
         statistical_params=detection.statistical_params,
+        statistical_family_params=detection.statistical_family_params,
         statistical_colour=detection.statistical_colour,
         clock_step_back_s=detection.clock_step_back_s,
         max_series=detection.max_series,

@@ -37,7 +37,8 @@ from collector.rulerunner import RuleRunners
 from collector.rules import RuleBook
 from collector.seriestable import SeriesTable
 from collector.silencecheck import FLEET, SilenceCheck
-from detectors.chain import Chain
+from collector.statistical import statistical_chains
+from detectors.chain import GroupedChains
 from detectors.levels import COLOURS, colour_level
 from detectors.rules.silence import SilenceWatch
 
@@ -63,6 +64,7 @@ class DetectionEngine:
         *,
         statistical: str | None = "auto",
         statistical_params: Mapping[str, Any] | None = None,
+        statistical_family_params: Mapping[str, Mapping[str, Any]] | None = None,
         statistical_colour: str = "yellow",
         silence: SilenceWatch | None = None,
         clock_step_back_s: float = 10.0,
@@ -72,10 +74,12 @@ class DetectionEngine:
         self.series = SeriesTable(max_series)
         self.clock_steps = ClockSteps(clock_step_back_s)
         self.clock_steps_back = self.clock_steps.per_device  # per device
-        self._chain_config = (statistical, dict(statistical_params or {}))
-        self.chain = (
-            Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
+        self._chain_config = (
+            statistical,
+            dict(statistical_params or {}),
+            dict(statistical_family_params or {}),
         )
+        self.chain = statistical_chains(*self._chain_config)
         self.statistical_level = colour_level(statistical_colour)
         self.silence = silence or SilenceWatch()
         self._silence_check = SilenceCheck(self.silence)
@@ -140,7 +144,7 @@ class DetectionEngine:
             meta = json.loads(str(arrays.pop("meta")))
             if meta.get("format") != self.STATE_FORMAT:
                 raise ValueError(f"state format {meta.get('format')}")
-            chain = self._restored_chain(arrays)
+            chain = self._restored_chain(arrays, [family for _, family, _ in meta["series"]])
         except FileNotFoundError:
             return False
         except Exception as exc:  # a damaged file: BadZipFile, EOFError, zlib.error, ...
@@ -160,14 +164,17 @@ class DetectionEngine:
         log.info("detector state restored", extra={"series": len(self.series), "path": str(path)})
         return True
 
-    def _restored_chain(self, arrays: Mapping[str, np.ndarray]) -> Chain | None:
-        """A new statistical chain holding the saved state; ValueError when the state was
+    def _restored_chain(
+        self, arrays: Mapping[str, np.ndarray], families: Sequence[str]
+    ) -> GroupedChains | None:
+        """New statistical chains holding the saved state; ValueError when the state was
         saved by other detectors (another version or other ``statistical_params``), which
         then start afresh, warmed up from history, instead of stopping the service."""
-        name, params = self._chain_config
-        if not name:
+        chain = statistical_chains(*self._chain_config)
+        if chain is None:
             return None
-        chain = Chain.from_config(name, **params)
+        for series, family in enumerate(families):  # in their first order: ids as saved
+            chain.assign(series, family)
         saved = {k[len("chain|") :]: v for k, v in arrays.items() if k.startswith("chain|")}
         if saved:
             try:
@@ -239,6 +246,8 @@ class DetectionEngine:
                 found = series_of.get(quantity)
                 if found is None:
                     found = table.series_id(device, family, quantity)
+                    if found >= 0 and self.chain is not None:
+                        self.chain.assign(found, family)  # the family's own chain
                 if found >= 0:
                     add_series(found)
                     add_time(seconds)

@@ -23,25 +23,26 @@ the parts to run (all by default).
 Measured by ``bench/detectors.py``, the same defaults for every series (no per-file
 parameters). Columns: NAB development split, standard profile, alerts as shipped; SKAB
 valve2 F1 / FAR; alerts on the two noise fleets of tests/test_auto_detector.py (20
-series x 4,000 readings with and without a daily cycle); false alerts per 1,000
-device-days on the simulator's normal fleet (camera / parking / chem):
+series x 4,000 readings with and without a daily cycle):
 
-==============================  =====  ============  =======  ================
-chain                           NAB    SKAB F1/FAR   noise    fleet
-==============================  =====  ============  =======  ================
-all five parts (the defaults)   70.9   0.79 / 13 %   4 + 4    155 / 34 / 2111
-  without ``cycle``             67.8   0.79 / 13 %   4 + 4    155 / 34 / 2111
-  without ``sequence``          69.7   0.79 / 13 %   4 + 4    155 / 34 / 1720
-  without either                66.4   0.79 / 13 %   4 + 4    155 / 34 / 1720
-  without ``shift``             69.9   0.26 / 9 %    4 + 4    155 / 34 / 2111
-``QUIET``                       49.1   0.75 / 5 %    0 + 0    1 / 0 / 1
-==============================  =====  ============  =======  ================
+==============================  =====  ============  =======
+chain                           NAB    SKAB F1/FAR   noise
+==============================  =====  ============  =======
+all five parts (the defaults)   70.9   0.79 / 13 %   4 + 4
+  without ``cycle``             67.8   0.79 / 13 %   4 + 4
+  without ``sequence``          69.7   0.79 / 13 %   4 + 4
+  without either                66.4   0.79 / 13 %   4 + 4
+  without ``shift``             69.9   0.26 / 9 %    4 + 4
+``QUIET``                       49.1   0.75 / 5 %    0 + 0
+==============================  =====  ============  =======
 
 The defaults are the grid point with the best cross-validated mean over NAB's
 categories among those quiet on the noise fleets (bench/detector_grid.py); the rows
-without a part were measured with the week profile in 84 bins (now 28: 70.9). The
-simulator's fleet pays for NAB's cost profile (a false alert costs a ninth of a missed
-anomaly): where every alert is a phone call, use ``QUIET`` (docs/detectors.md).
+without a part were measured with the week profile in 84 bins (now 28: 70.9). They are
+chosen where a false alert costs a ninth of a missed anomaly; the collector runs each
+device family's series with that family's own parameters over them (its plug-in's
+``detection``, ``collector.statistical``), which keep a fleet watched around the clock
+quiet (docs/detectors.md, "Noise against sensitivity").
 """
 
 from __future__ import annotations

@@ -53,6 +53,84 @@ class Chain:
         self.decider.restore({k[8:]: v for k, v in state.items() if k.startswith("decider.")})
 
 
+class GroupedChains:
+    """One chain per group of series, each with its own parameters, behind the interface
+    of one: a series belongs to the group it was first ``assign``-ed to (the collector's
+    groups are device families: a gas reading and a crowd count are different signals).
+
+    Series ids are global; each group's chain sees its own series as 0, 1, 2, ... in the
+    order they were assigned, so assigning the same series in the same order after a
+    restart gives every series back its own state.
+    """
+
+    SEPARATOR = "/"
+
+    def __init__(self, chains: dict[str, Chain]) -> None:
+        if any(self.SEPARATOR in name or not name for name in chains):
+            raise ValueError(f"group names must be non-empty and without {self.SEPARATOR!r}")
+        self.chains = chains
+        self._names = list(chains)
+        self._group = np.full(0, -1, dtype=np.int64)  # global id -> group index
+        self._local = np.full(0, -1, dtype=np.int64)  # global id -> id in its group's chain
+        self._sizes = [0] * len(self._names)
+
+    def assign(self, series: int, group: str) -> None:
+        """Put a new series in a group; a series keeps its first group."""
+        if series >= len(self._group):
+            grown = max(series + 1, 2 * len(self._group), 16)
+            self._group = np.concatenate([self._group, np.full(grown - len(self._group), -1)])
+            self._local = np.concatenate([self._local, np.full(grown - len(self._local), -1)])
+        if self._group[series] >= 0:
+            return
+        index = self._names.index(group)
+        self._group[series] = index
+        self._local[series] = self._sizes[index]
+        self._sizes[index] += 1
+
+    def _split(self, series: np.ndarray) -> list[tuple[Chain, np.ndarray]]:
+        """(chain, positions of the batch it judges) per group present in the batch."""
+        if len(series) and (series.max() >= len(self._group) or (self._group[series] < 0).any()):
+            raise KeyError("a series was judged before it was assigned to a group")
+        groups = self._group[series]
+        return [
+            (self.chains[name], np.flatnonzero(groups == index))
+            for index, name in enumerate(self._names)
+            if (groups == index).any()
+        ]
+
+    def process(self, series: Any, t: Any, x: Any) -> ChainOutput:
+        series = np.asarray(series, dtype=np.int64)
+        t, x = np.asarray(t, dtype=np.float64), np.asarray(x, dtype=np.float64)
+        n = len(series)
+        out = ChainOutput(
+            np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        )
+        for chain, positions in self._split(series):
+            part = chain.process(self._local[series[positions]], t[positions], x[positions])
+            out.score[positions], out.onset[positions] = part.score, part.onset
+            out.active[positions], out.cleared[positions] = part.active, part.cleared
+        return out
+
+    def rewind(self, series: Any, t: Any) -> None:
+        series = np.asarray(series, dtype=np.int64)
+        to = np.asarray(t, dtype=np.float64)
+        for chain, positions in self._split(series):
+            chain.rewind(self._local[series[positions]], to[positions])
+
+    def state(self) -> dict[str, FloatArray]:
+        return {
+            f"{name}{self.SEPARATOR}{key}": value
+            for name, chain in self.chains.items()
+            for key, value in chain.state().items()
+        }
+
+    def restore(self, state: dict[str, FloatArray]) -> None:
+        """Restore after the series were assigned again, in their first order."""
+        for name, chain in self.chains.items():
+            prefix = name + self.SEPARATOR
+            chain.restore({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 def interleave(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(series id, row) of every row of several series, ordered row by row across series."""
     sid = np.concatenate([np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)])

@@ -36,6 +36,8 @@ import numpy as np
 from detectors.base import BoolArray, Detector, FloatArray, IntArray
 from detectors.registry import register
 
+PRIOR_BREAKS = 3.0  # pseudo-breaks of one typical step behind a series' typical excess
+
 
 @register
 class RangeNovelty(Detector):
@@ -114,7 +116,8 @@ class RangeNovelty(Detector):
         )
         scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
         if self.log_alert is not None:
-            scores = np.minimum(scores, self._rarity(series, n, excess, np.isfinite(scale)))
+            scored = np.isfinite(scale)
+            scores = np.minimum(scores, self._rarity(series, n, excess, noise, scored))
 
         st["lo"][series] = np.minimum(lo, x)
         st["hi"][series] = np.maximum(hi, x)
@@ -128,18 +131,38 @@ class RangeNovelty(Detector):
         return scores
 
     def _rarity(
-        self, series: IntArray, n: FloatArray, excess: FloatArray, scored: BoolArray
+        self,
+        series: IntArray,
+        n: FloatArray,
+        excess: FloatArray,
+        noise: FloatArray,
+        scored: BoolArray,
     ) -> FloatArray:
         """Peaks over threshold: a range is broken at the series' own rate, by excesses
         that are roughly exponential, so this break is as rare per reading as
-        rate * exp(-excess / typical excess); 0.5 where that is ``p_alert``."""
+        rate * exp(-excess / typical excess); 0.5 where that is ``p_alert``.
+
+        The recent rate forgets within ``rate_span`` readings, hours on a fast sensor, so
+        the share of breaks over the series' life (at least one in the ``n`` readings so
+        far) is a floor under it; and a series with few breaks has shown little of their
+        size, so the typical excess is shrunk towards one typical step (the size of
+        records of plain noise). Without them a record of plain noise a day after the
+        last, on a sensor read every few seconds, was judged rare."""
         assert self.log_alert is not None
         st = self._state
         rate, typical = st["record_rate"][series], st["record_excess"][series]
-        log_p = np.log(np.maximum(rate, 1e-300)) - excess / np.maximum(typical, 1e-300)
-        rarity = np.where(typical > 0, 0.5 * log_p / self.log_alert, 1.0)
-        broke = (excess > 0) & scored
         records = st["records"][series]
+        # the recent rate forgets within ``rate_span`` readings, hours on a fast sensor:
+        # the series' lifetime share of breaks is a floor under it
+        rate_or_prior = np.maximum(rate, np.maximum(records, 1.0) / (n + 1.0))
+        # a few breaks say little about their typical size: shrunk towards the step, as
+        # if PRIOR_BREAKS breaks of one typical step had been seen
+        typical_or_prior = (records * typical + PRIOR_BREAKS * noise) / (records + PRIOR_BREAKS)
+        log_p = np.log(np.maximum(rate_or_prior, 1e-300)) - excess / np.maximum(
+            typical_or_prior, 1e-300
+        )
+        rarity = np.where(typical_or_prior > 0, 0.5 * log_p / self.log_alert, 1.0)
+        broke = (excess > 0) & scored
         weight = np.maximum(1.0 / (n + 1.0), self.rate_beta)
         st["record_rate"][series] = rate + weight * (broke - rate)
         learn = np.maximum(1.0 / (records + 1.0), 0.05)

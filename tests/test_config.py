@@ -97,6 +97,8 @@ def test_secrets_never_reach_a_log_line() -> None:
         ("typo = 1\n", "typo: unknown key"),
         ("[detection]\nstatistical_params = { noise_multipel = 1 }\n", "noise_multipel"),
         ("[detection]\nstatistical_params = { shift = { z = -1 } }\n", "z > 0"),
+        ("[detection]\nstatistical_family_params = { boat = {} }\n", "unknown family 'boat'"),
+        ("[detection]\nstatistical_family_params = { chem = { p_alert = 2 } }\n", "p_alert"),
         ("[alerts]\nstore = 'postgres://db/alerts'\n", "alerts.store"),
         ("[alerts]\nstore = 'postgresql://u:a/b@db/alerts'\n", "alerts.store"),
     ],

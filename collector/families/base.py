@@ -32,6 +32,13 @@ MAX_QUANTITIES = 64
 TS_MS_LIMIT = 1e18  # beyond any accepted age, and round() of it cannot overflow
 
 
+# ``warmup_enough_readings`` for the series of field devices, which live by the day: no
+# count of readings stands in for a day of device time (a range learnt over part of a day
+# is broken by the next evening or night).
+WHOLE_DAY = 1_000_000_000
+DAY_S = 86_400.0
+
+
 def is_quantity_name(name: str) -> bool:
     """[a-z][a-z0-9_]{0,63}, and not a reserved name."""
     return (
@@ -190,3 +197,7 @@ class Family:
     count_field: str  # a field every stored reading carries (counting readings by it)
     example: dict[str, Any]  # a valid reading
     simulation: Simulation
+    # Parameters of the ``auto`` chain for this family's series, over its defaults (which
+    # are chosen on NAB's varied series, where a false alert costs little): what the
+    # family's signals need to stay quiet around the clock (docs/detectors.md).
+    detection: Mapping[str, Any]

@@ -9,7 +9,9 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from collector.families.base import (
+    DAY_S,
     MAX_INTERVAL_S,
+    WHOLE_DAY,
     Count,
     Family,
     FastResult,
@@ -108,4 +110,11 @@ FAMILY = Family(
         capacity=lambda registered, unit, safe: safe or 500,
         values=_simulated,
     ),
+    detection={
+        # counts of people and vehicles: a day of warm-up; a new extreme alerts when it is
+        # rarer than once in 10,000 readings of the series (its own rate and size of breaks)
+        "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
+        "p_alert": 1e-4,
+    },
 )

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from collector.families.base import (
+    DAY_S,
     MAX_QUANTITIES,
+    WHOLE_DAY,
     Family,
     FastResult,
     FiniteFloat,
@@ -66,10 +68,32 @@ def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: 
     return Reading("chem", device, ts_ms, fields, seq), finish_line(prefix, text, seq, ts_ms)
 
 
+# A buffer tank under level control: the level wanders around its setpoint and is pulled
+# back within hours (an Ornstein-Uhlenbeck process in device time, so it moves as far per
+# hour whatever the reporting interval), and the gauge reads it to about 0.2 %.
+TANK_SETPOINT_PCT = (45.0, 70.0)  # drawn per device
+TANK_SPREAD_PCT = 4.0  # the level's standard deviation around its setpoint
+TANK_SETTLE_S = 3 * 3600.0  # how long the control takes to pull a deviation back (1/e)
+GAUGE_NOISE_PCT = 0.2
+
+
+def _tank_level(device: SimulatedDevice, t: float) -> float:
+    memory, rng = device.memory, device.rng
+    if "level_pct" not in memory:
+        memory["setpoint_pct"] = rng.uniform(*TANK_SETPOINT_PCT)
+        memory["level_pct"] = memory["setpoint_pct"] + rng.gauss(0, TANK_SPREAD_PCT)
+        memory["level_t"] = t
+    setpoint = memory["setpoint_pct"]
+    keep = math.exp(-max(t - memory["level_t"], 0.0) / TANK_SETTLE_S)
+    deviation = (memory["level_pct"] - setpoint) * keep
+    deviation += rng.gauss(0, TANK_SPREAD_PCT * math.sqrt(1 - keep * keep))
+    memory["level_pct"], memory["level_t"] = setpoint + deviation, t
+    return min(95.0, max(5.0, setpoint + deviation + rng.gauss(0, GAUGE_NOISE_PCT)))
+
+
 def _simulated(device: SimulatedDevice, t: float, hour: float) -> dict[str, Any]:
     rng = device.rng
-    level = device.memory.get("level_pct", 60.0)
-    level = device.memory["level_pct"] = min(95.0, max(5.0, level + rng.gauss(0, 0.3)))
+    level = _tank_level(device, t)
     lel = max(0.0, rng.gauss(1.5, 0.3))
     leak = device.anomaly_progress("gas_leak", t)
     if leak is not None:
@@ -103,4 +127,16 @@ FAMILY = Family(
         capacity=lambda registered, unit, safe: 0,
         values=_simulated,
     ),
+    detection={
+        # process values under control wander slowly (a tank level) and are read every
+        # few seconds, around the clock: a day of warm-up, and a new extreme alerts when it
+        # is rarer than once in a million readings of its series (by the series' own rate
+        # and size of breaks); gas levels also have the rule book's thresholds
+        "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
+        # a slow level seldom changes band, so a band change is rare by the count of
+        # readings and ordinary over hours: surprise must stand out further
+        "sequence": {"likelihood": {"floor": 0.12}},
+        "p_alert": 1e-6,
+    },
 )

@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from collector.families.base import (
+    DAY_S,
+    WHOLE_DAY,
     Family,
     FastResult,
     FiniteFloat,
@@ -115,4 +117,13 @@ FAMILY = Family(
         capacity=lambda registered, unit, safe: 0,
         values=_simulated,
     ),
+    detection={
+        # temperatures and water-main pressures held by pumps: as chem's process values
+        "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
+        # a slow level seldom changes band, so a band change is rare by the count of
+        # readings and ordinary over hours: surprise must stand out further
+        "sequence": {"likelihood": {"floor": 0.12}},
+        "p_alert": 1e-6,
+    },
 )

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from collector.families.base import (
+    DAY_S,
     MAX_COUNT,
+    WHOLE_DAY,
     Count,
     Family,
     FastResult,
@@ -87,4 +89,10 @@ FAMILY = Family(
         capacity=lambda registered, unit, safe: registered or unit or 200,
         values=_simulated,
     ),
+    detection={
+        # occupancy follows office hours: a day of warm-up; rare new extremes only
+        "warmup_enough_readings": WHOLE_DAY,
+        "shift": {"warmup_s": DAY_S},
+        "p_alert": 1e-4,
+    },
 )

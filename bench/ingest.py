@@ -26,9 +26,9 @@ memory   the collector's resident memory grown over the drain, per 10,000 detect
 
 The last line is ``ratio_vs_broker=<x> ratio_vs_naive=<y> alert_p99_ms=<z>`` with the
 live (sustained) ratios, medians over the rounds: devices publishing while the collector
-stores, the way the broker's ~33,000 msg/s of issue #6 was measured. The line before it
-gives the drain ratios (a queued backlog taken in, with no publisher sharing the two
-cores), where the broker alone is 2-3 times faster than live.
+stores, as a fleet loads it. The line before it gives the drain ratios (a queued backlog
+taken in, with no publisher sharing the two cores), where the broker alone is 2-3 times
+faster than live.
 
 Usage: bench/ingest.py [--messages N] [--devices D] [--rounds R]
 """

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from collector.mqttbulk import encode_varint
+from collector.mqttwire import encode_varint
 
 _WINDOW = 30_000  # unacknowledged packet ids in flight; ids 1..65535 are reused after
 

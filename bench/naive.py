@@ -1,4 +1,4 @@
-"""The naive baseline of issue #6: aiomqtt + json + one HTTP write per batch.
+"""The naive baseline: aiomqtt + json + one HTTP write per batch.
 
 What a first implementation looks like: subscribe at QoS 1 with aiomqtt, ``json.loads``
 each payload, format a line-protocol line, and POST a batch to InfluxDB's ``/write``

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The collector's MQTT receiver alone, against the broker's own delivery rate (issue #6).
+"""The collector's MQTT receiver alone, against the broker's own delivery rate.
 
 paho-mqtt handles one packet per loop turn with several small ``recv`` calls; the
 collector's receiver (collector/mqttbulk.py, MQTT v5) takes whatever the socket holds,

@@ -3,7 +3,7 @@
 
 The same workload as bench/ingest.py (10,000 devices, the three families, one reading
 per message) goes through each stage on its own, in this process, so the stages can be
-compared with each other and with the budget that issue #6's target leaves: at 60 % of
+compared with each other and with the budget the throughput target leaves: at 60 % of
 the broker's single-subscriber rate, every stage of a message together has ~20 µs.
 
 - json: ``orjson.loads`` of the payload alone (the floor of any decoder);

@@ -18,11 +18,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from collector.alerts.backends import open_storage
+from collector.alerts.backends import STORE_ERRORS, open_storage
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent
+from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, is_pseudo_unit
 from collector.alerts.notify import Notifier
 from collector.alerts.pending import PendingDetections
 from collector.config import Settings
@@ -30,7 +31,7 @@ from collector.detection import DetectionEvent
 from collector.errors import AlertActionError, FieldAckError
 from collector.lineprotocol import encode_line
 from collector.mqtt import Inbound
-from collector.operator import OPERATOR_UNIT, OperatorAlarm
+from collector.operator import OPERATOR_UNIT, OperatorAlarm, ReceiverWatch
 from collector.protocol import Rejection
 from collector.source import MessageSource
 from collector.stats import IngestStats
@@ -38,8 +39,8 @@ from collector.storage import Batch
 from collector.unitlink import (
     RESTORE_INTERVAL_S,
     UnitStates,
-    is_pseudo_unit,
     parse_ack,
+    parse_unit_topic,
     unit_state_body,
     unit_state_topic,
 )
@@ -58,7 +59,9 @@ class AlertWiring:
         self.settings = settings
         self.stats = stats
         alerts = settings.alerts
-        store = open_storage(alerts.store_url, relative_to=settings.data_dir)
+        store = open_storage(
+            alerts.store_url, relative_to=settings.data_dir, lease_s=alerts.claim_lease_s
+        )
         notifier = Notifier(alerts.receivers, alerts.public_url)
         self.book = AlertBook(
             store,
@@ -67,7 +70,8 @@ class AlertWiring:
             router=notifier.route,
         )
         self.unit_states = UnitStates(
-            lambda topic, body: source.publish(topic, body, qos=1, retain=True)
+            lambda topic, body: source.publish(topic, body, qos=1, retain=True),
+            current=self._unit_state_now if store.shared else None,
         )
         self.unit_states.prime(self._unit_state_bodies())
         self.pending = PendingDetections(self.book.on_detection)
@@ -89,7 +93,8 @@ class AlertWiring:
         )
         # Alert events can come from any thread (the HTTP API): lines wait here.
         self._annotations: collections.deque[str] = collections.deque()
-        self.dispatcher.watch.resume(self.active_operator_alerts())
+        self.receiver_watch = ReceiverWatch(self.dispatcher.health())
+        self.receiver_watch.resume(self.active_operator_alerts())
 
     def active_operator_alerts(self) -> list[Alert]:
         """The collector's own open alerts: their watches carry on where they were."""
@@ -112,7 +117,11 @@ class AlertWiring:
     def operator_checks(self, now_ms: int) -> list[DetectionEvent]:
         """Alerts on the alerting itself: the store refusing writes, receivers failing."""
         events = self._store_alarm.update(self.pending.take_peak(), now_ms)
-        return events + self.dispatcher.watch.update(now_ms)
+        return events + self.receiver_watch.update(now_ms)
+
+    def receivers(self) -> list[dict[str, Any]]:
+        """Each receiver's health, backlog and operator alert: the API, /metrics, console."""
+        return self.dispatcher.status(self.receiver_watch.raised)
 
     # -- subscribers of alert changes --------------------------------------------------------
 
@@ -178,9 +187,26 @@ class AlertWiring:
 
     async def restore_unit_states(self) -> None:
         """Overwritten unit states get the collector's again, once per interval at most."""
+        shared = self.book.shared
         while True:
             await asyncio.sleep(RESTORE_INTERVAL_S)
-            self.unit_states.restore()
+            if not shared:
+                self.unit_states.restore()
+                continue
+            try:  # it reads the shared store: off the event loop
+                await asyncio.to_thread(self.unit_states.restore)
+            except STORE_ERRORS as exc:
+                log.error("unit states wait for the alert store", extra={"error": str(exc)})
+
+    def _unit_state_now(self, topic: str) -> bytes:
+        """What a unit's state topic should hold, as the shared store has it now."""
+        states = sorted(ACTIVE_STATES)
+        parsed = parse_unit_topic(topic)
+        if parsed is not None and unit_state_topic(parsed[0]) == topic:
+            return unit_state_body(parsed[0], self.book.find(states=states, unit=parsed[0]))
+        # A unit whose name the topic level changed: found among all active alerts.
+        matching = [a for a in self.book.find(states=states) if unit_state_topic(a.unit) == topic]
+        return unit_state_body(matching[0].unit, matching) if matching else b""
 
     async def verify(
         self, alive: Callable[[str, float], bool], store: Callable[[Batch], Awaitable[None]]
@@ -201,6 +227,9 @@ class AlertWiring:
                     # The book is thread-safe (the API uses it from threads too); off the
                     # event loop, a scan of every open alert never delays a live one.
                     await asyncio.to_thread(self._verify_and_escalate, round(now * 1000), alive_now)
+                except STORE_ERRORS as exc:  # the clock waits for the store: no deadline lost
+                    self.stats.alert_errors += 1
+                    log.error("alert clock waits for the alert store", extra={"error": str(exc)})
                 except Exception:  # keep verifying: the next tick may succeed
                     self.stats.alert_errors += 1
                     log.exception("alert verification failed")
@@ -209,6 +238,8 @@ class AlertWiring:
                 await store(Batch(lines=lines))
 
     def _verify_and_escalate(self, now_ms: int, alive: Callable[[str], bool]) -> None:
+        if not self.book.runs_clock():
+            return  # another instance sharing the store runs it
         self.book.verify(now_ms, alive)
         self.book.escalate(now_ms, self.settings.alerts.ack_deadlines_s)
 

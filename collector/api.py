@@ -35,12 +35,13 @@ from collector.alerts.model import (
     AlertEvent,
     State,
     ack_due_at_ms,
+    worst_level,
 )
 from collector.apiguard import Refused, RequestGuard, Tokens
 from collector.errors import StoreError, TransitionError
 from collector.metrics import CONTENT_TYPE, Exposition, Value
 from collector.plaintext import check_name, check_text
-from collector.registry import Registry
+from collector.registry import UNREGISTERED_UNIT, Registry
 from collector.snapshots import unit_states
 from detectors.levels import COLOURS
 
@@ -97,6 +98,8 @@ class ApiContext:
             "updated_at_ms": alert.updated_at_ms,
             "ack_due_at_ms": due,
             "overdue": due is not None and time.time() * 1000 >= due,
+            # raised for a device the registry did not know: an incident of its own
+            "unregistered": alert.unit == UNREGISTERED_UNIT,
         }
 
 
@@ -265,8 +268,9 @@ def create_app(context: ApiContext) -> FastAPI:
 
     @app.get("/api/units")
     def units(caller: Caller) -> list[dict[str, Any]]:
-        """Every unit with its worst active colour: the console's unit tree."""
-        active = book.find(states=sorted(ACTIVE_STATES))
+        """Every unit with its worst active colour: the console's unit tree. Devices the
+        registry does not know are no unit: ``/api/unregistered`` lists them."""
+        active = [a for a in book.find(states=sorted(ACTIVE_STATES)) if a.unit != UNREGISTERED_UNIT]
         registry = context.registry()
         return [
             {
@@ -286,6 +290,25 @@ def create_app(context: ApiContext) -> FastAPI:
                 "active": len(state.alerts),
             }
             for state in unit_states(registry, active)
+        ]
+
+    @app.get("/api/unregistered")
+    def unregistered(caller: Caller) -> list[dict[str, Any]]:
+        """Devices the registry does not know, with active alerts: each device is an
+        incident of its own (they share no place), listed apart from the unit tree."""
+        by_device: dict[str, list[Alert]] = {}
+        for alert in book.find(states=sorted(ACTIVE_STATES), unit=UNREGISTERED_UNIT):
+            by_device.setdefault(alert.fingerprint.device, []).append(alert)
+        return [
+            {
+                "device": device,
+                "family": next((a.family for a in alerts if a.family), ""),
+                "colour": COLOURS[worst_level(alerts)],
+                "active": len(alerts),
+                "incidents": sorted({a.incident for a in alerts}),
+                "started_at_ms": min(a.started_at_ms for a in alerts),
+            }
+            for device, alerts in sorted(by_device.items())
         ]
 
     @app.get("/api/alerts/{alert_id}/series")

@@ -48,7 +48,7 @@ def build_api_server(
             tokens=http.tokens,
             public_url=settings.alerts.public_url,
             metrics=metrics,
-            receivers=alerts.dispatcher.status,
+            receivers=alerts.receivers,
             healthy=healthy,
             problems=alerts.problems,
             registry=registry,

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from collector.config import Settings
-from collector.configfile import load_settings
+from collector.configfile import CONFIG_ENV, load_settings
 from collector.errors import (
     AlertStoreError,
     ConfigError,
@@ -22,11 +23,23 @@ from collector.errors import (
     SmartUnitError,
 )
 from collector.registry import RegistryHolder
+from collector.urls import redact_url
 
 log = logging.getLogger("smartunit")
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+DISTRIBUTION = "smartunit-monitor"
+CONFIG_HELP = "TOML configuration file (default: $SMARTUNIT_CONFIG, else defaults and environment)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -78,6 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _alerts_database(args: argparse.Namespace) -> Path:
     settings = _settings(args)
+    if not settings.alerts.store_url.startswith("sqlite:"):
+        raise ConfigError(
+            "alerts-db checks and recovers an SQLite alert store; a PostgreSQL one is "
+            "checked with PostgreSQL's own tools (pg_amcheck) and its own backups"
+        )
     return settings.alerts.sqlite_file(settings.data_dir)
 
 
@@ -140,11 +158,13 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from collector.rules import RuleBook  # noqa: PLC0415
+    from collector.rules import RuleBook, units_unknown_to  # noqa: PLC0415
 
     settings = load_settings(args.path)
     registry = _registry(settings).current
     book = RuleBook.load(settings.detection.rules)
+    for warning in units_unknown_to(registry, settings.detection.rules):
+        print(warning, file=sys.stderr)
     endpoint = settings.mqtt.endpoint
     print(f"{args.path}: OK")
     print(f"  mqtt:     {endpoint.host}:{endpoint.port}{' (TLS)' if endpoint.tls else ''}")
@@ -160,10 +180,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _what_was_read(args: argparse.Namespace, settings: Settings) -> str:
+    """Where the configuration and the registry came from, for a listing's first line."""
+    config = getattr(args, "config", None) or os.environ.get(CONFIG_ENV)
+    source = (
+        f"configuration {config}"
+        if config
+        else f"no configuration file (give --config or set {CONFIG_ENV}): defaults and environment"
+    )
+    registry = settings.registry.path
+    return f"{source}; registry: {registry or 'none, so no device is registered'}"
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     settings = _settings(args)
     registry = _registry(settings).current
+    print(f"# {_what_was_read(args, settings)}", file=sys.stderr)
     if not args.unregistered:
+        print("device\tfamily\tunit\thierarchy")
         for device in sorted(registry.devices.values(), key=lambda d: d.id):
             unit = registry.units[device.unit]
             path = "/".join(unit.hierarchy.as_tags().values())
@@ -171,7 +205,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         return 0
     from collector.devices import unregistered_devices  # noqa: PLC0415
 
-    found = unregistered_devices(settings.influx, registry)
+    influx = settings.influx
+    print(f"# readings in {redact_url(influx.url)} database {influx.database!r}", file=sys.stderr)
+    found = unregistered_devices(influx, registry)
     if not found:
         print("no unregistered devices have sent readings")
         return 0
@@ -190,7 +226,7 @@ def cmd_broker_acl(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fieldtools.simulator import simulate_command  # noqa: PLC0415
+    from fieldtools.simulate import simulate_command  # noqa: PLC0415
 
     return simulate_command(args.tool_args, prog="smartunit simulate")
 
@@ -238,18 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartunit", description="SmartUnit Monitor: city-grid IoT monitoring."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the collector")
-    run.add_argument("--config", type=Path, help="TOML configuration file")
+    run.add_argument("--config", type=Path, help=CONFIG_HELP)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a configuration and its registry")
-    check.add_argument("path", type=Path)
+    check.add_argument("path", type=Path, help="the TOML configuration file to check")
     check.set_defaults(func=cmd_check_config)
 
     devices = sub.add_parser("devices", help="list registered or unregistered devices")
-    devices.add_argument("--config", type=Path)
+    devices.add_argument("--config", type=Path, help=CONFIG_HELP)
     devices.add_argument(
         "--unregistered",
         action="store_true",
@@ -261,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "broker-acl",
         help="the Mosquitto ACL: config/mosquitto.acl plus a panel principal per registry unit",
     )
-    acl.add_argument("--config", type=Path)
+    acl.add_argument("--config", type=Path, help=CONFIG_HELP)
     acl.set_defaults(func=cmd_broker_acl)
 
     # The simulator defines its own arguments (smartunit simulate --help), so that building
@@ -295,14 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     db_check = alerts_db_sub.add_parser(
         "check", help="SQLite's full integrity check; exit 1 if damaged"
     )
-    db_check.add_argument("--config", type=Path)
+    db_check.add_argument("--config", type=Path, help=CONFIG_HELP)
     db_check.set_defaults(func=cmd_alerts_db_check)
     db_recover = alerts_db_sub.add_parser(
         "recover",
         help="keep the damaged file, salvage what is readable into a fresh database "
         "(with the collector stopped)",
     )
-    db_recover.add_argument("--config", type=Path)
+    db_recover.add_argument("--config", type=Path, help=CONFIG_HELP)
     db_recover.set_defaults(func=cmd_alerts_db_recover)
 
     dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
@@ -317,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument("--dir", type=Path, default=Path("dashboards"), help="the JSON files")
     push.add_argument("--influx-url", help="also create or update the InfluxDB datasource")
-    push.add_argument("--influx-db", default="smartunit")
+    push.add_argument(
+        "--influx-db",
+        default="smartunit",
+        help="with --influx-url: its database (default smartunit)",
+    )
     push.set_defaults(func=cmd_dashboards_push)
 
     demo = sub.add_parser("demo", help="broker, InfluxDB, collector and simulator, all local")

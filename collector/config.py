@@ -322,7 +322,7 @@ class ReceiverSettings(_Section):
         return labels
 
 
-ALERT_STORE_URL = re.compile(r"sqlite:///.+")
+ALERT_STORE_URL = re.compile(r"sqlite:///.+|postgresql://.+")
 
 
 class AlertSettings(_Section):
@@ -345,6 +345,9 @@ class AlertSettings(_Section):
     # Where alerts are kept, as a URL (relative paths under data_dir); empty: the SQLite
     # file `database`.
     store: str = ""
+    # A store shared by several instances (PostgreSQL): how long an instance's claim on
+    # an outbox row, or its turn at the alert clock, holds before another may take it.
+    claim_lease_s: PositiveFloat = 60.0
     # "closed" needs the readings normal for this long after the handler's resolution.
     verify_window_s: PositiveFloat = 300.0
     verify_interval_s: PositiveFloat = 10.0
@@ -353,8 +356,24 @@ class AlertSettings(_Section):
     @classmethod
     def _check_store(cls, url: str) -> str:
         if url and not ALERT_STORE_URL.fullmatch(url):
-            raise ValueError(f"{url!r}: expected sqlite:///<path> (relative to data_dir)")
+            raise ValueError(
+                "expected sqlite:///<path> (relative to data_dir) or "
+                "postgresql://<user>@<host>:<port>/<database>"
+            )
+        if url.startswith("postgresql:") and (problem := url_problem(url)) is not None:
+            raise ValueError(f"the PostgreSQL URL {problem}")
         return url
+
+    @model_validator(mode="after")
+    def _claims_outlast_their_work(self) -> AlertSettings:
+        # A claim that expired while its holder was still delivering, or between two
+        # turns of its clock, lets another instance do the same work: a repeat.
+        slowest = max([r.timeout_s for r in self.receivers] + [self.verify_interval_s])
+        if self.claim_lease_s <= slowest:
+            raise ValueError(
+                "claim_lease_s must be longer than verify_interval_s and every receiver's timeout_s"
+            )
+        return self
 
     @property
     def store_url(self) -> str:

@@ -9,9 +9,13 @@ SMARTUNIT_NATS_URL         ``nats://host:port[,nats://host:port...]`` (transport
 SMARTUNIT_INFLUX_URL       ``http(s)://[user:pass@]host:port`` of the InfluxDB HTTP API
 SMARTUNIT_INFLUX_DB        database (1.x) or bucket mapped by DBRP (2.x, 3.x)
 SMARTUNIT_INFLUX_TOKEN     token sent as ``Authorization: Token ...`` (optional)
+SMARTUNIT_HTTP_HOST        address the HTTP API listens on (``0.0.0.0``: every one)
 SMARTUNIT_HTTP_PORT        port of the HTTP API
+SMARTUNIT_PUBLIC_URL       base of the alert links in webhook payloads
 SMARTUNIT_DATA_DIR         directory for durable state
 =========================  ==========================================================
+
+``SMARTUNIT_CONFIG`` names the file itself, read when no path is given (``--config``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from collector.config import Settings
+from collector.configerrors import Loc, Problem, describe, validation_problems
 from collector.errors import ConfigError
 from collector.urls import redact_url
 
@@ -35,9 +40,12 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SMARTUNIT_INFLUX_URL": ("influx", "url"),
     "SMARTUNIT_INFLUX_DB": ("influx", "database"),
     "SMARTUNIT_INFLUX_TOKEN": ("influx", "token"),
+    "SMARTUNIT_HTTP_HOST": ("http", "host"),
     "SMARTUNIT_HTTP_PORT": ("http", "port"),
+    "SMARTUNIT_PUBLIC_URL": ("alerts", "public_url"),
     "SMARTUNIT_DATA_DIR": ("data_dir",),
 }
+CONFIG_ENV = "SMARTUNIT_CONFIG"
 
 # A catch-all receiver for quick starts: every alert event goes there.
 API_TOKEN_ENV = "SMARTUNIT_API_TOKEN"  # noqa: S105 - a variable's name
@@ -45,7 +53,9 @@ WEBHOOK_URL_ENV = "SMARTUNIT_WEBHOOK_URL"
 WEBHOOK_SECRET_ENV = "SMARTUNIT_WEBHOOK_SECRET"  # noqa: S105 - a variable's name
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[Loc, str]:
+    """Sets the overrides present in ``env``; the keys they set, each with its variable."""
+    applied: dict[Loc, str] = {}
     for var, path in ENV_OVERRIDES.items():
         value = env.get(var)
         if value is None or value == "":
@@ -57,16 +67,16 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError(f"{'.'.join(path[:-1])}: must be a table to apply {var}")
             node = child
         node[path[-1]] = value
+        applied[path] = var
+    return applied
 
 
-def format_validation_errors(exc: ValidationError, heading: str) -> str:
-    """One line per problem, each naming its key path (``mqtt.url: ...``)."""
-    lines = [heading]
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+def format_validation_errors(
+    exc: ValidationError, heading: str, *, model: type[BaseModel], path: Path | None = None
+) -> str:
+    """One line per problem, each naming its file and line (when it comes from ``path``),
+    its key path (``mqtt.url: ...``) and, for a misspelt key, the closest valid one."""
+    return describe(heading, validation_problems(exc, model), path)
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -106,12 +116,14 @@ def load_settings(
     raw: dict[str, Any] = {}
     origin = "defaults and environment"
     base = Path.cwd()
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
     if path is not None:
         path = Path(path)
         origin = str(path)
         base = path.resolve().parent
         raw = read_toml(path, "configuration")
-    _apply_env(raw, env)
+    from_env = _apply_env(raw, env)
     if env.get(API_TOKEN_ENV):
         http = raw.setdefault("http", {})
         if isinstance(http, dict):
@@ -129,9 +141,12 @@ def load_settings(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(
-            format_validation_errors(exc, f"invalid configuration in {origin}:")
-        ) from None
+        problems = [
+            Problem(p.loc, f"{p.message} (set by {from_env[p.loc]})") if p.loc in from_env else p
+            for p in validation_problems(exc, Settings)
+        ]
+        file = Path(path) if path is not None else None
+        raise ConfigError(describe(f"invalid configuration in {origin}:", problems, file)) from None
     return _resolve_relative(settings, base, env)
 
 
@@ -141,6 +156,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data["mqtt"]["url"] = redact_url(settings.mqtt.url)
     data["influx"]["url"] = redact_url(settings.influx.url)
+    if settings.alerts.store.startswith("postgresql:"):
+        data["alerts"]["store"] = redact_url(settings.alerts.store)
     receivers = settings.alerts.receivers
     for receiver, dumped in zip(receivers, data["alerts"]["receivers"], strict=True):
         dumped["url"] = redact_url(receiver.url)

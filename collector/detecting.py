@@ -10,6 +10,7 @@ the last ``detection.warm_start_hours`` of history.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -217,7 +218,8 @@ def detection_line(event: DetectionEvent, registry: Registry) -> str:
         "quantity": event.quantity,
     }
     if event.family == "gateway":
-        tags = encode_tags({"device": event.device, **extra})
+        shared = _gateway_places(registry).get(event.device, {})
+        tags = encode_tags({"device": event.device, **shared, **extra})
     else:
         tags = f"{registry.placement(event.device).tags},{encode_tags(extra)}"
     fields: dict[str, int | float | str] = {
@@ -230,6 +232,22 @@ def detection_line(event: DetectionEvent, registry: Registry) -> str:
     if event.threshold is not None:
         fields["threshold"] = event.threshold
     return encode_line(DETECTIONS_MEASUREMENT, tags, fields, event.ts_ms)
+
+
+# A gateway has no unit of its own: its detections carry the unit and the hierarchy
+# levels all its devices share, so a dashboard filtered to a grid shows the gateway whose
+# devices are all there. Registries compare by identity: a reloaded one is worked out anew.
+@functools.lru_cache(maxsize=1)
+def _gateway_places(registry: Registry) -> dict[str, dict[str, str]]:
+    shared: dict[str, dict[str, str]] = {}
+    for device in registry.devices.values():
+        if device.gateway is None:
+            continue
+        unit = registry.units[device.unit]
+        tags = {"unit": unit.id, **unit.hierarchy.as_tags()}
+        known = shared.setdefault(device.gateway, tags)
+        shared[device.gateway] = {k: v for k, v in known.items() if tags.get(k) == v}
+    return shared
 
 
 def _hierarchy_of(unit: str, registry: Registry) -> dict[str, str]:

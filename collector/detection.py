@@ -9,7 +9,7 @@ InfluxDB also treats as the same point) are stored but not judged, and counted. 
 exception: when the newest judged time lies ahead of the collector's clock and a reading
 comes far older than it, the device's clock stepped back (or that newest came from the
 future), and the device's series are re-anchored at the new reading instead of going
-unjudged until real time catches up (``_rewind_stepped_clocks``).
+unjudged until real time catches up (collector/clocksteps.py).
 
 Output: detection events, the moments a series changes colour (raised, changed,
 cleared), each with the rule or detector that decided it. The silence watch adds
@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,13 +29,13 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from collector.admission import NOT_QUANTITIES
+from collector.clocksteps import ClockSteps
 from collector.detectionevent import SYSTEM_FAMILY, DetectionEvent, EventKind
-from collector.logs import RateLimitedLog
 from collector.protocol import Reading
 from collector.registry import Registry
 from collector.rulerunner import RuleRunners
 from collector.rules import RuleBook
+from collector.seriestable import SeriesTable
 from collector.silencecheck import FLEET, SilenceCheck
 from detectors.chain import Chain
 from detectors.levels import COLOURS, colour_level
@@ -55,13 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATISTICAL = "statistical"
-CLOCK_LOG_INTERVAL_S = 10.0
-
-
-# (device, family, quantity): a plain tuple of strings, which the garbage collector stops
-# tracking; tens of thousands of objects would lengthen every full collection, a pause
-# that alerts wait through.
-_Series = tuple[str, str, str]
 
 
 class DetectionEngine:
@@ -77,9 +69,9 @@ class DetectionEngine:
         max_series: int = 100_000,
     ) -> None:
         self.rules = rules
-        self.max_series = max_series
-        self.series_refused = 0  # readings of series over max_series: not judged
-        self.clock_step_back_s = clock_step_back_s
+        self.series = SeriesTable(max_series)
+        self.clock_steps = ClockSteps(clock_step_back_s)
+        self.clock_steps_back = self.clock_steps.per_device  # per device
         self._chain_config = (statistical, dict(statistical_params or {}))
         self.chain = (
             Chain.from_config(statistical, **(statistical_params or {})) if statistical else None
@@ -87,50 +79,27 @@ class DetectionEngine:
         self.statistical_level = colour_level(statistical_colour)
         self.silence = silence or SilenceWatch()
         self._silence_check = SilenceCheck(self.silence)
-        self._info: list[_Series] = []
         self._newest = np.full(0, -np.inf)
         self._rules = RuleRunners(rules)
         self._registry = Registry.empty()
-        # device -> (its id, {field: series id, -1 for a field that is not a quantity}):
-        # what ``process`` asks of every reading, one lookup per device and one per field.
-        self._devices: dict[str, tuple[int, dict[str, int]]] = {}
-        self._device_names: list[str] = []
         self.late_readings = 0
         self.judged_readings = 0
-        self.clock_steps_back: Counter[str] = Counter()  # per device
-        self._clock_log = RateLimitedLog(log, CLOCK_LOG_INTERVAL_S)
 
     # -- series bookkeeping ----------------------------------------------------------------
 
     @property
     def series_count(self) -> int:
         """(device, quantity) series the detectors keep state for."""
-        return len(self._info)
+        return len(self.series)
 
-    def _device(self, device: str) -> tuple[int, dict[str, int]]:
-        found = self._devices.get(device)
-        if found is None:
-            found = self._devices[device] = (len(self._devices), {})
-            self._device_names.append(device)
-        return found
-
-    def _series_id(self, device: str, family: str, quantity: str) -> int:
-        """A field's series id, the series created on first sight; -1: not a quantity."""
-        series_of = self._device(device)[1]
-        found = series_of.get(quantity)
-        if found is None:
-            if quantity not in NOT_QUANTITIES and len(self._info) >= self.max_series:
-                # not remembered either: names without end must not grow the table
-                self.series_refused += 1
-                return -1
-            found = series_of[quantity] = -1 if quantity in NOT_QUANTITIES else len(self._info)
-            if found >= 0:
-                self._info.append((device, family, quantity))
-        return found
+    @property
+    def series_refused(self) -> int:
+        """Readings of series over ``max_series``: not judged."""
+        return self.series.refused
 
     def series_names(self) -> list[tuple[str, str]]:
         """(device, quantity) of every series the detectors keep state for."""
-        return [(device, quantity) for device, _, quantity in self._info]
+        return self.series.names()
 
     # -- restart without forgetting --------------------------------------------------------
 
@@ -148,7 +117,7 @@ class DetectionEngine:
         arrays |= {f"silence|{k}": v for k, v in self.silence.state().items()}
         for key, state in self._rules.state().items():
             arrays |= {f"{key}|{k}": v for k, v in state.items()}
-        meta = {"format": self.STATE_FORMAT, "series": self._info, "devices": self._device_names}
+        meta = {"format": self.STATE_FORMAT, **self.series.saved()}
         arrays["meta"] = np.array(orjson.dumps(meta).decode())  # json: 10 ms at 26k series
         return arrays
 
@@ -177,11 +146,7 @@ class DetectionEngine:
         except Exception as exc:  # a damaged file: BadZipFile, EOFError, zlib.error, ...
             set_aside_damaged_state(path, exc)
             return False
-        self._info = [(device, family, quantity) for device, family, quantity in meta["series"]]
-        self._device_names = list(meta["devices"])
-        self._devices = {d: (n, {}) for n, d in enumerate(self._device_names)}
-        for n, (device, _, quantity) in enumerate(self._info):
-            self._device(device)[1][quantity] = n
+        self.series.restore(meta["series"], meta["devices"])
         self._newest = arrays.pop("newest")
         groups: dict[str, dict[str, np.ndarray]] = {}
         for name, value in arrays.items():
@@ -192,7 +157,7 @@ class DetectionEngine:
         if "silence" in groups:
             self.silence.restore(groups.pop("silence"))
         self._rules.restore_later({k: v for k, v in groups.items() if k.startswith("rule:")})
-        log.info("detector state restored", extra={"series": len(self._info), "path": str(path)})
+        log.info("detector state restored", extra={"series": len(self.series), "path": str(path)})
         return True
 
     def _restored_chain(self, arrays: Mapping[str, np.ndarray]) -> Chain | None:
@@ -218,50 +183,25 @@ class DetectionEngine:
 
     def device_alive(self, device: str, now_s: float) -> bool:
         """Whether a device (a gateway, the fleet) still reports: ``SilenceCheck.alive``."""
-        found = self._devices.get(device)
+        found = self.series.devices.get(device)
         return self._silence_check.alive(device, None if found is None else found[0], now_s)
 
     def check_silence(self, now_s: float, registry: Registry) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check."""
-        return self._silence_check.check(now_s, registry, self._device_names)
+        return self._silence_check.check(
+            now_s, registry, self.series.device_names, self.series.device_family
+        )
 
     def _rewind_stepped_clocks(self, ids: np.ndarray, times: np.ndarray, now: float) -> None:
-        """Re-anchor the series of devices whose clock stepped back.
-
-        A reading older than its series' newest judged one is late and not judged. But
-        when that newest lies in the future of the collector's clock (one reading from
-        the future, or a device clock running ahead that NTP then set back), waiting for
-        real time to catch up would leave the series unjudged for as long as the clock
-        was ahead: an alarm at real time would go unseen. A reading more than
-        ``clock_step_back_s`` older than such a newest is a step back of its device's
-        clock: every series of that device is re-anchored at the reading (its own and
-        the detectors' times after it move back to it), counted and logged.
-        """
-        tolerance = self.clock_step_back_s
-        newest = self._newest[ids]
-        stepped = (newest > now + tolerance) & (newest - times > tolerance)
-        if not stepped.any():
+        """Re-anchor the series of devices whose clock stepped back (collector/clocksteps.py)."""
+        stepped = self.clock_steps.find(self.series, self._newest, ids, times, now)
+        if not stepped:
             return
-        anchor_of: dict[int, float] = {}  # device id -> the earliest stepped-back time
-        for series, when in zip(ids[stepped].tolist(), times[stepped].tolist(), strict=True):
-            device_id = self._devices[self._info[series][0]][0]
-            anchor_of[device_id] = min(anchor_of.get(device_id, when), when)
         rewound: list[int] = []
         anchors: list[float] = []
-        for device_id, anchor in anchor_of.items():
-            device = self._device_names[device_id]
-            members = [n for n in self._devices[device][1].values() if n >= 0]
-            step_s = float(self._newest[members].max()) - anchor
+        for anchor, members in stepped.values():
             rewound += members
             anchors += [anchor] * len(members)
-            self.clock_steps_back[device] += 1
-            self._clock_log.warning(
-                "clock_step_back",
-                "device clock stepped back: its series are re-anchored at its new time",
-                device=device,
-                step_s=round(step_s, 3),
-                steps_back=self.clock_steps_back[device],
-            )
         series_ids = np.array(rewound, dtype=np.int64)
         to = np.array(anchors)
         # just before the anchor: the reading at the anchor is the series' next in order
@@ -269,7 +209,8 @@ class DetectionEngine:
         if self.chain is not None:
             self.chain.rewind(series_ids, to)
         self._rules.rewind(series_ids, to)
-        self.silence.rewind(np.array(list(anchor_of), dtype=np.int64), list(anchor_of.values()))
+        devices = np.array(list(stepped), dtype=np.int64)
+        self.silence.rewind(devices, [anchor for anchor, _ in stepped.values()])
 
     # -- the work --------------------------------------------------------------------------
 
@@ -286,17 +227,18 @@ class DetectionEngine:
         x: list[float] = []
         device_ids: list[int] = []
         device_times: list[float] = []
-        devices = self._devices
+        table = self.series
+        devices = table.devices
         add_series, add_time, add_value = sid.append, t.append, x.append
         for family, device, ts_ms, fields, _ in readings:
             seconds = ts_ms / 1000.0
-            device_id, series_of = devices.get(device) or self._device(device)
+            device_id, series_of = devices.get(device) or table.device(device)
             device_ids.append(device_id)
             device_times.append(seconds)
             for quantity, value in fields.items():
                 found = series_of.get(quantity)
                 if found is None:
-                    found = self._series_id(device, family, quantity)
+                    found = table.series_id(device, family, quantity)
                 if found >= 0:
                     add_series(found)
                     add_time(seconds)
@@ -314,9 +256,9 @@ class DetectionEngine:
         values = np.array(x, dtype=np.float64)
         order = np.lexsort((times, ids))
         ids, times, values = ids[order], times[order], values[order]
-        if len(self._newest) < len(self._info):
+        if len(self._newest) < len(table):
             self._newest = np.concatenate(
-                [self._newest, np.full(len(self._info) - len(self._newest), -np.inf)]
+                [self._newest, np.full(len(table) - len(self._newest), -np.inf)]
             )
         self._rewind_stepped_clocks(ids, times, now)
         self.silence.observe(device_ids, device_times)
@@ -336,7 +278,7 @@ class DetectionEngine:
 
         events = self._statistical(ids, times, values)
         events += self._rules.judge(
-            ids, times, values, info=self._info, registry=registry, event=self._event
+            ids, times, values, info=table.info, registry=registry, event=self._event
         )
         events.sort(key=lambda e: e.ts_ms)
         return events
@@ -382,7 +324,7 @@ class DetectionEngine:
         score: float,
         threshold: float | None = None,
     ) -> DetectionEvent:
-        device, family, quantity = self._info[series]
+        device, family, quantity = self.series.info[series]
         return DetectionEvent(
             kind,
             detector,

@@ -6,6 +6,7 @@
     ├── DashboardPushError     Grafana refused or could not be reached (dashboards push)
     ├── AlertStoreError        the alert database cannot be used as it is
     │   └── DamagedAlertStoreError  SQLite finds the file damaged, or not a database at all
+    ├── AlertConflictError     another instance changed the alert first: read again, decide again
     ├── AlertActionError       an action on the alerts is refused (also a ValueError)
     │   ├── TransitionError        the alert's state does not allow it (ack a closed alert)
     │   ├── UnknownAlertError      no alert has that id (also a KeyError)
@@ -65,6 +66,12 @@ class DamagedAlertStoreError(AlertStoreError):
     def __init__(self, path: Path, problem: str) -> None:
         super().__init__(f"alert database {path} is damaged: {problem}", path=path)
         self.problem = problem
+
+
+class AlertConflictError(SmartUnitError):
+    """A shared alert store refused a change decided on a copy of an alert that another
+    collector instance has changed since (or an alert opened for a fingerprint another
+    instance opened first): the change is read again and decided again."""
 
 
 class StoreError(SmartUnitError):

@@ -52,7 +52,7 @@ from collector.registry import Registry, RegistryHolder
 from collector.source import MessageSource
 from collector.stats import IngestStats
 from collector.storage import Batch, StorageWriter
-from collector.unitlink import UNIT_TOPIC_ROOT, parse_unit_topic
+from collector.unitlink import UNIT_TOPIC_ROOT, parse_unit_topic, retained_ack_rejection
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +191,7 @@ class IngestPipeline:
         if topic.startswith(UNIT_TOPIC_ROOT) and (unit_topic := parse_unit_topic(topic)):
             unit, kind = unit_topic
             if kind == "ack" and message.retained:
-                # The broker's copy, replayed to every new subscription: an acknowledgement
-                # is an act, once; replayed, it would silence an alert that came back.
-                self._refuse_retained(message)
+                self.reject(retained_ack_rejection(unit, message.payload), message)
             elif kind == "ack":
                 self._field_ack(unit, message)
             elif self.unit_states is not None:  # without alerts there is no state to keep
@@ -202,7 +200,7 @@ class IngestPipeline:
         is_status = topic.endswith("/status")
         if message.retained and not is_status:
             # A status is retained by design and still news; a reading would happen again.
-            self._refuse_retained(message)
+            self.reject(retained_rejection(topic, message.payload), message)
             return
         if self.rate_limit is not None:  # status messages too: one bucket per device
             device = self.fast_decoder.device(topic, registry)
@@ -276,18 +274,6 @@ class IngestPipeline:
             return
         online, ts_ms = status
         batch.lines.append(status_line(topic.device, online, ts_ms, registry))
-
-    def _refuse_retained(self, message: Inbound) -> None:
-        if not message.topic.startswith(UNIT_TOPIC_ROOT):
-            self.reject(retained_rejection(message.topic, message.payload), message)
-            return
-        self.stats.rejections["retained"] += 1
-        self._rejection_log.warning(
-            "field_ack",
-            "on-site acknowledgement refused",
-            topic=message.topic[:200],
-            error="a retained copy the broker replays; acknowledge with retain off",
-        )
 
     def reject(self, rejection: Rejection, message: Inbound, *, quarantine: bool = True) -> None:
         """Count, log and (unless told not to) quarantine a message that is refused."""

@@ -12,6 +12,9 @@ hand-off, the retained online/offline status with a last will, QoS 0/1 publishin
 the downlink and rejections, reconnection with capped exponential backoff, TLS and
 username/password from the URL. Not supported, because the collector never asks for
 them: QoS 2, topic aliases, enhanced authentication.
+
+The packets it sends are built by collector/mqttwire.py; the session, flow control, the
+inbox and acknowledgements are this module's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +31,20 @@ from collector.backoff import Backoff
 from collector.config import MqttSettings
 from collector.errors import MqttProtocolError
 from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox
+from collector.mqttwire import (
+    CONNACK,
+    DISCONNECT,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    connect_packet,
+    puback_packets,
+    publish_packet,
+    read_packet,
+    subscribe_packet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +53,6 @@ READ_SIZE = 256 * 1024
 # disconnected; beyond this the oldest are given up (the downlink is retained and
 # republished on the next change; rejection copies are a courtesy).
 MAX_OUTGOING = 10_000
-SUBSCRIBE_QOS1_NO_LOCAL = b"\x05"  # subscription options: QoS 1, bit 2 no-local (MQTT v5)
-CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP, DISCONNECT = 2, 3, 4, 9, 13, 14
-
-
-def encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + encode_varint(len(body)) + body
 
 
 class BulkMqttSource(Inbox):
@@ -132,24 +128,6 @@ class BulkMqttSource(Inbox):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def _connect_packet(self) -> bytes:
-        settings, endpoint = self.settings, self.settings.endpoint
-        flags = 0x04 | 0x08 | 0x20  # will, will QoS 1, will retain; clean start off
-        payload = _string(settings.client_id) + b"\x00" + _string(self.status_topic)
-        payload += _string(OFFLINE)
-        if endpoint.username is not None:
-            flags |= 0x80
-        if endpoint.password is not None:
-            flags |= 0x40
-        if endpoint.username is not None:
-            payload += _string(endpoint.username)
-        if endpoint.password is not None:
-            payload += _string(endpoint.password.get_secret_value())
-        properties = b"\x11" + struct.pack("!I", settings.session_expiry_s)
-        properties += b"\x21" + struct.pack("!H", settings.receive_maximum)
-        head = _string("MQTT") + bytes([5, flags]) + struct.pack("!H", settings.keepalive_s)
-        return _packet(0x10, head + encode_varint(len(properties)) + properties + payload)
-
     async def _session(self) -> None:
         endpoint = self.settings.endpoint
         reader, writer = await asyncio.wait_for(
@@ -159,8 +137,8 @@ class BulkMqttSource(Inbox):
             timeout=10,
         )
         self._writer = writer
-        writer.write(self._connect_packet())
-        first, body = await asyncio.wait_for(self._read_packet(reader), timeout=10)
+        writer.write(connect_packet(self.settings, will_topic=self.status_topic, will=OFFLINE))
+        first, body = await asyncio.wait_for(read_packet(reader), timeout=10)
         if first >> 4 != CONNACK or len(body) < 2:
             raise MqttProtocolError(f"expected CONNACK, got packet type {first >> 4}")
         session_present, reason = body[0] & 1, body[1]
@@ -169,14 +147,9 @@ class BulkMqttSource(Inbox):
             raise MqttProtocolError(f"CONNACK reason code {reason}")
         self.generation += 1
         self.connects += 1
-        subscribe = struct.pack("!H", self._packet_id()) + b"\x00"
-        subscribe += b"".join(
-            _string(topic) + (SUBSCRIBE_QOS1_NO_LOCAL if topic in self.no_local else b"\x01")
-            for topic in self.subscriptions
-        )
-        writer.write(_packet(0x82, subscribe))
+        writer.write(subscribe_packet(self._packet_id(), self.subscriptions, self.no_local))
         for packet_id, (topic, payload, retain) in self._outgoing.items():  # resend, DUP
-            writer.write(self._publish_packet(topic, payload, 1, retain, packet_id, dup=True))
+            writer.write(publish_packet(topic, payload, 1, retain, packet_id, dup=True))
         log.info(
             "MQTT connected",
             extra={"session_present": bool(session_present), "generation": self.generation},
@@ -187,22 +160,11 @@ class BulkMqttSource(Inbox):
         finally:
             pinger.cancel()
 
-    async def _read_packet(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
-        first = (await reader.readexactly(1))[0]
-        length, shift = 0, 0
-        while True:
-            byte = (await reader.readexactly(1))[0]
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-        return first, await reader.readexactly(length)
-
     async def _keepalive(self, writer: asyncio.StreamWriter) -> None:
         period = max(self.settings.keepalive_s / 2, 1)
         while True:
             await asyncio.sleep(period)
-            writer.write(b"\xc0\x00")  # PINGREQ; a broker that stops answering times us out
+            writer.write(PINGREQ_PACKET)  # PINGREQ; a broker that stops answering times us out
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         buffer = bytearray()
@@ -299,25 +261,14 @@ class BulkMqttSource(Inbox):
         writer, generation = self._writer, self.generation
         if writer is None:
             return 0
-        acks = [
-            b"\x40\x02" + struct.pack("!H", m.mid)
-            for m in messages
-            if m.qos and m.generation == generation
-        ]
+        acks = [m.mid for m in messages if m.qos and m.generation == generation]
         if acks:
-            writer.write(b"".join(acks))
+            writer.write(puback_packets(acks))
         return len(acks)
 
     def _packet_id(self) -> int:
         self._next_id = self._next_id % 65535 + 1
         return self._next_id
-
-    def _publish_packet(
-        self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, *, dup: bool
-    ) -> bytes:
-        first = 0x30 | (qos << 1) | int(retain) | (0x08 if dup else 0)
-        body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + b"\x00"
-        return _packet(first, body + payload)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
         """Safe from any thread (alert events come from the HTTP API's): the stream and the
@@ -342,9 +293,7 @@ class BulkMqttSource(Inbox):
                 self._outgoing.pop(next(iter(self._outgoing)))
             self._outgoing[packet_id] = (topic, payload, retain)
         if self._writer is not None:
-            self._writer.write(
-                self._publish_packet(topic, payload, qos, retain, packet_id, dup=False)
-            )
+            self._writer.write(publish_packet(topic, payload, qos, retain, packet_id, dup=False))
 
     async def aclose(self) -> None:
         """Say "offline" (retained), disconnect cleanly, stop reconnecting."""
@@ -358,7 +307,7 @@ class BulkMqttSource(Inbox):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._acked_out.wait(), 0.2)
             with contextlib.suppress(OSError):
-                writer.write(b"\xe0\x00")  # DISCONNECT, reason 0: the will is not sent
+                writer.write(DISCONNECT_PACKET)  # the will is not sent
                 await writer.drain()
         if self._task is not None:
             self._task.cancel()

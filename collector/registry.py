@@ -38,10 +38,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    model_validator,
 )
 
 from collector.config import RegistrySettings
+from collector.configerrors import Problem, describe, did_you_mean
 from collector.configfile import format_validation_errors, read_toml
 from collector.errors import ConfigError
 from collector.families import FAMILIES, known_family
@@ -157,12 +157,16 @@ class RegistryFile(_Strict):
     # hierarchy): "gusu" = "姑苏区". Ids without one are shown as they are.
     places: dict[str, str] = {}
 
-    @model_validator(mode="after")
-    def _devices_name_known_units(self) -> RegistryFile:
-        for device_id, device in self.devices.items():
-            if device.unit not in self.units:
-                raise ValueError(f"device {device_id!r} names unknown unit {device.unit!r}")
-        return self
+    def unknown_units(self) -> list[Problem]:
+        """Each device naming a unit the file does not define, with the closest one."""
+        return [
+            Problem(
+                ("devices", device_id, "unit"),
+                f"unknown unit {device.unit!r}{did_you_mean(device.unit, self.units)}",
+            )
+            for device_id, device in self.devices.items()
+            if device.unit not in self.units
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,17 +203,22 @@ class Registry:
         return cls({}, {})
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, origin: str = "registry") -> Registry:
+    def from_mapping(
+        cls, raw: Mapping[str, Any], *, origin: str = "registry", path: Path | None = None
+    ) -> Registry:
+        heading = f"invalid registry in {origin}:"
         try:
             parsed = RegistryFile.model_validate(raw)
         except ValidationError as exc:
-            heading = f"invalid registry in {origin}:"
-            raise ConfigError(format_validation_errors(exc, heading)) from None
+            message = format_validation_errors(exc, heading, model=RegistryFile, path=path)
+            raise ConfigError(message) from None
+        if problems := parsed.unknown_units():
+            raise ConfigError(describe(heading, problems, path))
         return cls(parsed.units, parsed.devices, parsed.places)
 
     @classmethod
     def load(cls, path: Path) -> Registry:
-        return cls.from_mapping(read_toml(path, "registry"), origin=str(path))
+        return cls.from_mapping(read_toml(path, "registry"), origin=str(path), path=path)
 
     def _place(self, device: Device) -> Placement:
         unit = self.units[device.unit]

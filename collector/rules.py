@@ -18,17 +18,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from collector.configerrors import Problem, describe, did_you_mean
 from collector.configfile import format_validation_errors, read_toml
 from collector.errors import ConfigError
 from collector.families import known_family
 from collector.lineprotocol import check_tag_text
+from collector.registry import Registry
 from detectors.base import Detector
 from detectors.registry import DETECTORS, create
 
 # The series context (``Detector.context_fields``) the registry gives a rule's detector.
 SERIES_CONTEXT = frozenset({"capacity"})
+
+
+def _known_detector(name: str) -> str:
+    if name not in DETECTORS:
+        known = ", ".join(sorted(DETECTORS))
+        raise ValueError(
+            f"unknown detector {name!r}{did_you_mean(name, DETECTORS)} (known: {known})"
+        )
+    return name
 
 
 def _tag_text(name: str) -> str:
@@ -45,27 +65,32 @@ class RuleSpec(BaseModel):
     description: str = ""
     family: Annotated[str, AfterValidator(known_family)]
     quantity: str = Field(min_length=1)
-    detector: str
-    params: dict[str, Any] = {}
+    detector: Annotated[str, AfterValidator(_known_detector)]
+    params: dict[str, Any] = Field(default={}, validate_default=True)
     units: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     enabled: bool = True
     capacity_from: Literal["safe_capacity", "capacity"] | None = None
 
+    @field_validator("params")
+    @classmethod
+    def _buildable(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Builds the detector once, so that a bad parameter fails at load, on its line."""
+        detector = info.data.get("detector")
+        if detector is not None:  # else its own error is reported
+            try:
+                create(detector, **params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(str(exc)) from None
+        return params
+
     @model_validator(mode="after")
-    def _buildable(self) -> RuleSpec:
-        if self.detector not in DETECTORS:
-            known = ", ".join(sorted(DETECTORS))
-            raise ValueError(f"unknown detector {self.detector!r}; known: {known}")
+    def _context_known(self) -> RuleSpec:
         context = DETECTORS[self.detector].context_fields
         if context - SERIES_CONTEXT:
             raise ValueError(f"no series context {sorted(context - SERIES_CONTEXT)} for rules")
         if ("capacity" in context) != (self.capacity_from is not None):
             raise ValueError("capacity rules, and only they, need capacity_from")
-        try:
-            self.build()
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"params: {exc}") from None
         return self
 
     def build(self) -> Detector:
@@ -111,7 +136,8 @@ class RuleBook:
                 specs += RuleFile.model_validate(raw).rules
             except ValidationError as exc:
                 heading = f"invalid rules in {path}:"
-                raise ConfigError(format_validation_errors(exc, heading)) from None
+                message = format_validation_errors(exc, heading, model=RuleFile, path=path)
+                raise ConfigError(message) from None
         return cls(tuple(specs))
 
     def rules_for(self, family: str, quantity: str, unit: str, device: str) -> list[RuleSpec]:
@@ -157,3 +183,24 @@ class RuleBook:
 
     def names(self) -> Iterable[str]:
         return sorted({rule.name for rule in self.rules})
+
+
+def units_unknown_to(registry: Registry, paths: Sequence[Path]) -> list[str]:
+    """A warning for each rule file whose rules name units the registry does not hold:
+    such a rule applies nowhere, most often because of a typo."""
+    warnings = []
+    for path in paths:
+        parsed = RuleFile.model_validate(read_toml(path, "rules"))
+        problems = [
+            Problem(
+                ("rules", index, "units"),
+                f"rule {rule.name!r} names unknown unit {unit!r}"
+                f"{did_you_mean(unit, registry.units)}, so it applies to no unit of that name",
+            )
+            for index, rule in enumerate(parsed.rules)
+            for unit in rule.units
+            if unit not in registry.units
+        ]
+        if problems:
+            warnings.append(describe(f"warning: rules in {path}:", problems, path))
+    return warnings

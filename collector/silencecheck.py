@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -52,11 +52,17 @@ class SilenceCheck:
         return group is not None and self.watch.group_alive(group, now_s)
 
     def check(
-        self, now_s: float, registry: Registry, device_names: Sequence[str]
+        self,
+        now_s: float,
+        registry: Registry,
+        device_names: Sequence[str],
+        family_of: Callable[[str], str],
     ) -> list[DetectionEvent]:
         """Devices and gateways that went quiet, or came back, since the last check.
 
-        ``device_names``: every device in order of first sight (its id is its index)."""
+        ``device_names``: every device in order of first sight (its id is its index);
+        ``family_of``: the family a device's readings came as, for a device the registry
+        does not know (its silence alert is handled by that family's people)."""
         if self._grouped_by is not registry:  # a new registry: every device again
             self._gateway_names, self._gateway_index = [], {}
             self._grouped_by, self._grouped = registry, 0
@@ -131,7 +137,7 @@ class SilenceCheck:
             add(
                 kind,
                 device,
-                known.family if known else "",
+                known.family if known else family_of(device),
                 registry.placement(device).unit,
                 SILENT_DEVICE,
             )

@@ -10,6 +10,11 @@ per unit with an active alert), tagged like its readings plus its ``kind``:
 - ``oldest_age_s``: age of the oldest active alert (0 when none);
 - ``safe_capacity`` / ``capacity``: the registry's figures, so panels can draw people
   and cars against them.
+
+Each place of the hierarchy and the unit also has a ``<level>_label`` tag,
+``<display name>|<id>`` (``观前街广场|guanqian-square``): the dashboards' variables list
+these, show the name and filter by the id. The name loses any ``|``, so the first one
+always ends it, whatever the id holds. A unit keeps its series, as a name is one per id.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.alerts.model import Alert, ack_due_at_ms, worst_level
-from collector.lineprotocol import encode_line
+from collector.lineprotocol import check_tag_text, encode_line
 from collector.registry import Registry, Unit
 from detectors.levels import COLOURS
 
@@ -74,13 +79,42 @@ def unit_status_lines(
         if line is not None:
             lines.append(f"{line} {now_ms}")
         else:
-            lines.append(_status_line(state, now_ms, ack_deadlines_s))
+            lines.append(_status_line(state, now_ms, ack_deadlines_s, registry.places))
     return lines
 
 
-def _status_line(state: UnitState, now_ms: int, ack_deadlines_s: Mapping[Any, float]) -> str:
+LABELLED_LEVELS = ("district", "street", "community", "grid")
+LABEL_SEPARATOR = "|"
+_LABEL_NAME_MAX = 100  # characters: a tag is at most 512 bytes, and the id follows
+
+
+def place_label(name: str, place_id: str) -> str:
+    """``<display name>|<id>``, the name made writable as a tag and free of the separator."""
+    shown = "".join(" " if check_tag_text(c) else c for c in name.replace(LABEL_SEPARATOR, "/"))
+    shown = shown.strip()[:_LABEL_NAME_MAX] or place_id
+    return f"{shown}{LABEL_SEPARATOR}{place_id}"
+
+
+def _labels(state: UnitState, places: Mapping[str, str]) -> dict[str, str]:
+    hierarchy = state.hierarchy
+    labels = {
+        f"{level}_label": place_label(places.get(hierarchy[level], ""), hierarchy[level])
+        for level in LABELLED_LEVELS
+        if level in hierarchy
+    }
+    name = state.unit.name if state.unit is not None else ""
+    labels["unit_label"] = place_label(name, state.id)
+    return labels
+
+
+def _status_line(
+    state: UnitState,
+    now_ms: int,
+    ack_deadlines_s: Mapping[Any, float],
+    places: Mapping[str, str],
+) -> str:
     unit, alerts = state.unit, state.alerts
-    tags = {"unit": state.id, "kind": state.kind, **state.hierarchy}
+    tags = {"unit": state.id, "kind": state.kind, **state.hierarchy, **_labels(state, places)}
     level = state.level
     due = [ack_due_at_ms(a, ack_deadlines_s) for a in alerts]
     fields: dict[str, int | float | str] = {
@@ -105,6 +139,8 @@ def _status_line(state: UnitState, now_ms: int, ack_deadlines_s: Mapping[Any, fl
 @functools.lru_cache(maxsize=1)
 def _quiet_lines(registry: Registry) -> dict[str, str]:
     return {
-        unit_id: _status_line(UnitState(unit_id, unit, []), 0, {}).removesuffix(" 0")
+        unit_id: _status_line(UnitState(unit_id, unit, []), 0, {}, registry.places).removesuffix(
+            " 0"
+        )
         for unit_id, unit in registry.units.items()
     }

@@ -3,6 +3,14 @@
 Every ``ingest.stats_interval_s``: the operator checks (arrival age, spool, rate limit,
 alerting) raise or clear the collector's own alerts, a log line and the
 ``smartunit_ingest`` / ``smartunit_rejections`` / ``unit_status`` points are written.
+
+``smartunit_rejections`` holds increments, not running totals: each point's ``rejected``
+is what one collector refused for one reason since its last point was written, so a panel
+sums them over any interval. A running total graphed as a difference loses the first
+rejections of every reason after a restart (its series starts at a value with nothing
+before it, or below the total before the restart); sums are right across restarts, any
+number of collectors, and intervals InfluxDB was down (the increment waits until it is
+written).
 ``metrics`` is what /metrics exposes, read at the moment it is asked.
 """
 
@@ -13,6 +21,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +85,8 @@ class Telemetry:
         spool = writer.spool
         self.spool_watch = SpoolWatch(spool, collector=collector_id) if spool is not None else None
         self._frozen_registry: Registry | None = None
+        # The rejections the points in InfluxDB account for; the next point adds the rest.
+        self._rejections_written: Counter[str] = Counter()
 
     def freeze_long_lived(self) -> None:
         """Keep what lives as long as the process out of the garbage collector's scans.
@@ -132,9 +143,30 @@ class Telemetry:
     async def write_stats(self) -> None:
         # Built in a worker thread: a snapshot of every unit and open alert is ~100 ms of
         # Python at city scale, which alerts in flight must not wait through.
-        lines = await asyncio.to_thread(self._stats_lines, time.time_ns() // 1_000_000)
+        now_ms = time.time_ns() // 1_000_000
+        lines = await asyncio.to_thread(self._stats_lines, now_ms)
         with contextlib.suppress(RetryableStoreError):
             await self.writer.influx.write_lines(lines)
+        await self._write_rejections(now_ms)
+
+    async def _write_rejections(self, now_ms: int) -> None:
+        """One point per reason refused since the last point written for it.
+
+        Its own request (under 30 lines, never split): either it is stored and the
+        increments are accounted for, or it is not and they go into the next point.
+        """
+        counted = Counter(dict(self.stats.rejections))  # one step: decoding may add a reason
+        increments = counted - self._rejections_written
+        if not increments:
+            return
+        tags = {"collector": self.settings.mqtt.client_id}
+        lines = [
+            encode_line(REJECTIONS_MEASUREMENT, {**tags, "reason": reason}, {"rejected": n}, now_ms)
+            for reason, n in sorted(increments.items())
+        ]
+        with contextlib.suppress(RetryableStoreError):
+            await self.writer.influx.write_lines(lines)
+            self._rejections_written = counted
 
     def _stats_lines(self, now_ms: int) -> list[str]:
         tags = {"collector": self.settings.mqtt.client_id}
@@ -171,10 +203,6 @@ class Telemetry:
                 now_ms,
                 self.settings.alerts.ack_deadlines_s,
             )
-        lines += [
-            encode_line(REJECTIONS_MEASUREMENT, {**tags, "reason": reason}, {"count": n}, now_ms)
-            for reason, n in list(s.rejections.items())  # one step: decoding may add a reason
-        ]
         return lines
 
     def metrics(self) -> dict[str, Value]:
@@ -218,7 +246,7 @@ class Telemetry:
             out["alert_store_failures_total"] = pending.failures
             out["alert_detections_dropped_total"] = pending.dropped
             out["outbox_entries"] = alerts.book.outbox_counts()
-            receivers = alerts.dispatcher.status()
+            receivers = alerts.receivers()
 
             def per_receiver(read: Callable[[dict[str, Any]], float]) -> dict[str, float]:
                 return {r["name"]: read(r) for r in receivers}

@@ -26,12 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 
-from collector.alerts.model import Alert, worst_level
+from collector.alerts.model import COLOURS, Alert, worst_level
 from collector.errors import FieldAckError
 from collector.logs import RateLimitedLog
 from collector.plaintext import clean_name, clean_text
-from collector.protocol import TOPIC_ROOT, topic_level
-from detectors.levels import COLOURS
+from collector.protocol import TOPIC_ROOT, Rejection, topic_level
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ UNIT_TOPIC_ROOT = f"{TOPIC_ROOT}/units"
 UNIT_ACK_SUBSCRIPTION = f"{UNIT_TOPIC_ROOT}/+/ack"
 UNIT_STATE_SUBSCRIPTION = f"{UNIT_TOPIC_ROOT}/+/alert"
 UNIT_TOPIC_KINDS = frozenset({"ack", "alert"})
-PSEUDO_UNIT_PREFIX = "_"  # _fleet, _collector, _unregistered: no registry unit starts so
 RESTORE_INTERVAL_S = 0.5
 MAX_CONTESTED_TOPICS = 10_000  # overwritten topics waiting for their restoration
 _ROOT_LEVELS = UNIT_TOPIC_ROOT.split("/")
@@ -54,11 +52,6 @@ def parse_unit_topic(topic: str) -> tuple[str, str] | None:
     if not unit or kind not in UNIT_TOPIC_KINDS:
         return None
     return unit, kind
-
-
-def is_pseudo_unit(unit: str) -> bool:
-    """A unit of the service's own (fleet, collector, unregistered devices): no panel."""
-    return not unit or unit.startswith(PSEUDO_UNIT_PREFIX)
 
 
 def unit_state_topic(unit: str) -> str:
@@ -84,6 +77,19 @@ def unit_state_body(unit: str, active: Sequence[Alert]) -> bytes:
                 for a in active
             ],
         }
+    )
+
+
+def retained_ack_rejection(unit: str, payload: bytes) -> Rejection:
+    """The broker's retained copy of an on-site acknowledgement, replayed to every new
+    subscription: an acknowledgement is an act, once; replayed, it would silence an alert
+    that came back."""
+    return Rejection(
+        "retained",
+        "the broker's retained copy of an on-site acknowledgement; acknowledge with retain off",
+        "units",
+        unit,
+        payload=payload[:512].decode("utf-8", errors="replace"),
     )
 
 
@@ -115,11 +121,22 @@ class UnitStates:
     always the last one published.
     """
 
-    def __init__(self, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[str, bytes], None],
+        *,
+        current: Callable[[str], bytes] | None = None,
+    ) -> None:
+        """``current``: for an alert store shared with other instances, the state a topic
+        should hold as the store has it now. Those instances publish a unit's state when
+        they change its alerts, so what this one last published may be stale: a differing
+        state is first checked against the store, and kept when the store agrees."""
         self._publish = publish
+        self._current = current
         self._lock = threading.Lock()
         self._published: dict[str, bytes] = {}  # only units with active alerts
-        self._contested: dict[str, None] = {}  # overwritten topics, in arrival order
+        # overwritten topics, in arrival order, with what was seen there
+        self._contested: dict[str, bytes] = {}
         self._log = RateLimitedLog(log, 60.0)
         self.overwrites = 0
         self.restored = 0
@@ -140,31 +157,59 @@ class UnitStates:
         with self._lock:
             if payload == self._published.get(topic, b""):
                 return False
-            self.overwrites += 1
             if topic not in self._contested and len(self._contested) >= MAX_CONTESTED_TOPICS:
+                self.overwrites += 1
                 self.unrestored += 1
                 return True
-            self._contested[topic] = None
+            self._contested[topic] = payload
+            if self._current is not None:
+                return True  # told apart from an overwrite by the store, in restore()
+            self.overwrites += 1
+        self._overwritten(topic)
+        return True
+
+    def _overwritten(self, topic: str) -> None:
         self._log.warning(
             "unit_state_overwritten",
             "a unit's retained alert state was overwritten by another client: restoring it",
             topic=topic[:200],
         )
-        return True
 
     def restore(self) -> int:
-        """Publish the collector's state again on every topic overwritten since the last call."""
+        """Publish the collector's state again on every topic overwritten since the last
+        call; how many. With a shared store (``current``) the store says what the topic
+        should hold: another instance's newer state is kept, not overwritten (this reads
+        the store: call it off the event loop)."""
         with self._lock:
-            topics = list(self._contested)
+            contested = dict(self._contested)
             self._contested.clear()
-            for topic in topics:
-                self._send(topic, self._published.get(topic, b""))
-            self.restored += len(topics)
-        return len(topics)
+            restored = 0
+            for topic, seen in contested.items():
+                body = self._published.get(topic, b"")
+                if self._current is not None:
+                    try:
+                        body = self._current(topic)
+                    except Exception:
+                        # The store unreachable: these wait for the next turn.
+                        for left in list(contested)[list(contested).index(topic) :]:
+                            self._contested.setdefault(left, contested[left])
+                        raise
+                    if body == seen:  # another instance published the store's state
+                        self._remember(topic, body)
+                        continue
+                    self.overwrites += 1
+                    self._overwritten(topic)
+                self._send(topic, body)
+                restored += 1
+            self.restored += restored
+        return restored
 
-    def _send(self, topic: str, body: bytes) -> None:
+    def _remember(self, topic: str, body: bytes) -> None:
         if body:
             self._published[topic] = body
         else:
             self._published.pop(topic, None)
+
+    def _send(self, topic: str, body: bytes) -> None:
+        self._remember(topic, body)
         self._publish(topic, body)

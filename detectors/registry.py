@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,5 +32,27 @@ def create(name: str, **params: Any) -> Detector:
     except KeyError:
         known = ", ".join(sorted(DETECTORS))
         raise UnknownDetectorError(f"unknown detector {name!r}; known: {known}") from None
+    problem = parameter_problem(cls, params)
+    if problem:
+        raise ValueError(problem)
     factory: Callable[..., Detector] = cls
     return factory(**params)
+
+
+def parameter_problem(cls: type[Detector], params: dict[str, Any]) -> str | None:
+    """The first parameter a detector does not have, in a configuration's words (its
+    constructor's own TypeError names a Python function, not the setting)."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # a constructor Python cannot describe
+        return None
+    named = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    takes = [p.name for p in signature.parameters.values() if p.kind in named]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        for name in params:
+            if name not in takes:
+                close = difflib.get_close_matches(name, takes, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                listed = ", ".join(takes) or "none"
+                return f"detector {cls.name!r} has no parameter {name!r}{hint} (it has: {listed})"
+    return None

@@ -23,8 +23,9 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from collector.alerts.model import is_pseudo_unit
 from collector.errors import ConfigError
-from collector.unitlink import UNIT_TOPIC_ROOT, is_pseudo_unit
+from collector.unitlink import UNIT_TOPIC_ROOT
 from fieldtools.localservices import find_binary
 from fieldtools.shipped import SHIPPED_ACL, read_shipped
 

@@ -1,17 +1,27 @@
 """``smartunit demo``: the whole service on this machine, with simulated devices.
 
-Starts Mosquitto and InfluxDB on free loopback ports in a temporary directory, then the
-collector and the simulator as their own processes, prints where to look and how many
-readings have arrived, and on Ctrl-C (or after ``--duration``) stops everything in
-order. Every child dies with the demo even if the demo itself is killed.
+Starts Mosquitto and InfluxDB on free loopback ports in a temporary directory (or
+``--workdir``, kept), then the collector and the simulator as their own processes, prints
+where to look, how many readings have arrived and every anomaly it injects, and on Ctrl-C
+(or after ``--duration``) stops everything in order. Every child dies with the demo even
+if the demo itself is killed.
+
+A fresh demo's InfluxDB first gets a day of the simulated devices' history, as a
+deployment's holds when a collector starts: the collector's warm start learns from it
+(the statistical detectors judge a series once they have seen a day of it, or 400
+readings), so they judge the live readings from the first one. Within the first minute
+a scripted opening shows the alert loop on registered units; random anomalies and, now
+and then, a faulty message follow.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,6 +48,7 @@ from fieldtools.brokerauth import (
     panel_user,
     write_password_file,
 )
+from fieldtools.history import store_history
 from fieldtools.localservices import (
     BrokerAuth,
     InfluxDB,
@@ -47,8 +58,19 @@ from fieldtools.localservices import (
     stop_process,
 )
 from fieldtools.shipped import SAMPLE_CONFIG, shipped_config_dir
+from fieldtools.simulator import INJECTED, ScheduledAnomaly, build_fleet
 
 DEMO_DB = "smartunit"
+HISTORY_HOURS = 24.0  # what the shipped configuration's warm start reads
+ANOMALY_EVERY_S = 45.0
+FAULTY_MESSAGE_EVERY_S = 20.0
+# The first minute, on the shipped registry's units (seconds after the devices go live):
+# a gas leak at a chemical plant with a contact and a runbook, rising through the rate
+# rule's yellow to the GB/T 50493 levels' orange and red; then a smoke alarm, red at once.
+OPENING = (
+    ScheduledAnomaly(after_s=3.0, device="chem-xh-gas-01", kind="gas_leak", duration_s=150.0),
+    ScheduledAnomaly(after_s=15.0, device="fire-hg-smoke-01", kind="smoke", duration_s=90.0),
+)
 
 
 def wait_for_collector(
@@ -118,21 +140,34 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="smartunit-demo-")) if temporary else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     registry_path = load_settings(config).registry.path
-    unit_ids = list(Registry.load(registry_path).units) if registry_path else []
+    registry = Registry.load(registry_path) if registry_path else Registry.empty()
+    unit_ids = list(registry.units)
     broker, users = secure_broker(workdir / "mosquitto", unit_ids)
     influxdb = InfluxDB(workdir / "influxdb")
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         broker.start()
         influxdb.start()
+        influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
+        fleet = build_fleet(registry, generated_per_family=args.devices)
+        stored = asyncio.run(store_history(influx, fleet, registry, hours=HISTORY_HOURS))
+        print(
+            f"history: {stored} readings of the last {HISTORY_HOURS:.0f} h stored, "
+            "for the collector's warm start"
+            if stored
+            else f"history: kept from an earlier run in {workdir}",
+            flush=True,
+        )
         collector_url = mqtt_url(broker, COLLECTOR_USER, users[COLLECTOR_USER])
+        http_port = free_port()
         env = {
             **os.environ,
             "SMARTUNIT_MQTT_URL": collector_url,
             "SMARTUNIT_INFLUX_URL": influxdb.url,
             "SMARTUNIT_INFLUX_DB": DEMO_DB,
             "SMARTUNIT_DATA_DIR": str(workdir / "data"),
-            "SMARTUNIT_HTTP_PORT": str(free_port()),
+            "SMARTUNIT_HTTP_PORT": str(http_port),
+            "SMARTUNIT_PUBLIC_URL": f"http://127.0.0.1:{http_port}",
             # the console's sign-in for this run only; a real deployment sets its own
             "SMARTUNIT_API_TOKEN": os.environ.get("SMARTUNIT_API_TOKEN")
             or secrets.token_urlsafe(12),
@@ -147,7 +182,10 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
         labels = workdir / "labels.jsonl"
         simulate = [
             *smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
-            "--anomaly-every", "45", "--labels", str(labels), "--backfill-hours", "6",
+            "--labels", str(labels),
+            *(f"--schedule={s.after_s}:{s.device}:{s.kind}:{s.duration_s}" for s in OPENING),
+            "--anomaly-every", str(ANOMALY_EVERY_S),
+            "--faulty-message-every", str(FAULTY_MESSAGE_EVERY_S),
         ]  # fmt: skip
         simulator_url = mqtt_url(broker, SIMULATOR_USER, users[SIMULATOR_USER])
         children["simulator"] = spawn(
@@ -155,9 +193,8 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
             env={**env, "SMARTUNIT_MQTT_URL": simulator_url},
             log_path=workdir / "simulator.log",
         )
-        influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
-        _banner(broker, influxdb, workdir, env, users=users, unit_ids=unit_ids)
-        _watch(influx, args.duration, children)
+        _banner(broker, influxdb, workdir, env, users=users, unit_ids=unit_ids, config=config)
+        _watch(influx, args.duration, children, workdir / "simulator.log", stored=stored)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
     except SmartUnitError as exc:
@@ -170,7 +207,8 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
         broker.stop()
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)
-    print("demo stopped; no process left running", flush=True)
+    kept = "" if temporary else f"; its data stays in {workdir}"
+    print(f"demo stopped; no process left running{kept}", flush=True)
     return 0
 
 
@@ -182,7 +220,16 @@ def _banner(
     *,
     users: dict[str, str],
     unit_ids: list[str],
+    config: Path,
 ) -> None:
+    cli_env = {
+        "SMARTUNIT_CONFIG": str(config),
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": DEMO_DB,
+        "SMARTUNIT_DATA_DIR": env["SMARTUNIT_DATA_DIR"],
+    }
+    export = " ".join(f"{name}={shlex.quote(value)}" for name, value in cli_env.items())
+    opening = "; ".join(f"{s.kind} on {s.device} at +{s.after_s:.0f} s" for s in OPENING)
     observe = f"mosquitto_sub -p {broker.port} -u {OBSERVER_USER} -P {users[OBSERVER_USER]} -v"
     unit = unit_ids[0] if unit_ids else "UNIT"
     panel = panel_user(unit)
@@ -199,22 +246,35 @@ SmartUnit Monitor demo is running (Ctrl-C stops everything).
   InfluxDB      {influxdb.url}  database {DEMO_DB!r}
       query:           influx -port {influxdb.port} -database {DEMO_DB} \\
                          -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'
+  CLI           the smartunit command on this demo's data, in another shell:
+      export {export}
+      smartunit devices --unregistered
   logs          {workdir}/collector.log, {workdir}/simulator.log
-  anomalies     {workdir}/labels.jsonl (injected every 45 s)
+  anomalies     first {opening}; then one every {ANOMALY_EVERY_S:.0f} s, and a faulty
+                message every {FAULTY_MESSAGE_EVERY_S:.0f} s; each printed below when injected,
+                {workdir}/labels.jsonl when over
 """,
         flush=True,
     )
 
 
 def _watch(
-    influx: InfluxSettings, duration_s: float, children: dict[str, subprocess.Popen[bytes]]
+    influx: InfluxSettings,
+    duration_s: float,
+    children: dict[str, subprocess.Popen[bytes]],
+    simulator_log: Path,
+    *,
+    stored: int,
 ) -> None:
     started = time.monotonic()
-    previous = 0
+    previous = stored  # the history: "since last" counts what came in live
+    injections = _Injections(simulator_log)
     while duration_s <= 0 or time.monotonic() - started < duration_s:
         time.sleep(
             min(5.0, max(duration_s - (time.monotonic() - started), 0.1)) if duration_s > 0 else 5.0
         )
+        for line in injections.new():
+            print(line, flush=True)
         for name, child in children.items():
             if child.poll() is not None:
                 raise ServiceStartError(f"the {name} exited with code {child.returncode}")
@@ -227,3 +287,29 @@ def _watch(
                 flush=True,
             )
             previous = total
+
+
+class _Injections:
+    """The simulator's log lines that tell what it injected, as they are written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def new(self) -> list[str]:
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self.offset)
+                chunk = log.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        marker = f"simulator: {INJECTED} "
+        found = []
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if marker in line:
+                found.append("simulator " + line.split("simulator: ", 1)[1])
+        return found

@@ -13,6 +13,9 @@ detector in alarm, its temperature rising), ``pressure_drop`` (a burst fire-wate
 ``stuck_sensor``, ``camera_dropout`` (connected but silent) and ``device_offline`` (the
 connection drops without a DISCONNECT, so the broker publishes the last will). Each
 family's values and anomaly kinds are its plug-in's profile (collector/families/).
+Anomalies come at random, or at set times on named devices (a demo's script). A device
+can also be made to send, now and then, a message the collector must reject, as faulty
+firmware does. Each injection is logged with the device and the kind.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import random
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,8 +38,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import orjson
 
-from collector.config import MqttEndpoint, parse_mqtt_url
-from collector.configfile import load_settings
+from collector.config import MqttEndpoint
 from collector.families import PLUGINS
 from collector.registry import Registry
 
@@ -49,6 +51,16 @@ BACKLOG_CHUNK = 200
 # Each family's profile (interval, anomalies, values) lives in its plug-in.
 BASE_INTERVAL_S = {name: family.simulation.interval_s for name, family in PLUGINS.items()}
 ANOMALY_KINDS = {name: family.simulation.anomalies for name, family in PLUGINS.items()}
+
+# Faults of real firmware, each with the rejection reason the collector gives it: a
+# message cut short, a clock a day ahead, a payload claiming another device's id.
+FAULTY_MESSAGES = {
+    "truncated_json": "bad_json",
+    "clock_a_day_ahead": "ts_in_future",
+    "foreign_device_id": "device_mismatch",
+}
+# Log lines that tell what was injected start with this, for whoever follows the log.
+INJECTED = "injected"
 
 
 @dataclass
@@ -81,6 +93,7 @@ class SimDevice:
     anomaly: Anomaly | None = None
     stuck: dict[str, Any] | None = None
     memory: dict[str, float] = field(default_factory=dict)
+    fault_due: str | None = None  # a faulty message to send with the next reading
 
     @property
     def data_topic(self) -> str:
@@ -115,9 +128,61 @@ class SimDevice:
         self.seq += 1
         return {"ts": round(t, 3), "seq": self.seq, **values}
 
+    def history(self, start: float, end: float) -> list[dict[str, Any]]:
+        """The readings taken from ``start`` until just before ``end``, one a minute at
+        most (what a device's flash buffer keeps)."""
+        step = max(self.interval_s, 60.0)
+        readings = []
+        t = start
+        while t < end - self.interval_s:
+            reading = self.sample(t)
+            if reading is not None:
+                readings.append(reading)
+            t += step
+        return readings
+
+    def faulty_message(self, fault: str, t: float) -> bytes:
+        """A payload with one of ``FAULTY_MESSAGES``' faults; it takes no ``seq``, as the
+        collector stores none of it."""
+        values = self._values(t)
+        if fault == "clock_a_day_ahead":
+            return orjson.dumps({"ts": round(t + 86_400, 3), **values})
+        if fault == "foreign_device_id":
+            return orjson.dumps({"ts": round(t, 3), "device": f"{self.id}-x", **values})
+        whole = orjson.dumps({"ts": round(t, 3), **values})
+        return whole[: len(whole) // 2]
+
 
 class _GoOffline(Exception):
     """Raised inside a device's connection to drop it without a DISCONNECT."""
+
+
+@dataclass(frozen=True)
+class ScheduledAnomaly:
+    """An anomaly of ``kind`` on ``device``, ``after_s`` seconds after the devices start
+    reporting live, lasting ``duration_s``."""
+
+    after_s: float
+    device: str
+    kind: str
+    duration_s: float
+
+    @classmethod
+    def parse(cls, text: str) -> ScheduledAnomaly:
+        """``AFTER_S:DEVICE:KIND:DURATION_S`` (a device id may itself hold colons)."""
+        after, _, rest = text.partition(":")
+        parts = rest.rsplit(":", 2)
+        try:
+            if len(parts) != 3 or not parts[0]:
+                raise ValueError
+            scheduled = cls(float(after), parts[0], parts[1], float(parts[2]))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected AFTER_S:DEVICE:KIND:DURATION_S, e.g. 5:chem-01:gas_leak:120"
+            ) from None
+        if scheduled.after_s < 0 or scheduled.duration_s <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: AFTER_S >= 0 and DURATION_S > 0")
+        return scheduled
 
 
 @dataclass
@@ -129,6 +194,8 @@ class SimulatorOptions:
     labels: Path | None = None
     backfill_hours: float = 0.0
     seed: int = 1
+    schedule: tuple[ScheduledAnomaly, ...] = ()
+    faulty_message_every_s: float = 0.0
 
 
 class Simulator:
@@ -141,11 +208,20 @@ class Simulator:
         self.labels_written = 0
 
     async def run(self) -> None:
+        """Raises ``aiomqtt.MqttError`` when the broker does not let a first client in."""
+        async with self._client(self.devices[0], will=False):
+            pass  # a wrong address or password fails here, not in devices retrying forever
         if self.options.backfill_hours > 0:
             await self._backfill()
         tasks = [asyncio.create_task(self._device_loop(d)) for d in self.devices]
         if self.options.anomaly_every_s > 0:
             tasks.append(asyncio.create_task(self._anomaly_loop()))
+        by_id = {device.id: device for device in self.devices}
+        tasks += [
+            asyncio.create_task(self._scheduled(by_id[s.device], s)) for s in self.options.schedule
+        ]
+        if self.options.faulty_message_every_s > 0:
+            tasks.append(asyncio.create_task(self._fault_loop()))
         if self.options.duration_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.options.duration_s)
@@ -182,13 +258,7 @@ class Simulator:
         now = time.time()
         start = now - self.options.backfill_hours * 3600
         for device in self.devices:
-            step = max(device.interval_s, 60.0)
-            t = start
-            while t < now - device.interval_s:
-                reading = device.sample(t)
-                if reading is not None:
-                    device.backlog.append(reading)
-                t += step
+            device.backlog.extend(device.history(start, now))
         async with self._client(self.devices[0], will=False) as client:
             for device in self.devices:
                 await self._flush_backlog(client, device)
@@ -231,6 +301,14 @@ class Simulator:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
                 raise _GoOffline
+            if device.fault_due is not None:
+                fault, device.fault_due = device.fault_due, None
+                payload = device.faulty_message(fault, t)
+                await client.publish(device.data_topic, payload, qos=1)
+                log.info(
+                    "%s a faulty message on %s: %s (the collector rejects it as %s)",
+                    INJECTED, device.id, fault, FAULTY_MESSAGES[fault],
+                )  # fmt: skip
             reading = device.sample(t)
             if reading is not None:
                 try:
@@ -261,14 +339,33 @@ class Simulator:
             if not idle:
                 continue
             device = self.rng.choice(idle)
-            if device.anomaly is not None:
-                self._write_label(device, device.anomaly)
             kind = self.rng.choice(ANOMALY_KINDS[device.family])
-            device.anomaly = Anomaly(kind, now, now + self.rng.uniform(low, high))
-            log.info("anomaly injected", extra={"device": device.id, "kind": kind})
-            asyncio.get_running_loop().call_later(
-                device.anomaly.end - now + 0.01, self._finish_label, device, device.anomaly
-            )
+            self._inject(device, kind, self.rng.uniform(low, high))
+
+    async def _scheduled(self, device: SimDevice, scheduled: ScheduledAnomaly) -> None:
+        await asyncio.sleep(scheduled.after_s)
+        self._inject(device, scheduled.kind, scheduled.duration_s)
+
+    def _inject(self, device: SimDevice, kind: str, duration_s: float) -> None:
+        now = time.time()
+        previous = device.anomaly
+        if previous is not None:  # labelled as ending where the new one begins
+            previous.end = min(previous.end, now)
+            self._write_label(device, previous)
+        device.anomaly = Anomaly(kind, now, now + duration_s)
+        log.info(
+            "%s an anomaly on %s (unit %s): %s for %.0f s",
+            INJECTED, device.id, device.unit, kind, duration_s,
+        )  # fmt: skip
+        asyncio.get_running_loop().call_later(
+            duration_s + 0.01, self._finish_label, device, device.anomaly
+        )
+
+    async def _fault_loop(self) -> None:
+        faults = itertools.cycle(FAULTY_MESSAGES)
+        while not self.stop.is_set():
+            await asyncio.sleep(self.options.faulty_message_every_s)
+            self.rng.choice(self.devices).fault_due = next(faults)
 
     def _finish_label(self, device: SimDevice, anomaly: Anomaly) -> None:
         self._write_label(device, anomaly)
@@ -334,84 +431,3 @@ def build_fleet(
                 )
             )
     return fleet
-
-
-def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="configuration (MQTT URL, registry)")
-    parser.add_argument("--mqtt-url", help="overrides the configuration's mqtt.url")
-    parser.add_argument("--registry", type=Path, help="simulate this registry's devices")
-    parser.add_argument(
-        "--generate", type=int, default=0, help="also simulate N unregistered devices per family"
-    )
-    parser.add_argument(
-        "--interval-scale",
-        type=float,
-        default=1.0,
-        help="multiply every device's reporting interval (default 1)",
-    )
-    parser.add_argument("--duration", type=float, default=0, help="stop after S seconds")
-    parser.add_argument(
-        "--anomaly-every", type=float, default=0, help="inject an anomaly every S seconds (0: none)"
-    )
-    parser.add_argument(
-        "--anomaly-duration", type=float, nargs=2, default=(60.0, 240.0), metavar=("MIN_S", "MAX_S")
-    )
-    parser.add_argument("--labels", type=Path, help="append injected anomalies here (JSON lines)")
-    parser.add_argument(
-        "--backfill-hours",
-        type=float,
-        default=0,
-        help="first send this much history as backlog arrays",
-    )
-    parser.add_argument("--seed", type=int, default=1)
-
-
-def simulate_command(argv: Sequence[str], *, prog: str) -> int:
-    """``smartunit simulate``: its arguments are parsed here, not by the command's parser."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Simulated field devices publishing over MQTT."
-    )
-    add_simulator_arguments(parser)
-    return run_simulator_cli(parser.parse_args(argv))
-
-
-def run_simulator_cli(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    endpoint = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else settings.mqtt.endpoint
-    registry_path = args.registry or settings.registry.path
-    registry = Registry.load(registry_path) if registry_path else Registry.empty()
-    fleet = build_fleet(
-        registry,
-        generated_per_family=args.generate,
-        interval_scale=args.interval_scale,
-        seed=args.seed,
-    )
-    if not fleet:
-        print("smartunit simulate: no devices: give --registry or --generate N")
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s simulator: %(message)s")
-    options = SimulatorOptions(
-        endpoint=endpoint,
-        duration_s=args.duration,
-        anomaly_every_s=args.anomaly_every,
-        anomaly_duration_s=(args.anomaly_duration[0], args.anomaly_duration[1]),
-        labels=args.labels,
-        backfill_hours=args.backfill_hours,
-        seed=args.seed,
-    )
-    simulator = Simulator(fleet, options)
-
-    async def main() -> None:
-        import signal  # noqa: PLC0415
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, simulator.stop.set)
-        await simulator.run()
-
-    print(f"simulating {len(fleet)} devices against {endpoint.host}:{endpoint.port}", flush=True)
-    asyncio.run(main())
-    print(
-        f"published {simulator.published} readings, {simulator.labels_written} labels", flush=True
-    )
-    return 0

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the Grafana dashboards in dashboards/*.json from the definitions below.
 
-Dashboards are code here so that the six of them share one hierarchy filter, one set of
-template variables and one annotation query; the JSON files are what Grafana imports
+Dashboards are code here so that they share one hierarchy filter, one set of
+template variables and the same annotation queries; the JSON files are what Grafana imports
 (provisioning, ``smartunit dashboards push``) and are committed. tests/test_dashboards.py
 checks that the files are what this script writes, and runs every query against a real
 InfluxDB filled by the simulator.
@@ -36,16 +36,19 @@ COLOUR_STEPS = [  # the five-colour warning, level 0..4
     {"color": "orange", "value": 3},
     {"color": "red", "value": 4},
 ]
+WARNING_COLOURS = ["green", "blue", "yellow", "orange", "red"]  # level 0..4
 LEVEL_MAPPINGS = [
     {
         "type": "value",
         "options": {
             str(level): {"text": name, "color": name, "index": level}
-            for level, name in enumerate(["green", "blue", "yellow", "orange", "red"])
+            for level, name in enumerate(WARNING_COLOURS)
         },
     }
 ]
 MAY_BE_EMPTY = "May be empty"
+# Grafana (7.4 on) takes an option's text and value from these named groups.
+LABEL_REGEX = "/^(?<text>[^|]*)\\|(?<value>.*)$/"
 SAFE_CAPACITY_KNOWN = '"safe_capacity" > 0'
 
 
@@ -159,7 +162,8 @@ def hierarchy_variables() -> list[dict[str, Any]]:
     for position, level in enumerate(LEVELS):
         above = LEVELS[:position]
         condition = " AND ".join(f'"{k}" =~ /^${k}$/' for k in above)
-        query = f'SHOW TAG VALUES FROM "unit_status" WITH KEY = "{level}"'
+        # "<display name>|<id>" (collector/snapshots.py): the name shown, the id the value
+        query = f'SHOW TAG VALUES FROM "unit_status" WITH KEY = "{level}_label"'
         if condition:
             query += f" WHERE {condition}"
         variables.append(
@@ -170,6 +174,7 @@ def hierarchy_variables() -> list[dict[str, Any]]:
                 "datasource": DATASOURCE,
                 "query": query,
                 "definition": query,
+                "regex": LABEL_REGEX,
                 "refresh": 1,  # on dashboard load
                 "includeAll": True,
                 "allValue": ".*",
@@ -181,21 +186,26 @@ def hierarchy_variables() -> list[dict[str, Any]]:
     return variables
 
 
+def of_colour(colour: str) -> str:
+    return f"\"colour\" = '{colour}'"
+
+
 def annotations() -> dict[str, Any]:
-    query = (
-        f'SELECT "note", "type", "colour", "device", "alert_id" FROM "alert_events" WHERE {where()}'
-    )
+    """One annotation query per warning colour, drawn in that colour: a red alert's events
+    are red marks on every time series, a blue one's blue."""
+    fields = '"note", "type", "state", "colour", "device", "unit", "alert_id"'
     return {
         "list": [
             {
-                "name": "Alert events",
+                "name": f"Alert events: {colour}",
                 "datasource": DATASOURCE,
-                "enable": True,
-                "iconColor": "red",
-                "query": query,
+                "enable": colour != "green",
+                "iconColor": colour,
+                "query": f'SELECT {fields} FROM "alert_events" WHERE {where(of_colour(colour))}',
                 "textColumn": "note",
-                "tagsColumn": "type,colour,device",
+                "tagsColumn": "type,state,unit,device",
             }
+            for colour in WARNING_COLOURS
         ]
     }
 
@@ -616,9 +626,12 @@ def devices() -> dict[str, Any]:
         f'(SELECT last("online") AS "online" FROM "device_status" WHERE {where()} '
         'GROUP BY "device")'
     )
+    # A field ("level") besides the tags: InfluxQL returns no rows for tags alone. A
+    # gateway's detections carry the hierarchy its devices share (collector/detecting.py).
+    is_silence = "\"detector\" = 'silence'"
     silent = (
-        'SELECT "device", "family", "colour", "kind", "unit" FROM "detections" '
-        "WHERE $timeFilter AND \"detector\" = 'silence'"
+        'SELECT "kind", "colour", "level", "device", "family", "unit" FROM "detections" '
+        f"WHERE {where(is_silence)}"
     )
     loss = [
         target(
@@ -629,8 +642,9 @@ def devices() -> dict[str, Any]:
         )
         for ref, family in zip(TARGET_REFS, FAMILIES, strict=False)
     ]
+    # Increments (collector/telemetry.py), summed: right across restarts and collectors.
     rejected = (
-        'SELECT non_negative_difference(last("count")) FROM "smartunit_rejections" '
+        'SELECT sum("rejected") AS "rejected" FROM "smartunit_rejections" '
         'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)'
     )
     return dashboard(

@@ -22,15 +22,29 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.app import Collector
 from collector.config import InfluxSettings, Settings
-from collector.configfile import load_settings
+from collector.configfile import (
+    API_TOKEN_ENV,
+    CONFIG_ENV,
+    ENV_OVERRIDES,
+    WEBHOOK_SECRET_ENV,
+    WEBHOOK_URL_ENV,
+    load_settings,
+)
 from collector.influx import query_sync, rows
 from collector.registry import RegistryHolder
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, Mosquitto, free_port
+from tests.postgres import PostgresServer, require_postgres
+from tests.receivers import receiver_url  # noqa: F401 - a fixture for every test
 
 pytest_plugins = ["tests.natsfixtures"]
 
 T = TypeVar("T")
+
+# A shell that ran the demo's `export SMARTUNIT_...` line would point every configuration
+# the tests load, and every collector they start, at the demo's files and servers.
+for _name in (*ENV_OVERRIDES, CONFIG_ENV, API_TOKEN_ENV, WEBHOOK_URL_ENV, WEBHOOK_SECRET_ENV):
+    os.environ.pop(_name, None)
 
 _ids = itertools.count(1)
 
@@ -47,6 +61,8 @@ SERVER_FIXTURES = frozenset(
         "publisher",
         "subscribe",
         "small_filesystem",
+        "postgres",
+        "pg_url",
     }
 )
 
@@ -64,6 +80,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     server = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (tests/postgres.py); each test that needs a
+    database of its own takes ``pg_url``."""
+    require_postgres()
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a fresh database on the session's PostgreSQL server."""
+    return postgres.new_database()
 
 
 @pytest.fixture(scope="session")
@@ -218,6 +252,9 @@ class CollectorThread:
                 and collector.stats.messages_received >= count
                 and collector.source.backlog == 0
                 and collector.writer.queue.empty()
+                # a batch still being filled or written is not in the queue: its readings
+                # are accepted but not yet stored
+                and collector.stats.readings_stored >= collector.stats.readings_accepted
             ):
                 time.sleep(self.settings.ingest.flush_interval_ms / 1000 + 0.3)
                 return

@@ -14,9 +14,9 @@ import pytest
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import spawn, stop_process
 from tests.conftest import collector_env
+from tests.receivers import SECRET, WorkOrders
 from tests.test_alerts_e2e import wait_for
 from tests.test_detection_e2e import PRESETS, REGISTRY
-from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
 
 def pending(database: Path) -> int:
@@ -34,7 +34,7 @@ def test_killed_mid_dispatch_and_restarted_loses_nothing(
     database,
     publisher,
     tmp_path: Path,
-    receiver_url: str,  # noqa: F811
+    receiver_url: str,
 ) -> None:
     registry = tmp_path / "registry.toml"
     registry.write_text(REGISTRY)
@@ -55,7 +55,7 @@ def test_killed_mid_dispatch_and_restarted_loses_nothing(
     )
     command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
 
-    Receiver.failures_left = 10**6  # the work-order system is down
+    WorkOrders.failures_left = 10**6  # the work-order system is down
     first = spawn(command, env=env, log_path=tmp_path / "first.log")
     wait_for_collector(broker.url, f"crash-{database}")
     start = time.time() - 60
@@ -66,11 +66,11 @@ def test_killed_mid_dispatch_and_restarted_loses_nothing(
         )
     alerts_db = data_dir / "alerts.db"
     assert wait_for(lambda: pending(alerts_db) >= 2), (tmp_path / "first.log").read_text()[-2000:]
-    assert wait_for(lambda: Receiver.requests > 0)  # it was trying: killed mid-dispatch
+    assert wait_for(lambda: WorkOrders.requests > 0)  # it was trying: killed mid-dispatch
     first.send_signal(signal.SIGKILL)
     first.wait()
 
-    Receiver.failures_left = 0  # the receiver comes back while we are down
+    WorkOrders.failures_left = 0  # the receiver comes back while we are down
     second = spawn(command, env=env, log_path=tmp_path / "second.log")
     try:
         assert wait_for(lambda: pending(alerts_db) == 0, timeout_s=30)
@@ -79,10 +79,10 @@ def test_killed_mid_dispatch_and_restarted_loses_nothing(
 
     with sqlite3.connect(alerts_db) as db:  # everything that was to be delivered
         keys = [r[0] for r in db.execute("SELECT event_key FROM outbox")]
-    processed = [m["event"]["id"] for m in Receiver.processed]
+    processed = [m["event"]["id"] for m in WorkOrders.processed]
     assert keys and sorted(processed) == sorted(keys)  # every event, each processed once
     assert len(set(processed)) == len(processed)
     per_alert: dict[int, list[int]] = {}
-    for message in Receiver.processed:
+    for message in WorkOrders.processed:
         per_alert.setdefault(message["alert"]["id"], []).append(message["event"]["seq"])
     assert all(seqs == sorted(seqs) for seqs in per_alert.values())  # in order per alert

@@ -239,6 +239,26 @@ def test_unacknowledged_alerts_climb_the_hierarchy_until_someone_acknowledges(
     assert book.get(red.alert_id).level == "district"  # acknowledged: it stays
 
 
+def test_a_red_that_recovers_before_anyone_saw_it_keeps_its_deadline_and_climbs(
+    book: AlertBook,
+) -> None:
+    from collector.alerts.model import ack_due_at_ms
+
+    deadlines = {"red": 60.0}
+    (red,) = book.on_detection(detection("raised", "red", 0))
+    book.on_detection(detection("cleared", "green", 10_000))
+    recovered = book.get(red.alert_id)
+    assert recovered.state == State.RECOVERED
+    assert ack_due_at_ms(recovered, deadlines) == 60_000  # nobody saw it: still awaited
+    (climbed,) = book.escalate(60_000, deadlines)
+    assert climbed.type == EventType.ESCALATED and climbed.state == State.RECOVERED
+    assert book.get(red.alert_id).level == "community"
+
+    book.acknowledge(red.alert_id, actor="desk", now_ms=61_000)
+    assert ack_due_at_ms(book.get(red.alert_id), deadlines) is None
+    assert book.escalate(10 * MIN, deadlines) == []
+
+
 def test_a_sweep_acts_on_what_is_true_when_it_acts_not_when_it_looked(
     book: AlertBook, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,6 @@
 """The alert loop on a running collector when it is hard: an incident whose alerts differ
-in colour, and an alert store that cannot be written.
+in colour, a red that clears by itself before anyone saw it, devices the registry does not
+know, and an alert store that cannot be written.
 
 Real Mosquitto, InfluxDB, collector and a signature-checking webhook receiver; the test
 only publishes readings and watches the receiver, the HTTP API and the database file.
@@ -19,9 +20,9 @@ from pydantic import SecretStr
 
 from collector.config import ReceiverSettings, SilenceSettings
 from tests.conftest import poll
+from tests.receivers import SECRET, WorkOrders
 from tests.test_alerts_e2e import TOKEN, Api
 from tests.test_detection_e2e import REGISTRY
-from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
 ALERT_STORE_DETECTOR = "alert-store-unwritable"  # the operator alert, by name
 RULES = """
@@ -46,19 +47,20 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0) -> Any:
 
 
 @pytest.fixture
-def chem_park(make_settings, tmp_path: Path, receiver_url: str) -> Callable[..., Any]:  # noqa: F811
-    def build(receiver: dict[str, Any], **alerts: Any) -> Any:
+def chem_park(make_settings, tmp_path: Path, receiver_url: str) -> Callable[..., Any]:
+    def build(
+        receiver: dict[str, Any],
+        *,
+        silence: SilenceSettings = SilenceSettings(enabled=False),  # noqa: B008 - frozen
+        **alerts: Any,
+    ) -> Any:
         registry = tmp_path / "registry.toml"
         registry.write_text(REGISTRY)
         rules = tmp_path / "rules.toml"
         rules.write_text(RULES)
         return make_settings(
             registry,
-            detection={
-                "rules": [rules],
-                "statistical": None,
-                "silence": SilenceSettings(enabled=False),
-            },
+            detection={"rules": [rules], "statistical": None, "silence": silence},
             alerts={
                 "verify_interval_s": 0.2,
                 "receivers": [
@@ -80,7 +82,7 @@ def reading(publisher: Any, device: str, quantity: str, value: float) -> None:
 def received(event_type: str, alert_id: int | None = None) -> list[dict[str, Any]]:
     return [
         m
-        for m in Receiver.processed
+        for m in WorkOrders.processed
         if m["event"]["type"] == event_type and alert_id in (None, m["alert"]["id"])
     ]
 
@@ -103,7 +105,7 @@ def test_a_red_alarm_in_a_yellow_incident_reaches_an_orange_only_receiver(
     (joined,) = wait_for(lambda: received("incident_joined", tank["id"]))
     assert joined["alert"]["incident_colour"] == "red"
     assert f"alert {gas['id']} (gas-1 lel_pct) joined, red" in joined["event"]["note"]
-    assert Receiver.bad_signatures == 0
+    assert WorkOrders.bad_signatures == 0
 
     # the red alarm escalates on its own one-second deadline; the yellow one waits an hour
     (escalated,) = wait_for(lambda: received("incident_escalated", tank["id"]))
@@ -113,6 +115,112 @@ def test_a_red_alarm_in_a_yellow_incident_reaches_an_orange_only_receiver(
     assert api.alert(tank["id"])["level"] == "grid"
     # the yellow opening alone never reached the orange desk
     assert received("opened") == []
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_a_red_that_clears_before_anyone_saw_it_goes_overdue_and_climbs(
+    chem_park, run_collector, publisher
+) -> None:
+    """A leak that stopped by itself is still a leak nobody looked into: the alert keeps
+    its acknowledgement deadline, shows overdue and climbs the hierarchy until someone
+    acknowledges it."""
+    settings = chem_park({}, ack_deadlines_s={"red": 2.0})
+    collector = run_collector(settings)
+    api = Api(settings.http.port)
+
+    reading(publisher, "gas-1", "lel_pct", 55.0)  # red
+    (gas,) = wait_for(lambda: api.alerts(colour="red"))
+    reading(publisher, "gas-1", "lel_pct", 2.0)  # and normal again, before anyone acted
+    recovered = wait_for(lambda: (a := api.alert(gas["id"]))["state"] == "recovered" and a)
+    assert recovered["condition_active"] is False and recovered["acknowledged"] is False
+    assert recovered["ack_due_at_ms"] == gas["started_at_ms"] + 2000
+
+    def climbed_since_it_recovered() -> list[dict[str, Any]]:
+        events = api.alert(gas["id"])["events"]
+        (cleared,) = [e for e in events if e["type"] == "recovered"]
+        return [e for e in events if e["type"] == "escalated" and e["seq"] > cleared["seq"]]
+
+    (climbed, *_) = wait_for(climbed_since_it_recovered)
+    assert climbed["state"] == "recovered" and climbed["actor"] == "system"
+    overdue = api.alert(gas["id"])
+    assert overdue["overdue"] is True and overdue["level"] != "grid"
+    assert [a["id"] for a in api.alerts(state="recovered") if a["overdue"]] == [gas["id"]]
+    # the work-order system hears of it at each level it reaches
+    assert wait_for(
+        lambda: [m for m in received("escalated", gas["id"]) if m["alert"]["state"] == "recovered"]
+    )
+
+    # once acknowledged nothing is awaited any more
+    api.act("ack", gas["id"], "grid-officer-7", "vented; checking the valve")
+    seen = api.alert(gas["id"])
+    assert seen["ack_due_at_ms"] is None and seen["overdue"] is False
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_each_unregistered_device_is_an_incident_of_its_own(
+    chem_park, run_collector, publisher
+) -> None:
+    """Devices the registry does not know share no place: acknowledging one device's
+    alert leaves another's waiting, and the API lists them apart from the units."""
+    settings = chem_park({})
+    collector = run_collector(settings)
+    api = Api(settings.http.port)
+
+    def stray(device: str, count: int) -> list[dict[str, Any]]:
+        def found() -> list[dict[str, Any]]:
+            alerts = [a for a in api.alerts(unit="_unregistered") if a["device"] == device]
+            return alerts if len(alerts) == count else []
+
+        return wait_for(found)
+
+    reading(publisher, "stray-1", "lel_pct", 55.0)
+    (first,) = stray("stray-1", 1)
+    reading(publisher, "stray-2", "lel_pct", 56.0)
+    reading(publisher, "stray-2", "level_pct", 95.0)
+    second = stray("stray-2", 2)
+    assert all(a["unregistered"] for a in [first, *second])
+    # one incident per device: stray-2's two alerts share one, apart from stray-1's
+    assert {a["incident"] for a in second} == {min(a["id"] for a in second)}
+    assert first["incident"] == first["id"] not in {a["incident"] for a in second}
+
+    api.act("ack", first["id"], "grid-officer-7", "stray-1 checked")
+    assert api.alert(first["id"])["acknowledged"] is True
+    for alert in second:  # unrelated: nobody has seen them yet
+        assert api.alert(alert["id"])["acknowledged"] is False
+        assert api.alert(alert["id"])["state"] in ("open", "dispatched")
+
+    # listed apart: not a unit of the tree, each device on its own
+    units = api.client.get("/api/units").json()
+    assert "_unregistered" not in {u["id"] for u in units}
+    listed = api.client.get("/api/unregistered").json()
+    assert [(d["device"], d["family"], d["colour"], d["active"]) for d in listed] == [
+        ("stray-1", "chem", "red", 1),
+        ("stray-2", "chem", "red", 2),
+    ]
+    assert [d["incidents"] for d in listed] == [[first["id"]], [second[0]["incident"]]]
+    collector.stop()
+
+
+@pytest.mark.slow
+def test_a_silent_device_s_alert_carries_its_family(chem_park, run_collector, publisher) -> None:
+    """The silence alert of a device goes to that family's people: from the registry
+    when it knows the device, else from the readings the device sent."""
+    silence = SilenceSettings(check_interval_s=0.2, timeout_s=2.0, allowance_s=0.0)
+    settings = chem_park({}, silence=silence)
+    collector = run_collector(settings)
+    api = Api(settings.http.port)
+
+    reading(publisher, "stray-1", "lel_pct", 3.0)  # a device the registry does not know
+    (silent,) = wait_for(lambda: [a for a in api.alerts() if a["detector"] == "silence"])
+    assert (silent["device"], silent["family"], silent["unit"]) == (
+        "stray-1",
+        "chem",
+        "_unregistered",
+    )
+    (told,) = wait_for(lambda: [m for m in received("opened") if m["alert"]["device"] == "stray-1"])
+    assert told["alert"]["family"] == "chem"
     collector.stop()
 
 
@@ -167,5 +275,5 @@ def test_an_alarm_raised_while_the_alert_store_is_unwritable_is_stored_and_sent_
     assert operator["colour"] == "red" and operator["family"] == "system"
     assert wait_for(lambda: received("opened", operator["id"]))
     assert wait_for(lambda: api.client.get("/healthz").status_code == 200)
-    assert Receiver.bad_signatures == 0
+    assert WorkOrders.bad_signatures == 0
     collector.stop()

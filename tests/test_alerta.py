@@ -10,9 +10,7 @@ Alertmanager-format receiver.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,18 +24,12 @@ from pydantic import SecretStr
 from collector.config import ReceiverSettings, SilenceSettings
 from fieldtools.localservices import free_port, spawn, stop_process
 from tests.conftest import poll
+from tests.postgres import PostgresServer
 from tests.test_alerts_e2e import TOKEN, Api, Sensor
 from tests.test_detection_e2e import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTAD = ROOT / ".venv-alerta" / "bin" / "alertad"
-# Debian's packages install each major version beside the others: the newest one.
-POSTGRES_BIN = max(
-    Path("/usr/lib/postgresql").glob("*/bin"),
-    key=lambda found: int(found.parent.name) if found.parent.name.isdigit() else 0,
-    default=Path("/usr/lib/postgresql/none/bin"),
-)
-
 REGISTRY = """
 [units.xinghua]
 kind = "chem_enterprise"
@@ -65,54 +57,6 @@ def _wait(ready: Any, proc: subprocess.Popen[bytes], what: str, log: Path) -> No
 
 
 @dataclass
-class Postgres:
-    port: int
-    directory: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL server of its own (Debian's ``postgresql`` package); PostgreSQL
-    refuses to run as root, so as root it runs as the package's ``postgres`` user."""
-    if not (POSTGRES_BIN / "postgres").exists():
-        pytest.skip(
-            "PostgreSQL is not installed (Debian's postgresql): run scripts/install-deps.sh"
-        )
-    # Not under pytest's directory: as root that one is closed to the postgres user.
-    directory = Path(tempfile.mkdtemp(prefix="smartunit-postgres-"))
-    as_user: list[str] = []
-    if os.getuid() == 0:
-        shutil.chown(directory, "postgres", "postgres")
-        as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
-        # setuid clears the parent-death signal spawn() sets: setpriv sets it again.
-        as_user += ["--pdeathsig=TERM", "--"]
-    data = directory / "data"
-    initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-    subprocess.run(
-        [*as_user, *initdb, "-E", "UTF8", "--no-sync", "--no-instructions"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    log = directory / "postgres.log"
-    argv = [str(POSTGRES_BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port)]
-    argv += ["-k", str(directory), "-c", "fsync=off", "-c", "synchronous_commit=off"]
-    proc = spawn([*as_user, *argv], log_path=log)
-    ready = [str(POSTGRES_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
-    try:
-        _wait(lambda: subprocess.run(ready, check=False).returncode == 0, proc, "postgres", log)
-        yield Postgres(port, directory, proc)
-    finally:
-        stop_process(proc)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@dataclass
 class Alerta:
     url: str
 
@@ -123,7 +67,7 @@ class Alerta:
 
 
 @pytest.fixture(scope="module")
-def alerta(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alerta]:
+def alerta(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alerta]:
     """Alerta with its default configuration: only where its database is is set."""
     if not ALERTAD.exists():
         pytest.skip(f"Alerta is not installed ({ALERTAD}): run 'make alerta' (make test does)")

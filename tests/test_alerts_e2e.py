@@ -23,8 +23,8 @@ from pydantic import SecretStr
 
 from collector.config import ReceiverSettings, SilenceSettings
 from tests.conftest import poll
+from tests.receivers import SECRET, WorkOrders
 from tests.test_detection_e2e import PRESETS, REGISTRY, wait_rows
-from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
 
 TOKEN = "tok-work-orders"
 
@@ -102,7 +102,7 @@ def test_a_gas_alarm_runs_the_loop_through_the_api_reopens_and_closes_verified(
     run_collector,
     gas_sensor: Sensor,
     tmp_path: Path,
-    receiver_url: str,  # noqa: F811
+    receiver_url: str,
 ) -> None:
     registry = tmp_path / "registry.toml"
     registry.write_text(REGISTRY)
@@ -141,7 +141,7 @@ def test_a_gas_alarm_runs_the_loop_through_the_api_reopens_and_closes_verified(
 
     # 2. dispatch: the work-order system got it, signed
     def delivered() -> list[str]:
-        return [m["event"]["type"] for m in Receiver.processed if m["alert"]["id"] == alert_id]
+        return [m["event"]["type"] for m in WorkOrders.processed if m["alert"]["id"] == alert_id]
 
     assert wait_for(lambda: "opened" in delivered())
     assert wait_for(lambda: api.alert(alert_id)["state"] == "dispatched")
@@ -203,7 +203,7 @@ def test_a_gas_alarm_runs_the_loop_through_the_api_reopens_and_closes_verified(
     # The work-order system got the whole loop, signed, in order, each event once.
     assert wait_for(lambda: "closed" in delivered())
     assert delivered() == types
-    assert Receiver.bad_signatures == 0
+    assert WorkOrders.bad_signatures == 0
     collector.stop()
 
 

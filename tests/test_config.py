@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
-from collector.config import parse_mqtt_url
+from collector.config import Settings, parse_mqtt_url
 from collector.configfile import load_settings, redacted
 from collector.errors import ConfigError
 from collector.logs import JsonFormatter
@@ -38,7 +41,9 @@ def test_environment_overrides_win(tmp_path: Path) -> None:
         "SMARTUNIT_INFLUX_URL": "http://influx.example:8086",
         "SMARTUNIT_INFLUX_DB": "city",
         "SMARTUNIT_INFLUX_TOKEN": "tok-123",
+        "SMARTUNIT_HTTP_HOST": "0.0.0.0",
         "SMARTUNIT_HTTP_PORT": "9090",
+        "SMARTUNIT_PUBLIC_URL": "https://smartunit.example",
         "SMARTUNIT_DATA_DIR": str(tmp_path),
     }
     for source in (EXAMPLE, None):
@@ -52,7 +57,17 @@ def test_environment_overrides_win(tmp_path: Path) -> None:
         assert settings.influx.token is not None
         assert settings.influx.token.get_secret_value() == "tok-123"
         assert settings.http.port == 9090
+        assert settings.http.host == "0.0.0.0"
+        assert settings.alerts.public_url == "https://smartunit.example"
         assert settings.data_dir == tmp_path
+
+
+def test_smartunit_config_names_the_file_when_no_path_is_given(tmp_path: Path) -> None:
+    settings = load_settings(None, env={"SMARTUNIT_CONFIG": str(EXAMPLE)})
+    assert settings.registry.path == ROOT / "config" / "registry.example.toml"
+    (tmp_path / "other.toml").write_text("[http]\nport = 9999\n")
+    given = load_settings(tmp_path / "other.toml", env={"SMARTUNIT_CONFIG": str(EXAMPLE)})
+    assert given.http.port == 9999 and given.registry.path is None  # a path given wins
 
 
 def test_secrets_never_reach_a_log_line() -> None:
@@ -83,6 +98,7 @@ def test_secrets_never_reach_a_log_line() -> None:
         ("[detection]\nstatistical_params = { noise_multipel = 1 }\n", "noise_multipel"),
         ("[detection]\nstatistical_params = { shift = { z = -1 } }\n", "z > 0"),
         ("[alerts]\nstore = 'postgres://db/alerts'\n", "alerts.store"),
+        ("[alerts]\nstore = 'postgresql://u:a/b@db/alerts'\n", "alerts.store"),
     ],
 )
 def test_bad_keys_are_named_and_exit_2(tmp_path: Path, text: str, key: str) -> None:
@@ -167,3 +183,59 @@ def test_receiver_urls_reach_a_log_line_without_their_secrets() -> None:
     for secret in ("hunter2", "ops:", "tok-x9"):
         assert secret not in line
     assert "https://***@hooks.example/in?access_token=***" in line
+
+
+def model_keys(model: type[BaseModel], section: str = "") -> set[str]:
+    """Every key of a settings model, dotted by section; a list of models is ``name[]``."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        dotted = f"{section}.{name}" if section else name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= model_keys(annotation, dotted)
+        elif get_origin(annotation) is list and _is_model(get_args(annotation)[0]):
+            keys |= model_keys(get_args(annotation)[0], f"{dotted}[]")
+        else:
+            keys.add(dotted)
+    return keys
+
+
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+EXAMPLE_SECTION = re.compile(r"^#?\s*(\[\[?)([a-z_.]+)\]\]?\s*(#.*)?$")
+EXAMPLE_KEY = re.compile(r"^#?\s*([a-z_]+)\s*=")
+
+
+def documented_keys(text: str) -> set[str]:
+    """The keys the example sets or shows commented out (``# key = ...``), dotted by section."""
+    keys: set[str] = set()
+    section = ""
+    for line in text.splitlines():
+        if found := EXAMPLE_SECTION.match(line):
+            section = found.group(2) + ("[]" if found.group(1) == "[[" else "")
+        elif found := EXAMPLE_KEY.match(line):
+            keys.add(f"{section}.{found.group(1)}" if section else found.group(1))
+    return keys
+
+
+def test_the_example_config_documents_every_setting() -> None:
+    documented = documented_keys(EXAMPLE.read_text())
+    settings = model_keys(Settings)
+    undocumented = sorted(settings - documented)
+    assert not undocumented, f"settings the example does not document: {undocumented}"
+    unknown = sorted(documented - settings)
+    assert not unknown, f"keys in the example that are no setting: {unknown}"
+
+
+def test_a_postgresql_store_s_password_never_reaches_a_log_line(tmp_path: Path) -> None:
+    url = "postgresql://smartunit:hunter2@db.internal:5432/alerts?sslmode=require"
+    config = tmp_path / "smartunit.toml"
+    config.write_text(f'[alerts]\nstore = "{url}"\n')
+    settings = load_settings(config, env={})
+    assert settings.alerts.store == url  # used as written
+    record = logging.LogRecord("t", logging.INFO, "", 0, "settings", (), None)
+    record.settings = redacted(settings)
+    line = JsonFormatter().format(record)
+    assert "hunter2" not in line and "postgresql://***@db.internal:5432/alerts" in line

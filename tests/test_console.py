@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,30 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def browser_driver() -> Any:
+    """Playwright's sync API. It is a dev dependency and CI installs Debian's chromium
+    (scripts/install-deps.sh): under CI a missing one fails the test, never skips it (a
+    skipped browser test would pass every change to the console unchecked)."""
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        from playwright import sync_api
+
+        return sync_api
+    return pytest.importorskip("playwright.sync_api")
+
+
+def test_under_ci_a_missing_browser_driver_fails_the_test_instead_of_skipping_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "playwright", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(ImportError):
+        browser_driver()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):  # a developer's machine without it
+        browser_driver()
 
 
 def keep(screenshot: Path) -> None:
@@ -60,9 +85,11 @@ def console_collector(
     *,
     registry_text: str = REGISTRY,
     token: str = TOKEN,
+    alerts: dict[str, Any] | None = None,
 ):
-    """A collector on a chemical-park registry, its presets quick (1 s), a console ``token``:
-    the collector, its settings, the console's address, an API client with that token."""
+    """A collector on a chemical-park registry, its presets quick (1 s), a console ``token``
+    (and ``alerts`` settings, if given): the collector, its settings, the console's
+    address, an API client with that token."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
     registry = tmp_path / "registry.toml"
     registry.write_text(registry_text)
@@ -72,6 +99,7 @@ def console_collector(
         registry,
         detection={"rules": [rules], "statistical": None},
         http={"tokens": {"console": SecretStr(token)}},
+        alerts=alerts or {},
     )
     collector = run_collector(settings)
     base = f"http://127.0.0.1:{settings.http.port}"
@@ -83,7 +111,7 @@ def console_collector(
 def test_an_operator_acknowledges_an_alert_with_a_click(
     make_settings, run_collector, publisher, tmp_path: Path
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_driver()
     collector, _, base, client = console_collector(make_settings, run_collector, tmp_path)
 
     sensor = Sensor(publisher, "smartunit/v1/chem/gas-1/data", "lel_pct")

@@ -1,12 +1,15 @@
 """The console as a wall screen in a Suzhou command centre, in headless Chromium (Playwright).
 
 In zh-CN, at 1920x1080 and 1366x768: unit and place names from the registry drawn with a
-CJK font; a new red sounds (WebAudio) and flashes, and mute stops the sound only; two
-alerts acknowledged at once with one note; a silence created from the page; the map shows
-every unit with coordinates in its worst colour; resolving an alert whose readings are
-still abnormal asks first; and with the collector gone the page says so within two
-refresh intervals, and stops saying so once it is back. Screenshots go to the test's
-directory, and to ``$SMARTUNIT_SCREENSHOT_DIR`` when set (how docs/img is made).
+CJK font; a new red sounds (WebAudio) and flashes, and mute stops the sound only; an
+incident's row opens to its alerts; a device the registry does not know is listed apart
+from the unit tree as an incident of its own, and its red that cleared before anyone saw
+it goes overdue; the alerts acknowledged at once with one note; a silence created from
+the page; the map shows every unit with coordinates in its worst colour; resolving an
+alert whose readings are still abnormal asks first; and with the API unreachable the page
+says so within two refresh intervals, and stops saying so once it is back. Screenshots go
+to the test's directory, and to ``$SMARTUNIT_SCREENSHOT_DIR`` when set (how docs/img is
+made).
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ from typing import Any
 import pytest
 
 from tests.test_alerts_e2e import Sensor, wait_for
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, console_collector, keep, reveal
+from tests.test_console import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser_driver,
+    console_collector,
+    keep,
+    reveal,
+)
 
 TOKEN = "tok-wall"
 REFRESH_S = 5.0  # REFRESH_MS in collector/console/console.js
+RED_ACK_DEADLINE_S = 8.0  # short, so that a red nobody acknowledged goes overdue in the test
 CJK_FONT = "Noto Sans CJK SC"
 
 REGISTRY = """
@@ -124,9 +135,14 @@ def check_readable(page: Any) -> None:
 def test_a_wall_screen_operator_sees_hears_and_acts(
     make_settings, run_collector, publisher, tmp_path: Path
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_driver()
     collector, settings, base, client = console_collector(
-        make_settings, run_collector, tmp_path, registry_text=REGISTRY, token=TOKEN
+        make_settings,
+        run_collector,
+        tmp_path,
+        registry_text=REGISTRY,
+        token=TOKEN,
+        alerts={"ack_deadlines_s": {"red": RED_ACK_DEADLINE_S}},
     )
 
     def reds() -> list[dict[str, Any]]:
@@ -135,6 +151,7 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
     gas_1 = Sensor(publisher, "smartunit/v1/chem/gas-1/data", "lel_pct")
     gas_2 = Sensor(publisher, "smartunit/v1/chem/gas-2/data", "lel_pct")
     gas_3 = Sensor(publisher, "smartunit/v1/chem/gas-3/data", "lel_pct")
+    stray = Sensor(publisher, "smartunit/v1/chem/stray-9/data", "lel_pct")  # not registered
     try:
         gas_1.value = gas_2.value = gas_3.value = 2
         with sync_api.sync_playwright() as playwright:
@@ -186,6 +203,37 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
                 state="attached", timeout=15_000
             )
             assert page.evaluate("window.__tones") == tones
+
+            # a device the registry does not know: apart from the unit tree, an incident of
+            # its own; its red clears before anyone saw it, and still goes overdue
+            stray.value = 58
+            (lost,) = wait_for(lambda: [a for a in reds() if a["device"] == "stray-9"])
+            own = [a for a in client.get("/api/alerts").json() if a["incident"] == lost["incident"]]
+            assert {a["device"] for a in own} == {"stray-9"} and all(a["unregistered"] for a in own)
+            stray.value = 2
+            wait_for(lambda: client.get(f"/api/alerts/{lost['id']}").json()["state"] == "recovered")
+            item = page.locator('#tree-unregistered li[data-device="stray-9"]')
+            item.locator(".dot.c-red").wait_for(timeout=15_000)
+            assert page.locator("#unregistered-title").is_visible()
+            assert "化工园区" in item.inner_text()  # its family, from its readings
+            tree = page.locator("#tree-root").inner_text()
+            assert "stray-9" not in tree and "_unregistered" not in tree and "(none)" not in tree
+            lost_row = reveal(page, lost["id"])
+            assert "未登记设备" in lost_row.locator("td.unit").inner_text()
+            lost_row.locator('td.state[data-state="recovered"]').wait_for(timeout=15_000)
+            lost_row.locator("td.due .overdue").wait_for(timeout=3 * RED_ACK_DEADLINE_S * 1000)
+            assert client.get(f"/api/alerts/{lost['id']}").json()["overdue"] is True
+            item.locator("span").first.click()  # picking it shows its alerts alone
+            strays = {a["id"] for a in client.get("/api/alerts").json() if a["device"] == "stray-9"}
+            page.wait_for_function(
+                "ids => [...document.querySelectorAll('#alerts tbody tr:not([hidden])')]"
+                ".every((row) => ids.includes(Number(row.dataset.alert)))",
+                arg=sorted(strays),
+            )
+            assert lost_row.is_visible()
+            page.screenshot(path=tmp_path / "console-unregistered.png")
+            keep(tmp_path / "console-unregistered.png")
+            page.fill("#search", "")
 
             # the map: every unit with coordinates, in its worst colour; the one without listed
             page.click('#tabs button[data-view="map"]')
@@ -273,10 +321,17 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             assert "Acknowledge by" in small.locator("#alerts thead").inner_text()
             desk.close()
 
-            # the collector goes away: a loud banner within two refresh intervals
+            # the API stops answering (the network between wall and collector is cut): a
+            # loud banner within two refresh intervals of that moment, gone when it answers
             page.goto(base + "/")
             page.locator(f'tr[data-alert="{first["id"]}"]').wait_for(state="attached")
             assert page.locator("#offline").is_hidden()
+            page.route("**/api/**", lambda route: route.abort())
+            page.locator("#offline").wait_for(state="visible", timeout=2 * REFRESH_S * 1000)
+            page.unroute("**/api/**")
+            page.locator("#offline").wait_for(state="hidden", timeout=2 * REFRESH_S * 1000)
+
+            # the collector goes away: the same banner
             collector.stop()
             page.locator("#offline").wait_for(state="visible", timeout=2 * REFRESH_S * 1000)
             assert "失去连接" in page.locator("#offline").inner_text()
@@ -291,6 +346,5 @@ def test_a_wall_screen_operator_sees_hears_and_acts(
             assert "stale" not in (page.locator("#updated").get_attribute("class") or "")
             browser.close()
     finally:
-        gas_1.close()
-        gas_2.close()
-        gas_3.close()
+        for sensor in (gas_1, gas_2, gas_3, stray):
+            sensor.close()

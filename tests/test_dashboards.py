@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import subprocess
 import sys
@@ -19,12 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from collector.config import parse_mqtt_url
+from collector.config import InfluxSettings, parse_mqtt_url
+from collector.detecting import detection_line
+from collector.detection import DetectionEvent
 from collector.influx import query_sync, rows
 from collector.registry import Registry
 from fieldtools.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
+from tests.conftest import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
@@ -76,6 +81,16 @@ def test_dashboards_use_the_current_schema_and_influxql_only() -> None:
                 assert target["datasource"] == {"type": "influxdb", "uid": "${datasource}"}
         names = [v["name"] for v in board["templating"]["list"]]
         assert names == ["datasource", "district", "street", "community", "grid", "unit"]
+
+
+def test_alert_annotations_are_drawn_in_their_alerts_colour() -> None:
+    for path in DASHBOARDS:
+        annotations = json.loads(path.read_text())["annotations"]["list"]
+        drawn = {}
+        for annotation in annotations:
+            (colour,) = re.findall(r"\"colour\" = '([a-z]+)'", annotation["query"])
+            drawn[colour] = annotation["iconColor"]
+        assert drawn == {c: c for c in ("green", "blue", "yellow", "orange", "red")}, path.name
 
 
 @pytest.fixture
@@ -146,6 +161,114 @@ def test_every_panel_query_runs_and_returns_rows(filled) -> None:
     assert checked > 60
 
 
+def panel_targets(board_name: str, title: str) -> list[dict[str, Any]]:
+    board = json.loads((ROOT / "dashboards" / board_name).read_text())
+    found = [p for p in panels(board) if p["title"] == title]
+    assert len(found) == 1, f"{board_name} has no single panel {title!r}"
+    return list(found[0]["targets"])
+
+
+def test_the_rejections_panel_counts_the_first_rejections_after_a_restart(
+    make_settings, run_collector, publisher
+) -> None:
+    """The panel's own InfluxQL, on what two runs of a collector wrote, counts every
+    rejection: those before the restart, the first one of a reason seen before it, and
+    the first one of a reason never seen before."""
+    settings = make_settings(REGISTRY, ingest={"stats_interval_s": 0.3})
+    (target,) = panel_targets("devices.json", "Rejected messages by reason")
+    query = substitute(target["query"], {})
+
+    def counted() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for series in query_sync(settings.influx, query):
+            reason = series["tags"]["reason"]
+            values = [v for row in rows(series) for k, v in row.items() if k != "time"]
+            totals[reason] = totals.get(reason, 0) + sum(v for v in values if v is not None)
+        return totals
+
+    data_topic = "smartunit/v1/camera/cam-x/data"
+    first = run_collector(settings)
+    for _ in range(3):
+        publisher.publish(data_topic, "not json")
+    assert poll(counted, {"bad_json": 3}.__eq__) == {"bad_json": 3}
+    first.stop()
+
+    second = run_collector(settings)
+    publisher.publish(data_topic, "not json")
+    publisher.publish("smartunit/v1/nonsense/cam-x/data", "{}")
+    expected = {"bad_json": 4, "unknown_family": 1}
+    assert poll(counted, expected.__eq__) == expected
+    second.stop()
+
+
+def test_the_hierarchy_variables_show_display_names_and_filter_by_id(
+    make_settings, run_collector
+) -> None:
+    """Against what a collector wrote: each variable shows the registry's names (the unit's
+    own, the places' from [places]) and its value is the id the panels filter by."""
+    settings = make_settings(REGISTRY, ingest={"stats_interval_s": 0.3})
+    run_collector(settings)
+    board = json.loads((ROOT / "dashboards" / "city-overview.json").read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"][1:]}
+    every = dict.fromkeys(variables, ".*")  # "All" above each variable
+
+    def options(name: str, **chosen: str) -> dict[str, str]:
+        return variable_options(settings.influx, variables[name], every | chosen)
+
+    units = poll(lambda: options("unit"), bool)
+    assert units.get("观前街广场") == "guanqian-square", units
+    assert units["Pingjiang Road checkpoint"] == "pingjiang-checkpoint"
+    districts = options("district")
+    assert districts["姑苏区"] == "gusu"
+    streets = options("street", district=regex_value(districts["姑苏区"]))
+    assert streets["观前街道"] == "guanqian" and "扬子江国际化学工业园" not in streets
+    assert options("grid")["G0107"] == "G0107"  # no display name: the id
+
+
+def test_the_silent_devices_panel_follows_the_hierarchy(influxdb, database) -> None:
+    """A silent device and a silent gateway, written as the collector writes them: the
+    panel's query, filtered to a district, shows what is in that district only."""
+    registry = Registry.load(REGISTRY)
+    gateway = "gw-xh-01"
+    behind = [d for d in registry.devices.values() if d.gateway == gateway]
+    gateway_district = registry.units[behind[0].unit].hierarchy.district
+    elsewhere = next(
+        d
+        for d in sorted(registry.devices.values(), key=lambda d: d.id)
+        if registry.units[d.unit].hierarchy.district != gateway_district
+    )
+    now_ms = int(time.time() * 1000)
+
+    def silent(device: str, family: str, unit: str) -> str:
+        event = DetectionEvent(
+            "silent", "silence", device, family, "", unit, "orange", "green", math.nan, now_ms
+        )
+        return detection_line(event, registry)
+
+    influx = InfluxSettings(url=influxdb.url, database=database)
+    query_sync(influx, f'CREATE DATABASE "{database}"')
+    lines = [silent(gateway, "gateway", ""), silent(elsewhere.id, elsewhere.family, elsewhere.unit)]
+    written = httpx.post(
+        f"{influxdb.url}/write",
+        params={"db": database, "precision": "ms"},
+        content="\n".join(lines),
+    )
+    assert written.status_code == 204, written.text
+    (target,) = panel_targets("devices.json", "Silent devices and gateways")
+    everything = {level: ".*" for level in ("district", "street", "community", "grid", "unit")}
+
+    def shown(**chosen: str) -> set[str]:
+        variables = everything | {k: regex_value(v) for k, v in chosen.items()}
+        result = query_sync(influx, substitute(target["query"], variables))
+        return {row["device"] for series in result for row in rows(series)}
+
+    assert shown() == {gateway, elsewhere.id}
+    assert shown(district=gateway_district) == {gateway}
+    assert shown(unit=behind[0].unit) == {gateway}  # all its devices are there
+    other_district = registry.units[elsewhere.unit].hierarchy.district
+    assert shown(district=other_district) == {elsewhere.id}
+
+
 def column_names(result: list[dict[str, Any]]) -> set[str]:
     """The columns Grafana makes of a query's result: its fields, and its tags."""
     names: set[str] = set()
@@ -180,8 +303,21 @@ def resolve_variables(settings, board: dict[str, Any]) -> dict[str, str]:
     """Each variable's query with the values chosen above it; the first value is chosen."""
     chosen: dict[str, str] = {}
     for variable in board["templating"]["list"][1:]:
-        query = substitute(variable["query"], chosen) if chosen else variable["query"]
-        values = [r["value"] for s in query_sync(settings.influx, query) for r in rows(s)]
-        assert values, f"variable {variable['name']} has no values: {query}"
-        chosen[variable["name"]] = regex_value(sorted(values)[0])
+        options = variable_options(settings.influx, variable, chosen)
+        assert options, f"variable {variable['name']} has no values: {variable['query']}"
+        chosen[variable["name"]] = regex_value(sorted(options.values())[0])
     return chosen
+
+
+def variable_options(influx, variable: dict[str, Any], chosen: dict[str, str]) -> dict[str, str]:
+    """A query variable's options, text to value, as Grafana makes them: the query with the
+    values chosen above it, each result through the variable's regex (named groups)."""
+    query = substitute(variable["query"], chosen) if chosen else variable["query"]
+    pattern = re.compile(variable["regex"].strip("/").replace("(?<", "(?P<"))
+    options = {}
+    for series in query_sync(influx, query):
+        for row in rows(series):
+            found = pattern.search(row["value"])
+            if found:
+                options[found["text"]] = found["value"]
+    return options

@@ -7,18 +7,26 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldtools.demo import secure_broker
-from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto
+from collector.config import IngestSettings
+from collector.registry import Registry
+from fieldtools.demo import secure_broker, wait_for_collector
+from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto, spawn, stop_process
+from fieldtools.simulate import schedule_problems
+from fieldtools.simulator import ScheduledAnomaly, build_fleet
+from tests.conftest import collector_env, poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,11 +85,47 @@ def test_compose_file_is_valid_and_needs_its_secrets() -> None:
     }
     collector_url = services["collector"]["environment"]["SMARTUNIT_MQTT_URL"]
     assert collector_url == "mqtt://smartunit-collector:m@mosquitto:1883"
+    # the published port reaches the API only if it listens on the container's interfaces
+    collector_env = services["collector"]["environment"]
+    assert collector_env["SMARTUNIT_HTTP_HOST"] == "0.0.0.0"
+    published = {int(port["target"]) for port in _ports(services["collector"])}
+    assert int(collector_env["SMARTUNIT_HTTP_PORT"]) in published
+    assert collector_env["SMARTUNIT_PUBLIC_URL"] == "http://localhost:8080"
+    # the simulator's script names devices of the registry the image ships
+    command = services["simulator"]["command"]
+    schedule = [
+        ScheduledAnomaly.parse(command[i + 1]) for i, a in enumerate(command) if a == "--schedule"
+    ]
+    fleet = build_fleet(Registry.load(ROOT / "config" / "registry.example.toml"))
+    assert schedule and schedule_problems(fleet, schedule) == []
+    public = compose_config({**COMPOSE_SECRETS, "SMARTUNIT_PUBLIC_URL": "https://su.example"})
+    public_env = yaml.safe_load(public.stdout)["services"]["collector"]["environment"]
+    assert public_env["SMARTUNIT_PUBLIC_URL"] == "https://su.example"
     assert "SMARTUNIT_MQTT_URL" not in services["grafana"]["environment"]  # not its secret
     # a missing secret stops the stack instead of starting it with a default
     for secret in ("INFLUXDB_PASSWORD", "SMARTUNIT_MQTT_PASSWORD"):
         missing = compose_config({k: v for k, v in COMPOSE_SECRETS.items() if k != secret})
         assert missing.returncode != 0 and secret in missing.stderr
+
+
+def _ports(service: dict) -> list[dict]:
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):  # short syntax, from older docker-compose versions
+            published, target = port.rsplit(":", 1)
+            out.append({"published": published, "target": target})
+        else:
+            out.append(port)
+    return out
+
+
+def test_the_image_listens_on_every_interface() -> None:
+    """The Dockerfile's own environment, for a container run without compose."""
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env = dict(re.findall(r"(SMARTUNIT_\w+)=(\S+)", dockerfile))
+    assert env["SMARTUNIT_HTTP_HOST"] == "0.0.0.0"
+    assert env["SMARTUNIT_HTTP_PORT"] == "8080" and "EXPOSE 8080" in dockerfile
+    assert env["SMARTUNIT_PUBLIC_URL"].startswith("http")
 
 
 def _volumes(service: dict) -> list[dict]:
@@ -221,3 +265,103 @@ def test_the_local_influxdb_yields_the_cpu_to_the_collector(influxdb: InfluxDB) 
     if autogroup_on.exists() and autogroup_on.read_text().strip() == "1":
         # nice ranks threads only inside a scheduling group: its own group is lowered too
         assert (proc / "autogroup").read_text().split()[-1] == str(influxdb.cpu_nice)
+
+
+SYSTEMD_UNIT = ROOT / "scripts" / "systemd" / "smartunit-collector.service"
+
+
+def unit_settings(text: str) -> dict[str, dict[str, str]]:
+    """A systemd unit file's sections and keys (one value per key, as this unit uses)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, equals, value = line.partition("=")
+        assert current is not None and equals, f"line {number} is neither a section nor a key"
+        current[key] = value
+    return sections
+
+
+def test_the_systemd_unit_is_valid_and_stops_within_its_flush(tmp_path: Path) -> None:
+    text = SYSTEMD_UNIT.read_text()
+    settings = unit_settings(text)
+    service = settings["Service"]
+    assert set(settings) == {"Unit", "Service", "Install"}
+    program, *arguments = service["ExecStart"].split()
+    assert program.endswith("/bin/smartunit") and arguments[:2] == ["run", "--config"]
+    # SIGKILL must not come before the collector has flushed what it received
+    flush_s = IngestSettings().shutdown_flush_s
+    assert int(service["TimeoutStopSec"]) >= 2 * flush_s
+    assert service["RestartPreventExitStatus"] == "2"  # a configuration error
+    verify = shutil.which("systemd-analyze")
+    if verify is None:
+        return  # parsed above; systemd checks the rest where it is installed
+    # as installed with this checkout's smartunit: verify insists the program exists
+    installed = tmp_path / SYSTEMD_UNIT.name
+    installed.write_text(text.replace(program, str(Path(sys.executable).parent / "smartunit")))
+    done = subprocess.run([verify, "verify", str(installed)], capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its network (what a published container port forwards to)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: it only picks a route
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.slow
+def test_a_collector_told_to_listen_everywhere_answers_on_the_network_address(
+    broker, influxdb, database, publisher, tmp_path: Path
+) -> None:
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no network address besides loopback")
+    public_url = "https://smartunit.example:8443"
+    env = collector_env(
+        broker,
+        influxdb,
+        database,
+        tmp_path / "data",
+        SMARTUNIT_HTTP_HOST="0.0.0.0",
+        SMARTUNIT_PUBLIC_URL=public_url,
+        SMARTUNIT_API_TOKEN="deploy-token",
+    )
+    config = tmp_path / "smartunit.toml"
+    config.write_text(
+        f'[mqtt]\nclient_id = "deploy-{database}"\n'
+        f"[registry]\npath = '{ROOT / 'config' / 'registry.example.toml'}'\n"
+        f"[detection]\nrules = ['{ROOT / 'config' / 'rules.presets.toml'}']\n"
+    )
+    log = tmp_path / "collector.log"
+    command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+    collector = spawn(command, env=env, log_path=log)
+    base = f"http://{address}:{env['SMARTUNIT_HTTP_PORT']}"
+    headers = {"Authorization": "Bearer deploy-token"}
+    try:
+        wait_for_collector(broker.url, f"deploy-{database}")
+        publisher.publish(
+            "smartunit/v1/fire/fire-hg-smoke-01/data", json.dumps({"ts": time.time(), "smoke": 1})
+        )
+
+        def alerts() -> list[dict]:
+            try:
+                answer = httpx.get(f"{base}/api/alerts", headers=headers, timeout=2)
+            except httpx.TransportError:
+                return []
+            return answer.json() if answer.status_code == 200 else []
+
+        found = poll(alerts, bool, timeout_s=30)
+        assert found, log.read_text()[-2000:]
+        assert found[0]["url"].startswith(f"{public_url}/alerts/")
+    finally:
+        stop_process(collector)

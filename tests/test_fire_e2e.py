@@ -20,7 +20,7 @@ from collector.config import ReceiverSettings, parse_mqtt_url
 from collector.registry import Registry
 from fieldtools.simulator import Anomaly, Simulator, SimulatorOptions, build_fleet
 from tests.conftest import influx_rows, poll
-from tests.test_webhooks import SECRET, Receiver, receiver_url  # noqa: F401 - fixture
+from tests.receivers import SECRET, WorkOrders
 
 PRESETS = Path(__file__).resolve().parent.parent / "config" / "rules.presets.toml"
 REGISTRY = """
@@ -72,7 +72,7 @@ class SimulatorThread:
 
 
 def delivered(detector: str) -> list[dict[str, Any]]:
-    return [m for m in Receiver.processed if m["alert"]["detector"] == detector]
+    return [m for m in WorkOrders.processed if m["alert"]["detector"] == detector]
 
 
 @pytest.mark.slow
@@ -82,7 +82,7 @@ def test_smoke_and_low_water_pressure_reach_the_webhook(
     broker,
     publisher,
     tmp_path: Path,
-    receiver_url: str,  # noqa: F811
+    receiver_url: str,
 ) -> None:
     registry_path = tmp_path / "registry.toml"
     registry_path.write_text(REGISTRY)
@@ -134,7 +134,7 @@ def test_smoke_and_low_water_pressure_reach_the_webhook(
         alert = pressure[0]["alert"]
         assert (alert["device"], alert["colour"]) == ("hydrant-main-01", "red")
         assert alert["unit"] == "pump-house"
-        assert Receiver.bad_signatures == 0
+        assert WorkOrders.bad_signatures == 0
     finally:
         simulator.stop()
         collector.stop()

@@ -7,12 +7,10 @@ it was sent. The real command runs as a subprocess, as an operator would run it.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -20,12 +18,13 @@ from typing import ClassVar
 import pytest
 
 from fieldtools.localservices import free_port
+from tests.receivers import QuietHandler, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "glsa_stand-in-service-account-token"
 
 
-class StandInGrafana(http.server.BaseHTTPRequestHandler):
+class StandInGrafana(QuietHandler):
     folders: ClassVar[set[str]] = set()
     datasources: ClassVar[dict[str, dict]] = {}
     dashboards: ClassVar[dict[str, dict]] = {}
@@ -92,18 +91,14 @@ class StandInGrafana(http.server.BaseHTTPRequestHandler):
         self.datasources[self.path.rsplit("/", 1)[1]] = body
         self._answer(200, {"datasource": body})
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def grafana() -> Iterator[str]:
     StandInGrafana.folders, StandInGrafana.datasources = set(), {}
     StandInGrafana.dashboards, StandInGrafana.calls = {}, []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), StandInGrafana)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    served = serve(StandInGrafana)
+    yield f"http://127.0.0.1:{served.port}"
+    served.stop()
 
 
 def push(url: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -20,10 +20,15 @@ DEADLINES = {"red": 60.0, "orange": 600.0, "yellow": 3600.0}
 
 
 def detection(
-    kind: str, colour: str, at_ms: int, device: str, quantity: str = "lel_pct"
+    kind: str,
+    colour: str,
+    at_ms: int,
+    device: str,
+    quantity: str = "lel_pct",
+    unit: str = "xinghua",
 ) -> DetectionEvent:
     return DetectionEvent(
-        kind, "threshold", device, "chem", quantity, "xinghua", colour, "green", 30.0, at_ms
+        kind, "threshold", device, "chem", quantity, unit, colour, "green", 30.0, at_ms
     )  # type: ignore[arg-type]
 
 
@@ -180,3 +185,24 @@ def test_an_alarm_after_the_incident_was_resolved_is_a_work_order_of_its_own(
     assert [e.alert_id for e in told_leader] == [gas.alert_id]
     assert book.get(pump.alert_id).incident == gas.alert_id
     assert outbox(tmp_path, "desk")[-1]["event"]["type"] == "incident_joined"
+
+
+def test_outside_the_registry_each_device_is_an_incident_of_its_own(tmp_path: Path) -> None:
+    """Devices the registry does not know (and the service's own alarms about devices)
+    share no place: one device's alerts make one incident, another's another."""
+    book = routed_book(tmp_path)
+    (stray,) = book.on_detection(detection("raised", "red", 0, "stray-1", unit="_unregistered"))
+    (other,) = book.on_detection(detection("raised", "red", MIN, "stray-2", unit="_unregistered"))
+    second, told = book.on_detection(
+        detection("raised", "yellow", MIN, "stray-2", "level_pct", unit="_unregistered")
+    )
+    assert book.get(other.alert_id).incident == other.alert_id  # not stray-1's
+    assert book.get(second.alert_id).incident == other.alert_id  # its own device's
+    assert told.alert_id == other.alert_id and told.type == EventType.INCIDENT_JOINED
+    (limited,) = book.on_detection(detection("raised", "yellow", MIN, "dev-9", unit="_collector"))
+    assert book.get(limited.alert_id).incident == limited.alert_id
+
+    book.acknowledge(stray.alert_id, actor="desk", now_ms=2 * MIN)
+    assert [book.get(i).acknowledged for i in (other.alert_id, second.alert_id)] == [False] * 2
+    book.acknowledge(other.alert_id, actor="desk", now_ms=2 * MIN)  # covers its own device's
+    assert book.get(second.alert_id).acknowledged

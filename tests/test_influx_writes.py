@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +14,7 @@ from collector.config import InfluxSettings
 from collector.errors import RetryableStoreError
 from collector.influx import InfluxClient, query_sync
 from fieldtools.localservices import InfluxDB, free_port
+from tests.receivers import QuietHandler, serve
 
 
 def write(settings: InfluxSettings, lines: list[str]):
@@ -79,7 +78,7 @@ def test_refused_lines_are_counted_each_and_logged_rate_limited(
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
 
 
-class _Scripted(http.server.BaseHTTPRequestHandler):
+class _Scripted(QuietHandler):
     """A stand-in for an overloaded InfluxDB: real InfluxDB cannot be made to answer 429."""
 
     script: ClassVar[list[tuple[int, dict[str, str]]]] = []
@@ -95,18 +94,12 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def scripted_server() -> Iterator[str]:
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Scripted)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
+    served = serve(_Scripted)
+    yield f"http://127.0.0.1:{served.port}"
+    served.stop()
 
 
 @pytest.mark.parametrize(

@@ -507,10 +507,10 @@ def test_a_retained_reading_is_refused_when_the_broker_replays_it(
 
 @pytest.mark.slow
 def test_a_retained_on_site_acknowledgement_is_not_replayed_onto_a_reopened_alert(
-    make_settings, run_collector, publisher
+    make_settings, run_collector, publisher, subscribe
 ) -> None:
     """An acknowledgement is an act, once: replayed at a reconnect, it would silence an
-    alert that has come back since."""
+    alert that has come back since. Refused like any bad input: counted, quarantined."""
     from collector.alerts.model import State
     from tests.test_downlink import raised
 
@@ -528,9 +528,13 @@ def test_a_retained_on_site_acknowledgement_is_not_replayed_onto_a_reopened_aler
     assert book.get(red.alert_id).state == State.REOPENED
     collector.stop()
 
+    quarantine = subscribe("smartunit/v1/_rejected/units/retain-unit")
     collector = run_collector(settings)  # the session resumes; the retained ack comes again
     book = collector.collector.alerts
     assert poll(lambda: collector.stats.rejections["retained"], lambda n: n >= 1) == 1
+    (copy,) = quarantine.wait_for(1)
+    assert json.loads(copy.payload)["reason"] == "retained"
+    assert json.loads(copy.payload)["topic"] == ack
     assert book.get(red.alert_id).state == State.REOPENED  # still needs a person
     acks = [e for e in book.history(red.alert_id) if e.type.value == "acknowledged"]
     assert len(acks) == 1

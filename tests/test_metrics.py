@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.metrics import BASE_UNITS, FAMILIES, PREFIX
 from collector.protocol import REJECTION_REASONS
 from tests.test_alert_loop_faults import chem_park, reading, wait_for  # noqa: F401 - fixture
-from tests.test_webhooks import receiver_url  # noqa: F401 - fixture
 
 # Units Prometheus' conventions replace with a base unit (seconds, bytes).
 ABBREVIATED_UNITS = re.compile(

@@ -11,7 +11,6 @@ and the alert is red. Once it answers again the alert clears.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import logging
 import sqlite3
@@ -31,8 +30,9 @@ from collector.alerts.store import SqliteAlertStore
 from collector.config import ReceiverSettings
 from collector.operator import ReceiverWatch
 from tests.conftest import influx_rows, poll
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, keep
-from tests.test_webhook_lanes import GAS_RULE, REGISTRY, serve
+from tests.receivers import QuietHandler, WorkOrders, serve
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS, browser_driver, keep
+from tests.test_webhook_lanes import gas_alarm, gas_plant
 
 TOKEN = "tok-receivers"
 ALERT_AFTER_S = 2.0
@@ -40,7 +40,7 @@ GIVE_UP_AFTER_S = 12.0
 REFUSAL = "work-order database unavailable"
 
 
-class Refusing(http.server.BaseHTTPRequestHandler):
+class Refusing(QuietHandler):
     """Answers 500 with a short reason until told to accept; records what it accepts."""
 
     accept = threading.Event()
@@ -52,68 +52,28 @@ class Refusing(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.accept.is_set():
             self.accepted.append(json.loads(body))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer(204)
             return
-        answer = REFUSAL.encode()
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class WorkOrders(http.server.BaseHTTPRequestHandler):
-    """Answers at once; records each event once (by idempotency key)."""
-
-    arrivals: ClassVar[list[dict[str, Any]]] = []
-    keys: ClassVar[set[str]] = set()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        key = self.headers["X-SmartUnit-Event-Id"]
-        if key not in self.keys:
-            self.keys.add(key)
-            self.arrivals.append(json.loads(body))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(500, REFUSAL.encode())
 
 
 @pytest.fixture
 def receivers() -> Iterator[tuple[str, str]]:
     Refusing.accept.clear()
     Refusing.requests, Refusing.accepted = 0, []
-    WorkOrders.arrivals, WorkOrders.keys = [], set()
-    refusing_url, refusing = serve(Refusing)
-    orders_url, orders = serve(WorkOrders)
-    yield refusing_url, orders_url
-    for server in (refusing, orders):
-        server.shutdown()
-        server.server_close()
+    WorkOrders.reset(secret=None)
+    refusing, orders = serve(Refusing), serve(WorkOrders)
+    yield refusing.url, orders.url
+    refusing.stop()
+    orders.stop()
 
 
 def events(detector: str, device: str) -> list[dict[str, Any]]:
     return [
         m["event"] | {"colour": m["alert"]["colour"], "family": m["alert"]["family"]}
-        for m in WorkOrders.arrivals
+        for m in WorkOrders.processed
         if m["alert"]["detector"] == detector and m["alert"]["device"] == device
     ]
-
-
-def gas_alarm(publisher: Any, device: str) -> None:
-    now = time.time()
-    for ts in (now - 1.5, now):  # 60 % LEL held past the rule's 1 s: level 2
-        publisher.publish(
-            f"smartunit/v1/chem/{device}/data",
-            json.dumps({"ts": ts, "readings": {"lel_pct": 60.0}}),
-        )
 
 
 def start(
@@ -126,27 +86,21 @@ def start(
     retry_max_s: float = 1.0,
 ) -> Any:
     refusing_url, orders_url = urls
-    registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(GAS_RULE)
-    settings = make_settings(
-        registry,
-        detection={"rules": [rules], "statistical": None},
+    settings = gas_plant(
+        make_settings,
+        tmp_path,
+        [
+            ReceiverSettings(
+                name="refusing",
+                url=refusing_url,
+                alert_after_s=ALERT_AFTER_S,
+                give_up_after_s=GIVE_UP_AFTER_S,
+            ),
+            ReceiverSettings(name="work-orders", url=orders_url),
+        ],
         http={"tokens": {"ops": SecretStr(TOKEN)}},
-        alerts={
-            "receivers": [
-                ReceiverSettings(
-                    name="refusing",
-                    url=refusing_url,
-                    alert_after_s=ALERT_AFTER_S,
-                    give_up_after_s=GIVE_UP_AFTER_S,
-                ),
-                ReceiverSettings(name="work-orders", url=orders_url),
-            ],
-            "retry_initial_s": retry_initial_s,
-            "retry_max_s": retry_max_s,
-        },
+        retry_initial_s=retry_initial_s,
+        retry_max_s=retry_max_s,
     )
     return settings, run_collector(settings)
 
@@ -255,7 +209,7 @@ def test_a_refusing_receiver_is_named_shown_and_given_up_on(
 def test_the_console_shows_a_failing_receiver_until_it_delivers(
     make_settings, run_collector, publisher, tmp_path: Path, receivers
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_driver()
     assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
     settings, collector = start(make_settings, run_collector, tmp_path, receivers)
     base = f"http://127.0.0.1:{settings.http.port}"

@@ -254,7 +254,7 @@ def test_the_detectors_hold_no_more_series_than_their_cap_on_history_either() ->
     engine.process(history, Registry.empty())
     assert engine.series_count == 3
     assert engine.series_refused == 497
-    assert len(engine._devices["junk"][1]) == 3  # refused names are not remembered
+    assert len(engine.series.devices["junk"][1]) == 3  # refused names are not remembered
 
     # what the detectors know is admitted at start, and counts against the caps
     admission = QuantityAdmission(max_per_device=5, max_series=4)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -14,8 +16,21 @@ import pytest
 
 from collector.config import parse_mqtt_url
 from collector.families import FAMILIES
+from collector.protocol import Decoder, Rejection
 from collector.registry import Registry
-from fieldtools.simulator import Anomaly, SimDevice, Simulator, SimulatorOptions, build_fleet
+from fieldtools.localservices import free_port
+from fieldtools.simulator import (
+    FAULTY_MESSAGES,
+    Anomaly,
+    ScheduledAnomaly,
+    SimDevice,
+    Simulator,
+    SimulatorOptions,
+    build_fleet,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATE = [sys.executable, "-m", "collector.cli", "simulate", "--generate", "1"]
 
 
 def device(family: str, name: str, interval_s: float = 0.2) -> SimDevice:
@@ -130,3 +145,85 @@ def test_simulate_command_writes_labels(broker, publisher, tmp_path: Path) -> No
     found = [json.loads(line) for line in labels.read_text().splitlines()]
     assert len(found) >= 3
     assert all(x["start"] < x["end"] for x in found)
+
+
+def test_each_faulty_message_is_rejected_for_the_reason_it_is_named_after() -> None:
+    registry = Registry.load(ROOT / "config" / "registry.example.toml")
+    decoder = Decoder()
+    for family in FAMILIES:
+        sim = device(family, f"faulty-{family}")
+        for fault, reason in FAULTY_MESSAGES.items():
+            now = time.time()
+            decoded = decoder.decode(
+                sim.data_topic, sim.faulty_message(fault, now), round(now * 1000), registry
+            )
+            reasons = (
+                [decoded.reason]
+                if isinstance(decoded, Rejection)
+                else [r.reason for r in decoded.rejections]
+            )
+            assert reasons == [reason], (family, fault, decoded)
+        assert sim.seq == 0  # a faulty message takes no sequence number from the readings
+
+
+def test_a_schedule_names_when_which_device_what_and_how_long() -> None:
+    assert ScheduledAnomaly.parse("5:gw:a:b:gas_leak:120") == ScheduledAnomaly(
+        5.0, "gw:a:b", "gas_leak", 120.0
+    )
+    for bad in ("5:chem-01:gas_leak", "x:chem-01:gas_leak:1", "5::gas_leak:1", "5:c:k:0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ScheduledAnomaly.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("1:no-such-device:gas_leak:10", "no simulated device 'no-such-device'"),
+        ("1:sim-park-0001:gas_leak:10", "a parking device cannot show 'gas_leak'"),
+    ],
+)
+def test_a_schedule_the_fleet_cannot_follow_is_refused_before_connecting(
+    schedule: str, message: str
+) -> None:
+    done = subprocess.run(
+        [*SIMULATE, "--mqtt-url", f"mqtt://127.0.0.1:{free_port()}", "--schedule", schedule],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+
+
+def test_simulate_exits_non_zero_when_it_cannot_reach_the_broker() -> None:
+    nobody_listens = f"mqtt://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [*SIMULATE, "--mqtt-url", nobody_listens, "--duration", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot connect to the MQTT broker at 127.0.0.1:" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_scheduled_anomaly_comes_on_time_on_its_device_and_is_logged(
+    broker, publisher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = [device("chem", "sim-chem-sched"), device("fire", "sim-fire-sched")]
+    labels = tmp_path / "labels.jsonl"
+    options = SimulatorOptions(
+        endpoint=parse_mqtt_url(broker.url),
+        duration_s=3.0,
+        labels=labels,
+        schedule=(ScheduledAnomaly(0.5, "sim-fire-sched", "smoke", 1.0),),
+    )
+    with caplog.at_level(logging.INFO, logger="fieldtools.simulator"):
+        asyncio.run(Simulator(fleet, options).run())
+    for simulated in fleet:
+        publisher.publish(simulated.status_topic, b"", retain=True)  # the broker is shared
+    (label,) = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert (label["device"], label["kind"]) == ("sim-fire-sched", "smoke")
+    assert label["end"] - label["start"] == pytest.approx(1.0, abs=0.1)
+    assert "injected an anomaly on sim-fire-sched (unit u): smoke for 1 s" in caplog.text

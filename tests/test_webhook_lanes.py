@@ -9,7 +9,6 @@ each reach the first receiver while the second is still stalled.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import sqlite3
 import threading
@@ -17,13 +16,13 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from collector.config import ReceiverSettings
-from fieldtools.localservices import free_port
 from tests.conftest import poll
+from tests.receivers import QuietHandler, WorkOrders, serve
 
 DEVICES = [f"gas-{i}" for i in range(1, 5)]
 REGISTRY = "\n".join(
@@ -47,7 +46,7 @@ TRICKLE_EVERY_S = 0.5
 SLOW_TIMEOUT_S = 2.0  # several trickled bytes fit in it: a per-read timeout never trips
 
 
-class Trickler(http.server.BaseHTTPRequestHandler):
+class Trickler(QuietHandler):
     """Takes the request, then sends its answer's head one byte per TRICKLE_EVERY_S."""
 
     stop = threading.Event()
@@ -66,54 +65,51 @@ class Trickler(http.server.BaseHTTPRequestHandler):
         except OSError:  # the sender gave up on us
             return
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class WorkOrders(http.server.BaseHTTPRequestHandler):
-    """Answers at once; records each event once (by idempotency key) with its arrival."""
-
-    arrivals: ClassVar[list[tuple[float, dict[str, Any]]]] = []
-    keys: ClassVar[set[str]] = set()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        key = self.headers["X-SmartUnit-Event-Id"]
-        if key not in self.keys:
-            self.keys.add(key)
-            self.arrivals.append((time.time(), json.loads(body)))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[str, Any]:
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{port}/hook", server
-
 
 @pytest.fixture
 def receivers() -> Iterator[tuple[str, str]]:
     Trickler.stop.clear()
     Trickler.requests = 0
-    WorkOrders.arrivals, WorkOrders.keys = [], set()
-    slow_url, slow = serve(Trickler)
-    fast_url, fast = serve(WorkOrders)
-    yield slow_url, fast_url
+    WorkOrders.reset(secret=None)
+    slow, fast = serve(Trickler), serve(WorkOrders)
+    yield slow.url, fast.url
     Trickler.stop.set()
-    for server in (slow, fast):
-        server.shutdown()
-        server.server_close()
+    slow.stop()
+    fast.stop()
+
+
+def gas_plant(
+    make_settings: Any,
+    tmp_path: Path,
+    receivers: list[ReceiverSettings],
+    *,
+    http: dict[str, Any] | None = None,
+    **alerts: Any,
+) -> Any:
+    """Settings for the gas sensors of ``REGISTRY`` under ``GAS_RULE``, alerting ``receivers``."""
+    registry = tmp_path / "registry.toml"
+    registry.write_text(REGISTRY)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(GAS_RULE)
+    return make_settings(
+        registry,
+        detection={"rules": [rules], "statistical": None},
+        alerts={"receivers": receivers, **alerts},
+        http=http or {},
+    )
+
+
+def gas_alarm(publisher: Any, device: str) -> None:
+    now = time.time()
+    for ts in (now - 1.5, now):  # 60 % LEL held past the rule's 1 s: level 2
+        publisher.publish(
+            f"smartunit/v1/chem/{device}/data",
+            json.dumps({"ts": ts, "readings": {"lel_pct": 60.0}}),
+        )
 
 
 def events_of(device: str) -> list[dict[str, Any]]:
-    return [m["event"] for _, m in WorkOrders.arrivals if m["alert"]["device"] == device]
+    return [m["event"] for m in WorkOrders.processed if m["alert"]["device"] == device]
 
 
 @pytest.mark.slow
@@ -121,31 +117,20 @@ def test_a_trickling_receiver_delays_no_other_receiver(
     make_settings, run_collector, publisher, tmp_path: Path, receivers: tuple[str, str]
 ) -> None:
     slow_url, fast_url = receivers
-    registry = tmp_path / "registry.toml"
-    registry.write_text(REGISTRY)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(GAS_RULE)
-    settings = make_settings(
-        registry,
-        detection={"rules": [rules], "statistical": None},
-        alerts={
-            "receivers": [
-                ReceiverSettings(name="slow", url=slow_url, timeout_s=SLOW_TIMEOUT_S),
-                ReceiverSettings(name="work-orders", url=fast_url),
-            ],
-            "retry_initial_s": 1.0,
-            "retry_max_s": 4.0,
-        },
+    settings = gas_plant(
+        make_settings,
+        tmp_path,
+        [
+            ReceiverSettings(name="slow", url=slow_url, timeout_s=SLOW_TIMEOUT_S),
+            ReceiverSettings(name="work-orders", url=fast_url),
+        ],
+        retry_initial_s=1.0,
+        retry_max_s=4.0,
     )
     collector = run_collector(settings)
 
     for device in DEVICES:  # one alarm after another, each once the last one went out
-        now = time.time()
-        for ts in (now - 1.5, now):  # 60 % LEL held past the rule's 1 s: level 2
-            publisher.publish(
-                f"smartunit/v1/chem/{device}/data",
-                json.dumps({"ts": ts, "readings": {"lel_pct": 60.0}}),
-            )
+        gas_alarm(publisher, device)
         types = poll(lambda d=device: [e["type"] for e in events_of(d)], lambda t: len(t) >= 2)
         assert types == ["opened", "dispatched"], (device, types, Trickler.requests)
 
@@ -166,7 +151,7 @@ def test_a_trickling_receiver_delays_no_other_receiver(
     errors = poll(slow_errors, any)
     assert f"no complete answer within {SLOW_TIMEOUT_S:g} s" in errors, errors
     delays = []
-    for arrived, message in WorkOrders.arrivals:
+    for arrived, message in zip(WorkOrders.arrived_at, WorkOrders.processed, strict=True):
         at = datetime.fromisoformat(message["event"]["at"].replace("Z", "+00:00"))
         delays.append(arrived - at.timestamp())
     for device in DEVICES:  # in order per alert, each once

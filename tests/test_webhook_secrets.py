@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,15 +11,16 @@ from pathlib import Path
 import pytest
 
 from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import free_port, spawn, stop_process
+from fieldtools.localservices import spawn, stop_process
 from tests.conftest import collector_env, poll
+from tests.receivers import QuietHandler, serve
 from tests.test_detection_e2e import PRESETS, REGISTRY
 
 PASSWORD = "pw-4711-secret"
 TOKEN = "tok-0815-secret"
 
 
-class EchoingFailure(http.server.BaseHTTPRequestHandler):
+class EchoingFailure(QuietHandler):
     """A receiver in trouble whose error page repeats the request, as many do."""
 
     requests = 0
@@ -29,25 +28,15 @@ class EchoingFailure(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         type(self).requests += 1
         self.rfile.read(int(self.headers["Content-Length"]))
-        body = f"upstream failed for POST {self.path}".encode()
-        self.send_response(503)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(503, f"upstream failed for POST {self.path}".encode())
 
 
 @pytest.fixture
 def failing_port() -> Iterator[int]:
     EchoingFailure.requests = 0
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), EchoingFailure)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield port
-    server.shutdown()
-    server.server_close()
+    served = serve(EchoingFailure)
+    yield served.port
+    served.stop()
 
 
 @pytest.mark.slow

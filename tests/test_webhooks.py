@@ -4,90 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import http.server
-import json
 import math
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier, verify_signature
+from collector.alerts.notify import Notifier, verify_signature
 from collector.alerts.store import SqliteAlertStore
 from collector.config import ReceiverSettings
 from collector.detection import DetectionEvent
-from fieldtools.localservices import free_port
-
-SECRET = "s3cret-shared-with-the-receiver"
-
-
-class Receiver(http.server.BaseHTTPRequestHandler):
-    """A work-order system that is down for a while, then recovers.
-
-    It processes each idempotency key once (as the receivers' docs tell them to), and
-    records what it saw: refused requests, processed events, bad signatures.
-    """
-
-    failures_left = 0
-    hang_once = False
-    processed: ClassVar[list[dict]] = []
-    keys_seen: ClassVar[set[str]] = set()
-    requests = 0
-    bad_signatures = 0
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.failures_left, cls.hang_once = 0, False
-        cls.processed, cls.keys_seen = [], set()
-        cls.requests = cls.bad_signatures = 0
-
-    def do_POST(self) -> None:
-        cls = type(self)
-        cls.requests += 1
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if cls.hang_once:
-            cls.hang_once = False
-            time.sleep(1.5)  # longer than the sender's timeout
-        if cls.failures_left > 0:
-            cls.failures_left -= 1
-            self._answer(500)
-            return
-        if not verify_signature(
-            SECRET, body, self.headers.get(SIGNATURE_HEADER, ""), now=int(time.time())
-        ):
-            cls.bad_signatures += 1
-            self._answer(401)
-            return
-        key = self.headers[EVENT_ID_HEADER]
-        if key not in cls.keys_seen:  # a repeat is acknowledged but not processed again
-            cls.keys_seen.add(key)
-            cls.processed.append(json.loads(body))
-        self._answer(204)
-
-    def _answer(self, status: int) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver_url() -> Iterator[str]:
-    Receiver.reset()
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}/hook"
-    server.shutdown()
+from tests.receivers import SECRET, WorkOrders
 
 
 def gas(kind: str, colour: str, at_ms: int, device: str) -> DetectionEvent:
@@ -121,7 +52,7 @@ async def drain(dispatcher: Dispatcher, deadline_s: float = 20.0) -> None:
 def test_a_receiver_down_for_a_while_gets_every_event_once_and_in_order(
     tmp_path: Path, receiver_url: str
 ) -> None:
-    Receiver.failures_left, Receiver.hang_once = 6, True
+    WorkOrders.failures_left, WorkOrders.hang_once = 6, True
     book, dispatcher = make(tmp_path, receiver_url)
     for device in ("gas-1", "gas-2"):
         (opened,) = book.on_detection(gas("raised", "orange", 0, device))
@@ -133,9 +64,9 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_and_in_order(
     asyncio.run(dispatcher.aclose())
 
     assert dispatcher.results["retried"] >= 6
-    assert Receiver.bad_signatures == 0
+    assert WorkOrders.bad_signatures == 0
     events = {}
-    for message in Receiver.processed:
+    for message in WorkOrders.processed:
         assert message["version"] == "1"
         events.setdefault(message["alert"]["id"], []).append(message["event"])
     assert len(events) == 2
@@ -146,13 +77,13 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_and_in_order(
         assert [e["seq"] for e in received] == list(range(1, len(stored) + 1))
     # acknowledged and resolved before the receiver was back: never "dispatched" (a work
     # order that is already handled needs no dispatch)
-    assert {m["event"]["type"] for m in Receiver.processed} == {
+    assert {m["event"]["type"] for m in WorkOrders.processed} == {
         "opened",
         "colour_changed",
         "acknowledged",
         "resolved",
     }
-    assert len(Receiver.keys_seen) == len(Receiver.processed)
+    assert len(WorkOrders.keys_seen) == len(WorkOrders.processed)
 
 
 def test_a_refusing_receiver_fills_the_dead_letter_list(tmp_path: Path, receiver_url: str) -> None:
@@ -161,7 +92,7 @@ def test_a_refusing_receiver_fills_the_dead_letter_list(tmp_path: Path, receiver
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
     assert dispatcher.outbox.counts() == {"dead": 1}
-    assert Receiver.requests == 1  # not retried: a 4xx is final
+    assert WorkOrders.requests == 1  # not retried: a 4xx is final
 
 
 def test_signatures_verify_and_tampering_is_caught() -> None:
@@ -184,12 +115,12 @@ def test_the_first_delivery_marks_the_alert_dispatched(tmp_path: Path, receiver_
     assert alert is not None and alert.state.value == "dispatched"
     history = [e.type.value for e in book.history(opened.alert_id)]
     assert history == ["opened", "dispatched"]
-    assert history[-1] in [m["event"]["type"] for m in Receiver.processed]
+    assert history[-1] in [m["event"]["type"] for m in WorkOrders.processed]
 
 
 def test_a_first_delivery_is_urgent_and_a_retry_is_not(tmp_path: Path, receiver_url: str) -> None:
     """While new events go out the collector decodes in short turns; retries do not slow it."""
-    Receiver.failures_left = 1
+    WorkOrders.failures_left = 1
     book, dispatcher = make(tmp_path, receiver_url)
     seen: list[bool] = []
 
@@ -227,7 +158,7 @@ def test_events_for_a_receiver_no_longer_configured_go_to_the_dead_letter_list(
     asyncio.run(drain(restarted))
     asyncio.run(restarted.aclose())
     assert restarted.outbox.counts() == {"dead": 1}
-    assert Receiver.requests == 0
+    assert WorkOrders.requests == 0
 
 
 def test_alertmanager_messages_carry_what_alertmanager_receivers_read(
@@ -243,8 +174,8 @@ def test_alertmanager_messages_carry_what_alertmanager_receivers_read(
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
 
-    assert Receiver.bad_signatures == 0
-    of_gas_7 = [m for m in Receiver.processed if m["alerts"][0]["labels"]["device"] == "gas-7"]
+    assert WorkOrders.bad_signatures == 0
+    of_gas_7 = [m for m in WorkOrders.processed if m["alerts"][0]["labels"]["device"] == "gas-7"]
     steps = [(m["alerts"][0]["annotations"]["event_type"], m["status"]) for m in of_gas_7]
     # Firing until a person resolves it: recovering by itself does not stop the paging.
     assert steps == [
@@ -283,7 +214,9 @@ def test_alertmanager_messages_carry_what_alertmanager_receivers_read(
     assert resolved["annotations"]["state"] == "resolved"
     assert resolved["annotations"]["note"] == "valve closed"
     assert resolved["endsAt"] != "0001-01-01T00:00:00Z"
-    (other,) = [m for m in Receiver.processed if m not in of_gas_7 and m["status"] == "firing"][:1]
+    (other,) = [m for m in WorkOrders.processed if m not in of_gas_7 and m["status"] == "firing"][
+        :1
+    ]
     assert other["alerts"][0]["labels"]["instance"] == "gas-8"
     assert other["alerts"][0]["fingerprint"] != first["fingerprint"]
     assert other["groupKey"] != of_gas_7[0]["groupKey"]
@@ -301,14 +234,14 @@ def test_a_receiver_chooses_its_severities_and_adds_labels(
     book.on_detection(gas("changed", "red", 1000, "gas-9"))
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
-    labels = [m["alerts"][0]["labels"] for m in Receiver.processed]
+    labels = [m["alerts"][0]["labels"] for m in WorkOrders.processed]
     assert [(x["colour"], x["severity"]) for x in labels][:2] == [
         ("orange", "error"),
         ("red", "critical"),
     ]
     assert all(x["environment"] == "Development" for x in labels)
     assert all(x["service"] == "hazmat-desk" for x in labels)
-    incident = [m["alerts"][0]["annotations"]["incident_severity"] for m in Receiver.processed]
+    incident = [m["alerts"][0]["annotations"]["incident_severity"] for m in WorkOrders.processed]
     assert incident[:2] == ["error", "critical"]
 
 
@@ -343,7 +276,7 @@ def test_a_silent_gateway_is_an_alertmanager_alert_without_a_value(
     book.on_detection(silent)
     asyncio.run(drain(dispatcher))
     asyncio.run(dispatcher.aclose())
-    (alert,) = Receiver.processed[0]["alerts"]
+    (alert,) = WorkOrders.processed[0]["alerts"]
     assert alert["labels"]["instance"] == "gw-1" and alert["labels"]["severity"] == "major"
     assert alert["labels"]["event"] == alert["labels"]["alertname"] == "silence"
     assert "quantity" not in alert["labels"]  # empty labels are absent, as in Prometheus

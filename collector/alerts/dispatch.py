@@ -22,8 +22,9 @@ is gone stays bounded, and the alert's later events get their turn.
 
 Each lane keeps its receiver's health (collector/alerts/health.py): consecutive failures,
 since when it has been failing, its last answer. A dead-lettered event and a receiver
-failing for ``alert_after_s`` become an operator alert (collector/operator.py
-``ReceiverWatch``); failures are logged with the receiver's answer, at most once per
+failing for ``alert_after_s`` become an operator alert: collector/operator.py
+``ReceiverWatch`` reads ``health()`` as data, so delivery knows nothing of detections.
+Failures are logged with the receiver's answer, at most once per
 ``FAILURE_LOG_INTERVAL_S`` per receiver (with a count of those left out).
 
 New rows go out at once: the alert book's listener calls ``wake`` (from any thread) after
@@ -38,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -52,7 +53,6 @@ from collector.backoff import Backoff
 from collector.config import ReceiverSettings
 from collector.influx import retry_after_seconds
 from collector.logs import RateLimitedLog
-from collector.operator import ReceiverWatch
 from collector.urls import scrub
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,17 @@ class Dispatcher:
         self.results: Counter[str] = Counter()
         self.failure_log = RateLimitedLog(log, FAILURE_LOG_INTERVAL_S)
         self.lanes = {r.name: ReceiverLane(self, r) for r in receivers}
-        self.watch = ReceiverWatch((lane.receiver, lane.health) for lane in self.lanes.values())
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def status(self) -> list[dict[str, Any]]:
-        """Each receiver's health and backlog: the API, /metrics and the console show it."""
+    def health(self) -> list[tuple[ReceiverSettings, ReceiverHealth]]:
+        """Each receiver with what its lane saw: the operator watch reads it as data."""
+        return [(lane.receiver, lane.health) for lane in self.lanes.values()]
+
+    def status(self, alert_colours: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Each receiver's health and backlog: the API, /metrics and the console show it.
+
+        ``alert_colours``: the colour of each receiver's open operator alert."""
+        alert_colours = alert_colours or {}
         now_ms = round(time.time() * 1000)
         backlogs = self.outbox.backlogs()
         found = []
@@ -94,7 +100,7 @@ class Dispatcher:
                 {
                     "name": name,
                     "failing": health.failing_since_ms is not None,
-                    "alert": self.watch.raised.get(name),  # its operator alert's colour
+                    "alert": alert_colours.get(name),
                     "pending": backlog.pending,
                     "oldest_pending_age_s": None if oldest is None else (now_ms - oldest) / 1000,
                     "dead": backlog.dead,
@@ -167,6 +173,8 @@ class ReceiverLane:
             timeout=receiver.timeout_s,
         )
         self.in_flight: dict[int, asyncio.Task[None]] = {}
+        # Taken by the receiver, not yet written down (at most max_in_flight per outage).
+        self.unrecorded: dict[int, tuple[OutboxRow, int]] = {}
         self.first_attempts = 0  # first attempts among those in flight: they are urgent
         self.woken = False
         self.wakeup = asyncio.Event()
@@ -179,6 +187,13 @@ class ReceiverLane:
                 self.woken = False  # before the look: a wake during it is not lost
                 try:
                     self._start_due()
+                except STORE_ERRORS as exc:  # the lane looks again at its next turn
+                    self.dispatcher.failure_log.error(
+                        f"store:{self.name}",
+                        "webhook outbox unreadable: the alert store is unavailable",
+                        receiver=self.name,
+                        error=str(exc)[:300],
+                    )
                 except Exception:
                     # The store failing: this lane tries again at its next look, and the
                     # other lanes go on (a TaskGroup would stop them all on a raise).
@@ -190,8 +205,11 @@ class ReceiverLane:
             for task in self.in_flight.values():
                 task.cancel()
             await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+            with contextlib.suppress(*STORE_ERRORS):  # else sent again at the next start
+                self._record_delivered()
 
     def _start_due(self) -> None:
+        self._record_delivered()
         room = self.receiver.max_in_flight - len(self.in_flight)
         if room <= 0:
             return
@@ -202,7 +220,7 @@ class ReceiverLane:
         for row in rows:
             if room == 0:
                 break
-            if row.id in self.in_flight:
+            if row.id in self.in_flight or row.id in self.unrecorded:
                 continue
             room -= 1
             self.first_attempts += row.attempts == 0
@@ -249,12 +267,11 @@ class ReceiverLane:
             status = response.status_code
             if 200 <= status < 300:
                 now_ms = round(time.time() * 1000)
-                outbox.delivered(row.id, now_ms)
+                self.unrecorded[row.id] = (row, now_ms)
                 results["delivered"] += 1
+                with contextlib.suppress(*STORE_ERRORS):  # written down at the next look
+                    self._record_delivered()
                 self._delivered(now_ms)
-                dispatcher.book.dispatched(
-                    row.alert_id, now_ms=now_ms, actor=f"webhook:{row.receiver}"
-                )
                 return
             error = f"HTTP {status}: {scrub(response.text[:200], receiver.url)}"
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -285,6 +302,16 @@ class ReceiverLane:
             attempts=row.attempts + 1,
             consecutive_failures=self.health.consecutive_failures,
         )
+
+    def _record_delivered(self) -> None:
+        """Write down the deliveries the receiver took. One the store did not take (it is
+        down) stays in memory, is written at the lane's next look, and is not sent again
+        meanwhile: its idempotency key reaches the receiver once."""
+        outbox, book = self.dispatcher.outbox, self.dispatcher.book
+        for row_id, (row, at_ms) in list(self.unrecorded.items()):
+            outbox.delivered(row_id, at_ms)
+            book.dispatched(row.alert_id, now_ms=at_ms, actor=f"webhook:{row.receiver}")
+            del self.unrecorded[row_id]
 
     def _delivered(self, now_ms: int) -> None:
         health = self.health

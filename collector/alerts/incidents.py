@@ -1,5 +1,8 @@
 """Incidents: one unit's open alerts, led by its first; what a member's change tells the leader.
 
+Outside the registry's units (a device it does not know, the service's own alarms) an
+incident is one device's open alerts: devices there share no place (``Alert.incident_scope``).
+
 A receiver that groups incidents hears only the leader. The leader therefore records what
 its members do that someone must know (one joined, one rose, one escalated), and it
 awaits acknowledgement again while a member nobody has acknowledged is in it.
@@ -10,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.alerts.model import SYSTEM, Alert, AlertEvent, EventType, State
-from detectors.levels import COLOURS
+from collector.alerts.model import COLOURS, SYSTEM, Alert, AlertEvent, EventType, State
 
 
 @dataclass

@@ -12,10 +12,9 @@ from collections.abc import Callable, Sequence
 
 from collector.alerts.flapping import notifiable, watch_flapping
 from collector.alerts.incidents import Change, leader_of, tell_leader
-from collector.alerts.model import ACTIVE_STATES, Alert, AlertEvent, State, worst_level
+from collector.alerts.model import ACTIVE_STATES, COLOURS, Alert, AlertEvent, State, worst_level
 from collector.alerts.outbox import OutboxEntry
 from collector.alerts.repositories import AlertRepository, SilenceRepository, Write
-from detectors.levels import COLOURS
 
 EventListener = Callable[[Alert, Sequence[AlertEvent]], None]
 # Outbox entries for an alert's events, given the other active alerts of its incident.
@@ -82,36 +81,34 @@ class Ledger:
     def _silenced_at(self, change: Change) -> bool:
         return self.silenced(change.alert, max(e.at_ms for e in change.events))
 
-    def incident_of(self, alert: Alert) -> list[Alert]:
-        """The other active alerts of the alert's incident."""
+    def _in_scope(self, alert: Alert) -> list[Alert]:
+        """The active alerts an incident of ``alert`` may hold (``Alert.incident_scope``)."""
         if not alert.unit:
             return []
         return [
             a
             for a in self.alerts.matching(states=sorted(ACTIVE_STATES), unit=alert.unit)
-            if a.incident == alert.incident and a.id != alert.id
+            if a.incident_scope == alert.incident_scope
         ]
 
-    def incident_leader(self, unit: str) -> Alert | None:
-        """The leading alert of the unit's open incident, if there is one.
+    def incident_of(self, alert: Alert) -> list[Alert]:
+        """The other active alerts of the alert's incident."""
+        return [
+            a for a in self._in_scope(alert) if a.incident == alert.incident and a.id != alert.id
+        ]
+
+    def incident_leader(self, alert: Alert) -> Alert | None:
+        """The leading alert of the open incident a new alert joins, if there is one.
 
         A resolved incident takes no new alerts: it only waits for verification and
         nobody works on it any more, so a new alarm there is a work order of its own."""
-        if not unit:
-            return None
         leaders = [
-            a
-            for a in self.alerts.matching(states=sorted(ACTIVE_STATES), unit=unit)
-            if a.leads_incident and a.state != State.RESOLVED
+            a for a in self._in_scope(alert) if a.leads_incident and a.state != State.RESOLVED
         ]
         return min(leaders, key=lambda a: a.id) if leaders else None
 
     def members(self, leader: Alert) -> list[Alert]:
-        return [
-            a
-            for a in self.alerts.matching(states=sorted(ACTIVE_STATES), unit=leader.unit)
-            if a.incident == leader.id and a.id != leader.id
-        ]
+        return [a for a in self._in_scope(leader) if a.incident == leader.id and a.id != leader.id]
 
     def silenced(self, alert: Alert, now_ms: int) -> bool:
         return any(s.covers(alert, now_ms) for s in self.silences.current(now_ms))
@@ -119,7 +116,7 @@ class Ledger:
     def open(self, alert: Alert, opened: AlertEvent) -> list[AlertEvent]:
         """Store a new alert, and what its joining means for its unit's incident, in one
         transaction (the store numbers the alert inside it)."""
-        leader = self.incident_leader(alert.unit)
+        leader = self.incident_leader(alert)
         incident: list[Alert] = []
         lead: Change | None = None
         lead_silenced = False

@@ -21,6 +21,7 @@ from collector.alerts.incidents import await_acknowledgement
 from collector.alerts.ledger import EventListener, IncidentRouter, Ledger
 from collector.alerts.model import (
     ACK_FROM,
+    COLOURS,
     DISPATCH_FROM,
     RESOLVE_FROM,
     SYSTEM,
@@ -34,16 +35,32 @@ from collector.alerts.model import (
     opened_by,
 )
 from collector.alerts.repositories import AlertStorage
-from collector.errors import AlertActionError, TransitionError, UnknownAlertError
-from detectors.levels import COLOURS
+from collector.errors import (
+    AlertActionError,
+    AlertConflictError,
+    TransitionError,
+    UnknownAlertError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+CLOCK_TASK = "alert-clock"  # the lease name of the sweeps on a shared store
+
+
+# A shared store refuses a change decided on a copy another instance has changed since:
+# the operation reads again and decides again, this many times at most.
+CONFLICT_ATTEMPTS = 5
 
 
 def _serialised(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: AlertBook, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
+            for _ in range(CONFLICT_ATTEMPTS - 1):
+                try:
+                    return method(self, *args, **kwargs)
+                except AlertConflictError:
+                    continue
             return method(self, *args, **kwargs)
 
     return cast(F, wrapper)
@@ -268,6 +285,16 @@ class AlertBook:
         return self._ledger.commit(change)
 
     # -- the clock -------------------------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Other instances change these alerts too (a shared store)."""
+        return self._storage.shared
+
+    def runs_clock(self) -> bool:
+        """Whether this instance runs the alert clock (verify, escalate) now: always on a
+        store of its own; on a shared one, one instance at a time holds the turn."""
+        return self._storage.leads(CLOCK_TASK)
 
     def verify(self, now_ms: int, device_alive: Callable[[str], bool]) -> list[AlertEvent]:
         """Close resolved alerts whose readings stayed normal for the window, device alive."""

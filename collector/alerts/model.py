@@ -26,9 +26,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
-from detectors.levels import COLOURS
-
 T = TypeVar("T")
+
+# The command centre's five-colour warning, lowest first: the scale the detectors decide
+# in (detectors/levels.py has the same, checked by tests/test_structure.py). Kept here as
+# well so that the alerts, and whatever delivers them, never load the detectors.
+COLOURS: tuple[str, ...] = ("green", "blue", "yellow", "orange", "red")
 
 
 # The actor of what the service does by itself (opening, escalating, incidents).
@@ -83,8 +86,20 @@ TOGGLES = frozenset(
 
 
 # The five-level response: an unacknowledged alert climbs one level per missed deadline.
+# Every state that awaits an acknowledgement climbs, ``recovered`` too: a red whose
+# readings came back to normal before anyone saw it is still an incident nobody handled.
 ESCALATION_LEVELS: tuple[str, ...] = ("grid", "community", "street", "district", "city")
-ESCALATES_FROM = frozenset({State.OPEN, State.DISPATCHED, State.REOPENED})
+ESCALATES_FROM = ACK_FROM
+
+
+# Units of the registry never start with "_": it marks the service's own pseudo-units
+# (_fleet, _collector, and _unregistered for devices the registry does not know).
+PSEUDO_UNIT_PREFIX = "_"
+
+
+def is_pseudo_unit(unit: str) -> bool:
+    """A unit of the service's own (fleet, collector, unregistered devices), or none."""
+    return not unit or unit.startswith(PSEUDO_UNIT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,13 @@ class Alert:
     @property
     def leads_incident(self) -> bool:
         return self.incident == self.id
+
+    @property
+    def incident_scope(self) -> tuple[str, str]:
+        """What the alerts of one incident share: their unit of the registry. Outside the
+        registry (devices it does not know, the service's own alarms) alerts share no
+        place, only their device: acknowledging one device's must not cover another's."""
+        return self.unit, self.fingerprint.device if is_pseudo_unit(self.unit) else ""
 
     def summary(self, public_url: str) -> dict[str, Any]:
         """The fields every outside view of an alert shows (webhooks, API)."""

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 
 from collector.alerts.formats import FORMATS
 from collector.alerts.health import receiver_reported_on
-from collector.alerts.model import Alert, AlertEvent, within
+from collector.alerts.model import COLOURS, Alert, AlertEvent, within
 from collector.alerts.outbox import OutboxEntry
 from collector.config import ReceiverSettings
-from detectors.levels import COLOURS
 
 EVENT_ID_HEADER = "X-SmartUnit-Event-Id"
 SIGNATURE_HEADER = "X-SmartUnit-Signature"

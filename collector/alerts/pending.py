@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.alerts.backends import STORE_ERRORS
-from collector.alerts.model import Detection
+from collector.alerts.model import COLOURS, Detection
 from collector.backoff import Backoff
-from detectors.levels import COLOURS
 
 log = logging.getLogger(__name__)
 

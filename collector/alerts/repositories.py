@@ -5,9 +5,15 @@
 - ``OutboxRepository`` (collector/alerts/outbox.py): the deliveries still to make;
 - ``SilenceRepository``: maintenance windows.
 
-A backend implements them (collector/alerts/store.py: SQLite) and is registered under
+A backend implements them (collector/alerts/store.py: SQLite, collector/alerts/pgstore.py:
+PostgreSQL shared by several instances) and is registered under
 its URL scheme in collector/alerts/backends.py; the rest of the service sees only these
 interfaces.
+
+``Decide`` runs inside ``create``'s transaction because the outbox rows carry the id the
+store assigns there; it is pure computation on data (routing, flapping, the incident's
+leader, receiver formats encoding bodies): no I/O, no delivery, nothing that waits, which
+tests/test_structure.py holds by checking those modules reach no I/O module.
 """
 
 from __future__ import annotations
@@ -46,8 +52,16 @@ class SilenceRepository(Protocol):
 
 
 class AlertStorage(Protocol):
-    """The three repositories of one backend, and its end."""
+    """The three repositories of one backend, and its end.
 
+    ``shared``: other collector instances may change what it holds at any time (a
+    change decided on a stale copy raises ``AlertConflictError``). ``leads(task)``:
+    whether this instance runs ``task`` (a sweep of the alert clock) now; with one
+    instance on the store, always."""
+
+    @property
+    def shared(self) -> bool: ...
+    def leads(self, task: str) -> bool: ...
     @property
     def alerts(self) -> AlertRepository: ...
     @property

@@ -19,6 +19,7 @@ from collector.alerts.model import (
     EventType,
     State,
 )
+from collector.errors import AlertConflictError
 
 VERIFIER = "verifier"
 
@@ -104,5 +105,8 @@ def _sweep(
                 continue
             change = ledger.change(alert)
             act(alert, change)
-            events += ledger.commit(change)
+            try:
+                events += ledger.commit(change)
+            except AlertConflictError:
+                continue  # another instance changed it first: the next sweep judges it anew
     return events

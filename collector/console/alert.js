@@ -60,7 +60,8 @@ async function loadAlert(id) {
     [t("escalation"), alert.level], [t("handler"), person(alert.acknowledged_by) || t("nobody")],
     [t("readings_now"), alert.condition_active ? t("abnormal") : t("normal")],
     [t("ack_by"), alert.ack_due_at_ms ? time(alert.ack_due_at_ms) : "—"],
-    [t("incident"), alert.incident === alert.id ? t("leads_incident") : t("part_of", alert.incident)],
+    [t("incident"), alert.incident !== alert.id ? t("part_of", alert.incident)
+      : alert.unregistered ? t("leads_device_incident") : t("leads_incident")],
     ...(unit?.contact ? [[t("contact"), unit.contact]] : []),
     ...(runbook ? [[t("runbook"), runbook]] : []),
   ];

@@ -121,7 +121,9 @@ const age = (ms) => duration(Date.now() - ms);
 const time = (ms) => new Date(ms).toLocaleString(LANG);
 const clock = (ms) => new Date(ms).toLocaleTimeString(LANG);
 const colourDot = (colour) => el("span", { class: `dot c-${colour}`, title: colourName(colour) });
-const unitName = (id) => state.units.get(id)?.name || id;
+// the service's own pseudo-units by what they stand for; registry units by their name
+const PSEUDO_UNITS = { _unregistered: "unregistered_unit", _collector: "unit_collector", "": "unit_network" };
+const unitName = (id) => state.units.get(id)?.name || (id in PSEUDO_UNITS ? t(PSEUDO_UNITS[id]) : id);
 const placeName = (id) => state.places.get(id) || id;
 const person = (actor) => (actor || "").replace(/^[^:]*:/, ""); // "console:Li" -> "Li"
 const number = (v, quantity) => `${Number(v.toPrecision(4))}${quantityUnit(quantity) ? " " + quantityUnit(quantity) : ""}`;
@@ -162,64 +164,6 @@ function renderConnection() {
     $("offline").textContent = state.lastOk
       ? t("offline", clock(state.lastOk), age(state.lastOk)) : t("offline_never");
   }
-}
-
-// -- unit tree ---------------------------------------------------------------------------
-
-function worst(colours) {
-  return colours.reduce((a, b) => (COLOURS.indexOf(b) > COLOURS.indexOf(a) ? b : a), "green");
-}
-
-const registered = (unit) => !unit.id.startsWith("_") && Object.keys(unit.hierarchy).length > 0;
-
-function pickScope(path) {
-  return () => {
-    state.scope = path;
-    if (location.pathname !== "/") go("/");
-    else renderList();
-  };
-}
-
-function treeLabel(colour, name, active) {
-  return [colourDot(colour), name, active ? el("span", { class: "n" }, ` (${active})`) : ""];
-}
-
-function renderTree(units) {
-  const root = { children: {}, units: [] };
-  for (const unit of units.filter(registered)) {
-    let node = root;
-    for (const level of LEVELS.slice(0, 5)) {
-      const id = unit.hierarchy[level];
-      if (!id) break;
-      node = node.children[id] ||= { children: {}, units: [] };
-    }
-    node.units.push(unit);
-  }
-  const everyUnit = (node) => node.units.concat(...Object.values(node.children).map(everyUnit));
-  const unitItem = (unit, path) => el("li", { "data-unit": unit.id },
-    el("span", { onclick: pickScope(path) }, ...treeLabel(unit.colour, unit.name, unit.active)));
-  const list = (node, path) => {
-    const ul = el("ul");
-    const children = Object.keys(node.children).sort((a, b) => placeName(a).localeCompare(placeName(b), LANG));
-    for (const id of children) {
-      const child = node.children[id];
-      const here = [...path, id];
-      const leaves = everyUnit(child);
-      const active = leaves.reduce((n, u) => n + u.active, 0);
-      const li = el("li", { "data-place": id }, el("span", { onclick: pickScope(here) },
-        ...treeLabel(worst(leaves.map((u) => u.colour)), placeName(id), active)));
-      if (Object.keys(child.children).length) li.append(list(child, here));
-      if (child.units.length) li.append(el("ul", {}, ...child.units.map((u) => unitItem(u, here))));
-      ul.append(li);
-    }
-    return ul;
-  };
-  $("tree-root").replaceChildren(...list(root, []).children);
-  // devices the registry does not know stand apart, each under its own name
-  const loose = units.filter((u) => !registered(u) && u.active);
-  $("unregistered-title").hidden = !loose.length;
-  $("tree-unregistered").replaceChildren(...loose.map((u) =>
-    el("li", { "data-unit": u.id }, el("span", {}, ...treeLabel(u.colour, u.name, u.active)))));
 }
 
 // -- alert list --------------------------------------------------------------------------
@@ -360,7 +304,8 @@ async function bulkAcknowledge() {
 
 async function loadList() {
   const query = $("states").value === "active" ? ACTIVE.map((s) => `state=${s}`).join("&") : "";
-  const [alerts, units] = await Promise.all([api(`/api/alerts?${query}`), api("/api/units")]);
+  const [alerts, units, unregistered] = await Promise.all(
+    [api(`/api/alerts?${query}`), api("/api/units"), api("/api/unregistered")]);
   state.units = new Map(units.map((u) => [u.id, u]));
   state.places = new Map(units.flatMap((u) =>
     Object.entries(u.hierarchy).map(([level, id]) => [id, u.hierarchy_names?.[level] || id])));
@@ -368,7 +313,7 @@ async function loadList() {
   for (const id of announceNewReds(alerts)) state.flashing.add(id);
   flashWhileUnacknowledged(alerts, state.flashing);
   renderSummary(alerts);
-  renderTree(units);
+  renderTree(units, unregistered);
   renderSilenceUnits(units);
   renderList();
   if (currentView() === "map") {

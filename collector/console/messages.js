@@ -9,7 +9,9 @@ const MESSAGES = {
     title: "SmartUnit 监测平台",
     sign_in: "登录", sign_out: "退出", your_name: "您的姓名（每次操作都会记录）",
     api_token: "API 令牌", unknown_token: "令牌无效。",
-    units: "单位", whole_city: "全市", showing: "当前范围", unregistered: "未登记设备与系统自身",
+    units: "单位", whole_city: "全市", showing: "当前范围",
+    unregistered: "未登记设备（各为独立事件）", unregistered_unit: "未登记设备", service_itself: "系统自身",
+    unit_collector: "采集服务", unit_network: "网关与网络",
     view_list: "告警", view_map: "地图", view_silences: "静默 / 维护",
     family: "类别", all: "全部", states: "状态", active: "未关闭", all_closed: "全部（含已关闭）",
     fam_chem: "化工园区", fam_camera: "人流与交通", fam_parking: "停车场", fam_fire: "消防", fam_gateway: "网关",
@@ -32,7 +34,7 @@ const MESSAGES = {
     back: "← 全部告警", detector: "检测方式", value: "数值", where: "位置", started: "开始时间",
     escalation: "上报层级", acknowledged: "已确认", readings_now: "当前读数",
     abnormal: "异常", normal: "正常", ack_by: "确认期限", incident: "事件",
-    leads_incident: "本单位事件的首条告警", part_of: "属于 #{0}",
+    leads_incident: "本单位事件的首条告警", leads_device_incident: "本设备事件的首条告警", part_of: "属于 #{0}",
     contact: "现场联系人", runbook: "处置预案", handler: "处理人", peak: "峰值",
     yes: "是", no: "否", ago: "{0}前",
     note_placeholder: "备注（做了什么、谁在处理）", timeline: "时间线",
@@ -58,7 +60,8 @@ const MESSAGES = {
     sign_in: "Sign in", sign_out: "Sign out", your_name: "Your name (recorded with every action)",
     api_token: "API token", unknown_token: "Unknown token.",
     units: "Units", whole_city: "the whole city", showing: "Showing",
-    unregistered: "Unregistered devices and the service itself",
+    unregistered: "Unregistered devices (each its own incident)", unregistered_unit: "unregistered device",
+    service_itself: "The service itself", unit_collector: "collector", unit_network: "gateways and network",
     view_list: "Alerts", view_map: "Map", view_silences: "Silences / maintenance",
     family: "Family", all: "all", states: "States", active: "active", all_closed: "all, with closed",
     fam_chem: "chemical park", fam_camera: "crowds and traffic", fam_parking: "parking",
@@ -81,7 +84,8 @@ const MESSAGES = {
     back: "← all alerts", detector: "Detector", value: "Value", where: "Where", started: "Started",
     escalation: "Escalation level", acknowledged: "Acknowledged", readings_now: "Readings now",
     abnormal: "abnormal", normal: "normal", ack_by: "Acknowledge by", incident: "Incident",
-    leads_incident: "leads its unit's incident", part_of: "part of #{0}",
+    leads_incident: "leads its unit's incident", leads_device_incident: "leads its device's incident",
+    part_of: "part of #{0}",
     contact: "On-site contact", runbook: "Runbook", handler: "Handled by", peak: "Peak",
     yes: "yes", no: "no", ago: "{0} ago",
     note_placeholder: "Note for the record (what you did, who is on it)", timeline: "Timeline",
@@ -193,6 +197,7 @@ const colourName = (colour) => COLOUR_NAMES[LANG][colour] || colour;
 const stateName = (state) => STATE_NAMES[LANG][state] || state;
 const eventName = (type) => EVENT_NAMES[LANG][type] || type.replaceAll("_", " ");
 const detectorName = (detector) => DETECTORS[LANG][detector] || detector;
+const familyName = (family) => (MESSAGES[LANG][`fam_${family}`] ? t(`fam_${family}`) : family);
 const quantityUnit = (quantity) => QUANTITIES[quantity]?.unit ?? "";
 
 function quantityName(quantity) {

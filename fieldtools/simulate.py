@@ -83,7 +83,27 @@ def simulate_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=1, help="random seed: the same seed, the same run"
     )
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="simulate only every N-th device of the fleet, from the K-th (0-based): N "
+        "simulators, each on another gateway, share one fleet (scheduled anomalies of other "
+        "shards' devices are theirs)",
+    )
     return parser
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N") from None
+    if not slash or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= K < N")
+    return shard
 
 
 def simulate_command(argv: Sequence[str], *, prog: str) -> int:
@@ -124,6 +144,13 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
         print("smartunit simulate: no devices: give --registry or --generate N", file=sys.stderr)
         return EXIT_USAGE
     problems = schedule_problems(fleet, args.schedule)
+    shard, shards = args.shard
+    fleet = fleet[shard::shards]
+    mine = {device.id for device in fleet}
+    schedule = tuple(s for s in args.schedule if s.device in mine)
+    if not fleet:
+        print(f"smartunit simulate: shard {shard}/{shards} has no device", file=sys.stderr)
+        return EXIT_USAGE
     for problem in problems:
         print(f"smartunit simulate: {problem}", file=sys.stderr)
     if problems:
@@ -137,7 +164,7 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
         labels=args.labels,
         backfill_hours=args.backfill_hours,
         seed=args.seed,
-        schedule=tuple(args.schedule),
+        schedule=schedule,
         faulty_message_every_s=args.faulty_message_every,
     )
     simulator = Simulator(fleet, options)

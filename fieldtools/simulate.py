@@ -129,6 +129,17 @@ def schedule_problems(fleet: list[SimDevice], schedule: Sequence[ScheduledAnomal
     return problems
 
 
+def one_shard(
+    fleet: list[SimDevice], schedule: Sequence[ScheduledAnomaly], shard: tuple[int, int]
+) -> tuple[list[SimDevice], tuple[ScheduledAnomaly, ...]]:
+    """Shard K of N: every N-th device from the K-th, and the scheduled anomalies of those
+    devices. The N shards of one fleet hold each device and each anomaly once."""
+    index, count = shard
+    mine = fleet[index::count]
+    ids = {device.id for device in mine}
+    return mine, tuple(scheduled for scheduled in schedule if scheduled.device in ids)
+
+
 def run_simulator_cli(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     endpoint = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else settings.mqtt.endpoint
@@ -144,12 +155,9 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
         print("smartunit simulate: no devices: give --registry or --generate N", file=sys.stderr)
         return EXIT_USAGE
     problems = schedule_problems(fleet, args.schedule)
-    shard, shards = args.shard
-    fleet = fleet[shard::shards]
-    mine = {device.id for device in fleet}
-    schedule = tuple(s for s in args.schedule if s.device in mine)
+    fleet, schedule = one_shard(fleet, args.schedule, args.shard)
     if not fleet:
-        print(f"smartunit simulate: shard {shard}/{shards} has no device", file=sys.stderr)
+        print(f"smartunit simulate: shard {args.shard} has no device", file=sys.stderr)
         return EXIT_USAGE
     for problem in problems:
         print(f"smartunit simulate: {problem}", file=sys.stderr)

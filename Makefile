@@ -1,5 +1,6 @@
 # SmartUnit Monitor. On a fresh Debian machine, these two commands do all set-up:
 #   make demo   installs what is missing and runs the whole service with simulated devices
+#   make cluster-demo   the same as a cluster: 3 NATS nodes, PostgreSQL, 3 collectors
 #   make test   installs what is missing and runs the test suite
 # and, while working on the code:
 #   make test-fast   the unit tests only (no servers, no processes), in under a minute
@@ -15,10 +16,13 @@ STAMP  := $(VENV)/.installed
 ALERTA_VENV  := .venv-alerta
 ALERTA_STAMP := $(ALERTA_VENV)/.installed
 
-.PHONY: demo test test-fast deps venv alerta lint fuzz bench clean
+.PHONY: demo cluster-demo test test-fast deps venv alerta lint fuzz bench clean
 
 demo: deps venv
 	$(VENV)/bin/smartunit demo
+
+cluster-demo: deps venv
+	$(VENV)/bin/smartunit cluster-demo
 
 test: deps venv alerta
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -270,6 +270,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_cluster_demo(args: argparse.Namespace) -> int:
+    from fieldtools.clusterdemo import run_cluster_demo  # noqa: PLC0415
+
+    return run_cluster_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartunit", description="SmartUnit Monitor: city-grid IoT monitoring."
@@ -379,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
         "and Mosquitto files, and exit",
     )
     demo.set_defaults(func=cmd_demo)
+
+    cluster = sub.add_parser(
+        "cluster-demo",
+        help="a 3-node NATS cluster, PostgreSQL, InfluxDB, 3 collectors and simulators, all local",
+    )
+    cluster.add_argument("--duration", type=float, default=0, help="stop after S seconds")
+    cluster.add_argument("--workdir", type=Path, help="keep the data here (default: temporary)")
+    cluster.add_argument(
+        "--devices",
+        type=int,
+        default=2,
+        help="unregistered generated devices per family, besides the registry's",
+    )
+    cluster.set_defaults(func=cmd_cluster_demo)
     return parser
 
 

@@ -4,6 +4,7 @@ work, also without any file:
 
 =========================  ==========================================================
 SMARTUNIT_MQTT_URL         ``mqtt://[user:pass@]host:port`` (``mqtts://`` for TLS)
+SMARTUNIT_MQTT_CLIENT_ID   the collector's MQTT client id (one per instance of a cluster)
 SMARTUNIT_TRANSPORT        ``mqtt`` or ``nats``
 SMARTUNIT_NATS_URL         ``nats://host:port[,nats://host:port...]`` (transport ``nats``)
 SMARTUNIT_INFLUX_URL       ``http(s)://[user:pass@]host:port`` of the InfluxDB HTTP API
@@ -13,6 +14,7 @@ SMARTUNIT_HTTP_HOST        address the HTTP API listens on (``0.0.0.0``: every o
 SMARTUNIT_HTTP_PORT        port of the HTTP API
 SMARTUNIT_PUBLIC_URL       base of the alert links in webhook payloads
 SMARTUNIT_DATA_DIR         directory for durable state
+SMARTUNIT_ALERTS_STORE     the alert store's URL (``postgresql://...`` for a cluster)
 =========================  ==========================================================
 
 ``SMARTUNIT_CONFIG`` names the file itself, read when no path is given (``--config``).
@@ -35,6 +37,7 @@ from collector.urls import redact_url
 
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SMARTUNIT_MQTT_URL": ("mqtt", "url"),
+    "SMARTUNIT_MQTT_CLIENT_ID": ("mqtt", "client_id"),
     "SMARTUNIT_TRANSPORT": ("transport",),
     "SMARTUNIT_NATS_URL": ("nats", "url"),
     "SMARTUNIT_INFLUX_URL": ("influx", "url"),
@@ -44,6 +47,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SMARTUNIT_HTTP_PORT": ("http", "port"),
     "SMARTUNIT_PUBLIC_URL": ("alerts", "public_url"),
     "SMARTUNIT_DATA_DIR": ("data_dir",),
+    "SMARTUNIT_ALERTS_STORE": ("alerts", "store"),
 }
 CONFIG_ENV = "SMARTUNIT_CONFIG"
 

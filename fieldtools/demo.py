@@ -194,7 +194,7 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
             log_path=workdir / "simulator.log",
         )
         _banner(broker, influxdb, workdir, env, users=users, unit_ids=unit_ids, config=config)
-        _watch(influx, args.duration, children, workdir / "simulator.log", stored=stored)
+        watch_demo(influx, args.duration, children, [workdir / "simulator.log"], stored=stored)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
     except SmartUnitError as exc:
@@ -258,23 +258,24 @@ SmartUnit Monitor demo is running (Ctrl-C stops everything).
     )
 
 
-def _watch(
+def watch_demo(
     influx: InfluxSettings,
     duration_s: float,
     children: dict[str, subprocess.Popen[bytes]],
-    simulator_log: Path,
+    simulator_logs: list[Path],
     *,
     stored: int,
 ) -> None:
     started = time.monotonic()
     previous = stored  # the history: "since last" counts what came in live
-    injections = _Injections(simulator_log)
+    injections = [_Injections(log) for log in simulator_logs]
     while duration_s <= 0 or time.monotonic() - started < duration_s:
         time.sleep(
             min(5.0, max(duration_s - (time.monotonic() - started), 0.1)) if duration_s > 0 else 5.0
         )
-        for line in injections.new():
-            print(line, flush=True)
+        for log in injections:
+            for line in log.new():
+                print(line, flush=True)
         for name, child in children.items():
             if child.poll() is not None:
                 raise ServiceStartError(f"the {name} exited with code {child.returncode}")

@@ -83,7 +83,27 @@ def simulate_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=1, help="random seed: the same seed, the same run"
     )
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="simulate only every N-th device of the fleet, from the K-th (0-based): N "
+        "simulators, each on another gateway, share one fleet (scheduled anomalies of other "
+        "shards' devices are theirs)",
+    )
     return parser
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N") from None
+    if not slash or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= K < N")
+    return shard
 
 
 def simulate_command(argv: Sequence[str], *, prog: str) -> int:
@@ -109,6 +129,17 @@ def schedule_problems(fleet: list[SimDevice], schedule: Sequence[ScheduledAnomal
     return problems
 
 
+def one_shard(
+    fleet: list[SimDevice], schedule: Sequence[ScheduledAnomaly], shard: tuple[int, int]
+) -> tuple[list[SimDevice], tuple[ScheduledAnomaly, ...]]:
+    """Shard K of N: every N-th device from the K-th, and the scheduled anomalies of those
+    devices. The N shards of one fleet hold each device and each anomaly once."""
+    index, count = shard
+    mine = fleet[index::count]
+    ids = {device.id for device in mine}
+    return mine, tuple(scheduled for scheduled in schedule if scheduled.device in ids)
+
+
 def run_simulator_cli(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     endpoint = parse_mqtt_url(args.mqtt_url) if args.mqtt_url else settings.mqtt.endpoint
@@ -124,6 +155,10 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
         print("smartunit simulate: no devices: give --registry or --generate N", file=sys.stderr)
         return EXIT_USAGE
     problems = schedule_problems(fleet, args.schedule)
+    fleet, schedule = one_shard(fleet, args.schedule, args.shard)
+    if not fleet:
+        print(f"smartunit simulate: shard {args.shard} has no device", file=sys.stderr)
+        return EXIT_USAGE
     for problem in problems:
         print(f"smartunit simulate: {problem}", file=sys.stderr)
     if problems:
@@ -137,7 +172,7 @@ def run_simulator_cli(args: argparse.Namespace) -> int:
         labels=args.labels,
         backfill_hours=args.backfill_hours,
         seed=args.seed,
-        schedule=tuple(args.schedule),
+        schedule=schedule,
         faulty_message_every_s=args.faulty_message_every,
     )
     simulator = Simulator(fleet, options)

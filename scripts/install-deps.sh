@@ -21,7 +21,7 @@ fc-list 2>/dev/null | grep -q "Noto Sans CJK" || need+=(fonts-noto-cjk)
 # promtool, Prometheus' own linter, checks /metrics in the tests. Debian ships it only in
 # the server's package (19 MB download, 96 MB installed); its server is switched off below.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-# Alerta's database in the Alertmanager-format test (tests/test_alerta.py)
+# the shared alert store of a cluster (tests, make cluster-demo) and Alerta's database (tests/test_alerta.py)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as paho
@@ -21,6 +22,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import IngestSettings
+from collector.configfile import load_settings
+from collector.natssubjects import server_mappings
 from collector.registry import Registry
 from fieldtools.demo import secure_broker, wait_for_collector
 from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto, spawn, stop_process
@@ -40,11 +43,12 @@ COMPOSE_SECRETS = {
 }
 
 
-def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def compose_config(env: dict[str, str], *profiles: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose (Debian package) is installed by scripts/install-deps.sh"
+    chosen = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        [binary, "-f", str(ROOT / "docker-compose.yml"), *chosen, "config"],
         capture_output=True,
         text=True,
         env={"PATH": os.environ["PATH"], **env},
@@ -106,6 +110,62 @@ def test_compose_file_is_valid_and_needs_its_secrets() -> None:
     for secret in ("INFLUXDB_PASSWORD", "SMARTUNIT_MQTT_PASSWORD"):
         missing = compose_config({k: v for k, v in COMPOSE_SECRETS.items() if k != secret})
         assert missing.returncode != 0 and secret in missing.stderr
+
+
+def test_the_cluster_profile_runs_three_nodes_postgresql_and_three_collectors() -> None:
+    done = compose_config(COMPOSE_SECRETS, "cluster")
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    nodes = [f"nats-{n}" for n in (1, 2, 3)]
+    collectors = [f"collector-{n}" for n in (1, 2, 3)]
+    for name in (*nodes, "postgres", *collectors):
+        assert services[name]["profiles"] == ["cluster"], name
+    # every node runs the shipped cluster file under its own name, with its own data
+    node_config = ROOT / "config" / "nats-cluster.conf"
+    names = set()
+    for node in nodes:
+        mounts = {m["target"]: m["source"] for m in _volumes(services[node])}
+        assert Path(mounts["/etc/nats/nats-cluster.conf"]) == node_config
+        assert services[node]["command"] == ["-c", "/etc/nats/nats-cluster.conf"]
+        names.add(services[node]["environment"]["NATS_SERVER_NAME"])
+    assert names == set(nodes)
+    assert len({_volume_names(services[node]) for node in nodes}) == 3
+    text = node_config.read_text()
+    assert "server_name: $NATS_SERVER_NAME" in text
+    assert set(re.findall(r"nats://([\w-]+):6222", text)) == set(nodes)
+    # the servers' mapping is the one the collectors check at start, for their partitions
+    partitions = load_settings(ROOT / "config" / "smartunit.example.toml").nats.partitions
+    ((source, target),) = server_mappings(partitions).items()
+    assert f'"{source}": "{target}"' in text
+    assert re.search(r"stream_replicas:\s*3\b", text)
+
+    client_ids, gateways, published = set(), set(), set()
+    for name in collectors:
+        service = services[name]
+        env = service["environment"]
+        assert env["SMARTUNIT_TRANSPORT"] == "nats"
+        assert {u.split("//")[1].split(":")[0] for u in env["SMARTUNIT_NATS_URL"].split(",")} == (
+            set(nodes)
+        )
+        assert env["SMARTUNIT_ALERTS_STORE"].startswith("postgresql://smartunit@postgres:5432/")
+        # the password from the environment, never in the URL (docs/cluster.md)
+        assert "PGPASSWORD" in env and urlsplit(env["SMARTUNIT_ALERTS_STORE"]).password is None
+        assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        client_ids.add(env["SMARTUNIT_MQTT_CLIENT_ID"])
+        gateways.add(env["SMARTUNIT_MQTT_URL"])
+        published |= {int(port["published"]) for port in _ports(service)}
+        assert env["SMARTUNIT_HTTP_HOST"] == "0.0.0.0"
+        assert len(_volume_names(service)) == 1
+    assert len(client_ids) == 3 and len(gateways) == 3  # one identity and one node each
+    assert len(published) == 3 and 8080 not in published  # beside the single-node console
+    assert len({_volume_names(services[name]) for name in collectors}) == 3
+    # the single-node stack is unchanged by the profile
+    single = yaml.safe_load(compose_config(COMPOSE_SECRETS).stdout)["services"]
+    assert single["collector"]["environment"].get("SMARTUNIT_TRANSPORT", "mqtt") == "mqtt"
+
+
+def _volume_names(service: dict) -> frozenset[str]:
+    return frozenset(m["source"] for m in _volumes(service) if not m["source"].startswith("/"))
 
 
 def _ports(service: dict) -> list[dict]:

@@ -19,7 +19,9 @@ from collector.families import FAMILIES
 from collector.protocol import Decoder, Rejection
 from collector.registry import Registry
 from fieldtools.localservices import free_port
+from fieldtools.simulate import one_shard, parse_shard
 from fieldtools.simulator import (
+    ANOMALY_KINDS,
     FAULTY_MESSAGES,
     Anomaly,
     ScheduledAnomaly,
@@ -193,6 +195,22 @@ def test_a_schedule_the_fleet_cannot_follow_is_refused_before_connecting(
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
+
+
+def test_shards_of_a_fleet_hold_each_device_and_each_scheduled_anomaly_once() -> None:
+    fleet = build_fleet(
+        Registry.load(ROOT / "config" / "registry.example.toml"), generated_per_family=2
+    )
+    schedule = [ScheduledAnomaly(1.0, d.id, ANOMALY_KINDS[d.family][0], 5.0) for d in fleet]
+    shards = [one_shard(fleet, schedule, (index, 3)) for index in range(3)]
+    devices = [d.id for devices, _ in shards for d in devices]
+    assert sorted(devices) == sorted(d.id for d in fleet) and all(d for d, _ in shards)
+    for devices, scheduled in shards:
+        assert [s.device for s in scheduled] == [d.id for d in devices]
+    assert parse_shard("2/3") == (2, 3)
+    for wrong in ("3/3", "-1/3", "1", "a/b", "0/0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_shard(wrong)
 
 
 def test_simulate_exits_non_zero_when_it_cannot_reach_the_broker() -> None:

@@ -1,0 +1,222 @@
+"""``smartunit cluster-demo``: the cluster on this machine, with simulated devices.
+
+Starts a 3-node NATS cluster (JetStream, the MQTT gateway on each node, the partition
+mapping), a PostgreSQL server for the shared alert state, InfluxDB, three collectors
+(transport "nats", alerts in PostgreSQL, each its own API port and data directory) and
+three simulators, each on another node's MQTT gateway with a third of the fleet. Prints
+where to look as ``smartunit demo`` does, and on Ctrl-C (or after ``--duration``) stops
+everything in order. Every child dies with the demo even if the demo itself is killed.
+
+The NATS gateways admit anyone on this machine: a demo on loopback, not a deployment
+(docs/cluster.md, "From one node to a cluster").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.config import InfluxSettings
+from collector.configfile import load_settings
+from collector.errors import SmartUnitError
+from collector.registry import Registry
+from fieldtools.demo import (
+    ANOMALY_EVERY_S,
+    DEMO_DB,
+    FAULTY_MESSAGE_EVERY_S,
+    HISTORY_HOURS,
+    OPENING,
+    wait_for_collector,
+    watch_demo,
+)
+from fieldtools.history import store_history
+from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.natscluster import NatsCluster
+from fieldtools.postgres import PostgresServer
+from fieldtools.shipped import SAMPLE_CONFIG, shipped_config_dir
+from fieldtools.simulator import build_fleet
+
+NODES = 3
+COLLECTORS = 3
+PARTITIONS = 64  # the shipped configuration's nats.partitions
+ALERTS_DB = "smartunit"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instance:
+    """One collector of the demo: its MQTT client id, API and data directory."""
+
+    client_id: str
+    http_port: int
+    data_dir: Path
+    mqtt_url: str
+
+    @property
+    def console(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/"
+
+
+def run_cluster_demo(args: argparse.Namespace) -> int:
+    with shipped_config_dir() as config_dir:
+        return _run(args, config_dir / SAMPLE_CONFIG)
+
+
+def _run(args: argparse.Namespace, config: Path) -> int:
+    temporary = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="smartunit-cluster-")) if temporary else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    registry_path = load_settings(config).registry.path
+    registry = Registry.load(registry_path) if registry_path else Registry.empty()
+    cluster = NatsCluster(workdir / "nats", size=NODES, partitions=PARTITIONS)
+    influxdb = InfluxDB(workdir / "influxdb")
+    postgres: PostgresServer | None = None
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        cluster.start()
+        postgres = PostgresServer()
+        alerts_store = postgres.new_database(ALERTS_DB)
+        influxdb.start()
+        influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
+        fleet = build_fleet(registry, generated_per_family=args.devices)
+        stored = asyncio.run(store_history(influx, fleet, registry, hours=HISTORY_HOURS))
+        print(
+            f"history: {stored} readings of the last {HISTORY_HOURS:.0f} h stored, "
+            "for the collectors' warm start"
+            if stored
+            else f"history: kept from an earlier run in {workdir}",
+            flush=True,
+        )
+        token = os.environ.get("SMARTUNIT_API_TOKEN") or secrets.token_urlsafe(12)
+        smartunit = [sys.executable, "-m", "collector.cli"]
+        instances = [
+            Instance(
+                client_id=f"smartunit-collector-{index + 1}",
+                http_port=free_port(),
+                data_dir=workdir / f"collector-{index + 1}",
+                mqtt_url=cluster.nodes[index % NODES].mqtt_url,
+            )
+            for index in range(COLLECTORS)
+        ]
+        base_env = {
+            **os.environ,
+            "SMARTUNIT_TRANSPORT": "nats",
+            "SMARTUNIT_NATS_URL": cluster.urls,
+            "SMARTUNIT_INFLUX_URL": influxdb.url,
+            "SMARTUNIT_INFLUX_DB": DEMO_DB,
+            "SMARTUNIT_ALERTS_STORE": alerts_store,
+            # the consoles' sign-in for this run only; a real deployment sets its own
+            "SMARTUNIT_API_TOKEN": token,
+        }
+        for instance in instances:
+            env = {
+                **base_env,
+                "SMARTUNIT_MQTT_URL": instance.mqtt_url,
+                "SMARTUNIT_MQTT_CLIENT_ID": instance.client_id,
+                "SMARTUNIT_DATA_DIR": str(instance.data_dir),
+                "SMARTUNIT_HTTP_PORT": str(instance.http_port),
+                "SMARTUNIT_PUBLIC_URL": instance.console.rstrip("/"),
+            }
+            children[instance.client_id] = spawn(
+                [*smartunit, "run", "--config", str(config)],
+                env=env,
+                log_path=workdir / f"{instance.client_id}.log",
+            )
+        for instance in instances:
+            # online means its partition consumers exist: devices may publish
+            wait_for_collector(instance.mqtt_url, instance.client_id, timeout_s=90)
+        simulator_logs = []
+        for index, node in enumerate(cluster.nodes):
+            log = workdir / f"simulator-{index + 1}.log"
+            simulator_logs.append(log)
+            simulate = [
+                *smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
+                "--mqtt-url", node.mqtt_url, "--shard", f"{index}/{NODES}", "--seed", "1",
+                "--labels", str(workdir / f"labels-{index + 1}.jsonl"),
+                *(f"--schedule={s.after_s}:{s.device}:{s.kind}:{s.duration_s}" for s in OPENING),
+                # the three together inject as often as the single-node demo's one
+                "--anomaly-every", str(ANOMALY_EVERY_S * NODES),
+                "--faulty-message-every", str(FAULTY_MESSAGE_EVERY_S * NODES),
+            ]  # fmt: skip
+            children[f"simulator-{index + 1}"] = spawn(simulate, env=base_env, log_path=log)
+        _banner(cluster, postgres, influxdb, instances, token=token, config=config, workdir=workdir)
+        watch_demo(influx, args.duration, children, simulator_logs, stored=stored)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    except SmartUnitError as exc:
+        print(f"smartunit cluster-demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children.values()):
+            stop_process(child)
+        influxdb.stop()
+        if postgres is not None:
+            postgres.close()
+        cluster.stop()
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+    kept = "" if temporary else f"; its data stays in {workdir}"
+    print(f"cluster demo stopped; no process left running{kept}", flush=True)
+    return 0
+
+
+def _banner(
+    cluster: NatsCluster,
+    postgres: PostgresServer,
+    influxdb: InfluxDB,
+    instances: list[Instance],
+    *,
+    token: str,
+    config: Path,
+    workdir: Path,
+) -> None:
+    first = instances[0]
+    cli_env = {
+        "SMARTUNIT_CONFIG": str(config),
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": DEMO_DB,
+        "SMARTUNIT_DATA_DIR": str(first.data_dir),
+        "SMARTUNIT_ALERTS_STORE": postgres.database_url(ALERTS_DB),
+    }
+    export = " ".join(f"{name}={shlex.quote(value)}" for name, value in cli_env.items())
+    consoles = "\n".join(
+        f"  Console {index}     {instance.console}  ({instance.client_id}, "
+        f"data {instance.data_dir})"
+        for index, instance in enumerate(instances, start=1)
+    )
+    gateways = ", ".join(node.mqtt_url for node in cluster.nodes)
+    opening = "; ".join(f"{s.kind} on {s.device} at +{s.after_s:.0f} s" for s in OPENING)
+    port = cluster.nodes[0].mqtt_port
+    print(
+        f"""
+SmartUnit Monitor cluster demo is running (Ctrl-C stops everything).
+{consoles}
+      each one shows the same alerts; sign in with any name and the token {token}
+  NATS cluster  {cluster.urls}  ({PARTITIONS} partitions, JetStream replicas {cluster.replicas})
+      MQTT gateways:   {gateways}  (anyone on this machine may connect)
+      watch devices:   mosquitto_sub -V mqttv311 -p {port} -v -t 'smartunit/v1/#'
+      monitoring:      http://127.0.0.1:{cluster.nodes[0].monitor_port}/jsz
+  PostgreSQL    {postgres.database_url(ALERTS_DB)}  (the shared alert state)
+      query:           psql {postgres.database_url(ALERTS_DB)} \\
+                         -c 'SELECT id, unit, colour, state FROM alerts ORDER BY id DESC LIMIT 5'
+  InfluxDB      {influxdb.url}  database {DEMO_DB!r}
+      query:           influx -port {influxdb.port} -database {DEMO_DB} \\
+                         -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'
+  CLI           the smartunit command on this demo's data, in another shell:
+      export {export}
+      smartunit devices --unregistered
+  logs          {workdir}/smartunit-collector-N.log, {workdir}/simulator-N.log,
+                {workdir}/nats/nN/nats-server.log, {postgres.log}
+  anomalies     first {opening}; then one every {ANOMALY_EVERY_S:.0f} s, and a faulty
+                message every {FAULTY_MESSAGE_EVERY_S:.0f} s; each printed below when injected
+""",
+        flush=True,
+    )

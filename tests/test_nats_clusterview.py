@@ -28,6 +28,7 @@ from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import Device, nats_collector_settings, reading
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS, browser_driver, keep
 from tests.test_metrics import promtool
 
 TOKEN = "tok-cluster"
@@ -164,6 +165,34 @@ class FakeMember:
         self._thread.join(10)
 
 
+def console_cluster(port: int, tmp_path: Path, instance: str, partition: int) -> dict[str, str]:
+    """The console's cluster tab, in English: this instance's row and one partition's."""
+    sync_api = browser_driver()
+    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by scripts/install-deps.sh"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.add_init_script("localStorage.setItem('smartunit.lang', 'en')")
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.fill("#login-actor", "duty officer Li")
+        page.fill("#login-token", TOKEN)
+        page.click("#login-submit")
+        page.locator("#tab-cluster").wait_for(state="visible", timeout=15_000)
+        page.click("#tab-cluster")
+        row = page.locator(f'#cluster-partitions tr[data-partition="{partition}"]')
+        row.wait_for(timeout=15_000)
+        shown = {
+            "partition": row.inner_text(),
+            "instance": page.locator(
+                f'#cluster-instances tr[data-instance="{instance}"]'
+            ).inner_text(),
+        }
+        page.screenshot(path=tmp_path / "console-cluster.png")
+        keep(tmp_path / "console-cluster.png")
+        browser.close()
+    return shown
+
+
 def operator_alert(collector: CollectorThread, detector: str) -> Alert | None:
     book = collector.collector.alerts if collector.collector is not None else None
     assert book is not None
@@ -226,8 +255,12 @@ def test_a_partition_left_without_owner_raises_partition_unowned_and_partition_l
             60,
         )
         assert lag is not None and lag.colour == "orange", lag
-        row = cluster_answer(settings.http.port)["partitions"][partition_of(device_id, 8)]
+        stuck = partition_of(device_id, 8)
+        row = cluster_answer(settings.http.port)["partitions"][stuck]
         assert row["owner"] is None and row["lag"] == 5, row
+        shown = console_cluster(settings.http.port, tmp_path, me, stuck)
+        assert "no owner" in shown["partition"] and "\t5 (" in shown["partition"], shown
+        assert "(this instance)" in shown["instance"], shown
 
         assert fake.alive(), fake.errors
         fake.stop()  # its membership expires: the collector claims and reads its share

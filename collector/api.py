@@ -81,6 +81,8 @@ class ApiContext:
     registry: Callable[[], Registry] = Registry.empty
     # (family, device, quantity, start_ms, end_ms) -> [(time_ms, value)], from InfluxDB
     series: Callable[[str, str, str, int, int], list[tuple[int, float]]] | None = None
+    # instances, partitions, owners, lag (collector/clusterview.py)
+    cluster: Callable[[], dict[str, Any]] = lambda: {"instances": [], "partitions": []}
     ack_deadlines_s: Mapping[Any, float] = field(default_factory=dict)
     max_body_bytes: int = 32 * 1024
     body_timeout_s: float = 10.0
@@ -291,6 +293,12 @@ def create_app(context: ApiContext) -> FastAPI:
             }
             for state in unit_states(registry, active)
         ]
+
+    @app.get("/api/cluster")
+    def cluster(caller: Caller) -> dict[str, Any]:
+        """The collector instances alive, the partitions each holds, and per partition
+        its owner, lease age and lag (docs/cluster.md, "Watching a cluster")."""
+        return context.cluster()
 
     @app.get("/api/unregistered")
     def unregistered(caller: Caller) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import uvicorn
 
@@ -26,6 +27,7 @@ def build_api_server(
     metrics: Callable[[], Mapping[str, Value]],
     healthy: Callable[[], bool],
     registry: Callable[[], Registry],
+    cluster: Callable[[], dict[str, Any]],
 ) -> EmbeddedServer:
     http = settings.http
     influx = BlockingQueries(settings.influx)  # closed when the server stops (serve)
@@ -53,6 +55,7 @@ def build_api_server(
             problems=alerts.problems,
             registry=registry,
             series=series,
+            cluster=cluster,
             ack_deadlines_s=settings.alerts.ack_deadlines_s,
             max_body_bytes=http.max_body_bytes,
             body_timeout_s=http.body_timeout_s,

@@ -29,6 +29,7 @@ from collector.alerting import AlertWiring
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.lifecycle import AlertBook
 from collector.apiserver import build_api_server, serve
+from collector.clusterview import ClusterView
 from collector.config import Settings
 from collector.detecting import DetectionRuntime
 from collector.detection import DetectionEngine
@@ -94,6 +95,7 @@ class Collector:
             self.ingest.urgent = lambda: alerting.dispatcher.urgent
             if self.ingest.rate_watch is not None:
                 self.ingest.rate_watch.resume(alerting.active_operator_alerts())
+        self.cluster = ClusterView(settings)
         self.telemetry = Telemetry(
             settings,
             stats=self.stats,
@@ -103,6 +105,7 @@ class Collector:
             detection=self.detection,
             writer=self.writer,
             alerts=self.alerting,
+            cluster=self.cluster,
         )
 
     # -- views for the CLI, the API and tests ---------------------------------------------------
@@ -155,6 +158,7 @@ class Collector:
                 metrics=self.metrics,
                 healthy=self.source.connected.is_set,
                 registry=lambda: self.registry.current,
+                cluster=self.cluster.answer,
             )
             side.append(asyncio.create_task(serve(api), name="http"))
         stop_wait = asyncio.create_task(stop.wait(), name="stop")
@@ -190,6 +194,7 @@ class Collector:
             "detector-state": self.detection.keep_state(),
             "silence": self.detection.watch_silence(self.writer.put_aside),
             "replay": self.writer.replay(),
+            "cluster-view": self.cluster.run(),
         }
         alerting = self.alerting
         if alerting is not None:

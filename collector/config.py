@@ -415,6 +415,9 @@ class NatsSettings(_Section):
     ack_wait_s: Annotated[float, Field(ge=3)] = 30.0
     lease_ttl_s: Annotated[float, Field(ge=1.5)] = 10.0
     fetch_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # operator alert partition-lag (collector/clusterview.py); 0 turns it off
+    lag_alert_messages: Annotated[int, Field(ge=0)] = 10_000
+    lag_alert_intervals: Annotated[int, Field(ge=1, le=1000)] = 3
 
 
 class Settings(_Section):

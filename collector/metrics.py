@@ -79,6 +79,17 @@ def _per_receiver(name: str, help: str, *, unit: str = "") -> Family:
     )
 
 
+def _per_partition(name: str, help: str, *, unit: str = "") -> Family:
+    return Family(
+        name=name,
+        type="gauge",
+        help=help,
+        unit=unit,
+        label="partition",
+        values_from="nats.partitions",
+    )
+
+
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
@@ -200,6 +211,19 @@ FAMILIES: dict[str, Family] = {
         _per_receiver(
             "webhook_failing_alert",
             "1 while the operator alert webhook-failing names the receiver, else 0.",
+        ),
+        # -- cluster (transport "nats", docs/cluster.md) -----------------------------------
+        _gauge("cluster_instances", "Collector instances alive in the partition lease bucket."),
+        _gauge("cluster_partitions_owned", "Partitions whose lease this instance holds."),
+        _per_partition(
+            "partition_lag",
+            "Messages of a partition not yet acknowledged: waiting in the stream plus "
+            "delivered and not acknowledged (operator alert partition-lag).",
+        ),
+        _per_partition(
+            "partition_lease_age_seconds",
+            "Time since a partition's lease was last renewed (expires at nats.lease_ttl_s).",
+            unit="seconds",
         ),
         # -- HTTP API ---------------------------------------------------------------------
         _counter(

@@ -27,6 +27,7 @@ from typing import Any
 
 from collector.alerting import AlertWiring
 from collector.alerts.model import ACTIVE_STATES
+from collector.clusterview import ClusterView
 from collector.config import Settings
 from collector.detecting import DetectionRuntime
 from collector.detection import DetectionEvent
@@ -60,6 +61,7 @@ class Telemetry:
         detection: DetectionRuntime,
         writer: StorageWriter,
         alerts: AlertWiring | None,
+        cluster: ClusterView | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats
@@ -69,6 +71,7 @@ class Telemetry:
         self.detection = detection
         self.writer = writer
         self.alerts = alerts
+        self.cluster = cluster
         collector_id = settings.mqtt.client_id
         behind_s = settings.ingest.behind_alert_s
         self._behind = (
@@ -138,6 +141,8 @@ class Telemetry:
             events += self.alerts.operator_checks(now_ms)
         if self.ingest.rate_watch is not None:
             events += self.ingest.rate_watch.update(now_ms)
+        if self.cluster is not None:
+            events += self.cluster.operator_checks(now_ms)
         return events
 
     async def write_stats(self) -> None:
@@ -236,6 +241,8 @@ class Telemetry:
             "unit_state_overwrites_total": alerts.unit_states.overwrites if alerts else 0,
             "rate_limited_devices": rate_watch.devices if rate_watch else 0,
         }
+        if self.cluster is not None:
+            out |= self.cluster.metrics()
         # dict() copies in one step: the event loop may count a new key meanwhile
         out["rejections_total"] = dict(s.rejections)
         out["detections_total"] = dict(s.detections)

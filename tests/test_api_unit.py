@@ -17,6 +17,8 @@ from pydantic import SecretStr
 from collector.alerts.lifecycle import AlertBook
 from collector.alerts.store import SqliteAlertStore
 from collector.api import ApiContext, create_app
+from collector.clusterview import ClusterView
+from collector.config import MqttSettings, Settings
 from collector.detection import DetectionEvent
 
 HOTLINE = {"Authorization": "Bearer tok-hotline"}
@@ -137,3 +139,22 @@ def test_an_invalid_body_is_described_not_echoed(client: Client, alert_id: int) 
 def test_alert_ids_past_int64_are_refused_and_unknown_ones_are_404(client: Client) -> None:
     assert client.get(f"/api/alerts/{2**63}", headers=HOTLINE).status_code == 422
     assert client.get(f"/api/alerts/{2**63 - 1}", headers=HOTLINE).status_code == 404
+
+
+def test_the_cluster_of_an_mqtt_collector_is_itself_alone_and_needs_a_token(
+    book: AlertBook,
+) -> None:
+    settings = Settings(mqtt=MqttSettings(client_id="solo-1"))
+    view = ClusterView(settings)
+    context = ApiContext(
+        book=book, tokens={"hotline": SecretStr("tok-hotline")}, cluster=view.answer
+    )
+    client = Client(create_app(context))
+    assert client.get("/api/cluster").status_code == 401
+    answer = client.get("/api/cluster", headers=HOTLINE)
+    assert answer.status_code == 200
+    cluster = answer.json()
+    assert cluster["transport"] == "mqtt" and cluster["partitions"] == []
+    assert [each["id"] for each in cluster["instances"]] == ["solo-1"]
+    assert cluster["instances"][0]["this"] is True
+    assert view.metrics() == {} and view.operator_checks(0) == []

@@ -324,11 +324,11 @@ async function loadList() {
 
 // -- views: the list, the map, the silences -----------------------------------------------
 
-const currentView = () => (["map", "silences"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "list");
+const currentView = () => (["map", "silences", "cluster"].includes(location.hash.slice(1)) ? location.hash.slice(1) : "list");
 
 function showView(view) {
   if (view !== currentView()) history.replaceState({}, "", view === "list" ? "/" : `/#${view}`);
-  for (const name of ["list", "map", "silences"]) $(`pane-${name}`).hidden = name !== view;
+  for (const name of ["list", "map", "silences", "cluster"]) $(`pane-${name}`).hidden = name !== view;
   for (const tab of document.querySelectorAll("#tabs button")) {
     tab.classList.toggle("on", tab.dataset.view === view);
   }
@@ -359,7 +359,7 @@ async function refresh() {
   clearTimeout(timer);
   const match = location.pathname.match(/^\/alerts\/(\d+)$/);
   try {
-    await Promise.all([match ? loadAlert(match[1]) : loadList(), loadReceivers()]);
+    await Promise.all([match ? loadAlert(match[1]) : loadList(), loadReceivers(), loadCluster()]);
     state.lastOk = Date.now();
     state.offline = false;
   } catch (error) {

@@ -25,7 +25,8 @@ from collector.config import InfluxSettings
 from collector.natsleases import BUCKET, share
 from collector.natssubjects import partition_of
 from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import Device, nats_collector_settings, reading
 from tests.test_console import CHROMIUM, CHROMIUM_ARGS, browser_driver, keep

@@ -96,11 +96,17 @@ def main() -> int:
                         stdout=subprocess.DEVNULL,
                     )
                     time.sleep(1)
+                servers = {"mosquitto": broker.proc.pid, "influxd": influxdb.proc.pid}
+                servers_before = {name: cpu_seconds(p) for name, p in servers.items()}
                 cpu_before, started = cpu_seconds(pid), time.time()
                 if not args.drain:
                     blast(broker.port, batch, f"bench-pub-{time.time_ns()}")
                 done = collector.wait_stored(n)
                 cpu = cpu_seconds(pid) - cpu_before
+                beside = ", ".join(
+                    f"{name} {(cpu_seconds(p) - servers_before[name]) / n * 1e6:.1f}"
+                    for name, p in servers.items()
+                )
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                     profiler.wait(60)
@@ -109,7 +115,9 @@ def main() -> int:
                 rate = n / (done - (collector.connected_at() if args.drain else started))
                 results.append((cpu / n * 1e6, rate))
                 print(
-                    f"run {run}: {cpu / n * 1e6:.1f} µs CPU/message, {rate:.0f} msg/s", flush=True
+                    f"run {run}: {cpu / n * 1e6:.1f} µs CPU/message, {rate:.0f} msg/s "
+                    f"(the servers' µs CPU/message meanwhile: {beside})",
+                    flush=True,
                 )
         finally:
             for running in STARTED:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.families import PLUGINS
-from collector.fastpath import FAST_ENCODERS, FastDecoder, route_for
+from collector.fastpath import FAST_ENCODERS, Encoded, FastDecoder, route_for
 from collector.protocol import PAYLOAD_MODELS, Decoder, Limits, Reading, reading_line
 from collector.registry import Registry
 
@@ -101,6 +101,23 @@ def test_what_the_fast_path_accepts_the_protocol_accepts_identically(case) -> No
     assert fast[0] == slow
     assert [type(v) for v in fast[0].fields.values()] == [type(v) for v in slow.fields.values()]
     assert fast[1] == reading_line(slow, REGISTRY)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=near_valid())
+def test_a_message_the_plain_path_takes_decodes_to_the_same_reading_and_line(case) -> None:
+    family, device, obj = case
+    decoder = FastDecoder(DECODER)
+    topic = f"smartunit/v1/{family}/{device}/data"
+    route = decoder.route(topic, REGISTRY)
+    assert route is not None
+    payload = orjson.dumps(obj)
+    plain = decoder.plain(route, payload, NOW_MS)
+    if plain is None:
+        return  # handed on to decode, the answer
+    whole = decoder.decode(topic, payload, NOW_MS, REGISTRY)
+    assert isinstance(whole, Encoded)
+    assert (whole.readings, whole.lines, whole.rejections) == ([plain[0]], [plain[1]], [])
 
 
 def test_well_formed_messages_take_the_fast_path_and_the_rest_the_slow_one() -> None:

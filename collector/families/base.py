@@ -148,7 +148,7 @@ def is_finite_number(value: Any) -> bool:
 
 def finish_line(prefix: str, text: str, seq: int | None, ts_ms: int) -> str:
     if seq is not None:
-        text += f",seq={seq}i"
+        return f"{prefix}{text},seq={seq}i {ts_ms}"
     return f"{prefix}{text} {ts_ms}"
 
 

@@ -21,7 +21,6 @@ from collector.families.base import (
     Simulation,
     bump,
     finish_line,
-    is_count,
     stamp,
 )
 
@@ -50,17 +49,21 @@ def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: 
     _, device, known_capacity, prefix = route
     stamped = stamp(obj, device, now_ms, oldest, newest)
     occupied, capacity = obj.get("occupied"), obj.get("capacity")
-    if stamped is None or not is_count(occupied):
+    # The checks and ``derived`` written out, not called: this runs for every message.
+    if stamped is None or not (type(occupied) is int and 0 <= occupied <= MAX_COUNT):
         return None
     ts_ms, seq = stamped
     fields: dict[str, int | float] = {"occupied": occupied}
     if capacity is not None:
-        if not (is_count(capacity) and capacity > 0):
+        if not (type(capacity) is int and 0 < capacity <= MAX_COUNT):
             return None
         fields["capacity"] = capacity
-    text = f"occupied={occupied}i"
-    for name, value in derived(fields, known_capacity).items():
-        text += f",{name}={value}i"
+        known_capacity = capacity
+    if known_capacity:
+        free = max(known_capacity - occupied, 0)  # over-full lots happen: never negative
+        text = f"occupied={occupied}i,capacity={known_capacity}i,free={free}i"
+    else:
+        text = f"occupied={occupied}i"
     return Reading("parking", device, ts_ms, fields, seq), finish_line(prefix, text, seq, ts_ms)
 
 

@@ -410,6 +410,7 @@ class NatsSettings(_Section):
     ack_wait_s: Annotated[float, Field(ge=3)] = 30.0
     lease_ttl_s: Annotated[float, Field(ge=1.5)] = 10.0
     fetch_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+    checkpoint_interval_s: Annotated[float, Field(gt=0)] = 10.0
 
 
 class Settings(_Section):

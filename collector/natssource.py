@@ -17,7 +17,8 @@ own status with its last will, the downlink and the rejection copies) goes over 
 persistent and acknowledged after hand-off too.
 
 Which partitions this collector reads is decided by leases shared with the other
-collectors of the cluster (``collector.natsleases``).
+collectors of the cluster (``collector.natsleases``); the detectors' state of each
+partition goes with it (``collector.natscheckpoints``).
 
 The inbox is bounded by ``mqtt.receive_maximum`` messages: a partition fetches only while
 what was fetched and not yet acknowledged leaves room, so the backlog stays in the stream,
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import nats
 import nats.errors
@@ -54,6 +56,9 @@ from collector.natsstream import (
     provision,
 )
 from collector.natssubjects import MQTT_MESSAGES_STREAM, partitioned_topic, subject_to_topic
+
+if TYPE_CHECKING:
+    from collector.natscheckpoints import PartitionCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,9 @@ class NatsSource(GatewaySession):
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
         self._fetchers: dict[int, asyncio.Task[None]] = {}
         self.leases: PartitionLeases | None = None
+        self.checkpoints: PartitionCheckpoints | None = None  # set by the composition root
+        # partition -> the newest stream sequence acknowledged (hence judged) in it
+        self.positions: dict[int, int] = {}
         self._next_key = 0
         self._requested = 0  # asked for by fetches under way
         self._room = asyncio.Event()
@@ -146,12 +154,21 @@ class NatsSource(GatewaySession):
             replicas=self.nats.stream_replicas,
         )
         await leases.open()
+        if self.checkpoints is not None:
+            await self.checkpoints.open(js)
         self._set_up("data", True)
         tasks = [
             asyncio.create_task(self._send_acks(), name="nats-acks"),
             asyncio.create_task(self._keep_claims(), name="nats-in-progress"),
             asyncio.create_task(self._keep_ownership(leases), name="nats-leases"),
         ]
+        if self.checkpoints is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self.checkpoints.keep(lambda: self._owned_positions(leases)),
+                    name="nats-checkpoints",
+                )
+            )
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -165,7 +182,7 @@ class NatsSource(GatewaySession):
         failures = 0
         while True:
             try:
-                change = await leases.round(self._idle)
+                change = await leases.round(self._idle, self._release)
                 failures = 0
             except _NATS_ERRORS as exc:
                 failures += 1
@@ -175,11 +192,30 @@ class NatsSource(GatewaySession):
                     fetcher = self._fetchers.pop(partition, None)
                     if fetcher is not None:
                         fetcher.cancel()
+                if self.checkpoints is not None:
+                    self.checkpoints.forget(change.lost | change.surplus)
                 for partition in change.gained:
+                    await self._restore(partition)
                     self._fetchers[partition] = asyncio.create_task(
                         self._consume(self._subscriptions[partition]), name=f"nats-p{partition}"
                     )
             await asyncio.sleep(leases.period_s / (2 if failures else 1))
+
+    def _owned_positions(self, leases: PartitionLeases) -> dict[int, int]:
+        return {p: self.positions.get(p, 0) for p in leases.owned if p in self._fetchers}
+
+    async def _restore(self, partition: int) -> None:
+        """The partition's detector state, before its first message is judged here."""
+        if self.checkpoints is None:
+            return
+        position = await self.checkpoints.restore(partition)
+        if position is not None:
+            self.positions[partition] = max(self.positions.get(partition, 0), position)
+
+    async def _release(self, partition: int) -> None:
+        """Hand a partition's detector state over before its lease goes."""
+        if self.checkpoints is not None:
+            await self.checkpoints.save(partition, self.positions.get(partition, 0))
 
     def _idle(self, partition: int) -> bool:
         """Nothing of the partition is read or held unacknowledged: another may take it."""
@@ -248,8 +284,12 @@ class NatsSource(GatewaySession):
             if message.generation == JETSTREAM:
                 held = self._pending.pop(message.mid, None)
                 if held is not None:
-                    self._acks.append(held[0])
-                    self._held[held[1]] -= 1
+                    msg, partition, _ = held
+                    self._acks.append(msg)
+                    self._held[partition] -= 1
+                    sequence = msg.metadata.sequence.stream
+                    if sequence > self.positions.get(partition, 0):
+                        self.positions[partition] = sequence
                     sent += 1
             elif message.qos > 0 and message.generation == generation:
                 self.link.ack(message.mid, message.qos)
@@ -304,6 +344,8 @@ class NatsSource(GatewaySession):
             self._pending.clear()
             self._held.clear()
             if self.leases is not None:  # the others take our partitions over at once
+                for partition in list(self.leases.owned):
+                    await self._release(partition)
                 with contextlib.suppress(*_NATS_ERRORS):
                     await self.leases.leave()
             with contextlib.suppress(*_NATS_ERRORS):

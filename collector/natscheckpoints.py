@@ -1,0 +1,151 @@
+"""Each partition's detector state, checkpointed in the NATS cluster for its next owner.
+
+A collector that reads a partition (``collector.natsleases``) writes the state of the
+partition's series (``collector.partitionstate``) with the stream position it belongs to
+into the JetStream object store ``smartunit_detector_state``, one object per partition,
+replicated like the message stream:
+
+- every ``nats.checkpoint_interval_s``, and at the next half second after the detectors
+  decided something (a level raised or cleared must not be decided again by the next
+  owner);
+- when it gives a partition back (a clean stop, another member's share), before the
+  lease is released, so the next owner finds the newest state.
+
+A collector that gains a partition restores its checkpoint before it fetches. The
+messages after the checkpoint's position come again (unacknowledged ones) and are
+judged; those its series have already judged are older than their newest judged reading
+and are stored but not judged again (``DetectionEngine.process``).
+
+Why JetStream and not PostgreSQL: the state belongs to the stream's positions, lives in
+the same replicated store as the messages and the leases, is written every few seconds
+by every instance, and can be megabytes for a busy partition (the object store chunks
+it); the alert store stays small and off the readings' path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.object_store import ObjectStore
+
+from collector.detecting import DetectionRuntime
+from collector.natssubjects import partition_of
+from collector.partitionstate import extract, implant
+
+log = logging.getLogger(__name__)
+
+BUCKET = "smartunit_detector_state"
+URGENT_S = 0.5  # how soon after a decision the partitions are checkpointed
+_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
+
+
+def device_token(device: str) -> str:
+    """The device's subject token, which the servers hash into a partition: the gateway
+    writes a ``.`` inside a topic level as ``//`` (docs/cluster.md)."""
+    return device.replace(".", "//")
+
+
+class PartitionCheckpoints:
+    def __init__(
+        self, detection: DetectionRuntime, *, partitions: int, interval_s: float, replicas: int
+    ) -> None:
+        self.detection = detection
+        self.partitions = partitions
+        self.interval_s = interval_s
+        self.replicas = replicas
+        self.saved = 0  # checkpoints written
+        self.restored = 0  # checkpoints restored on taking a partition over
+        self.failures = 0
+        self._store: ObjectStore | None = None
+        self._saved_at: dict[int, float] = {}
+        self._decisions_seen = 0
+
+    async def open(self, js: JetStreamContext) -> None:
+        try:
+            self._store = await js.object_store(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            self._store = await js.create_object_store(
+                BUCKET,
+                config=ObjectStoreConfig(
+                    bucket=BUCKET, replicas=self.replicas, storage=StorageType.FILE
+                ),
+            )
+
+    def devices_of(self, partition: int) -> list[str]:
+        engine = self.detection.engine
+        if engine is None:
+            return []
+        return [
+            device
+            for device in engine.series.device_names
+            if partition_of(device_token(device), self.partitions) == partition
+        ]
+
+    async def save(self, partition: int, position: int) -> bool:
+        """Checkpoint a partition's series at stream position ``position``."""
+        engine, store = self.detection.engine, self._store
+        if engine is None or store is None:
+            return False
+        data = extract(engine, self.devices_of(partition), position=position)
+        try:
+            await store.put(f"p{partition}", data)
+        except _NATS_ERRORS as exc:
+            self.failures += 1
+            log.warning("partition checkpoint not written: %s", exc, extra={"partition": partition})
+            return False
+        self.saved += 1
+        self._saved_at[partition] = time.monotonic()
+        return True
+
+    async def restore(self, partition: int) -> int | None:
+        """Take a partition's checkpoint into the engine; its stream position (None: none)."""
+        engine, store = self.detection.engine, self._store
+        if engine is None or store is None:
+            return None
+        try:
+            found = await store.get(f"p{partition}")
+        except nats.js.errors.ObjectNotFoundError:
+            return None
+        except _NATS_ERRORS as exc:
+            self.failures += 1
+            log.warning("partition checkpoint not read: %s", exc, extra={"partition": partition})
+            return None
+        if found.data is None:
+            return None
+        try:
+            series, position = implant(engine, found.data)
+        except (ValueError, KeyError, OSError) as exc:  # damaged: judged from what we know
+            log.error(
+                "partition checkpoint cannot be used: %s", exc, extra={"partition": partition}
+            )
+            return None
+        self.restored += 1
+        self._saved_at[partition] = time.monotonic()
+        log.info(
+            "partition detector state restored",
+            extra={"partition": partition, "series": series, "position": position},
+        )
+        return position
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._saved_at.pop(partition, None)
+
+    async def keep(self, owned: Callable[[], dict[int, int]]) -> None:
+        """Checkpoint the partitions read (``owned``: partition -> stream position) every
+        ``interval_s``, and all of them soon after the detectors decided something."""
+        while True:
+            await asyncio.sleep(URGENT_S)
+            decisions = sum(self.detection.stats.detections.values())
+            urgent, self._decisions_seen = decisions != self._decisions_seen, decisions
+            due = time.monotonic() - self.interval_s
+            for partition, position in owned().items():
+                if urgent or self._saved_at.get(partition, 0.0) <= due:
+                    await self.save(partition, position)

@@ -5,8 +5,9 @@ partition's series (``collector.partitionstate``) with the stream position it be
 into the JetStream object store ``smartunit_detector_state``, one object per partition,
 replicated like the message stream:
 
-- every ``nats.checkpoint_interval_s``, and at the next half second after the detectors
-  decided something (a level raised or cleared must not be decided again by the next
+- every ``nats.checkpoint_interval_s``, and within a tenth of a second after the
+  detectors decided something (those partitions that judged readings since their last
+  checkpoint) (a level raised or cleared must not be decided again by the next
   owner);
 - when it gives a partition back (a clean stop, another member's share), before the
   lease is released, so the next owner finds the newest state.
@@ -42,7 +43,8 @@ from collector.partitionstate import extract, implant
 log = logging.getLogger(__name__)
 
 BUCKET = "smartunit_detector_state"
-URGENT_S = 0.5  # how soon after a decision the partitions are checkpointed
+URGENT_S = 0.1  # how soon after a decision the partitions are checkpointed
+URGENT_WINDOW_S = 2.0  # and for how long after it, as its readings are acknowledged
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
 
@@ -65,7 +67,9 @@ class PartitionCheckpoints:
         self.failures = 0
         self._store: ObjectStore | None = None
         self._saved_at: dict[int, float] = {}
+        self._saved_position: dict[int, int] = {}
         self._decisions_seen = 0
+        self._urgent_until = 0.0
 
     async def open(self, js: JetStreamContext) -> None:
         try:
@@ -102,6 +106,7 @@ class PartitionCheckpoints:
             return False
         self.saved += 1
         self._saved_at[partition] = time.monotonic()
+        self._saved_position[partition] = position
         return True
 
     async def restore(self, partition: int) -> int | None:
@@ -137,6 +142,7 @@ class PartitionCheckpoints:
     def forget(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self._saved_at.pop(partition, None)
+            self._saved_position.pop(partition, None)
 
     async def keep(self, owned: Callable[[], dict[int, int]]) -> None:
         """Checkpoint the partitions read (``owned``: partition -> stream position) every
@@ -144,8 +150,14 @@ class PartitionCheckpoints:
         while True:
             await asyncio.sleep(URGENT_S)
             decisions = sum(self.detection.stats.detections.values())
-            urgent, self._decisions_seen = decisions != self._decisions_seen, decisions
-            due = time.monotonic() - self.interval_s
+            now = time.monotonic()
+            if decisions != self._decisions_seen:
+                # the decision's readings are acknowledged (the position moves) once
+                # stored: watch for a while
+                self._decisions_seen, self._urgent_until = decisions, now + URGENT_WINDOW_S
+            urgent = now < self._urgent_until
+            due = now - self.interval_s
             for partition, position in owned().items():
-                if urgent or self._saved_at.get(partition, 0.0) <= due:
+                moved = position != self._saved_position.get(partition)
+                if (urgent and moved) or self._saved_at.get(partition, 0.0) <= due:
                     await self.save(partition, position)

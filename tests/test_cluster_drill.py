@@ -133,10 +133,6 @@ def store_rows(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a new owner does not restore the partition's detector state: the leak is raised twice",
-)
 def test_a_collector_killed_during_a_gas_alarm(
     start_nats: Callable[..., NatsCluster],
     influxdb: InfluxDB,

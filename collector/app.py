@@ -101,6 +101,8 @@ class Collector:
         if self.alerting is not None:
             alerting = self.alerting
             self.detection.sink = alerting.submit
+            # devices shared out between instances (transport "nats"): verified where read
+            alerting.reads_device = getattr(self.source, "reads_device", None)
             self.ingest.field_acks = alerting.field_ack
             self.ingest.unit_states = alerting.unit_states.observe
             self.ingest.urgent = lambda: alerting.dispatcher.urgent

@@ -37,7 +37,7 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.object_store import ObjectStore
 
 from collector.detecting import DetectionRuntime
-from collector.natssubjects import partition_of
+from collector.natssubjects import device_token, partition_of
 from collector.partitionstate import extract, implant
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ BUCKET = "smartunit_detector_state"
 URGENT_S = 0.1  # how soon after a decision the partitions are checkpointed
 URGENT_WINDOW_S = 2.0  # and for how long after it, as its readings are acknowledged
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
-
-
-def device_token(device: str) -> str:
-    """The device's subject token, which the servers hash into a partition: the gateway
-    writes a ``.`` inside a topic level as ``//`` (docs/cluster.md)."""
-    return device.replace(".", "//")
 
 
 class PartitionCheckpoints:

@@ -55,7 +55,13 @@ from collector.natsstream import (
     consumer_name,
     provision,
 )
-from collector.natssubjects import MQTT_MESSAGES_STREAM, partitioned_topic, subject_to_topic
+from collector.natssubjects import (
+    MQTT_MESSAGES_STREAM,
+    device_token,
+    partition_of,
+    partitioned_topic,
+    subject_to_topic,
+)
 
 if TYPE_CHECKING:
     from collector.natscheckpoints import PartitionCheckpoints
@@ -216,6 +222,10 @@ class NatsSource(GatewaySession):
         """Hand a partition's detector state over before its lease goes."""
         if self.checkpoints is not None:
             await self.checkpoints.save(partition, self.positions.get(partition, 0))
+
+    def reads_device(self, device: str) -> bool:
+        """Whether this collector reads the device's partition now."""
+        return partition_of(device_token(device), self.nats.partitions) in self._fetchers
 
     def _idle(self, partition: int) -> bool:
         """Nothing of the partition is read or held unacknowledged: another may take it."""

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from collector.natscheckpoints import device_token
 from collector.natsleases import share
-from collector.natssubjects import partition_of
+from collector.natssubjects import device_token, partition_of
 from fieldtools.localservices import InfluxDB, NatsCluster
 from tests.conftest import CollectorThread, poll
 from tests.natsfixtures import Device, nats_collector_settings

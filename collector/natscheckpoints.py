@@ -38,7 +38,7 @@ from nats.js.object_store import ObjectStore
 
 from collector.detecting import DetectionRuntime
 from collector.natssubjects import device_token, partition_of
-from collector.partitionstate import extract, implant
+from collector.partitionstate import extract, forget, implant
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,13 @@ class PartitionCheckpoints:
         return position
 
     def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions another instance reads now: their devices' silence is its to watch."""
+        engine = self.detection.engine
         for partition in partitions:
             self._saved_at.pop(partition, None)
             self._saved_position.pop(partition, None)
+            if engine is not None:
+                forget(engine, self.devices_of(partition))
 
     async def keep(self, owned: Callable[[], dict[int, int]]) -> None:
         """Checkpoint the partitions read (``owned``: partition -> stream position) every

@@ -91,6 +91,7 @@ class NatsSource(GatewaySession):
         self._held: collections.Counter[int] = collections.Counter()  # of _pending, by partition
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
         self._fetchers: dict[int, asyncio.Task[None]] = {}
+        self._leaving: set[int] = set()  # partitions to stop fetching: another's share
         self.leases: PartitionLeases | None = None
         self.checkpoints: PartitionCheckpoints | None = None  # set by the composition root
         # partition -> the newest stream sequence acknowledged (hence judged) in it
@@ -194,16 +195,25 @@ class NatsSource(GatewaySession):
                 failures += 1
                 self._error_log.warning("nats_leases", "lease round failed", error=str(exc)[:200])
             else:
-                for partition in change.lost | change.surplus:
+                released = {p for p in change.lost | change.surplus if p not in leases.owned}
+                for partition in change.surplus - released:
+                    # Stops after the fetch under way, whose messages it then holds and
+                    # stores: a fetch cancelled mid-way would leave what the server sent
+                    # for it to come again only after ack_wait, behind newer readings.
+                    self._leaving.add(partition)
+                for partition in released:
+                    self._leaving.discard(partition)
                     fetcher = self._fetchers.pop(partition, None)
                     if fetcher is not None:
-                        fetcher.cancel()
+                        fetcher.cancel()  # lost: another collector reads it already
                 if self.checkpoints is not None:
-                    self.checkpoints.forget(change.lost | change.surplus)
+                    self.checkpoints.forget(released)
                 for partition in change.gained:
+                    self._leaving.discard(partition)
                     await self._restore(partition)
                     self._fetchers[partition] = asyncio.create_task(
-                        self._consume(self._subscriptions[partition]), name=f"nats-p{partition}"
+                        self._consume(partition, self._subscriptions[partition]),
+                        name=f"nats-p{partition}",
                     )
             await asyncio.sleep(leases.period_s / (2 if failures else 1))
 
@@ -229,7 +239,8 @@ class NatsSource(GatewaySession):
 
     def _idle(self, partition: int) -> bool:
         """Nothing of the partition is read or held unacknowledged: another may take it."""
-        return partition not in self._fetchers and not self._held[partition]
+        fetcher = self._fetchers.get(partition)
+        return (fetcher is None or fetcher.done()) and not self._held[partition]
 
     async def _nats_disconnected(self) -> None:
         self._set_up("data", False)
@@ -241,11 +252,11 @@ class NatsSource(GatewaySession):
     async def _nats_error(self, exc: Exception) -> None:
         self._error_log.warning("nats_error", "NATS client error", error=str(exc)[:200])
 
-    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _consume(self, partition: int, sub: JetStreamContext.PullSubscription) -> None:
         """One partition: fetch while the inbox has room, oldest first."""
         backoff = Backoff(initial_s=0.2, max_s=self.settings.reconnect_max_s)
         failures = 0
-        while not self._closing:
+        while not self._closing and partition not in self._leaving:
             room = self.settings.receive_maximum - len(self._pending) - self._requested
             if room <= 0:
                 self._room.clear()

@@ -172,3 +172,13 @@ def _put_table(state: SeriesState, ids: np.ndarray, values: dict[str, np.ndarray
     state.grow(int(at[known].max()) + 1)
     for key, rows in values.items():
         state.arrays[key][at[known]] = rows[known]
+
+
+def forget(engine: DetectionEngine, devices: Iterable[str]) -> None:
+    """Stop watching the devices' silence: another instance reads them now, and their
+    readings no longer come here."""
+    table, silence = engine.silence._state, engine.series.devices
+    ids = np.array([silence[device][0] for device in devices if device in silence], dtype=np.int64)
+    ids = ids[ids < table.count]
+    for key, initial in table.fields.items():
+        table.arrays[key][ids] = initial

@@ -4,16 +4,17 @@ partition over goes on judging its series where the previous owner stopped."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from collector.config import InfluxSettings
 from collector.natsleases import share
 from collector.natssubjects import device_token, partition_of
 from fieldtools.localservices import InfluxDB, NatsCluster
-from tests.conftest import CollectorThread, poll
+from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import Device, nats_collector_settings
 from tests.test_nats_ownership import owners
 
@@ -27,6 +28,12 @@ def readings_seen(collector: CollectorThread, device: str) -> float:
     series = engine.series.devices[device][1].get("people", -1)
     state = engine.snapshot()[READINGS_COUNT]
     return float(state[series]) if 0 <= series < len(state) else 0.0
+
+
+def late_readings(collector: CollectorThread) -> tuple[int, int]:
+    assert collector.collector is not None and collector.collector.engine is not None
+    source: Any = collector.collector.source
+    return collector.collector.engine.late_readings, source.redelivered
 
 
 def test_a_partition_taken_over_keeps_its_series_detector_state(
@@ -44,8 +51,14 @@ def test_a_partition_taken_over_keeps_its_series_detector_state(
             data_dir=tmp_path / name,
             client_id=f"{name}-{database}",
         )
-        # no warm start from InfluxDB history: what the second knows came with the partition
-        detection = settings.detection.model_copy(update={"warm_start_hours": 0.0})
+        # no warm start from InfluxDB history: what the second knows came with the
+        # partition; a device is silent after 8 s without readings
+        silence = settings.detection.silence.model_copy(
+            update={"check_interval_s": 0.5, "minimum_s": 8.0, "allowance_s": 0.0}
+        )
+        detection = settings.detection.model_copy(
+            update={"warm_start_hours": 0.0, "silence": silence}
+        )
         return run_collector(settings.model_copy(update={"detection": detection}))
 
     first_id, second_id = f"first-{database}", f"second-{database}"
@@ -58,13 +71,19 @@ def test_a_partition_taken_over_keeps_its_series_detector_state(
     )
     partition = partition_of(device_token(device_id), partitions)
     device = Device(nats_cluster.nodes[0].mqtt_port, family="camera", device_id=device_id)
-    start = time.time() - 600
+    acked: list[int] = []
+    stop = threading.Event()
 
-    def publish(seqs: range) -> None:
-        for seq in seqs:
-            body = {"ts": start + seq, "seq": seq, "people": 10 + seq % 4}
-            assert device.publish(json.dumps(body).encode())
+    def publish() -> None:  # a reading every 0.2 s, timestamped as sent
+        seq = 0
+        while not stop.is_set():
+            body = {"ts": time.time(), "seq": seq, "people": 10 + seq % 4}
+            if device.publish(json.dumps(body).encode()):
+                acked.append(seq)
+            seq += 1
+            time.sleep(0.2)
 
+    publisher = threading.Thread(target=publish, daemon=True)
     try:
         first = collector("first")
         poll(
@@ -72,18 +91,30 @@ def test_a_partition_taken_over_keeps_its_series_detector_state(
             lambda found: len(found) == partitions and set(found.values()) == {first_id},
             60,
         )
-        publish(range(40))
-        seen = poll(lambda: readings_seen(first, device_id), lambda n: n >= 40, 60)
-        assert seen == 40
+        publisher.start()
+        poll(lambda: readings_seen(first, device_id), lambda n: n >= 20, 60)
 
         second = collector("second")  # its share includes the device's partition
         poll(lambda: owners(nats_cluster).get(partition), lambda owner: owner == second_id, 60)
-        publish(range(40, 50))
-        seen = poll(lambda: readings_seen(second, device_id), lambda n: n >= 10, 60)
-        time.sleep(1)  # any reading judged twice would show by now
-        assert readings_seen(second, device_id) == 50, "the series started cold on its new owner"
-        engine = second.collector.engine if second.collector else None
-        assert engine is not None
-        assert np.isfinite(engine.snapshot()["newest"]).any()
+        taken_over_with = poll(lambda: readings_seen(second, device_id), lambda n: n >= 1, 60)
+        # longer than the silence timeout: the first, which read the device before, does
+        # not take it for silent while it reports to the second
+        time.sleep(12)
+        stop.set()
+        publisher.join(10)
+        stopped_ms = int(time.time() * 1000)
+        second.wait_received(0)
+        seen = poll(lambda: readings_seen(second, device_id), lambda n: n >= len(acked), 30)
+        assert taken_over_with > 1 and seen == len(acked), (
+            f"{len(acked)} readings, {seen} in the new owner's state: started cold or judged "
+            f"twice; late: {[late_readings(c) for c in (first, second)]}"
+        )
+        influx = InfluxSettings(url=influxdb.url, database=database)
+        silent = influx_rows(
+            influx,
+            f'SELECT * FROM "detections" WHERE "device" = \'{device_id}\' '
+            f"AND \"detector\" = 'silence' AND time < {stopped_ms}ms",
+        )
+        assert not silent, f"a device read by another instance was taken for silent: {silent}"
     finally:
         device.close()

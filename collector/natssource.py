@@ -170,12 +170,8 @@ class NatsSource(GatewaySession):
             asyncio.create_task(self._keep_ownership(leases), name="nats-leases"),
         ]
         if self.checkpoints is not None:
-            tasks.append(
-                asyncio.create_task(
-                    self.checkpoints.keep(lambda: self._owned_positions(leases)),
-                    name="nats-checkpoints",
-                )
-            )
+            keep = self.checkpoints.keep(lambda: self._owned_positions(leases))
+            tasks.append(asyncio.create_task(keep, name="nats-checkpoints"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -222,10 +218,8 @@ class NatsSource(GatewaySession):
 
     async def _restore(self, partition: int) -> None:
         """The partition's detector state, before its first message is judged here."""
-        if self.checkpoints is None:
-            return
-        position = await self.checkpoints.restore(partition)
-        if position is not None:
+        if self.checkpoints is not None:
+            position = await self.checkpoints.restore(partition) or 0
             self.positions[partition] = max(self.positions.get(partition, 0), position)
 
     async def _release(self, partition: int) -> None:

@@ -75,6 +75,9 @@ class AlertWiring:
         )
         self.unit_states.prime(self._unit_state_bodies())
         self.pending = PendingDetections(self.book.on_detection)
+        # Whether this instance reads a device's data (None: it reads every device's);
+        # set by the composition root when devices are shared out between instances.
+        self.reads_device: Callable[[str], bool] | None = None
         self.dispatcher = Dispatcher(
             store.outbox,
             alerts.receivers,
@@ -238,10 +241,17 @@ class AlertWiring:
                 await store(Batch(lines=lines))
 
     def _verify_and_escalate(self, now_ms: int, alive: Callable[[str], bool]) -> None:
-        if not self.book.runs_clock():
-            return  # another instance sharing the store runs it
-        self.book.verify(now_ms, alive)
-        self.book.escalate(now_ms, self.settings.alerts.ack_deadlines_s)
+        clock = self.book.runs_clock()  # else another instance sharing the store runs it
+        reads = self.reads_device
+        if reads is not None:
+            # Devices are shared out between instances (transport "nats"): only the one
+            # reading a device knows whether it still reports, so each instance verifies
+            # the alerts of its own devices; a change another made first is refused.
+            self.book.verify(now_ms, lambda device: reads(device) and alive(device))
+        elif clock:
+            self.book.verify(now_ms, alive)
+        if clock:
+            self.book.escalate(now_ms, self.settings.alerts.ack_deadlines_s)
 
     async def retry_refused(self) -> None:
         """Store the detections the alert store refused, in order, a slice per turn."""

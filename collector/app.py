@@ -73,6 +73,18 @@ class Collector:
             stopping=self._stopping,
         )
         self.detection = DetectionRuntime(settings, registry=registry, stats=self.stats)
+        if settings.transport == "nats" and self.detection.engine is not None:
+            from collector.natscheckpoints import PartitionCheckpoints  # noqa: PLC0415
+            from collector.natssource import NatsSource  # noqa: PLC0415
+
+            # each partition's detector state goes with the partition (docs/cluster.md)
+            assert isinstance(self.source, NatsSource)
+            self.source.checkpoints = PartitionCheckpoints(
+                self.detection,
+                partitions=settings.nats.partitions,
+                interval_s=settings.nats.checkpoint_interval_s,
+                replicas=settings.nats.stream_replicas,
+            )
         self.ingest = IngestPipeline(
             settings,
             source=self.source,
@@ -90,6 +102,8 @@ class Collector:
         if self.alerting is not None:
             alerting = self.alerting
             self.detection.sink = alerting.submit
+            # devices shared out between instances (transport "nats"): verified where read
+            alerting.reads_device = getattr(self.source, "reads_device", None)
             self.ingest.field_acks = alerting.field_ack
             self.ingest.unit_states = alerting.unit_states.observe
             self.ingest.urgent = lambda: alerting.dispatcher.urgent

@@ -418,6 +418,7 @@ class NatsSettings(_Section):
     # operator alert partition-lag (collector/clusterview.py); 0 turns it off
     lag_alert_messages: Annotated[int, Field(ge=0)] = 10_000
     lag_alert_intervals: Annotated[int, Field(ge=1, le=1000)] = 3
+    checkpoint_interval_s: Annotated[float, Field(gt=0)] = 10.0
 
 
 class Settings(_Section):

@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nats.js.errors
@@ -97,8 +97,13 @@ class PartitionLeases:
                 )
             )
 
-    async def round(self, idle: Callable[[int], bool]) -> OwnershipChange:
-        """Say we are here, renew, claim our free share, give up what we must."""
+    async def round(
+        self,
+        idle: Callable[[int], bool],
+        release: Callable[[int], Awaitable[object]] | None = None,
+    ) -> OwnershipChange:
+        """Say we are here, renew, claim our free share, give up what we must
+        (``release``, awaited first, hands the partition's state over)."""
         kv = self._kv
         assert kv is not None, "open() first"
         await kv.put(self._member_key, self.instance.encode())
@@ -112,6 +117,8 @@ class PartitionLeases:
         for partition, revision in list(self.owned.items()):
             key = f"owner.{partition}"
             if partition not in mine and idle(partition):
+                if release is not None:
+                    await release(partition)
                 self.owned.pop(partition)
                 # expired and claimed meanwhile: not ours to delete
                 with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):

@@ -17,7 +17,8 @@ own status with its last will, the downlink and the rejection copies) goes over 
 persistent and acknowledged after hand-off too.
 
 Which partitions this collector reads is decided by leases shared with the other
-collectors of the cluster (``collector.natsleases``).
+collectors of the cluster (``collector.natsleases``); the detectors' state of each
+partition goes with it (``collector.natscheckpoints``).
 
 The inbox is bounded by ``mqtt.receive_maximum`` messages: a partition fetches only while
 what was fetched and not yet acknowledged leaves room, so the backlog stays in the stream,
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import nats
 import nats.errors
@@ -53,7 +55,16 @@ from collector.natsstream import (
     consumer_name,
     provision,
 )
-from collector.natssubjects import MQTT_MESSAGES_STREAM, partitioned_topic, subject_to_topic
+from collector.natssubjects import (
+    MQTT_MESSAGES_STREAM,
+    device_token,
+    partition_of,
+    partitioned_topic,
+    subject_to_topic,
+)
+
+if TYPE_CHECKING:
+    from collector.natscheckpoints import PartitionCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +91,11 @@ class NatsSource(GatewaySession):
         self._held: collections.Counter[int] = collections.Counter()  # of _pending, by partition
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
         self._fetchers: dict[int, asyncio.Task[None]] = {}
+        self._leaving: set[int] = set()  # partitions to stop fetching: another's share
         self.leases: PartitionLeases | None = None
+        self.checkpoints: PartitionCheckpoints | None = None  # set by the composition root
+        # partition -> the newest stream sequence acknowledged (hence judged) in it
+        self.positions: dict[int, int] = {}
         self._next_key = 0
         self._requested = 0  # asked for by fetches under way
         self._room = asyncio.Event()
@@ -146,12 +161,17 @@ class NatsSource(GatewaySession):
             replicas=self.nats.stream_replicas,
         )
         await leases.open()
+        if self.checkpoints is not None:
+            await self.checkpoints.open(js)
         self._set_up("data", True)
         tasks = [
             asyncio.create_task(self._send_acks(), name="nats-acks"),
             asyncio.create_task(self._keep_claims(), name="nats-in-progress"),
             asyncio.create_task(self._keep_ownership(leases), name="nats-leases"),
         ]
+        if self.checkpoints is not None:
+            keep = self.checkpoints.keep(lambda: self._owned_positions(leases))
+            tasks.append(asyncio.create_task(keep, name="nats-checkpoints"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -165,25 +185,56 @@ class NatsSource(GatewaySession):
         failures = 0
         while True:
             try:
-                change = await leases.round(self._idle)
+                change = await leases.round(self._idle, self._release)
                 failures = 0
             except _NATS_ERRORS as exc:
                 failures += 1
                 self._error_log.warning("nats_leases", "lease round failed", error=str(exc)[:200])
             else:
-                for partition in change.lost | change.surplus:
+                released = {p for p in change.lost | change.surplus if p not in leases.owned}
+                for partition in change.surplus - released:
+                    # Stops after the fetch under way, whose messages it then holds and
+                    # stores: a fetch cancelled mid-way would leave what the server sent
+                    # for it to come again only after ack_wait, behind newer readings.
+                    self._leaving.add(partition)
+                for partition in released:
+                    self._leaving.discard(partition)
                     fetcher = self._fetchers.pop(partition, None)
                     if fetcher is not None:
-                        fetcher.cancel()
+                        fetcher.cancel()  # lost: another collector reads it already
+                if self.checkpoints is not None:
+                    self.checkpoints.forget(released)
                 for partition in change.gained:
+                    self._leaving.discard(partition)
+                    await self._restore(partition)
                     self._fetchers[partition] = asyncio.create_task(
-                        self._consume(self._subscriptions[partition]), name=f"nats-p{partition}"
+                        self._consume(partition, self._subscriptions[partition]),
+                        name=f"nats-p{partition}",
                     )
             await asyncio.sleep(leases.period_s / (2 if failures else 1))
 
+    def _owned_positions(self, leases: PartitionLeases) -> dict[int, int]:
+        return {p: self.positions.get(p, 0) for p in leases.owned if p in self._fetchers}
+
+    async def _restore(self, partition: int) -> None:
+        """The partition's detector state, before its first message is judged here."""
+        if self.checkpoints is not None:
+            position = await self.checkpoints.restore(partition) or 0
+            self.positions[partition] = max(self.positions.get(partition, 0), position)
+
+    async def _release(self, partition: int) -> None:
+        """Hand a partition's detector state over before its lease goes."""
+        if self.checkpoints is not None:
+            await self.checkpoints.save(partition, self.positions.get(partition, 0))
+
+    def reads_device(self, device: str) -> bool:
+        """Whether this collector reads the device's partition now."""
+        return partition_of(device_token(device), self.nats.partitions) in self._fetchers
+
     def _idle(self, partition: int) -> bool:
         """Nothing of the partition is read or held unacknowledged: another may take it."""
-        return partition not in self._fetchers and not self._held[partition]
+        fetcher = self._fetchers.get(partition)
+        return (fetcher is None or fetcher.done()) and not self._held[partition]
 
     async def _nats_disconnected(self) -> None:
         self._set_up("data", False)
@@ -195,11 +246,11 @@ class NatsSource(GatewaySession):
     async def _nats_error(self, exc: Exception) -> None:
         self._error_log.warning("nats_error", "NATS client error", error=str(exc)[:200])
 
-    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _consume(self, partition: int, sub: JetStreamContext.PullSubscription) -> None:
         """One partition: fetch while the inbox has room, oldest first."""
         backoff = Backoff(initial_s=0.2, max_s=self.settings.reconnect_max_s)
         failures = 0
-        while not self._closing:
+        while not self._closing and partition not in self._leaving:
             room = self.settings.receive_maximum - len(self._pending) - self._requested
             if room <= 0:
                 self._room.clear()
@@ -248,8 +299,12 @@ class NatsSource(GatewaySession):
             if message.generation == JETSTREAM:
                 held = self._pending.pop(message.mid, None)
                 if held is not None:
-                    self._acks.append(held[0])
-                    self._held[held[1]] -= 1
+                    msg, partition, _ = held
+                    self._acks.append(msg)
+                    self._held[partition] -= 1
+                    sequence = msg.metadata.sequence.stream
+                    if sequence > self.positions.get(partition, 0):
+                        self.positions[partition] = sequence
                     sent += 1
             elif message.qos > 0 and message.generation == generation:
                 self.link.ack(message.mid, message.qos)
@@ -304,6 +359,8 @@ class NatsSource(GatewaySession):
             self._pending.clear()
             self._held.clear()
             if self.leases is not None:  # the others take our partitions over at once
+                for partition in list(self.leases.owned):
+                    await self._release(partition)
                 with contextlib.suppress(*_NATS_ERRORS):
                     await self.leases.leave()
             with contextlib.suppress(*_NATS_ERRORS):

@@ -40,6 +40,12 @@ def partition_filter(partition: int) -> str:
     return f"{MQTT_MESSAGES_PREFIX}{PARTITION_ROOT}.{partition}.>"
 
 
+def device_token(device: str) -> str:
+    """The device's subject token, which the servers hash into a partition: the gateway
+    writes a ``.`` inside a topic level as ``//`` (docs/cluster.md)."""
+    return device.replace(".", "//")
+
+
 def partition_of(device_token: str, partitions: int) -> int:
     """The partition nats-server's ``partition()`` picks: FNV-1a 32 of the token, modulo."""
     digest = _FNV_OFFSET

@@ -1,0 +1,248 @@
+"""The cluster's acceptance drill: three collector processes on a three-node NATS cluster,
+one PostgreSQL alert store, one InfluxDB, one webhook receiver, devices publishing all
+along. One collector is SIGKILLed while a level-2 gas alarm (GB/T 50493 presets) comes
+from a device of one of its partitions.
+
+Asserted: its partitions are owned again within 30 s; no acknowledged reading is lost (by
+``seq`` and by points); the gas alarm opens exactly one alert; every alert event reaches
+the receiver, and no idempotency key arrives twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from collector.config import InfluxSettings
+from collector.natssubjects import partition_of
+from fieldtools.demo import wait_for_collector
+from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
+from tests.conftest import influx_rows, poll
+from tests.natsfixtures import Device, Load, assert_every_acknowledged_reading_stored
+from tests.receivers import WorkOrders, serve
+from tests.test_detection_e2e import PRESETS
+from tests.test_nats_ownership import owners
+
+PARTITIONS = 8
+GAS_DEVICES = [f"gas-{index}" for index in range(24)]  # every partition has some
+TAKEOVER_S = 30.0
+GAS_RULE = "combustible-gas"  # level 2 (red) at 50 % LEL
+REGISTRY = """
+[units.{unit}]
+kind = "chem_enterprise"
+hierarchy = {{ city = "sz", district = "zjg", street = "park", community = "e", grid = "CP-01" }}
+"""
+
+
+def registry_text(unit: str) -> str:
+    devices = "".join(f'\n[devices.{d}]\nunit = "{unit}"\nfamily = "chem"\n' for d in GAS_DEVICES)
+    return REGISTRY.format(unit=unit) + devices
+
+
+class GasLeak:
+    """A gas detector that reports 2 % LEL, then ``leak`` % LEL once ``leaking`` is set,
+    one reading every ``period_s``, timestamped as it is sent; what was acknowledged is
+    kept by ``seq``."""
+
+    def __init__(self, port: int, device_id: str, *, leak: float = 60.0) -> None:
+        self.device = Device(port, family="chem", device_id=device_id)
+        self.leak = leak
+        self.leaking = threading.Event()
+        self.acked: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            value = self.leak if self.leaking.is_set() else 2.0
+            body = {"ts": time.time(), "seq": seq, "readings": {"lel_pct": value}}
+            if self.device.publish(json.dumps(body).encode(), timeout_s=2):
+                self.acked.add(seq)
+            seq += 1
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.device.close()
+
+
+def start_collector(
+    name: str,
+    cluster: NatsCluster,
+    *,
+    node: int,
+    influxdb: InfluxDB,
+    database: str,
+    store_url: str,
+    receiver_url: str,
+    directory: Path,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    client_id = f"drill-{name}-{database}"
+    registry = directory / "registry.toml"
+    config = directory / f"{name}.toml"
+    config.write_text(
+        f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
+        f"[nats]\npartitions = {cluster.partitions}\nack_wait_s = 10\n"
+        f'[registry]\npath = "{registry}"\n'
+        f'[detection]\nrules = ["{PRESETS}"]\n'
+        f'[alerts]\nstore = "{store_url}"\nclaim_lease_s = 5\n'
+        "verify_interval_s = 0.5\nretry_initial_s = 0.1\nretry_max_s = 0.5\n"
+        f'[[alerts.receivers]]\nname = "desk"\nurl = "{receiver_url}"\ntimeout_s = 2\n'
+        "group_incidents = false\n"
+    )
+    env = {
+        **os.environ,
+        "SMARTUNIT_MQTT_URL": cluster.nodes[node].mqtt_url,
+        "SMARTUNIT_NATS_URL": cluster.urls,
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": database,
+        "SMARTUNIT_DATA_DIR": str(directory / name),
+        "SMARTUNIT_HTTP_PORT": str(free_port()),
+    }
+    command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
+    return client_id, spawn(command, env=env, log_path=directory / f"{name}.log")
+
+
+def assert_stored_once(influx: InfluxSettings, leak: GasLeak) -> None:
+    """Every reading the device got a PUBACK for is one point, by seq."""
+    device = leak.device.device_id
+    query = f'SELECT "seq" FROM "chem" WHERE "device" = \'{device}\''
+    found = poll(lambda: influx_rows(influx, query), lambda rows: len(rows) >= len(leak.acked), 60)
+    seqs = [int(row["seq"]) for row in found]
+    assert not leak.acked - set(seqs), f"{device}: acknowledged readings lost"
+    assert len(seqs) == len(set(seqs)), f"{device}: a reading stored as two points"
+
+
+def store_rows(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, connect_timeout=5) as db:
+        return list(db.execute(query, params).fetchall())
+
+
+@pytest.mark.slow
+def test_a_collector_killed_during_a_gas_alarm(
+    start_nats: Callable[..., NatsCluster],
+    influxdb: InfluxDB,
+    database: str,
+    pg_url: str,
+    tmp_path: Path,
+) -> None:
+    cluster = start_nats(size=3, partitions=PARTITIONS)
+    (tmp_path / "registry.toml").write_text(registry_text(f"plant-{database}"))
+    WorkOrders.reset(secret=None)
+    receiver = serve(WorkOrders)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    names: dict[str, str] = {}
+    load: Load | None = None
+    leaks: list[GasLeak] = []
+    victim = ""
+    try:
+        for node, name in enumerate(("a", "b", "c")):
+            client_id, proc = start_collector(
+                name,
+                cluster,
+                node=node,
+                influxdb=influxdb,
+                database=database,
+                store_url=pg_url,
+                receiver_url=receiver.url,
+                directory=tmp_path,
+            )
+            procs[client_id], names[client_id] = proc, name
+        for client_id in procs:
+            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
+        shared = poll(
+            lambda: owners(cluster),
+            lambda found: len(found) == PARTITIONS and len(set(found.values())) == 3,
+            60,
+        )
+        assert len(set(shared.values())) == 3, shared
+        victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
+        victims_partitions = {p for p, owner in shared.items() if owner == victim}
+        leaking = next(d for d in GAS_DEVICES if partition_of(d, PARTITIONS) in victims_partitions)
+        calm = next(d for d in GAS_DEVICES if partition_of(d, PARTITIONS) not in victims_partitions)
+        load = Load(cluster, 9)
+        leaks = [
+            GasLeak(cluster.nodes[index].mqtt_port, device)
+            for index, device in enumerate((leaking, calm))
+        ]
+        poll(load.count, lambda n: n >= 9 * 20, 60)
+
+        gas_alarm = "SELECT id, colour FROM alerts WHERE device = %s AND detector = %s"
+        leaks[0].leaking.set()  # 60 % LEL: level 2 (red) once it lasts 5 s
+        # the victim raises it, and dies while the leak goes on
+        assert poll(lambda: store_rows(pg_url, gas_alarm, leaking, GAS_RULE), bool, 60)
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        killed_at = time.monotonic()
+        survivors = set(procs) - {victim}
+        after = poll(
+            lambda: owners(cluster),
+            lambda found: len(found) == PARTITIONS and set(found.values()) <= survivors,
+            TAKEOVER_S,
+        )
+        took_s = time.monotonic() - killed_at
+        assert len(after) == PARTITIONS and set(after.values()) <= survivors, after
+        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+
+        poll(load.count, lambda n: n >= 9 * 80, 90)
+        time.sleep(2 * 10)  # what the victim held comes again after ack_wait_s
+    finally:
+        if load is not None:
+            load.stop()
+        for leak in leaks:
+            leak.stop()
+
+    try:
+        influx = InfluxSettings(url=influxdb.url, database=database)
+        assert_every_acknowledged_reading_stored(load, influx)
+        # the gas devices' readings too, by seq and by points
+        for leak in leaks:
+            assert_stored_once(influx, leak)
+
+        leaking_id = leaks[0].device.device_id
+        alerts = store_rows(pg_url, gas_alarm, leaking_id, GAS_RULE)
+        assert len(alerts) == 1, f"the gas alarm opened {len(alerts)} alerts: {alerts}"
+        assert alerts[0][1] == "red"
+        opens = store_rows(
+            pg_url,
+            "SELECT count(*) FROM alert_events WHERE alert_id = %s AND type = 'opened'",
+            alerts[0][0],
+        )
+        assert opens == [(1,)]
+        assert not store_rows(pg_url, gas_alarm, leaks[1].device.device_id, GAS_RULE)
+        # judged once: one owner raised the level, the next one did not raise it again
+        raised = influx_rows(
+            influx,
+            'SELECT "level" FROM "detections" WHERE "device" = '
+            f"'{leaking_id}' AND \"kind\" = 'raised' AND \"detector\" = '{GAS_RULE}'",
+        )
+        assert len(raised) == 1, f"the leak was raised {len(raised)} times: {raised}"
+
+        pending = "SELECT count(*) FROM outbox WHERE status = 'pending'"
+        assert poll(lambda: store_rows(pg_url, pending), lambda r: r == [(0,)], 60) == [(0,)]
+        outbox_keys = {key for (key,) in store_rows(pg_url, "SELECT event_key FROM outbox")}
+        assert outbox_keys, "no alert event was sent"
+        assert WorkOrders.keys_seen == outbox_keys  # every event reached the receiver
+        assert WorkOrders.requests == len(WorkOrders.processed), "an idempotency key came twice"
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
+        receiver.stop()
+        for client_id, name in names.items():
+            log = (tmp_path / f"{name}.log").read_text()
+            if client_id != victim:
+                assert "Traceback" not in log, log[-3000:]

@@ -1,0 +1,120 @@
+"""A partition's detector state goes with the partition: the collector that takes a
+partition over goes on judging its series where the previous owner stopped."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from collector.config import InfluxSettings
+from collector.natsleases import share
+from collector.natssubjects import device_token, partition_of
+from fieldtools.localservices import InfluxDB, NatsCluster
+from tests.conftest import CollectorThread, influx_rows, poll
+from tests.natsfixtures import Device, nats_collector_settings
+from tests.test_nats_ownership import owners
+
+READINGS_COUNT = "chain|detector.raw.n"  # readings the statistical chain has seen
+
+
+def readings_seen(collector: CollectorThread, device: str) -> float:
+    engine = collector.collector.engine if collector.collector is not None else None
+    if engine is None or device not in engine.series.devices:
+        return 0.0
+    series = engine.series.devices[device][1].get("people", -1)
+    state = engine.snapshot()[READINGS_COUNT]
+    return float(state[series]) if 0 <= series < len(state) else 0.0
+
+
+def late_readings(collector: CollectorThread) -> tuple[int, int]:
+    assert collector.collector is not None and collector.collector.engine is not None
+    source: Any = collector.collector.source
+    return collector.collector.engine.late_readings, source.redelivered
+
+
+def test_a_partition_taken_over_keeps_its_series_detector_state(
+    nats_cluster: NatsCluster,
+    influxdb: InfluxDB,
+    database: str,
+    tmp_path: Path,
+    run_collector: Callable[..., CollectorThread],
+) -> None:
+    def collector(name: str) -> CollectorThread:
+        settings = nats_collector_settings(
+            nats_cluster,
+            influx_url=influxdb.url,
+            database=database,
+            data_dir=tmp_path / name,
+            client_id=f"{name}-{database}",
+        )
+        # no warm start from InfluxDB history: what the second knows came with the
+        # partition; a device is silent after 8 s without readings
+        silence = settings.detection.silence.model_copy(
+            update={"check_interval_s": 0.5, "minimum_s": 8.0, "allowance_s": 0.0}
+        )
+        detection = settings.detection.model_copy(
+            update={"warm_start_hours": 0.0, "silence": silence}
+        )
+        return run_collector(settings.model_copy(update={"detection": detection}))
+
+    first_id, second_id = f"first-{database}", f"second-{database}"
+    partitions = nats_cluster.partitions
+    moving = share([first_id, second_id], partitions)
+    device_id = next(
+        name
+        for name in (f"cam-{index}" for index in range(1000))
+        if moving[partition_of(device_token(name), partitions)] == second_id
+    )
+    partition = partition_of(device_token(device_id), partitions)
+    device = Device(nats_cluster.nodes[0].mqtt_port, family="camera", device_id=device_id)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def publish() -> None:  # a reading every 0.2 s, timestamped as sent
+        seq = 0
+        while not stop.is_set():
+            body = {"ts": time.time(), "seq": seq, "people": 10 + seq % 4}
+            if device.publish(json.dumps(body).encode()):
+                acked.append(seq)
+            seq += 1
+            time.sleep(0.2)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    try:
+        first = collector("first")
+        poll(
+            lambda: owners(nats_cluster),
+            lambda found: len(found) == partitions and set(found.values()) == {first_id},
+            60,
+        )
+        publisher.start()
+        poll(lambda: readings_seen(first, device_id), lambda n: n >= 20, 60)
+
+        second = collector("second")  # its share includes the device's partition
+        poll(lambda: owners(nats_cluster).get(partition), lambda owner: owner == second_id, 60)
+        taken_over_with = poll(lambda: readings_seen(second, device_id), lambda n: n >= 1, 60)
+        # longer than the silence timeout: the first, which read the device before, does
+        # not take it for silent while it reports to the second
+        time.sleep(12)
+        stop.set()
+        publisher.join(10)
+        stopped_ms = int(time.time() * 1000)
+        second.wait_received(0)
+        seen = poll(lambda: readings_seen(second, device_id), lambda n: n >= len(acked), 30)
+        assert taken_over_with > 1 and seen == len(acked), (
+            f"{len(acked)} readings, {seen} in the new owner's state: started cold or judged "
+            f"twice; late: {[late_readings(c) for c in (first, second)]}"
+        )
+        influx = InfluxSettings(url=influxdb.url, database=database)
+        silent = influx_rows(
+            influx,
+            f'SELECT * FROM "detections" WHERE "device" = \'{device_id}\' '
+            f"AND \"detector\" = 'silence' AND time < {stopped_ms}ms",
+        )
+        assert not silent, f"a device read by another instance was taken for silent: {silent}"
+    finally:
+        device.close()

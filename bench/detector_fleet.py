@@ -17,6 +17,9 @@ the plain ``auto`` defaults (those of ``smartunit backtest`` and NAB) on every s
   camera, a gas leak in a chemical park, a burst fire-water main) at a random time after
   the warm-up; caught when an alert of that device opens while the anomaly lasts, with
   the time it took.
+
+Usage: bench/detector_fleet.py [--devices N] [--days D] [--injected-days D]
+[--interval-scale S]
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# run as a script, this folder would come first and shadow the detectors package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.admission import NOT_QUANTITIES
 from collector.backtest import SeriesFile, run_chain

@@ -27,6 +27,18 @@ def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+# One rarity in two units: per reading, or in device time. Whoever sets one of them
+# (the site over the family, a family's site params over both) replaces the other.
+RARITY = ("p_alert", "alert_every_s")
+
+
+def _over(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``merged``, where a rarity in the override replaces the base's in either unit."""
+    if any(key in override for key in RARITY):
+        base = {key: value for key, value in base.items() if key not in RARITY}
+    return merged(base, override)
+
+
 def chain_params(
     family: str,
     statistical: str,
@@ -35,9 +47,10 @@ def chain_params(
 ) -> dict[str, Any]:
     """The parameters of the statistical chain for one family's series: the family's own
     defaults for ``auto`` (its plug-in's ``detection``), then ``statistical_params``, then
-    ``statistical_family_params`` for that family."""
+    ``statistical_family_params`` for that family (a rarity set per reading or in
+    device time replaces the one below it in either unit)."""
     own = PLUGINS[family].detection if statistical == "auto" else {}
-    return merged(merged(own, params), family_params.get(family, {}))
+    return _over(_over(own, params), family_params.get(family, {}))
 
 
 def statistical_chains(

@@ -5,7 +5,8 @@
   series' typical step, more while the range is young (``young_readings``: records in
   noise come at ~1/n), so plain noise setting small records stays quiet. With
   ``p_alert`` a break must also be rarer per reading than that, judged by how often and
-  by how much this series breaks its range (peaks over threshold).
+  by how much this series breaks its range (peaks over threshold); ``alert_every_s``
+  sets that rarity in device time instead (once in so many seconds of the series).
 - ``smooth``: an exponentially weighted mean (``span`` readings) against the range of
   that mean: a move of the level that stays inside the raw noise band. Its records must
   clear ``smooth_noise_multiple`` typical steps of the mean.
@@ -89,6 +90,7 @@ class AutoDetector(Detector):
         smooth_noise_multiple: float = 3.0,
         young_readings: int = 2000,
         p_alert: float | None = None,
+        alert_every_s: float | None = None,
         shift: dict[str, Any] | None = None,
         cycle: dict[str, Any] | None = None,
         sequence: dict[str, Any] | None = None,
@@ -108,6 +110,7 @@ class AutoDetector(Detector):
                 warmup_enough_readings=warmup_enough_readings,
                 noise_multiple=noise,
                 p_alert=p_alert,
+                alert_every_s=alert_every_s,
             )
 
         unknown = set(parts) - set(PARTS)

@@ -22,8 +22,12 @@ series breaks its range at a rate it has shown (an exponentially weighted share 
 ``rate_span`` readings) by excesses that are roughly exponential with the mean excess
 it has shown, so a break of excess ``e`` is as rare per reading as
 ``rate * exp(-e / mean excess)``; the score is capped at ``log(p) / log(p_alert) / 2``,
-0.5 at ``p_alert``. A level that wanders (a tank filling and draining) breaks its range
-week after week by a step or so and stays quiet; a jump far beyond still alerts.
+0.5 at ``p_alert``. ``alert_every_s`` sets the same rarity in device time instead: a
+break as rare as once in that many seconds of the series' readings, converted per reading
+by the series' own interval (an EW mean of its gaps), so a sensor read every 10 s and
+one read every 2 minutes raise as few alerts a day. A level that wanders (a tank
+filling and draining) breaks its range week after week by a step or so and stays quiet;
+a jump far beyond still alerts.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class RangeNovelty(Detector):
         "record_rate": 0.0,  # share of readings that broke the range
         "record_excess": 0.0,  # mean excess of those that did
         "records": 0.0,
+        "interval": 0.0,  # EW mean of the gaps between readings, seconds
     }
 
     def __init__(
@@ -69,6 +74,7 @@ class RangeNovelty(Detector):
         memory_s: float | None = None,
         young_readings: int = 0,
         p_alert: float | None = None,
+        alert_every_s: float | None = None,
         rate_span: int = 5000,
     ) -> None:
         super().__init__()
@@ -85,9 +91,14 @@ class RangeNovelty(Detector):
         self.young_readings = young_readings
         if p_alert is not None and not 0 < p_alert < 1:
             raise ValueError("p_alert must lie in (0, 1)")
+        if alert_every_s is not None and not alert_every_s > 0:
+            raise ValueError("alert_every_s must be > 0")
+        if p_alert is not None and alert_every_s is not None:
+            raise ValueError("set one of p_alert (per reading) and alert_every_s (device time)")
         if rate_span < 2:
             raise ValueError("rate_span must be >= 2")
         self.log_alert = math.log(p_alert) if p_alert is not None else None
+        self.alert_every_s = alert_every_s
         self.rate_beta = 1.0 / rate_span
 
     def _score_round(self, series: IntArray, t: FloatArray, x: FloatArray) -> FloatArray:
@@ -115,9 +126,14 @@ class RangeNovelty(Detector):
             (t - t_first >= self.warmup_s) | (n >= self.warmup_enough_readings)
         )
         scores = np.where(warm, ratio / (ratio + self.margin), 0.0)
-        if self.log_alert is not None:
+        if self.log_alert is not None or self.alert_every_s is not None:
             scored = np.isfinite(scale)
             scores = np.minimum(scores, self._rarity(series, n, excess, noise, scored))
+        if self.alert_every_s is not None:
+            gap = np.where(first, 0.0, np.maximum(t - st["t_last"][series], 0.0))
+            interval = st["interval"][series]
+            learn = np.maximum(1.0 / np.maximum(n, 1.0), 0.01)
+            st["interval"][series] = np.where(first, 0.0, interval + learn * (gap - interval))
 
         st["lo"][series] = np.minimum(lo, x)
         st["hi"][series] = np.maximum(hi, x)
@@ -148,8 +164,16 @@ class RangeNovelty(Detector):
         size, so the typical excess is shrunk towards one typical step (the size of
         records of plain noise). Without them a record of plain noise a day after the
         last, on a sensor read every few seconds, was judged rare."""
-        assert self.log_alert is not None
         st = self._state
+        log_alert: FloatArray | float
+        if self.alert_every_s is not None:
+            # once in alert_every_s of device time is once in alert_every_s / interval
+            # readings of this series
+            per_reading = st["interval"][series] / self.alert_every_s
+            log_alert = np.log(np.clip(per_reading, 1e-300, 0.5))
+        else:
+            assert self.log_alert is not None
+            log_alert = self.log_alert
         rate, typical = st["record_rate"][series], st["record_excess"][series]
         records = st["records"][series]
         # the recent rate forgets within ``rate_span`` readings, hours on a fast sensor:
@@ -161,7 +185,7 @@ class RangeNovelty(Detector):
         log_p = np.log(np.maximum(rate_or_prior, 1e-300)) - excess / np.maximum(
             typical_or_prior, 1e-300
         )
-        rarity = np.where(typical_or_prior > 0, 0.5 * log_p / self.log_alert, 1.0)
+        rarity = np.where(typical_or_prior > 0, 0.5 * log_p / log_alert, 1.0)
         broke = (excess > 0) & scored
         weight = np.maximum(1.0 / (n + 1.0), self.rate_beta)
         st["record_rate"][series] = rate + weight * (broke - rate)

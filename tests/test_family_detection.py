@@ -68,6 +68,18 @@ def test_the_normal_simulated_fleet_raises_no_statistical_alert_in_a_week() -> N
     assert [(e.device, e.quantity, e.kind) for e in raised] == []
 
 
+def test_a_camera_at_its_firmware_interval_stays_as_quiet_as_at_a_slower_one() -> None:
+    """Read every 10 s, a camera's count breaks its range twelve times as often per day as
+    read every 2 minutes, by the count of readings: rarity in device time keeps a vehicle
+    count's ordinary new evening peak (this device's, on its fourth day) quiet."""
+    camera = build_fleet(Registry.empty(), generated_per_family=10, interval_scale=1.0, seed=7)
+    (device,) = [d for d in camera if d.id == "sim-cam-0007"]
+    assert device.interval_s == 10.0  # the firmware's
+    engine = DetectionEngine(RuleBook(()), statistical="auto")
+    raised = statistical_events(engine, simulated_readings([device], START, 4.0))
+    assert [(e.device, e.quantity, e.kind) for e in raised] == []
+
+
 def test_value_anomalies_of_the_simulated_fleet_are_still_caught() -> None:
     fleet = [
         d
@@ -89,10 +101,14 @@ def test_value_anomalies_of_the_simulated_fleet_are_still_caught() -> None:
 
 
 def test_each_family_runs_its_own_defaults_under_the_sites_settings() -> None:
-    assert chain_params("chem", "auto", {}, {})["p_alert"] == 1e-6
+    assert chain_params("chem", "auto", {}, {})["alert_every_s"] == 730 * DAY_S
     site = {"p_alert": 1e-3, "sequence": {"likelihood": {"floor": 0.1}}}
     params = chain_params("chem", "auto", site, {"chem": {"sequence": {"bins": 12}}})
-    assert params["p_alert"] == 1e-3  # the site's over the family's
+    assert params["p_alert"] == 1e-3  # the site's over the family's, in either unit
+    assert "alert_every_s" not in params
+    hourly = chain_params("chem", "auto", site, {"chem": {"alert_every_s": 3600.0}})
+    assert hourly["alert_every_s"] == 3600.0 and "p_alert" not in hourly
+    Chain.from_config(**hourly)  # one rarity: a valid chain
     assert params["sequence"] == {"likelihood": {"floor": 0.1}, "bins": 12}  # merged
     assert "warmup_enough_readings" in params  # the family's, kept
     assert chain_params("chem", "robust_z", {}, {}) == {}  # family defaults are auto's

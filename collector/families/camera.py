@@ -115,9 +115,13 @@ FAMILY = Family(
     ),
     detection={
         # counts of people and vehicles: a day of warm-up; a new extreme alerts when it is
-        # rarer than once in 10,000 readings of the series (its own rate and size of breaks)
+        # rarer than once in two weeks of the series (its own rate and size of breaks, in
+        # device time: the firmware's interval may be 10 s or 2 minutes)
         "warmup_enough_readings": WHOLE_DAY,
         "shift": {"warmup_s": DAY_S},
-        "p_alert": 1e-4,
+        # read every 10 s, a crowd surge widens the range the bands are cut from, and the
+        # next evenings' peaks fall in bands seldom seen: surprise must stand out further
+        "sequence": {"likelihood": {"floor": 0.12}},
+        "alert_every_s": 14 * DAY_S,
     },
 )

@@ -133,13 +133,13 @@ FAMILY = Family(
     detection={
         # process values under control wander slowly (a tank level) and are read every
         # few seconds, around the clock: a day of warm-up, and a new extreme alerts when it
-        # is rarer than once in a million readings of its series (by the series' own rate
-        # and size of breaks); gas levels also have the rule book's thresholds
+        # is rarer than once in two years of its series (by the series' own rate and size
+        # of breaks, in device time); gas levels also have the rule book's thresholds
         "warmup_enough_readings": WHOLE_DAY,
         "shift": {"warmup_s": DAY_S},
         # a slow level seldom changes band, so a band change is rare by the count of
         # readings and ordinary over hours: surprise must stand out further
         "sequence": {"likelihood": {"floor": 0.12}},
-        "p_alert": 1e-6,
+        "alert_every_s": 730 * DAY_S,
     },
 )

@@ -124,6 +124,6 @@ FAMILY = Family(
         # a slow level seldom changes band, so a band change is rare by the count of
         # readings and ordinary over hours: surprise must stand out further
         "sequence": {"likelihood": {"floor": 0.12}},
-        "p_alert": 1e-6,
+        "alert_every_s": 1460 * DAY_S,
     },
 )

@@ -96,6 +96,6 @@ FAMILY = Family(
         # occupancy follows office hours: a day of warm-up; rare new extremes only
         "warmup_enough_readings": WHOLE_DAY,
         "shift": {"warmup_s": DAY_S},
-        "p_alert": 1e-4,
+        "alert_every_s": 21 * DAY_S,
     },
 )

@@ -27,7 +27,8 @@ import pytest
 from collector.config import InfluxSettings
 from collector.natssubjects import partition_of
 from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import InfluxDB, NatsCluster, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import influx_rows, poll
 from tests.natsfixtures import Device, Load, assert_every_acknowledged_reading_stored
 from tests.receivers import WorkOrders, serve

@@ -13,7 +13,8 @@ import psycopg
 
 from collector.alerts.model import State
 from collector.natssubjects import device_token, partition_of
-from fieldtools.localservices import InfluxDB, NatsCluster
+from fieldtools.localservices import InfluxDB
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, poll
 from tests.natsfixtures import nats_collector_settings
 from tests.test_cluster_drill import GAS_DEVICES, PARTITIONS, GasLeak, registry_text

@@ -13,7 +13,8 @@ from typing import Any
 from collector.config import InfluxSettings
 from collector.natsleases import share
 from collector.natssubjects import device_token, partition_of
-from fieldtools.localservices import InfluxDB, NatsCluster
+from fieldtools.localservices import InfluxDB
+from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import Device, nats_collector_settings
 from tests.test_nats_ownership import owners

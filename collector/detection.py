@@ -96,6 +96,17 @@ class DetectionEngine:
         """(device, quantity) series the detectors keep state for."""
         return len(self.series)
 
+    def series_of(self, device: str, family: str, quantity: str) -> int:
+        """A field's series id, the series created (and put in its family's chain) on first
+        sight; -1: not a quantity, or over ``max_series``."""
+        known = self.series.devices.get(device)
+        found = known[1].get(quantity) if known else None
+        if found is None:
+            found = self.series.series_id(device, family, quantity)
+            if found >= 0 and self.chain is not None:
+                self.chain.assign(found, family)
+        return found
+
     @property
     def series_refused(self) -> int:
         """Readings of series over ``max_series``: not judged."""

@@ -9,9 +9,9 @@ engine, whose other series keep theirs.
 Every detector keeps its state in ``SeriesState`` tables whose rows are series ids (the
 silence watch's rows are device ids), and each engine numbers series in its own order.
 So the state travels by name: the (device, family, quantity) of each row, and for each
-table the rows of those series, in the order of the source engine's ids. A table only
-grows to the highest id its detector has met, so the rows it has for the given series
-are always a prefix of them in ascending order: its length says which.
+table the rows it has of those series with their places in that list. A family's chain
+numbers its own series (``GroupedChains``): its tables are read and written through the
+chain's mapping from the engine's series ids to its own.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from collector.detection import DetectionEngine
 from collector.rulerunner import RuleRunner
 from collector.rules import RuleSpec
 from detectors.base import SeriesState
+from detectors.chain import GroupedChains
 
-FORMAT = 1
+FORMAT = 2
 _SILENCE = "silence"
+_PLACES = "@places"  # a table's rows: their places in the list of series
 
 
 def _tables(root: object, path: str, seen: set[int]) -> Iterator[tuple[str, SeriesState]]:
@@ -77,6 +79,21 @@ def _series_tables(engine: DetectionEngine, keys: Iterable[str] = ()) -> dict[st
     return found
 
 
+def _table_rows(engine: DetectionEngine, path: str, ids: np.ndarray) -> np.ndarray:
+    """Rows of the table at ``path`` for the engine's series ``ids``: -1 where it has none
+    (a series of another family's chain, or not numbered)."""
+    rows = ids.copy()
+    chain = engine.chain
+    prefix = "chain.chains["
+    if isinstance(chain, GroupedChains) and path.startswith(prefix):
+        group = chain._names.index(path[len(prefix) :].split("]", 1)[0])
+        rows[:] = -1
+        inside = np.flatnonzero((ids >= 0) & (ids < len(chain._group)))
+        mine = inside[chain._group[ids[inside]] == group]
+        rows[mine] = chain._local[ids[mine]]
+    return rows
+
+
 def extract(engine: DetectionEngine, devices: Iterable[str], *, position: int = 0) -> bytes:
     """The state of the series of ``devices``, noted as belonging to stream position
     ``position``: what ``implant`` takes."""
@@ -89,8 +106,11 @@ def extract(engine: DetectionEngine, devices: Iterable[str], *, position: int = 
         "newest": engine._newest[ids[ids < len(engine._newest)]],
     }
     for path, state in _series_tables(engine).items():
-        rows = ids[ids < state.count]
-        arrays |= {f"{path}|{k}": v[rows] for k, v in state.arrays.items()}
+        rows = _table_rows(engine, path, ids)
+        has = np.flatnonzero((rows >= 0) & (rows < state.count))
+        if len(has):
+            arrays |= {f"{path}|{k}": v[rows[has]] for k, v in state.arrays.items()}
+            arrays[f"{path}|{_PLACES}"] = has
     for key, runner in _runners(engine).items():
         arrays[f"{key}|last_level"] = runner.last_level[ids[ids < len(runner.last_level)]]
     silence = engine.silence._state
@@ -119,7 +139,7 @@ def implant(engine: DetectionEngine, data: bytes) -> tuple[int, int]:
         raise ValueError(f"partition state format {meta.get('format')}")
     table = engine.series
     ids = np.array(
-        [table.series_id(device, family, quantity) for device, family, quantity in meta["series"]],
+        [engine.series_of(device, family, quantity) for device, family, quantity in meta["series"]],
         dtype=np.int64,
     )
     dids = np.array([table.device(device)[0] for device in meta["devices"]], dtype=np.int64)
@@ -147,8 +167,9 @@ def implant(engine: DetectionEngine, data: bytes) -> tuple[int, int]:
                 grown_levels[: len(runner.last_level)] = runner.last_level
                 runner.last_level = grown_levels
             _put(runner.last_level, ids, values["last_level"].astype(np.int64))
-        elif path in tables:
-            _put_table(tables[path], ids, values)
+        elif path in tables and _PLACES in values:
+            places = values.pop(_PLACES)
+            _put_table(tables[path], _table_rows(engine, path, ids)[places], values)
         # else: a detector this engine does not run (another configuration): left out
     return int((ids >= 0).sum()), int(meta.get("position", 0))
 
@@ -164,8 +185,7 @@ def _put_table(state: SeriesState, ids: np.ndarray, values: dict[str, np.ndarray
     lengths = {len(v) for v in values.values()}
     if len(lengths) != 1 or set(values) != set(state.fields):
         return  # another detector's table: left out rather than half restored
-    count = lengths.pop()
-    at = ids[:count]
+    at = ids[: lengths.pop()]
     known = at >= 0
     if not known.any():
         return

@@ -19,7 +19,8 @@ from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import Device, nats_collector_settings
 from tests.test_nats_ownership import owners
 
-READINGS_COUNT = "chain|detector.raw.n"  # readings the statistical chain has seen
+# readings the cameras' statistical chain has seen, by the chain's own series numbers
+READINGS_COUNT = "chain|camera/detector.raw.n"
 
 
 def readings_seen(collector: CollectorThread, device: str) -> float:
@@ -27,6 +28,9 @@ def readings_seen(collector: CollectorThread, device: str) -> float:
     if engine is None or device not in engine.series.devices:
         return 0.0
     series = engine.series.devices[device][1].get("people", -1)
+    if not 0 <= series < len(engine.chain._local):
+        return 0.0
+    series = int(engine.chain._local[series])
     state = engine.snapshot()[READINGS_COUNT]
     return float(state[series]) if 0 <= series < len(state) else 0.0
 

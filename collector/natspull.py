@@ -65,6 +65,7 @@ class PartitionPuller:
         self.starved = False  # waiting for room in the inbox
         self._requests_end = 0.0  # monotonic: the newest request expires
         self._arrived: list[Msg] = []
+        self._arrived_requested = 0  # of _arrived: their room is reserved until handed on
         self._wake = asyncio.Event()
         self._error_log = RateLimitedLog(log, 30.0)
 
@@ -123,7 +124,7 @@ class PartitionPuller:
         if status is None:
             if self.outstanding:
                 self.outstanding -= 1
-                self._reserve(-1)
+                self._arrived_requested += 1
                 if self.outstanding == self._batch // 2:
                     self._wake.set()
             if not self._arrived:  # handed on together, once this read is parsed
@@ -143,4 +144,6 @@ class PartitionPuller:
 
     def _hand_on(self) -> None:
         arrived, self._arrived = self._arrived, []
+        credited, self._arrived_requested = self._arrived_requested, 0
         self._admit(arrived)
+        self._reserve(-credited)

@@ -41,7 +41,6 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from collector.backoff import Backoff
 from collector.config import MqttSettings, NatsSettings
@@ -49,6 +48,7 @@ from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound
 from collector.natsgateway import GatewaySession
 from collector.natsleases import PartitionLeases
+from collector.natspull import PartitionPuller
 from collector.natsstream import (
     PartitionMappingError,
     check_partitioning,
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JETSTREAM = -1  # the generation of messages from JetStream: acknowledged on any connection
-FETCH_WAIT_S = 5.0  # a partition's long poll; a fetch returns at once when messages wait
+FETCH_WAIT_S = 5.0  # a pull request's life at the server; messages come as they arrive
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
 
@@ -89,16 +89,14 @@ class NatsSource(GatewaySession):
         # handed on, not acknowledged yet, oldest first: (message, partition, fetched at)
         self._pending: dict[int, tuple[Msg, int, float]] = {}
         self._held: collections.Counter[int] = collections.Counter()  # of _pending, by partition
-        self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
+        self._pullers: dict[int, PartitionPuller] = {}
         self._fetchers: dict[int, asyncio.Task[None]] = {}
-        self._leaving: set[int] = set()  # partitions to stop fetching: another's share
         self.leases: PartitionLeases | None = None
         self.checkpoints: PartitionCheckpoints | None = None  # set by the composition root
         # partition -> the newest stream sequence acknowledged (hence judged) in it
         self.positions: dict[int, int] = {}
         self._next_key = 0
-        self._requested = 0  # asked for by fetches under way
-        self._room = asyncio.Event()
+        self._requested = 0  # asked for by pull requests open, not arrived yet
         self._acks: collections.deque[Msg] = collections.deque()
         self._acks_waiting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,9 +145,16 @@ class NatsSource(GatewaySession):
         js = nc.jetstream()
         await provision(js, self.nats)
         await check_partitioning(nc, self.nats.partitions)
-        self._subscriptions = {
-            partition: await js.pull_subscribe_bind(
-                consumer_name(self.nats, partition), stream=MQTT_MESSAGES_STREAM
+        self._pullers = {
+            partition: PartitionPuller(
+                nc,
+                stream=MQTT_MESSAGES_STREAM,
+                consumer=consumer_name(self.nats, partition),
+                batch=self.nats.fetch_batch,
+                expires_s=FETCH_WAIT_S,
+                room=self._inbox_room,
+                reserve=self._reserve,
+                admit=self._admit,
             )
             for partition in range(self.nats.partitions)
         }
@@ -193,23 +198,22 @@ class NatsSource(GatewaySession):
             else:
                 released = {p for p in change.lost | change.surplus if p not in leases.owned}
                 for partition in change.surplus - released:
-                    # Stops after the fetch under way, whose messages it then holds and
-                    # stores: a fetch cancelled mid-way would leave what the server sent
-                    # for it to come again only after ack_wait, behind newer readings.
-                    self._leaving.add(partition)
+                    # Its puller stops asking (the server drops its open pull requests),
+                    # and the partition goes once what it holds is stored and acknowledged
+                    # (``_idle``) and its detector state handed over (``_release``).
+                    fetcher = self._fetchers.get(partition)
+                    if fetcher is not None and not fetcher.done():
+                        fetcher.cancel()
                 for partition in released:
-                    self._leaving.discard(partition)
                     fetcher = self._fetchers.pop(partition, None)
                     if fetcher is not None:
                         fetcher.cancel()  # lost: another collector reads it already
                 if self.checkpoints is not None:
                     self.checkpoints.forget(released)
                 for partition in change.gained:
-                    self._leaving.discard(partition)
                     await self._restore(partition)
                     self._fetchers[partition] = asyncio.create_task(
-                        self._consume(partition, self._subscriptions[partition]),
-                        name=f"nats-p{partition}",
+                        self._pullers[partition].run(), name=f"nats-p{partition}"
                     )
             await asyncio.sleep(leases.period_s / (2 if failures else 1))
 
@@ -246,31 +250,13 @@ class NatsSource(GatewaySession):
     async def _nats_error(self, exc: Exception) -> None:
         self._error_log.warning("nats_error", "NATS client error", error=str(exc)[:200])
 
-    async def _consume(self, partition: int, sub: JetStreamContext.PullSubscription) -> None:
-        """One partition: fetch while the inbox has room, oldest first."""
-        backoff = Backoff(initial_s=0.2, max_s=self.settings.reconnect_max_s)
-        failures = 0
-        while not self._closing and partition not in self._leaving:
-            room = self.settings.receive_maximum - len(self._pending) - self._requested
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            batch = min(self.nats.fetch_batch, room)
-            self._requested += batch
-            try:
-                messages = await sub.fetch(batch, timeout=FETCH_WAIT_S)
-                failures = 0
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue  # nothing waiting in this partition
-            except _NATS_ERRORS as exc:  # a leader election, a node down: try again
-                failures += 1
-                self._error_log.warning("nats_fetch", "NATS fetch failed", error=str(exc)[:200])
-                await asyncio.sleep(backoff.delay(failures))
-                continue
-            finally:
-                self._requested -= batch
-            self._admit(messages)
+    def _inbox_room(self) -> int:
+        """Messages the partitions may still request: the inbox bound, less what is held
+        and what open requests may bring."""
+        return self.settings.receive_maximum - len(self._pending) - self._requested
+
+    def _reserve(self, count: int) -> None:
+        self._requested += count
 
     def _admit(self, messages: list[Msg]) -> None:
         now_ms, fetched_at = time.time_ns() // 1_000_000, time.monotonic()
@@ -311,7 +297,9 @@ class NatsSource(GatewaySession):
                 sent += 1
         if self._acks:
             self._acks_waiting.set()
-            self._room.set()
+            for puller in self._pullers.values():
+                if puller.starved:
+                    puller.wake()
         return sent
 
     async def _send_acks(self) -> None:
@@ -347,7 +335,6 @@ class NatsSource(GatewaySession):
     async def aclose(self) -> None:
         """Send the acknowledgements due, say "offline" (retained), disconnect both."""
         self._closing = True
-        self._room.set()
         nc = self._nc
         if nc is not None and nc.is_connected:
             await self._flush_acks()

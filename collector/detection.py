@@ -97,8 +97,7 @@ class DetectionEngine:
         return len(self.series)
 
     def series_of(self, device: str, family: str, quantity: str) -> int:
-        """A field's series id, the series created (and put in its family's chain) on first
-        sight; -1: not a quantity, or over ``max_series``."""
+        """A field's series id, new series put in their family's chain; -1: not judged."""
         known = self.series.devices.get(device)
         found = known[1].get(quantity) if known else None
         if found is None:
@@ -256,9 +255,7 @@ class DetectionEngine:
             for quantity, value in fields.items():
                 found = series_of.get(quantity)
                 if found is None:
-                    found = table.series_id(device, family, quantity)
-                    if found >= 0 and self.chain is not None:
-                        self.chain.assign(found, family)  # the family's own chain
+                    found = self.series_of(device, family, quantity)
                 if found >= 0:
                     add_series(found)
                     add_time(seconds)

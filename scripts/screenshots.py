@@ -31,19 +31,10 @@ import httpx
 from PIL import Image  # with matplotlib, a dev dependency
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS  # the browser flags of the tests
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-# As root in a sandbox without a network: no sandbox, nothing that phones home
-# (the flags of tests/test_console.py).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CONSOLE_LINE = re.compile(r"Console\s+(http://\S+/)")
 PSEUDO_UNIT = "_"  # _unregistered, _fleet, _collector: the service's own units
 

@@ -71,6 +71,7 @@ class WorkOrders(QuietHandler):
     processed: ClassVar[list[dict[str, Any]]] = []  # each event once, in arrival order
     arrived_at: ClassVar[list[float]] = []  # when each of ``processed`` arrived
     keys_seen: ClassVar[set[str]] = set()
+    repeated: ClassVar[list[str]] = []  # keys that came again
     requests = 0
     bad_signatures = 0
 
@@ -78,7 +79,7 @@ class WorkOrders(QuietHandler):
     def reset(cls, *, secret: str | None) -> None:
         cls.secret = secret
         cls.failures_left, cls.hang_once = 0, False
-        cls.processed, cls.arrived_at, cls.keys_seen = [], [], set()
+        cls.processed, cls.arrived_at, cls.keys_seen, cls.repeated = [], [], set(), []
         cls.requests = cls.bad_signatures = 0
 
     def do_POST(self) -> None:
@@ -103,6 +104,8 @@ class WorkOrders(QuietHandler):
             cls.keys_seen.add(key)
             cls.processed.append(json.loads(body))
             cls.arrived_at.append(time.time())
+        else:
+            cls.repeated.append(key)
         self.answer(204)
 
 

@@ -141,6 +141,26 @@ def nats_collector_settings(
     )
 
 
+@pytest.fixture
+def nats_settings(
+    nats_cluster: NatsCluster, influxdb: Any, database: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    """Settings of a collector on ``nats_cluster`` storing into the test's database; a
+    ``name`` gives it a data dir and client id of its own (several collectors in a test)."""
+
+    def build(name: str = "", **nats: Any) -> Settings:
+        return nats_collector_settings(
+            nats_cluster,
+            influx_url=influxdb.url,
+            database=database,
+            data_dir=tmp_path / (name or "data"),
+            client_id=f"{name}-{database}" if name else "",
+            **nats,
+        )
+
+    return build
+
+
 def reading(seq: int) -> bytes:
     """A camera reading numbered ``seq``, a minute old."""
     return json.dumps({"ts": time.time() - 60 + seq / 10, "seq": seq, "people": seq}).encode()

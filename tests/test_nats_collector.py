@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.config import NatsSettings
+from collector.config import NatsSettings, Settings
 from collector.natsstream import PartitionMappingError, check_partitioning, consumer_name
 from collector.natssubjects import partition_of, subject_to_topic
 from fieldtools.localservices import InfluxDB
@@ -33,15 +33,10 @@ def stored_seqs(collector: CollectorThread, device: str) -> list[int]:
 
 @pytest.fixture
 def nats_collector(
-    nats_cluster: NatsCluster,
-    influxdb: InfluxDB,
-    database: str,
-    tmp_path: Path,
+    nats_settings: Callable[..., Settings],
     run_collector: Callable[..., CollectorThread],
 ) -> CollectorThread:
-    settings = nats_collector_settings(
-        nats_cluster, influx_url=influxdb.url, database=database, data_dir=tmp_path / "data"
-    )
+    settings = nats_settings()
     return run_collector(settings)
 
 
@@ -153,14 +148,10 @@ def test_a_device_status_and_its_last_will_are_stored(
 
 def test_readings_published_while_the_collector_is_away_are_stored_on_its_return(
     nats_cluster: NatsCluster,
-    influxdb: InfluxDB,
-    database: str,
-    tmp_path: Path,
+    nats_settings: Callable[..., Settings],
     run_collector: Callable[..., CollectorThread],
 ) -> None:
-    settings = nats_collector_settings(
-        nats_cluster, influx_url=influxdb.url, database=database, data_dir=tmp_path / "data"
-    )
+    settings = nats_settings()
     first = run_collector(settings)  # creates the partitions' durable consumers
     first.stop()
     device = Device(nats_cluster.nodes[2].mqtt_port, family="camera", device_id="cam-away")
@@ -175,6 +166,7 @@ def test_readings_published_while_the_collector_is_away_are_stored_on_its_return
 
 def test_a_message_is_acknowledged_to_jetstream_only_once_stored(
     nats_cluster: NatsCluster,
+    nats_settings: Callable[..., Settings],
     influxdb: InfluxDB,
     database: str,
     tmp_path: Path,

@@ -4,15 +4,13 @@ on the dead node reconnect once it is back, and no acknowledged reading is lost.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
-from fieldtools.localservices import InfluxDB
+from collector.config import Settings
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, poll
 from tests.natsfixtures import (
     Load,
     assert_every_acknowledged_reading_stored,
-    nats_collector_settings,
 )
 
 DEVICES = 9
@@ -20,14 +18,10 @@ DEVICES = 9
 
 def test_sigkill_of_a_nats_node_under_load_loses_nothing(
     nats_cluster: NatsCluster,
-    influxdb: InfluxDB,
-    database: str,
-    tmp_path: Path,
+    nats_settings: Callable[..., Settings],
     run_collector: Callable[..., CollectorThread],
 ) -> None:
-    settings = nats_collector_settings(
-        nats_cluster, influx_url=influxdb.url, database=database, data_dir=tmp_path / "data"
-    )
+    settings = nats_settings()
     collector = run_collector(settings)  # its MQTT session is on the first node
     load = Load(nats_cluster, DEVICES)  # a third of the devices on each node
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nats
 
-from collector.config import InfluxSettings
+from collector.config import InfluxSettings, Settings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
@@ -22,7 +22,6 @@ from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import (
     Load,
     assert_every_acknowledged_reading_stored,
-    nats_collector_settings,
     run_async,
 )
 
@@ -134,19 +133,13 @@ def test_the_share_spreads_partitions_and_a_leaving_member_moves_only_its_own() 
 
 def test_a_collector_that_stops_hands_its_partitions_over_and_each_reading_is_read_once(
     nats_cluster: NatsCluster,
+    nats_settings: Callable[..., Settings],
     influxdb: InfluxDB,
     database: str,
-    tmp_path: Path,
     run_collector: Callable[..., CollectorThread],
 ) -> None:
     def collector(name: str) -> CollectorThread:
-        settings = nats_collector_settings(
-            nats_cluster,
-            influx_url=influxdb.url,
-            database=database,
-            data_dir=tmp_path / name,
-            client_id=f"{name}-{database}",
-        )
+        settings = nats_settings(name)
         return run_collector(settings)
 
     first, second = collector("first"), collector("second")

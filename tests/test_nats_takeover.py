@@ -7,16 +7,15 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from collector.config import InfluxSettings
+from collector.config import InfluxSettings, Settings
 from collector.natsleases import share
 from collector.natssubjects import device_token, partition_of
 from fieldtools.localservices import InfluxDB
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
-from tests.natsfixtures import Device, nats_collector_settings
+from tests.natsfixtures import Device
 from tests.test_nats_ownership import owners
 
 # readings the cameras' statistical chain has seen, by the chain's own series numbers
@@ -43,19 +42,13 @@ def late_readings(collector: CollectorThread) -> tuple[int, int]:
 
 def test_a_partition_taken_over_keeps_its_series_detector_state(
     nats_cluster: NatsCluster,
+    nats_settings: Callable[..., Settings],
     influxdb: InfluxDB,
     database: str,
-    tmp_path: Path,
     run_collector: Callable[..., CollectorThread],
 ) -> None:
     def collector(name: str) -> CollectorThread:
-        settings = nats_collector_settings(
-            nats_cluster,
-            influx_url=influxdb.url,
-            database=database,
-            data_dir=tmp_path / name,
-            client_id=f"{name}-{database}",
-        )
+        settings = nats_settings(name)
         # no warm start from InfluxDB history: what the second knows came with the
         # partition; a device is silent after 8 s without readings
         silence = settings.detection.silence.model_copy(

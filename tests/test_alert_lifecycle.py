@@ -14,13 +14,14 @@ from collector.alerts.lifecycle import AlertBook
 from collector.alerts.model import EventType, State
 from collector.alerts.store import SqliteAlertStore
 from collector.detection import DetectionEvent
+from collector.detectionevent import EventKind
 from collector.errors import TransitionError
 
 MIN = 60_000
 
 
 def detection(
-    kind: str,
+    kind: EventKind,
     colour: str,
     at_ms: int,
     value: float = 30.0,
@@ -29,7 +30,7 @@ def detection(
 ) -> DetectionEvent:
     return DetectionEvent(
         kind, "combustible-gas", device, "chem", "lel_pct", unit, colour, "green", value, at_ms
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
@@ -329,7 +330,7 @@ def test_a_flapping_condition_notifies_its_state_not_every_toggle(tmp_path: Path
     book = _routed_book(tmp_path)
     (opened,) = book.on_detection(detection("raised", "orange", 0))
     for k in range(1, 11):  # the reading hovers on the line: 10 toggles in 10 minutes
-        kind = "cleared" if k % 2 else "raised"
+        kind: EventKind = "cleared" if k % 2 else "raised"
         book.on_detection(detection(kind, "green" if k % 2 else "orange", k * MIN))
     history = book.history(opened.alert_id)
     flagged = [e for e in history if e.type == EventType.FLAPPING]

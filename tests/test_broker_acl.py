@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -39,7 +40,12 @@ def client(port: int, user: str, password: str) -> paho.Client:
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=paho.MQTTv5)
     c.username_pw_set(user, password)
     connected = threading.Event()
-    c.on_connect = lambda _c, _u, _f, reason, _p: reason.is_failure or connected.set()
+
+    def on_connect(_c: object, _u: object, _f: object, reason: Any, _p: object) -> None:
+        if not reason.is_failure:
+            connected.set()
+
+    c.on_connect = on_connect
     c.connect("127.0.0.1", port)
     c.loop_start()
     assert connected.wait(10)

@@ -121,7 +121,7 @@ def test_grouped_chains_give_each_group_what_its_own_chain_gives() -> None:
     values[:, 700:] += 8  # a jump every series sees
     t = 1.7e9 + 600.0 * np.arange(count)
     groups = ["a", "b", "a", "b", "b", "a"]
-    params = {"a": {}, "b": {"p_alert": 1e-6}}
+    params: dict[str, dict[str, Any]] = {"a": {}, "b": {"p_alert": 1e-6}}
 
     def grouped() -> GroupedChains:
         chains = GroupedChains({g: Chain.from_config(**p) for g, p in params.items()})

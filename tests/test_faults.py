@@ -41,7 +41,7 @@ class Load:
 
     def __init__(self, broker, name: str, rate: float = 200.0) -> None:
         self.publisher = Publisher(broker, name)
-        self.publisher.client.reconnect_delay_set(0.2, 1)
+        self.publisher.client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]  # paho takes seconds as float
         self.sent = dict.fromkeys(DEVICES, 0)
         self._period = len(DEVICES) / rate
         self._stop = threading.Event()

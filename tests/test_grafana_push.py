@@ -57,8 +57,8 @@ class StandInGrafana(QuietHandler):
             self._answer(200 if found else 404, {"uid": uid} if found else {"message": "nf"})
         elif self.path.startswith("/api/datasources/uid/"):
             uid = self.path.rsplit("/", 1)[1]
-            found = self.datasources.get(uid)
-            self._answer(200 if found else 404, found or {"message": "not found"})
+            source = self.datasources.get(uid)
+            self._answer(200 if source else 404, source or {"message": "not found"})
         else:
             self._answer(404, {"message": "not found"})
 

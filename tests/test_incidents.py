@@ -14,13 +14,14 @@ from collector.alerts.notify import Notifier, _matches
 from collector.alerts.store import SqliteAlertStore
 from collector.config import ReceiverSettings
 from collector.detection import DetectionEvent
+from collector.detectionevent import EventKind
 
 MIN = 60_000
 DEADLINES = {"red": 60.0, "orange": 600.0, "yellow": 3600.0}
 
 
 def detection(
-    kind: str,
+    kind: EventKind,
     colour: str,
     at_ms: int,
     device: str,
@@ -29,7 +30,7 @@ def detection(
 ) -> DetectionEvent:
     return DetectionEvent(
         kind, "threshold", device, "chem", quantity, unit, colour, "green", 30.0, at_ms
-    )  # type: ignore[arg-type]
+    )
 
 
 def routed_book(tmp_path: Path, *receivers: ReceiverSettings) -> AlertBook:

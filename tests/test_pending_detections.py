@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.lifecycle import AlertBook
-from collector.alerts.model import EventType
+from collector.alerts.model import Detection, EventType
 from collector.alerts.pending import PendingDetections
 from collector.alerts.store import SqliteAlertStore
 from collector.detection import DetectionEvent
+from collector.detectionevent import EventKind
 
 
-def gas(kind: str, colour: str, at_ms: int, device: str = "gas-1") -> DetectionEvent:
+def gas(kind: EventKind, colour: str, at_ms: int, device: str = "gas-1") -> DetectionEvent:
     return DetectionEvent(
         kind, "combustible-gas", device, "chem", "lel_pct", device, colour, "", 1.0, at_ms
-    )  # type: ignore[arg-type]
+    )
 
 
 class Store:
@@ -30,7 +31,7 @@ class Store:
         self.writable = True
         self.now = 0.0
 
-    def apply(self, event: DetectionEvent, hierarchy: dict[str, str]) -> object:
+    def apply(self, event: Detection, hierarchy: dict[str, str]) -> object:
         if not self.writable:
             raise sqlite3.OperationalError("disk I/O error")
         return self.book.on_detection(event, hierarchy)

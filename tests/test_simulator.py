@@ -203,8 +203,8 @@ def test_shards_of_a_fleet_hold_each_device_and_each_scheduled_anomaly_once() ->
     )
     schedule = [ScheduledAnomaly(1.0, d.id, ANOMALY_KINDS[d.family][0], 5.0) for d in fleet]
     shards = [one_shard(fleet, schedule, (index, 3)) for index in range(3)]
-    devices = [d.id for devices, _ in shards for d in devices]
-    assert sorted(devices) == sorted(d.id for d in fleet) and all(d for d, _ in shards)
+    ids = [d.id for members, _ in shards for d in members]
+    assert sorted(ids) == sorted(d.id for d in fleet) and all(d for d, _ in shards)
     for devices, scheduled in shards:
         assert [s.device for s in scheduled] == [d.id for d in devices]
     assert parse_shard("2/3") == (2, 3)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.spool import HEADER, DiskSpool, SpoolFull, SpoolWriteFailed, encode_record
+from collector.errors import SpoolFull, SpoolWriteFailed
+from collector.spool import HEADER, DiskSpool, encode_record
 from tests.conftest import fill_disk
 
 

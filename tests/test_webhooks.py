@@ -18,14 +18,15 @@ from collector.alerts.notify import Notifier, verify_signature
 from collector.alerts.store import SqliteAlertStore
 from collector.config import ReceiverSettings
 from collector.detection import DetectionEvent
+from collector.detectionevent import EventKind
 from tests.receivers import SECRET, WorkOrders
 
 
-def gas(kind: str, colour: str, at_ms: int, device: str) -> DetectionEvent:
+def gas(kind: EventKind, colour: str, at_ms: int, device: str) -> DetectionEvent:
     unit = f"unit-of-{device}"  # one alert per unit: no incident grouping in these tests
     return DetectionEvent(
         kind, "combustible-gas", device, "chem", "lel_pct", unit, colour, "green", 30.0, at_ms
-    )  # type: ignore[arg-type]
+    )
 
 
 def make(
@@ -132,7 +133,7 @@ def test_a_first_delivery_is_urgent_and_a_retry_is_not(tmp_path: Path, receiver_
             seen.append(dispatcher.urgent)
             return await post(*args, **kwargs)  # type: ignore[arg-type]
 
-        http.post = watched  # type: ignore[method-assign]
+        http.post = watched  # type: ignore[method-assign,assignment]
         dispatcher._loop = asyncio.get_running_loop()
         book.on_detection(gas("raised", "orange", 0, "gas-5"))
         dispatcher.wake()

@@ -17,6 +17,7 @@ from collector.config import MqttSettings
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP, DISCONNECT = 2, 3, 4, 9, 13, 14
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"  # reason 0, normal disconnection: the will is not sent
+PUBACK_WORD = 0x40020000  # a PUBACK's first byte and remaining length, before its id
 SUBSCRIBE_QOS1_NO_LOCAL = b"\x05"  # subscription options: QoS 1, bit 2 no-local (MQTT v5)
 
 
@@ -77,7 +78,9 @@ def publish_packet(
 
 def puback_packets(packet_ids: Sequence[int]) -> bytes:
     """PUBACKs for these packets, in this order, as one write."""
-    return b"".join(b"\x40\x02" + struct.pack("!H", mid) for mid in packet_ids)
+    # A PUBACK without a reason is 0x40 0x02 and the packet id: one big-endian 32-bit
+    # word each, packed in one call (this runs for every message received).
+    return struct.pack(f"!{len(packet_ids)}I", *[PUBACK_WORD | mid for mid in packet_ids])
 
 
 async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:

@@ -40,13 +40,18 @@ def split_rounds(series: IntArray) -> list[IntArray]:
     n = len(series)
     if n == 0:
         return []
+    # The common batch holds each series once, often already in order: one round, found
+    # without sorting (the engine sorts by series; a judging call takes a few hundred).
+    if n == 1 or bool((series[1:] > series[:-1]).all()):
+        return [np.arange(n)]
     order = np.argsort(series, kind="stable")
     ordered = series[order]
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    first = ordered[1:] != ordered[:-1]
+    if first.all():
+        return [np.arange(n)]
+    starts = np.flatnonzero(np.concatenate(([True], first)))
     group_start = np.repeat(starts, np.diff(np.append(starts, n)))
     rank = np.arange(n) - group_start
-    if rank.max() == 0:
-        return [np.arange(n)]
     by_rank = np.argsort(rank, kind="stable")
     bounds = np.flatnonzero(np.diff(rank[by_rank])) + 1
     return [np.sort(order[part]) for part in np.split(by_rank, bounds)]

@@ -80,13 +80,19 @@ class LevelDecider:
             previous = st["level"][s].astype(np.int64)
             sustained = np.zeros(len(s), dtype=np.int64)
             held = np.zeros(len(s), dtype=np.int64)
+            # Nearly every round has no score at blue's start, hence none at any higher
+            # level's: no level sustained and every duration reset, in a few operations.
+            anywhere_above = bool((score >= raise_at[0]).any())
             for k in range(4):
                 key = f"above_since_{k}"
-                above = score >= raise_at[k]
-                since = np.where(above, np.where(np.isnan(st[key][s]), now, st[key][s]), np.nan)
-                st[key][s] = since
-                ok = above & (now - since >= self.for_s[k])
-                sustained = np.where(ok, k + 1, sustained)
+                if not anywhere_above:
+                    st[key][s] = np.nan
+                else:
+                    above = score >= raise_at[k]
+                    since = np.where(above, np.where(np.isnan(st[key][s]), now, st[key][s]), np.nan)
+                    st[key][s] = since
+                    ok = above & (now - since >= self.for_s[k])
+                    sustained = np.where(ok, k + 1, sustained)
                 held = np.where(score >= self.clear_at[k], k + 1, held)
             new = np.maximum(sustained, np.minimum(previous, held))
             st["level"][s] = new

@@ -328,6 +328,13 @@ def test_the_local_influxdb_yields_the_cpu_to_the_collector(influxdb: InfluxDB) 
         assert (proc / "autogroup").read_text().split()[-1] == str(influxdb.cpu_nice)
 
 
+def test_the_local_influxdb_collects_garbage_as_deploy_md_recommends(influxdb: InfluxDB) -> None:
+    assert influxdb.proc is not None
+    environ = Path(f"/proc/{influxdb.proc.pid}/environ").read_bytes().split(b"\0")
+    assert f"GOGC={influxdb.gc_percent}".encode() in environ
+    assert f"`GOGC={influxdb.gc_percent}`" in (ROOT / "docs" / "deploy.md").read_text()
+
+
 SYSTEMD_UNIT = ROOT / "scripts" / "systemd" / "smartunit-collector.service"
 
 

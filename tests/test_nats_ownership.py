@@ -3,10 +3,8 @@ leases; one is SIGKILLed under load, its partitions are owned again, no reading 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +14,14 @@ import nats
 from collector.config import InfluxSettings, Settings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, stop_process
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import (
     Load,
     assert_every_acknowledged_reading_stored,
     run_async,
+    spawn_nats_collector,
 )
 
 DEVICES = 12
@@ -66,23 +65,16 @@ def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
     cluster: NatsCluster = start_nats(size=3, partitions=8)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name in ("a", "b", "c"):
-        client_id = f"own-{name}-{database}"
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
-            f"[nats]\npartitions = {cluster.partitions}\n[alerts]\nenabled = false\n"
+        client_id, proc = spawn_nats_collector(
+            f"own-{name}",
+            cluster,
+            node=len(procs),
+            influxdb=influxdb,
+            database=database,
+            directory=tmp_path,
+            config="[alerts]\nenabled = false\n",
         )
-        env = {
-            **os.environ,
-            "SMARTUNIT_MQTT_URL": cluster.nodes[len(procs)].mqtt_url,
-            "SMARTUNIT_NATS_URL": cluster.urls,
-            "SMARTUNIT_INFLUX_URL": influxdb.url,
-            "SMARTUNIT_INFLUX_DB": database,
-            "SMARTUNIT_DATA_DIR": str(tmp_path / name),
-            "SMARTUNIT_HTTP_PORT": str(free_port()),
-        }
-        command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
-        procs[client_id] = spawn(command, env=env, log_path=tmp_path / f"{name}.log")
+        procs[client_id] = proc
     load = None
     try:
         for client_id in procs:

@@ -1,0 +1,214 @@
+"""What the SQLite and the PostgreSQL alert stores say alike: their queries, written once
+with ``?`` placeholders (``Dialect.sql`` turns them into the driver's), and how alerts,
+events, outbox rows and silences become rows and come back from them.
+
+What differs stays in each store: how a new row's id comes back, how a duplicate outbox
+entry is ignored, and PostgreSQL's claims and leases (collector/alerts/pgstore.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from collector.alerts.model import (
+    Alert,
+    AlertEvent,
+    EventType,
+    Fingerprint,
+    Silence,
+    State,
+    bookkeeping,
+    with_bookkeeping,
+)
+from collector.alerts.outbox import Backlog, OutboxRow
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Dialect:
+    """A database's way of writing the shared queries."""
+
+    placeholder: str
+    # what the driver takes for a boolean column: SQLite stores 0/1, PostgreSQL a BOOLEAN
+    flag: Callable[[bool], Any]
+    # a new row's id: SQLite's cursor has it, PostgreSQL sends it back
+    returning_id: str = ""
+    # what an outbox row settled (delivered, dead) gives up besides its status
+    release: str = ""
+
+    def sql(self, query: str) -> str:
+        return query.replace("?", self.placeholder)
+
+
+SQLITE = Dialect(placeholder="?", flag=int)
+POSTGRES = Dialect(
+    placeholder="%s", flag=bool, returning_id=" RETURNING id", release=", claimed_by = NULL"
+)
+
+# -- alerts and their events ---------------------------------------------------------------
+
+INSERT_ALERT = (
+    "INSERT INTO alerts (fingerprint, device, quantity, detector, state, colour, family, unit,"
+    " hierarchy, value, started_at_ms, updated_at_ms, condition_active,"
+    " condition_changed_at_ms, acknowledged, extra) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPDATE_ALERT = (
+    "UPDATE alerts SET state = ?, colour = ?, family = ?, unit = ?, hierarchy = ?, "
+    "value = ?, started_at_ms = ?, updated_at_ms = ?, condition_active = ?, "
+    "condition_changed_at_ms = ?, acknowledged = ?, extra = ?"
+)
+INSERT_EVENTS = "INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+LAST_SEQ = "SELECT last_seq FROM alerts WHERE id = ?"
+ALERT_COLUMNS = (
+    "id, device, quantity, detector, state, colour, family, unit, hierarchy, value, "
+    "started_at_ms, updated_at_ms, condition_active, condition_changed_at_ms, "
+    "acknowledged, extra"
+)
+ALERT_BY_ID = "WHERE id = ?"
+ACTIVE_ALERT = "WHERE fingerprint = ? AND state != 'closed'"
+EVENTS = (
+    "SELECT alert_id, seq, type, at_ms, actor, note, state, colour, value "
+    "FROM alert_events WHERE alert_id = ? ORDER BY seq"
+)
+
+
+def alert_key_values(alert: Alert) -> tuple[Any, ...]:
+    """The columns that name an alert, inserted once."""
+    fingerprint = alert.fingerprint
+    return fingerprint.key(), fingerprint.device, fingerprint.quantity, fingerprint.detector
+
+
+def alert_values(alert: Alert, dialect: Dialect) -> tuple[Any, ...]:
+    """The columns a change writes, in ``UPDATE_ALERT``'s order."""
+    return (
+        alert.state.value,
+        alert.colour,
+        alert.family,
+        alert.unit,
+        json.dumps(alert.hierarchy),
+        alert.value,
+        alert.started_at_ms,
+        alert.updated_at_ms,
+        dialect.flag(alert.condition_active),
+        alert.condition_changed_at_ms,
+        dialect.flag(alert.acknowledged),
+        json.dumps(bookkeeping(alert)),
+    )
+
+
+def alert_from_row(row: Sequence[Any]) -> Alert:
+    """An alert from ``ALERT_COLUMNS`` (anything after them is the caller's)."""
+    alert = Alert(
+        id=int(row[0]),
+        fingerprint=Fingerprint(row[1], row[2], row[3]),
+        state=State(row[4]),
+        colour=row[5],
+        family=row[6],
+        unit=row[7],
+        hierarchy=json.loads(row[8]),
+        value=row[9],
+        started_at_ms=int(row[10]),
+        updated_at_ms=int(row[11]),
+        condition_active=bool(row[12]),
+        condition_changed_at_ms=int(row[13]),
+        acknowledged=bool(row[14]),
+    )
+    return with_bookkeeping(alert, json.loads(row[15]))
+
+
+def event_rows(alert: Alert, events: Iterable[AlertEvent]) -> list[tuple[Any, ...]]:
+    return [
+        (alert.id, e.seq, e.type.value, e.at_ms, e.actor, e.note, e.state.value, e.colour, e.value)
+        for e in events
+    ]
+
+
+def events_from_rows(rows: Iterable[Sequence[Any]]) -> list[AlertEvent]:
+    return [
+        AlertEvent(int(r[0]), r[1], EventType(r[2]), int(r[3]), r[4], r[5], State(r[6]), r[7], r[8])
+        for r in rows
+    ]
+
+
+# -- the outbox ----------------------------------------------------------------------------
+
+OUTBOX_COLUMNS = "receiver, event_key, alert_id, seq, payload, created_ms"
+OUTBOX_ROW = "id, receiver, event_key, alert_id, seq, payload, attempts, created_ms"
+# Due to ``receiver`` now, and per alert only the oldest pending, so that one alert's
+# events reach the receiver in order (parameters: receiver, now_ms).
+DUE = (
+    "o.status = 'pending' AND o.receiver = ? AND o.next_attempt_ms <= ? "
+    "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
+    "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq)"
+)
+RETRY_NOW = (
+    "UPDATE outbox SET next_attempt_ms = 0 "
+    "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0"
+)
+BACKLOGS = (
+    "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
+    "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
+)
+COUNTS = "SELECT status, count(*) FROM outbox GROUP BY status"
+
+
+def delivered(dialect: Dialect) -> str:
+    return dialect.sql(
+        f"UPDATE outbox SET status = 'delivered', delivered_ms = ?{dialect.release} WHERE id = ?"
+    )
+
+
+def dead(dialect: Dialect) -> str:
+    return dialect.sql(
+        "UPDATE outbox SET status = 'dead', attempts = attempts + 1, "
+        f"last_error = ?{dialect.release} WHERE id = ?"
+    )
+
+
+def outbox_from_row(r: Sequence[Any]) -> OutboxRow:
+    """An outbox row from ``OUTBOX_ROW``."""
+    return OutboxRow(int(r[0]), r[1], r[2], int(r[3]), r[4], bytes(r[5]), r[6], int(r[7]))
+
+
+def backlogs_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, Backlog]:
+    """Per receiver with anything pending or dead, from ``BACKLOGS``."""
+    found: dict[str, Backlog] = {}
+    for receiver, status, count, oldest in rows:
+        was = found.get(receiver, Backlog())
+        if status == "pending":
+            found[receiver] = dataclasses.replace(
+                was, pending=int(count), oldest_pending_ms=int(oldest)
+            )
+        else:
+            found[receiver] = dataclasses.replace(was, dead=int(count))
+    return found
+
+
+# -- silences ------------------------------------------------------------------------------
+
+INSERT_SILENCE = (
+    "INSERT INTO silences (unit, device, starts_ms, ends_ms, actor, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+CURRENT_SILENCES = (
+    "SELECT id, unit, device, starts_ms, ends_ms, actor, reason FROM silences "
+    "WHERE ends_ms > ? ORDER BY id"
+)
+
+
+def silence_values(silence: Silence) -> tuple[Any, ...]:
+    return (
+        silence.unit,
+        silence.device,
+        silence.starts_ms,
+        silence.ends_ms,
+        silence.actor,
+        silence.reason,
+    )
+
+
+def silence_from_row(r: Sequence[Any]) -> Silence:
+    return Silence(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5], r[6])

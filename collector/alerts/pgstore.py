@@ -34,7 +34,7 @@ from psycopg import errors as pgerrors
 
 from collector.alerts import sql
 from collector.alerts.model import Alert, AlertEvent, Fingerprint, Silence, State
-from collector.alerts.outbox import Backlog, OutboxEntry, OutboxRow
+from collector.alerts.outbox import OutboxEntry, OutboxRow
 from collector.alerts.pgdatabase import DB_NOW_MS, UNAVAILABLE, PgDatabase, Row, instance_name
 from collector.alerts.repositories import Decide, Write
 from collector.alerts.sql import POSTGRES
@@ -48,10 +48,20 @@ _READ_AT_SEQ = "_pg_read_at_seq"
 
 
 class _Repository:
+    dialect = POSTGRES
+
     def __init__(self, database: PgDatabase) -> None:
         self._database = database
         self._transaction = database.transaction
         self._reading = database.reading
+
+    def _change(self, query: str, params: Sequence[Any]) -> int:
+        with self._transaction() as db:
+            return db.execute(POSTGRES.sql(query), params).rowcount
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        with self._reading() as db:
+            return list(db.execute(POSTGRES.sql(query), params).fetchall())
 
 
 class PgAlerts(_Repository):
@@ -178,7 +188,7 @@ class PgAlerts(_Repository):
         return sql.events_from_rows(rows)
 
 
-class PgOutbox(_Repository):
+class PgOutbox(_Repository, sql.OutboxStatements):
     def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
         """Claim and return the pending deliveries to ``receiver`` that may go now: per
         alert only the oldest, so one alert's events reach the receiver in order; rows
@@ -207,40 +217,6 @@ class PgOutbox(_Repository):
                 (error[:500], list(receivers)),
             )
         return cursor.rowcount
-
-    def delivered(self, row_id: int, now_ms: int) -> None:
-        with self._transaction() as db:
-            db.execute(sql.delivered(POSTGRES), (now_ms, row_id))
-
-    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
-        # Released: whichever instance looks first when it is due sends it.
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = %s, "
-                "last_error = %s, claimed_by = NULL, claim_until_ms = 0 WHERE id = %s",
-                (next_attempt_ms, error[:500], row_id),
-            )
-
-    def dead(self, row_id: int, error: str) -> None:
-        with self._transaction() as db:
-            db.execute(sql.dead(POSTGRES), (error[:500], row_id))
-
-    def retry_now(self, receiver: str) -> int:
-        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
-        with self._transaction() as db:
-            cursor = db.execute(POSTGRES.sql(sql.RETRY_NOW), (receiver,))
-        return cursor.rowcount
-
-    def backlogs(self) -> dict[str, Backlog]:
-        """Per receiver with anything pending or dead: its backlog."""
-        with self._reading() as db:
-            rows = db.execute(sql.BACKLOGS).fetchall()
-        return sql.backlogs_from_rows(rows)
-
-    def counts(self) -> dict[str, int]:
-        with self._reading() as db:
-            rows = db.execute(sql.COUNTS).fetchall()
-        return {str(status): int(n) for status, n in rows}
 
 
 class PgSilences(_Repository):

@@ -35,7 +35,8 @@ class Dialect:
     flag: Callable[[bool], Any]
     # a new row's id: SQLite's cursor has it, PostgreSQL sends it back
     returning_id: str = ""
-    # what an outbox row settled (delivered, dead) gives up besides its status
+    # what an outbox row leaving its sender's hands (delivered, dead, to be tried again)
+    # gives up besides its status
     release: str = ""
 
     def sql(self, query: str) -> str:
@@ -44,7 +45,10 @@ class Dialect:
 
 SQLITE = Dialect(placeholder="?", flag=int)
 POSTGRES = Dialect(
-    placeholder="%s", flag=bool, returning_id=" RETURNING id", release=", claimed_by = NULL"
+    placeholder="%s",
+    flag=bool,
+    returning_id=" RETURNING id",
+    release=", claimed_by = NULL, claim_until_ms = 0",
 )
 
 # -- alerts and their events ---------------------------------------------------------------
@@ -144,47 +148,77 @@ DUE = (
     "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "
     "AND p.receiver = o.receiver AND p.alert_id = o.alert_id AND p.seq < o.seq)"
 )
-RETRY_NOW = (
-    "UPDATE outbox SET next_attempt_ms = 0 "
-    "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0"
-)
-BACKLOGS = (
-    "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
-    "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
-)
-COUNTS = "SELECT status, count(*) FROM outbox GROUP BY status"
 
 
-def delivered(dialect: Dialect) -> str:
-    return dialect.sql(
-        f"UPDATE outbox SET status = 'delivered', delivered_ms = ?{dialect.release} WHERE id = ?"
-    )
+class OutboxStatements:
+    """The outbox's operations that both stores run alike; a store gives its dialect and
+    how it runs a statement (``_change``: in a transaction, the rows it touched) and a
+    query (``_rows``)."""
 
+    dialect: Dialect
 
-def dead(dialect: Dialect) -> str:
-    return dialect.sql(
-        "UPDATE outbox SET status = 'dead', attempts = attempts + 1, "
-        f"last_error = ?{dialect.release} WHERE id = ?"
-    )
+    def _change(self, query: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def delivered(self, row_id: int, now_ms: int) -> None:
+        self._change(
+            "UPDATE outbox SET status = 'delivered', delivered_ms = ?"
+            f"{self.dialect.release} WHERE id = ?",
+            (now_ms, row_id),
+        )
+
+    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
+        # Released: whichever instance looks first when it is due sends it.
+        self._change(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ?"
+            f"{self.dialect.release} WHERE id = ?",
+            (next_attempt_ms, error[:500], row_id),
+        )
+
+    def dead(self, row_id: int, error: str) -> None:
+        self._change(
+            "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?"
+            f"{self.dialect.release} WHERE id = ?",
+            (error[:500], row_id),
+        )
+
+    def retry_now(self, receiver: str) -> int:
+        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
+        return self._change(
+            "UPDATE outbox SET next_attempt_ms = 0 "
+            "WHERE status = 'pending' AND receiver = ? AND next_attempt_ms > 0",
+            (receiver,),
+        )
+
+    def backlogs(self) -> dict[str, Backlog]:
+        """Per receiver with anything pending or dead: its backlog (index scans only for
+        the counts; the pending rows are read for their age)."""
+        rows = self._rows(
+            "SELECT receiver, status, count(*), min(created_ms) FROM outbox "
+            "WHERE status IN ('pending', 'dead') GROUP BY receiver, status"
+        )
+        found: dict[str, Backlog] = {}
+        for receiver, status, count, oldest in rows:
+            was = found.get(receiver, Backlog())
+            if status == "pending":
+                found[receiver] = dataclasses.replace(
+                    was, pending=int(count), oldest_pending_ms=int(oldest)
+                )
+            else:
+                found[receiver] = dataclasses.replace(was, dead=int(count))
+        return found
+
+    def counts(self) -> dict[str, int]:
+        rows = self._rows("SELECT status, count(*) FROM outbox GROUP BY status")
+        return {str(status): int(n) for status, n in rows}
 
 
 def outbox_from_row(r: Sequence[Any]) -> OutboxRow:
     """An outbox row from ``OUTBOX_ROW``."""
     return OutboxRow(int(r[0]), r[1], r[2], int(r[3]), r[4], bytes(r[5]), r[6], int(r[7]))
-
-
-def backlogs_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, Backlog]:
-    """Per receiver with anything pending or dead, from ``BACKLOGS``."""
-    found: dict[str, Backlog] = {}
-    for receiver, status, count, oldest in rows:
-        was = found.get(receiver, Backlog())
-        if status == "pending":
-            found[receiver] = dataclasses.replace(
-                was, pending=int(count), oldest_pending_ms=int(oldest)
-            )
-        else:
-            found[receiver] = dataclasses.replace(was, dead=int(count))
-    return found
 
 
 # -- silences ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 from collector.alerts import sql
 from collector.alerts.model import Alert, AlertEvent, Fingerprint, Silence, State
-from collector.alerts.outbox import Backlog, OutboxEntry, OutboxRow
+from collector.alerts.outbox import OutboxEntry, OutboxRow
 from collector.alerts.repositories import Decide, Write
 from collector.alerts.schema import prepare
 from collector.alerts.sql import SQLITE
@@ -105,10 +105,20 @@ class SqliteDatabase:
 
 
 class _Repository:
+    dialect = SQLITE
+
     def __init__(self, database: SqliteDatabase) -> None:
         self._db = database.db
         self._lock = database.lock
         self._transaction = database.transaction
+
+    def _change(self, query: str, params: Sequence[Any]) -> int:
+        with self._transaction() as db:
+            return db.execute(query, params).rowcount
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        with self._lock:
+            return list(self._db.execute(query, params).fetchall())
 
 
 class SqliteAlerts(_Repository):
@@ -202,7 +212,7 @@ class SqliteAlerts(_Repository):
         return sql.events_from_rows(rows)
 
 
-class SqliteOutbox(_Repository):
+class SqliteOutbox(_Repository, sql.OutboxStatements):
     def due(self, now_ms: int, receiver: str, limit: int = 100) -> list[OutboxRow]:
         """Pending deliveries to ``receiver`` that may go now: per alert, only the oldest,
         so one alert's events reach the receiver in order."""
@@ -225,40 +235,6 @@ class SqliteOutbox(_Repository):
                 (error[:500], *receivers),
             )
         return cursor.rowcount
-
-    def delivered(self, row_id: int, now_ms: int) -> None:
-        with self._transaction() as db:
-            db.execute(sql.delivered(SQLITE), (now_ms, row_id))
-
-    def retry_later(self, row_id: int, next_attempt_ms: int, error: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? "
-                "WHERE id = ?",
-                (next_attempt_ms, error[:500], row_id),
-            )
-
-    def dead(self, row_id: int, error: str) -> None:
-        with self._transaction() as db:
-            db.execute(sql.dead(SQLITE), (error[:500], row_id))
-
-    def retry_now(self, receiver: str) -> int:
-        """Make every pending delivery to ``receiver`` due now; how many were waiting."""
-        with self._transaction() as db:
-            cursor = db.execute(sql.RETRY_NOW, (receiver,))
-        return cursor.rowcount
-
-    def backlogs(self) -> dict[str, Backlog]:
-        """Per receiver with anything pending or dead: its backlog (index scans only for
-        the counts; the pending rows are read for their age)."""
-        with self._lock:
-            rows = self._db.execute(sql.BACKLOGS).fetchall()
-        return sql.backlogs_from_rows(rows)
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute(sql.COUNTS)
-            return {status: int(n) for status, n in rows.fetchall()}
 
 
 class SqliteSilences(_Repository):

@@ -142,25 +142,21 @@ class PgAlerts(_Repository):
             )
 
     def last_seq(self, alert_id: int) -> int:
-        with self._reading() as db:
-            row = db.execute(POSTGRES.sql(sql.LAST_SEQ), (alert_id,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows(sql.LAST_SEQ, (alert_id,))
+        return int(rows[0][0]) if rows else 0
 
     # and the event the row stood at when read
     _COLUMNS = sql.ALERT_COLUMNS + ", last_seq"
 
     @staticmethod
-    def _alert(row: Row) -> Alert:
+    def _alert(row: Sequence[Any]) -> Alert:
         alert = sql.alert_from_row(row)
         vars(alert)[_READ_AT_SEQ] = int(row[16])
         return alert
 
     def _one(self, where: str, params: Sequence[Any]) -> Alert | None:
-        with self._reading() as db:
-            row = db.execute(
-                f"SELECT {self._COLUMNS} FROM alerts {POSTGRES.sql(where)}", params
-            ).fetchone()
-        return self._alert(row) if row else None
+        rows = self._rows(f"SELECT {self._COLUMNS} FROM alerts {where}", params)
+        return self._alert(rows[0]) if rows else None
 
     def get(self, alert_id: int) -> Alert | None:
         return self._one(sql.ALERT_BY_ID, (alert_id,))
@@ -183,9 +179,7 @@ class PgAlerts(_Repository):
         return [self._alert(row) for row in rows]
 
     def events(self, alert_id: int) -> list[AlertEvent]:
-        with self._reading() as db:
-            rows = db.execute(POSTGRES.sql(sql.EVENTS), (alert_id,)).fetchall()
-        return sql.events_from_rows(rows)
+        return sql.events_from_rows(self._rows(sql.EVENTS, (alert_id,)))
 
 
 class PgOutbox(_Repository, sql.OutboxStatements):
@@ -230,9 +224,7 @@ class PgSilences(_Repository):
 
     def current(self, now_ms: int) -> list[Silence]:
         """Silences not yet over (current and future)."""
-        with self._reading() as db:
-            rows = db.execute(POSTGRES.sql(sql.CURRENT_SILENCES), (now_ms,)).fetchall()
-        return [sql.silence_from_row(row) for row in rows]
+        return [sql.silence_from_row(r) for r in self._rows(sql.CURRENT_SILENCES, (now_ms,))]
 
 
 class PgAlertStore:

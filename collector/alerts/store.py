@@ -174,16 +174,12 @@ class SqliteAlerts(_Repository):
             db.execute("UPDATE alerts SET last_seq = ? WHERE id = ?", (events[-1].seq, alert.id))
 
     def last_seq(self, alert_id: int) -> int:
-        with self._lock:
-            row = self._db.execute(sql.LAST_SEQ, (alert_id,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows(sql.LAST_SEQ, (alert_id,))
+        return int(rows[0][0]) if rows else 0
 
     def _one(self, where: str, params: Sequence[Any]) -> Alert | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {sql.ALERT_COLUMNS} FROM alerts {where}", params
-            ).fetchone()
-        return sql.alert_from_row(row) if row else None
+        rows = self._rows(f"SELECT {sql.ALERT_COLUMNS} FROM alerts {where}", params)
+        return sql.alert_from_row(rows[0]) if rows else None
 
     def get(self, alert_id: int) -> Alert | None:
         return self._one(sql.ALERT_BY_ID, (alert_id,))
@@ -207,9 +203,7 @@ class SqliteAlerts(_Repository):
         return [sql.alert_from_row(row) for row in rows]
 
     def events(self, alert_id: int) -> list[AlertEvent]:
-        with self._lock:
-            rows = self._db.execute(sql.EVENTS, (alert_id,)).fetchall()
-        return sql.events_from_rows(rows)
+        return sql.events_from_rows(self._rows(sql.EVENTS, (alert_id,)))
 
 
 class SqliteOutbox(_Repository, sql.OutboxStatements):
@@ -245,9 +239,7 @@ class SqliteSilences(_Repository):
 
     def current(self, now_ms: int) -> list[Silence]:
         """Silences not yet over (current and future)."""
-        with self._lock:
-            rows = self._db.execute(sql.CURRENT_SILENCES, (now_ms,)).fetchall()
-        return [sql.silence_from_row(row) for row in rows]
+        return [sql.silence_from_row(r) for r in self._rows(sql.CURRENT_SILENCES, (now_ms,))]
 
 
 class SqliteAlertStore:

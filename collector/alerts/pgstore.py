@@ -36,7 +36,7 @@ from collector.alerts import sql
 from collector.alerts.model import Alert, AlertEvent, Fingerprint, Silence, State
 from collector.alerts.outbox import OutboxEntry, OutboxRow
 from collector.alerts.pgdatabase import DB_NOW_MS, UNAVAILABLE, PgDatabase, Row, instance_name
-from collector.alerts.repositories import Decide, Write
+from collector.alerts.repositories import Decide
 from collector.alerts.sql import POSTGRES
 from collector.errors import AlertConflictError
 
@@ -64,7 +64,7 @@ class _Repository:
             return list(db.execute(POSTGRES.sql(query), params).fetchall())
 
 
-class PgAlerts(_Repository):
+class PgAlerts(_Repository, sql.AlertWrites):
     """Alerts and their events, with the outbox entries of each change."""
 
     def create(
@@ -80,26 +80,12 @@ class PgAlerts(_Repository):
                     (*sql.alert_key_values(alert), *sql.alert_values(alert, POSTGRES)),
                 ).fetchone()
                 alert.id = int(found[0]) if found else 0
-                stamped = [dataclasses.replace(e, alert_id=alert.id) for e in events]
-                writes = decide(alert, stamped) if decide is not None else [(alert, stamped, ())]
-                for write in writes:
-                    self._write(db, *write)
+                stamped = self._decide_new(db, alert, events, decide)
         except pgerrors.UniqueViolation as exc:
             raise AlertConflictError(
                 f"an active alert of {alert.fingerprint.key()} exists already"
             ) from exc
         return alert, stamped
-
-    def save(
-        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
-    ) -> None:
-        self.save_all([(alert, events, outbox)])
-
-    def save_all(self, writes: Sequence[Write]) -> None:
-        """Several alerts' changes in one transaction."""
-        with self._transaction() as db:
-            for write in writes:
-                self._write(db, *write)
 
     def _write(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from collector.alerts.model import (
@@ -23,7 +24,8 @@ from collector.alerts.model import (
     bookkeeping,
     with_bookkeeping,
 )
-from collector.alerts.outbox import Backlog, OutboxRow
+from collector.alerts.outbox import Backlog, OutboxEntry, OutboxRow
+from collector.alerts.repositories import Decide, Write
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -121,6 +123,42 @@ def alert_from_row(row: Sequence[Any]) -> Alert:
         acknowledged=bool(row[14]),
     )
     return with_bookkeeping(alert, json.loads(row[15]))
+
+
+class AlertWrites:
+    """What both stores' alert repositories do alike around their own ``_write`` (one
+    alert's new row, events and outbox entries): several changes, or a new alert and all
+    that ``decide`` makes of it, in one transaction."""
+
+    _transaction: Callable[[], AbstractContextManager[Any]]
+
+    def _write(
+        self, db: Any, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry]
+    ) -> None:
+        raise NotImplementedError
+
+    def save(
+        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
+    ) -> None:
+        self.save_all([(alert, events, outbox)])
+
+    def save_all(self, writes: Sequence[Write]) -> None:
+        """Several alerts' changes in one transaction."""
+        with self._transaction() as db:
+            for write in writes:
+                self._write(db, *write)
+
+    def _decide_new(
+        self, db: Any, alert: Alert, events: Sequence[AlertEvent], decide: Decide | None
+    ) -> list[AlertEvent]:
+        """Within the transaction that inserted ``alert`` (it has its id now): its first
+        events, and what ``decide`` makes of them (its outbox entries, its incident
+        leader's change)."""
+        stamped = [dataclasses.replace(e, alert_id=alert.id) for e in events]
+        writes = decide(alert, stamped) if decide is not None else [(alert, stamped, ())]
+        for write in writes:
+            self._write(db, *write)
+        return stamped
 
 
 def event_rows(alert: Alert, events: Iterable[AlertEvent]) -> list[tuple[Any, ...]]:

@@ -22,7 +22,7 @@ from typing import Any
 from collector.alerts import sql
 from collector.alerts.model import Alert, AlertEvent, Fingerprint, Silence, State
 from collector.alerts.outbox import OutboxEntry, OutboxRow
-from collector.alerts.repositories import Decide, Write
+from collector.alerts.repositories import Decide
 from collector.alerts.schema import prepare
 from collector.alerts.sql import SQLITE
 from collector.errors import AlertStoreError, DamagedAlertStoreError
@@ -121,7 +121,7 @@ class _Repository:
             return list(self._db.execute(query, params).fetchall())
 
 
-class SqliteAlerts(_Repository):
+class SqliteAlerts(_Repository, sql.AlertWrites):
     """Alerts and their events, with the outbox entries of each change."""
 
     def create(
@@ -135,22 +135,8 @@ class SqliteAlerts(_Repository):
                 sql.INSERT_ALERT, (*sql.alert_key_values(alert), *sql.alert_values(alert, SQLITE))
             )
             alert.id = int(cursor.lastrowid or 0)
-            stamped = [dataclasses.replace(e, alert_id=alert.id) for e in events]
-            writes = decide(alert, stamped) if decide is not None else [(alert, stamped, ())]
-            for write in writes:
-                self._write(db, *write)
+            stamped = self._decide_new(db, alert, events, decide)
         return alert, stamped
-
-    def save(
-        self, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry] = ()
-    ) -> None:
-        self.save_all([(alert, events, outbox)])
-
-    def save_all(self, writes: Sequence[Write]) -> None:
-        """Several alerts' changes in one transaction."""
-        with self._transaction() as db:
-            for write in writes:
-                self._write(db, *write)
 
     def _write(
         self,

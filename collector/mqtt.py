@@ -103,6 +103,8 @@ class Inbox:
     """What both receivers share: the session they subscribe for, the inbox and its
     consumer's side (wait for messages, take them), and the connection counters."""
 
+    _session_name = "MQTT connection"  # as the log names it
+
     def __init__(
         self,
         settings: MqttSettings,
@@ -169,6 +171,23 @@ class Inbox:
             "inbox full: reading from the broker paused",
             inbox=self.settings.receive_maximum,
         )
+
+    def _session_up(self, reason_code: ReasonCode) -> bool:
+        """At paho's connect: whether the broker let us in (a refusal is logged; paho
+        tries again), counting a new connection when it did."""
+        if reason_code.is_failure:
+            log.error("%s refused: %s", self._session_name, reason_code)
+            return False
+        self.generation += 1
+        self.connects += 1
+        return True
+
+    def _session_down(self, reason_code: ReasonCode) -> None:
+        """At paho's disconnect: counted, and logged unless we closed it."""
+        self.connected.clear()
+        self.disconnects += 1
+        if reason_code.is_failure:
+            log.warning("%s lost, reconnecting: %s", self._session_name, reason_code)
 
     def _receive(self, message: paho.MQTTMessage) -> None:
         """Into the inbox, from paho's network thread (its on_message)."""
@@ -238,11 +257,8 @@ class MqttSource(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT connection refused: %s", reason_code)
+        if not self._session_up(reason_code):
             return
-        self.generation += 1
-        self.connects += 1
         client.subscribe(
             [
                 (topic, SubscribeOptions(qos=1, noLocal=topic in self.no_local))
@@ -274,10 +290,7 @@ class MqttSource(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self.connected.clear()
-        self.disconnects += 1
-        if reason_code.is_failure:
-            log.warning("MQTT connection lost, reconnecting: %s", reason_code)
+        self._session_down(reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._receive(message)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,11 +21,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from collector.config import MqttSettings
 from collector.mqtt import OFFLINE, ONLINE, Inbox, make_client
 
-log = logging.getLogger(__name__)
-
 
 class GatewaySession(Inbox):
     """The inbox, and the MQTT session; online once the session and the data are up."""
+
+    _session_name = "MQTT connection to the NATS gateway"
 
     def __init__(
         self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
@@ -56,11 +55,8 @@ class GatewaySession(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT connection to the NATS gateway refused: %s", reason_code)
+        if not self._session_up(reason_code):
             return
-        self.generation += 1
-        self.connects += 1
         client.subscribe([(topic, 1) for topic in self.subscriptions])
 
     def _on_subscribe(self, client: paho.Client, *_: Any) -> None:
@@ -75,13 +71,10 @@ class GatewaySession(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self.disconnects += 1
-        self.connected.clear()
+        self._session_down(reason_code)
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 self._loop.call_soon_threadsafe(self._set_up, "link", False)
-        if reason_code.is_failure:
-            log.warning("MQTT connection to the NATS gateway lost: %s", reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._receive(message)

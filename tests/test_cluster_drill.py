@@ -11,7 +11,6 @@ the receiver, and no idempotency key arrives twice.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -24,7 +23,6 @@ import pytest
 
 from collector.config import InfluxSettings
 from collector.natssubjects import partition_of
-from fieldtools.demo import wait_for_collector
 from fieldtools.localservices import InfluxDB, stop_process
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import influx_rows, poll
@@ -37,11 +35,10 @@ from tests.natsfixtures import (
 )
 from tests.receivers import WorkOrders, serve
 from tests.test_detection_e2e import PRESETS
-from tests.test_nats_ownership import owners
+from tests.test_nats_ownership import kill_and_await_takeover, shared_out
 
 PARTITIONS = 8
 GAS_DEVICES = [f"gas-{index}" for index in range(24)]  # every partition has some
-TAKEOVER_S = 30.0
 GAS_RULE = "combustible-gas"  # level 2 (red) at 50 % LEL
 REGISTRY = """
 [units.{unit}]
@@ -148,14 +145,7 @@ def test_a_collector_killed_during_a_gas_alarm(
                 directory=tmp_path,
             )
             procs[client_id], names[client_id] = proc, name
-        for client_id in procs:
-            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
-        shared = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == PARTITIONS and len(set(found.values())) == 3,
-            60,
-        )
-        assert len(set(shared.values())) == 3, shared
+        shared = shared_out(cluster, list(procs))
         victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
         victims_partitions = {p for p, owner in shared.items() if owner == victim}
         leaking = next(d for d in GAS_DEVICES if partition_of(d, PARTITIONS) in victims_partitions)
@@ -175,18 +165,7 @@ def test_a_collector_killed_during_a_gas_alarm(
         # the kill is sent again with its key, by design (at-least-once, docs/cluster.md)
         pending = "SELECT count(*) FROM outbox WHERE status = 'pending'"
         assert poll(lambda: store_rows(pg_url, pending), lambda r: r == [(0,)], 60) == [(0,)]
-        procs[victim].send_signal(signal.SIGKILL)
-        procs[victim].wait()
-        killed_at = time.monotonic()
-        survivors = set(procs) - {victim}
-        after = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == PARTITIONS and set(found.values()) <= survivors,
-            TAKEOVER_S,
-        )
-        took_s = time.monotonic() - killed_at
-        assert len(after) == PARTITIONS and set(after.values()) <= survivors, after
-        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+        kill_and_await_takeover(cluster, procs, victim)
 
         poll(load.count, lambda n: n >= 9 * 80, 90)
         time.sleep(2 * 10)  # what the victim held comes again after ack_wait_s

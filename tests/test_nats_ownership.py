@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nats
@@ -59,6 +59,40 @@ def owners(cluster: NatsCluster) -> dict[int, str]:
         return {}
 
 
+def shared_out(cluster: NatsCluster, procs: Sequence[str]) -> dict[int, str]:
+    """Once the collectors ``procs`` (client ids) are online and every one holds some
+    partitions: partition -> the collector holding it."""
+    for client_id in procs:
+        wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
+    shared = poll(
+        lambda: owners(cluster),
+        lambda found: len(found) == cluster.partitions and len(set(found.values())) == len(procs),
+        60,
+    )
+    assert len(set(shared.values())) == len(procs), shared
+    return shared
+
+
+def kill_and_await_takeover(
+    cluster: NatsCluster, procs: dict[str, subprocess.Popen[bytes]], victim: str
+) -> dict[int, str]:
+    """SIGKILL ``victim``; the partitions once the survivors own them all, within the
+    bound the cluster promises."""
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    killed_at = time.monotonic()
+    survivors = set(procs) - {victim}
+    after = poll(
+        lambda: owners(cluster),
+        lambda found: len(found) == cluster.partitions and set(found.values()) <= survivors,
+        TAKEOVER_S,
+    )
+    took_s = time.monotonic() - killed_at
+    assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
+    print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+    return after
+
+
 def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
     start_nats: Callable[..., NatsCluster], influxdb: InfluxDB, database: str, tmp_path: Path
 ) -> None:
@@ -77,30 +111,12 @@ def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
         procs[client_id] = proc
     load = None
     try:
-        for client_id in procs:
-            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
-        shared = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == cluster.partitions and len(set(found.values())) == 3,
-            60,
-        )
-        assert len(set(shared.values())) == 3, shared
+        shared = shared_out(cluster, list(procs))
         load = Load(cluster, DEVICES)
         poll(load.count, lambda n: n >= DEVICES * 20, 60)
         # the collector with the most partitions dies, mid-stream
         victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
-        procs[victim].send_signal(signal.SIGKILL)
-        procs[victim].wait()
-        killed_at = time.monotonic()
-        survivors = set(procs) - {victim}
-        after = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == cluster.partitions and set(found.values()) <= survivors,
-            TAKEOVER_S,
-        )
-        took_s = time.monotonic() - killed_at
-        assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
-        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+        kill_and_await_takeover(cluster, procs, victim)
         poll(load.count, lambda n: n >= DEVICES * 60, 60)
         load.stop()
 

@@ -146,11 +146,7 @@ def test_a_collector_that_stops_hands_its_partitions_over_and_each_reading_is_re
     database: str,
     run_collector: Callable[..., CollectorThread],
 ) -> None:
-    def collector(name: str) -> CollectorThread:
-        settings = nats_settings(name)
-        return run_collector(settings)
-
-    first, second = collector("first"), collector("second")
+    first, second = (run_collector(nats_settings(name)) for name in ("first", "second"))
     both = poll(
         lambda: owners(nats_cluster),
         lambda found: len(found) == nats_cluster.partitions and len(set(found.values())) == 2,

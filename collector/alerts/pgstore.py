@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from collector.alerts import sql
-from collector.alerts.model import Alert, AlertEvent, Fingerprint, Silence, State
+from collector.alerts.model import Alert, AlertEvent, Silence, State
 from collector.alerts.outbox import OutboxEntry, OutboxRow
 from collector.alerts.pgdatabase import DB_NOW_MS, UNAVAILABLE, PgDatabase, Row, instance_name
 from collector.alerts.repositories import Decide
@@ -64,7 +64,7 @@ class _Repository:
             return list(db.execute(POSTGRES.sql(query), params).fetchall())
 
 
-class PgAlerts(_Repository, sql.AlertWrites):
+class PgAlerts(_Repository, sql.AlertStatements):
     """Alerts and their events, with the outbox entries of each change."""
 
     def create(
@@ -127,32 +127,17 @@ class PgAlerts(_Repository, sql.AlertWrites):
                 [(e.receiver, e.event_key, e.alert_id, e.seq, e.payload, now_ms) for e in entries],
             )
 
-    def last_seq(self, alert_id: int) -> int:
-        rows = self._rows(sql.LAST_SEQ, (alert_id,))
-        return int(rows[0][0]) if rows else 0
+    # and the event the row stood at when read, kept with the alert (_READ_AT_SEQ)
+    _columns = sql.ALERT_COLUMNS + ", last_seq"
 
-    # and the event the row stood at when read
-    _COLUMNS = sql.ALERT_COLUMNS + ", last_seq"
-
-    @staticmethod
-    def _alert(row: Sequence[Any]) -> Alert:
+    def _alert(self, row: Sequence[Any]) -> Alert:
         alert = sql.alert_from_row(row)
         vars(alert)[_READ_AT_SEQ] = int(row[16])
         return alert
 
-    def _one(self, where: str, params: Sequence[Any]) -> Alert | None:
-        rows = self._rows(f"SELECT {self._COLUMNS} FROM alerts {where}", params)
-        return self._alert(rows[0]) if rows else None
-
-    def get(self, alert_id: int) -> Alert | None:
-        return self._one(sql.ALERT_BY_ID, (alert_id,))
-
-    def find_active(self, fingerprint: Fingerprint) -> Alert | None:
-        return self._one(sql.ACTIVE_ALERT, (fingerprint.key(),))
-
     def matching(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
         """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
-        query = f"SELECT {self._COLUMNS} FROM alerts WHERE true"
+        query = f"SELECT {self._columns} FROM alerts WHERE true"
         params: list[Any] = []
         if states:
             query += " AND state = ANY(%s)"
@@ -163,9 +148,6 @@ class PgAlerts(_Repository, sql.AlertWrites):
         with self._reading() as db:
             rows = db.execute(query + " ORDER BY id", params).fetchall()
         return [self._alert(row) for row in rows]
-
-    def events(self, alert_id: int) -> list[AlertEvent]:
-        return sql.events_from_rows(self._rows(sql.EVENTS, (alert_id,)))
 
 
 class PgOutbox(_Repository, sql.OutboxStatements):

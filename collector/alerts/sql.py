@@ -67,17 +67,10 @@ UPDATE_ALERT = (
     "condition_changed_at_ms = ?, acknowledged = ?, extra = ?"
 )
 INSERT_EVENTS = "INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-LAST_SEQ = "SELECT last_seq FROM alerts WHERE id = ?"
 ALERT_COLUMNS = (
     "id, device, quantity, detector, state, colour, family, unit, hierarchy, value, "
     "started_at_ms, updated_at_ms, condition_active, condition_changed_at_ms, "
     "acknowledged, extra"
-)
-ALERT_BY_ID = "WHERE id = ?"
-ACTIVE_ALERT = "WHERE fingerprint = ? AND state != 'closed'"
-EVENTS = (
-    "SELECT alert_id, seq, type, at_ms, actor, note, state, colour, value "
-    "FROM alert_events WHERE alert_id = ? ORDER BY seq"
 )
 
 
@@ -125,12 +118,47 @@ def alert_from_row(row: Sequence[Any]) -> Alert:
     return with_bookkeeping(alert, json.loads(row[15]))
 
 
-class AlertWrites:
-    """What both stores' alert repositories do alike around their own ``_write`` (one
-    alert's new row, events and outbox entries): several changes, or a new alert and all
+class AlertStatements:
+    """What both stores' alert repositories do alike: reads through their ``_rows``
+    (``_columns`` read into an alert by ``_alert``), and around their own ``_write`` (one
+    alert's new row, events and outbox entries) several changes, or a new alert and all
     that ``decide`` makes of it, in one transaction."""
 
     _transaction: Callable[[], AbstractContextManager[Any]]
+    _columns = ALERT_COLUMNS
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _alert(self, row: Sequence[Any]) -> Alert:
+        return alert_from_row(row)
+
+    def _one(self, where: str, params: Sequence[Any]) -> Alert | None:
+        rows = self._rows(f"SELECT {self._columns} FROM alerts {where}", params)
+        return self._alert(rows[0]) if rows else None
+
+    def get(self, alert_id: int) -> Alert | None:
+        return self._one("WHERE id = ?", (alert_id,))
+
+    def find_active(self, fingerprint: Fingerprint) -> Alert | None:
+        return self._one("WHERE fingerprint = ? AND state != 'closed'", (fingerprint.key(),))
+
+    def last_seq(self, alert_id: int) -> int:
+        rows = self._rows("SELECT last_seq FROM alerts WHERE id = ?", (alert_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def events(self, alert_id: int) -> list[AlertEvent]:
+        rows = self._rows(
+            "SELECT alert_id, seq, type, at_ms, actor, note, state, colour, value "
+            "FROM alert_events WHERE alert_id = ? ORDER BY seq",
+            (alert_id,),
+        )
+        return [
+            AlertEvent(
+                int(r[0]), r[1], EventType(r[2]), int(r[3]), r[4], r[5], State(r[6]), r[7], r[8]
+            )
+            for r in rows
+        ]
 
     def _write(
         self, db: Any, alert: Alert, events: Sequence[AlertEvent], outbox: Sequence[OutboxEntry]
@@ -165,13 +193,6 @@ def event_rows(alert: Alert, events: Iterable[AlertEvent]) -> list[tuple[Any, ..
     return [
         (alert.id, e.seq, e.type.value, e.at_ms, e.actor, e.note, e.state.value, e.colour, e.value)
         for e in events
-    ]
-
-
-def events_from_rows(rows: Iterable[Sequence[Any]]) -> list[AlertEvent]:
-    return [
-        AlertEvent(int(r[0]), r[1], EventType(r[2]), int(r[3]), r[4], r[5], State(r[6]), r[7], r[8])
-        for r in rows
     ]
 
 

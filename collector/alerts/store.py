@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.alerts import sql
-from collector.alerts.model import Alert, AlertEvent, Fingerprint, Silence, State
+from collector.alerts.model import Alert, AlertEvent, Silence, State
 from collector.alerts.outbox import OutboxEntry, OutboxRow
 from collector.alerts.repositories import Decide
 from collector.alerts.schema import prepare
@@ -121,7 +121,7 @@ class _Repository:
             return list(self._db.execute(query, params).fetchall())
 
 
-class SqliteAlerts(_Repository, sql.AlertWrites):
+class SqliteAlerts(_Repository, sql.AlertStatements):
     """Alerts and their events, with the outbox entries of each change."""
 
     def create(
@@ -159,23 +159,9 @@ class SqliteAlerts(_Repository, sql.AlertWrites):
             db.executemany(sql.INSERT_EVENTS, sql.event_rows(alert, events))
             db.execute("UPDATE alerts SET last_seq = ? WHERE id = ?", (events[-1].seq, alert.id))
 
-    def last_seq(self, alert_id: int) -> int:
-        rows = self._rows(sql.LAST_SEQ, (alert_id,))
-        return int(rows[0][0]) if rows else 0
-
-    def _one(self, where: str, params: Sequence[Any]) -> Alert | None:
-        rows = self._rows(f"SELECT {sql.ALERT_COLUMNS} FROM alerts {where}", params)
-        return sql.alert_from_row(rows[0]) if rows else None
-
-    def get(self, alert_id: int) -> Alert | None:
-        return self._one(sql.ALERT_BY_ID, (alert_id,))
-
-    def find_active(self, fingerprint: Fingerprint) -> Alert | None:
-        return self._one(sql.ACTIVE_ALERT, (fingerprint.key(),))
-
     def matching(self, *, states: Sequence[State] = (), unit: str | None = None) -> list[Alert]:
         """Alerts in any of ``states`` (all when empty), of one ``unit`` if given, by id."""
-        query = f"SELECT {sql.ALERT_COLUMNS} FROM alerts WHERE 1"
+        query = f"SELECT {self._columns} FROM alerts WHERE 1"
         params: list[str] = []
         if states:
             query += f" AND state IN ({', '.join('?' for _ in states)})"
@@ -186,10 +172,7 @@ class SqliteAlerts(_Repository, sql.AlertWrites):
             params.append(unit)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", params).fetchall()
-        return [sql.alert_from_row(row) for row in rows]
-
-    def events(self, alert_id: int) -> list[AlertEvent]:
-        return sql.events_from_rows(self._rows(sql.EVENTS, (alert_id,)))
+        return [self._alert(row) for row in rows]
 
 
 class SqliteOutbox(_Repository, sql.OutboxStatements):

@@ -1,9 +1,11 @@
-"""What the SQLite and the PostgreSQL alert stores say alike: their queries, written once
-with ``?`` placeholders (``Dialect.sql`` turns them into the driver's), and how alerts,
-events, outbox rows and silences become rows and come back from them.
+"""What the SQLite and the PostgreSQL alert stores do alike: their queries, written once
+with ``?`` placeholders (a store's ``Dialect`` turns them into its driver's), how alerts,
+events, outbox rows and silences become rows and come back from them, and the repository
+methods that only run such queries (``AlertStatements``, ``OutboxStatements``).
 
-What differs stays in each store: how a new row's id comes back, how a duplicate outbox
-entry is ignored, and PostgreSQL's claims and leases (collector/alerts/pgstore.py).
+What differs stays in each store: how a statement runs, how a new row's id comes back, how
+a duplicate outbox entry is ignored, and PostgreSQL's claims, leases and refusal of a
+stale change (collector/alerts/pgstore.py).
 """
 
 from __future__ import annotations

@@ -65,9 +65,11 @@ def make_client(
     manual_ack: bool = False,
     protocol: int = paho.MQTTv5,
     clean_session: bool | None = None,
+    will_topic: str | None = None,
 ) -> paho.Client:
     """A paho client with the endpoint's credentials and TLS options applied
-    (``clean_session`` is for MQTT 3.1.1 only: v5 sets clean start at connect)."""
+    (``clean_session`` is for MQTT 3.1.1 only: v5 sets clean start at connect), and
+    "offline" retained at ``will_topic`` as its last will."""
     endpoint = settings.endpoint
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
@@ -92,12 +94,16 @@ def make_client(
         min_delay=max(1, round(settings.reconnect_min_s)),
         max_delay=max(1, round(settings.reconnect_max_s)),
     )
+    if will_topic is not None:
+        client.will_set(will_topic, OFFLINE, qos=1, retain=True)
     return client
 
 
 class Inbox:
     """What both receivers share: the session they subscribe for, the inbox and its
     consumer's side (wait for messages, take them), and the connection counters."""
+
+    _session_name = "MQTT connection"  # as the log names it
 
     def __init__(
         self,
@@ -115,6 +121,8 @@ class Inbox:
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._wakeup = asyncio.Event()
         self._wakeup_pending = False
+        # the consumer's loop, set when receiving starts: paho's thread wakes it
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.generation = 0  # which connection: acknowledgements are only valid on it
         self.connected = threading.Event()  # threading: read by /healthz and tests
         self.connects = 0
@@ -164,6 +172,55 @@ class Inbox:
             inbox=self.settings.receive_maximum,
         )
 
+    def _session_up(self, reason_code: ReasonCode) -> bool:
+        """At paho's connect: whether the broker let us in (a refusal is logged; paho
+        tries again), counting a new connection when it did."""
+        if reason_code.is_failure:
+            log.error("%s refused: %s", self._session_name, reason_code)
+            return False
+        self.generation += 1
+        self.connects += 1
+        return True
+
+    def _session_down(self, reason_code: ReasonCode) -> None:
+        """At paho's disconnect: counted, and logged unless we closed it."""
+        self.connected.clear()
+        self.disconnects += 1
+        if reason_code.is_failure:
+            log.warning("%s lost, reconnecting: %s", self._session_name, reason_code)
+
+    def _receive(self, message: paho.MQTTMessage) -> None:
+        """Into the inbox, from paho's network thread (its on_message)."""
+        # Must never raise: an exception here would end paho's network thread.
+        if self._full():
+            self._note_paused()
+            while self._full():  # holding paho's thread: it reads no more meanwhile
+                time.sleep(0.01)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", errors="replace")
+        payload = message.payload
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)
+        self._inbox.append(
+            Inbound(
+                topic,
+                payload,
+                message.mid,
+                message.qos,
+                self.generation,
+                time.time_ns() // 1_000_000,
+                bool(message.retain),
+            )
+        )
+        self.received += 1
+        # One wake-up until the consumer drains: not a syscall and a loop turn per message.
+        if not self._wakeup_pending and self._loop is not None:
+            self._wakeup_pending = True
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+
 
 class MqttSource(Inbox):
     """Subscribes, collects inbound messages for an asyncio consumer, acknowledges on demand."""
@@ -177,15 +234,13 @@ class MqttSource(Inbox):
         no_local: Sequence[str] = (),
     ) -> None:
         super().__init__(settings, subscriptions, status_topic=status_topic, no_local=no_local)
-        self.client = make_client(settings, manual_ack=True)
+        # Like a device: a retained status, "offline" left as the last will.
+        self.client = make_client(settings, manual_ack=True, will_topic=status_topic)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_connect_fail = self._on_connect_fail
-        # Like a device: a retained status, "offline" left as the last will.
-        self.client.will_set(status_topic, OFFLINE, qos=1, retain=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- paho's network thread -------------------------------------------------------------
 
@@ -202,11 +257,8 @@ class MqttSource(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT connection refused: %s", reason_code)
+        if not self._session_up(reason_code):
             return
-        self.generation += 1
-        self.connects += 1
         client.subscribe(
             [
                 (topic, SubscribeOptions(qos=1, noLocal=topic in self.no_local))
@@ -238,41 +290,10 @@ class MqttSource(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self.connected.clear()
-        self.disconnects += 1
-        if reason_code.is_failure:
-            log.warning("MQTT connection lost, reconnecting: %s", reason_code)
+        self._session_down(reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        # Must never raise: an exception here would end paho's network thread.
-        if self._full():
-            self._note_paused()
-            while self._full():  # holding paho's thread: it reads no more meanwhile
-                time.sleep(0.01)
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", errors="replace")
-        payload = message.payload
-        if not isinstance(payload, bytes):
-            payload = bytes(payload)
-        self._inbox.append(
-            Inbound(
-                topic,
-                payload,
-                message.mid,
-                message.qos,
-                self.generation,
-                time.time_ns() // 1_000_000,
-                bool(message.retain),
-            )
-        )
-        self.received += 1
-        # One wake-up until the consumer drains: not a syscall and a loop turn per message.
-        if not self._wakeup_pending and self._loop is not None:
-            self._wakeup_pending = True
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                self._loop.call_soon_threadsafe(self._wakeup.set)
+        self._receive(message)
 
     # -- the asyncio side ------------------------------------------------------------------
 

@@ -73,7 +73,6 @@ class BulkMqttSource(Inbox):
         # our QoS 1 publishes not yet acknowledged: sent again after a reconnect
         self._outgoing: dict[int, tuple[str, bytes, bool]] = {}
         self._acked_out = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         # Publishes handed over from other threads and not yet written: while there are
         # any, the loop's own publishes queue behind them, so the newest state of a topic
         # (a unit's siren) is the one written last, whoever published it.

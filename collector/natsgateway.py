@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,25 +19,27 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from collector.config import MqttSettings
-from collector.mqtt import OFFLINE, ONLINE, Inbound, Inbox, make_client
-
-log = logging.getLogger(__name__)
+from collector.mqtt import OFFLINE, ONLINE, Inbox, make_client
 
 
 class GatewaySession(Inbox):
     """The inbox, and the MQTT session; online once the session and the data are up."""
 
+    _session_name = "MQTT connection to the NATS gateway"
+
     def __init__(
         self, settings: MqttSettings, subscriptions: Sequence[str], *, status_topic: str
     ) -> None:
         super().__init__(settings, subscriptions, status_topic=status_topic)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._link_up = False
         self._data_up = False
         self.link = make_client(
-            settings, manual_ack=True, protocol=paho.MQTTv311, clean_session=False
+            settings,
+            manual_ack=True,
+            protocol=paho.MQTTv311,
+            clean_session=False,
+            will_topic=status_topic,
         )
-        self.link.will_set(status_topic, OFFLINE, qos=1, retain=True)
         self.link.on_connect = self._on_connect
         self.link.on_subscribe = self._on_subscribe
         self.link.on_disconnect = self._on_disconnect
@@ -55,11 +55,8 @@ class GatewaySession(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT connection to the NATS gateway refused: %s", reason_code)
+        if not self._session_up(reason_code):
             return
-        self.generation += 1
-        self.connects += 1
         client.subscribe([(topic, 1) for topic in self.subscriptions])
 
     def _on_subscribe(self, client: paho.Client, *_: Any) -> None:
@@ -74,32 +71,13 @@ class GatewaySession(Inbox):
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self.disconnects += 1
-        self.connected.clear()
+        self._session_down(reason_code)
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 self._loop.call_soon_threadsafe(self._set_up, "link", False)
-        if reason_code.is_failure:
-            log.warning("MQTT connection to the NATS gateway lost: %s", reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        if self._full():
-            self._note_paused()
-            while self._full():  # holding paho's thread: it reads no more meanwhile
-                time.sleep(0.01)
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        topic = message._topic.decode("utf-8", errors="replace")
-        now_ms = time.time_ns() // 1_000_000
-        self._inbox.append(
-            Inbound(
-                topic, payload, message.mid, message.qos, self.generation, now_ms, message.retain
-            )
-        )
-        self.received += 1
-        if not self._wakeup_pending and self._loop is not None:
-            self._wakeup_pending = True
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wakeup.set)
+        self._receive(message)
 
     def _set_up(self, part: str, up: bool) -> None:
         """Online (retained, announced) once both the session and the data are up."""

@@ -14,36 +14,31 @@ The NATS gateways admit anyone on this machine: a demo on loopback, not a deploy
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from collector.config import InfluxSettings
-from collector.configfile import load_settings
-from collector.errors import SmartUnitError
-from collector.registry import Registry
 from fieldtools.demo import (
+    ANOMALIES,
     ANOMALY_EVERY_S,
     DEMO_DB,
     FAULTY_MESSAGE_EVERY_S,
-    HISTORY_HOURS,
     OPENING,
+    SMARTUNIT,
+    DemoSession,
+    run_demo_session,
+    shipped_registry,
+    store_demo_history,
     wait_for_collector,
     watch_demo,
+    where_data_is,
 )
-from fieldtools.history import store_history
-from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, free_port, spawn
 from fieldtools.natscluster import NatsCluster
 from fieldtools.postgres import PostgresServer
 from fieldtools.shipped import SAMPLE_CONFIG, shipped_config_dir
-from fieldtools.simulator import build_fleet
 
 NODES = 3
 COLLECTORS = 3
@@ -71,32 +66,22 @@ def run_cluster_demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, config: Path) -> int:
-    temporary = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="smartunit-cluster-")) if temporary else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    registry_path = load_settings(config).registry.path
-    registry = Registry.load(registry_path) if registry_path else Registry.empty()
-    cluster = NatsCluster(workdir / "nats", size=NODES, partitions=PARTITIONS)
-    influxdb = InfluxDB(workdir / "influxdb")
-    postgres: PostgresServer | None = None
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    try:
+    registry = shipped_registry(config)
+
+    def demo(session: DemoSession) -> None:
+        workdir = session.workdir
+        cluster = NatsCluster(workdir / "nats", size=NODES, partitions=PARTITIONS)
+        influxdb = InfluxDB(workdir / "influxdb")
+        session.services.callback(cluster.stop)
         cluster.start()
         postgres = PostgresServer()
+        session.services.callback(postgres.close)
         alerts_store = postgres.new_database(ALERTS_DB)
+        session.services.callback(influxdb.stop)
         influxdb.start()
         influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
-        fleet = build_fleet(registry, generated_per_family=args.devices)
-        stored = asyncio.run(store_history(influx, fleet, registry, hours=HISTORY_HOURS))
-        print(
-            f"history: {stored} readings of the last {HISTORY_HOURS:.0f} h stored, "
-            "for the collectors' warm start"
-            if stored
-            else f"history: kept from an earlier run in {workdir}",
-            flush=True,
-        )
+        stored = store_demo_history(influx, registry, args.devices, workdir, readers="collectors'")
         token = os.environ.get("SMARTUNIT_API_TOKEN") or secrets.token_urlsafe(12)
-        smartunit = [sys.executable, "-m", "collector.cli"]
         instances = [
             Instance(
                 client_id=f"smartunit-collector-{index + 1}",
@@ -125,8 +110,8 @@ def _run(args: argparse.Namespace, config: Path) -> int:
                 "SMARTUNIT_HTTP_PORT": str(instance.http_port),
                 "SMARTUNIT_PUBLIC_URL": instance.console.rstrip("/"),
             }
-            children[instance.client_id] = spawn(
-                [*smartunit, "run", "--config", str(config)],
+            session.children[instance.client_id] = spawn(
+                [*SMARTUNIT, "run", "--config", str(config)],
                 env=env,
                 log_path=workdir / f"{instance.client_id}.log",
             )
@@ -138,7 +123,7 @@ def _run(args: argparse.Namespace, config: Path) -> int:
             log = workdir / f"simulator-{index + 1}.log"
             simulator_logs.append(log)
             simulate = [
-                *smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
+                *SMARTUNIT, "simulate", "--config", str(config), "--generate", str(args.devices),
                 "--mqtt-url", node.mqtt_url, "--shard", f"{index}/{NODES}", "--seed", "1",
                 "--labels", str(workdir / f"labels-{index + 1}.jsonl"),
                 *(f"--schedule={s.after_s}:{s.device}:{s.kind}:{s.duration_s}" for s in OPENING),
@@ -146,26 +131,11 @@ def _run(args: argparse.Namespace, config: Path) -> int:
                 "--anomaly-every", str(ANOMALY_EVERY_S * NODES),
                 "--faulty-message-every", str(FAULTY_MESSAGE_EVERY_S * NODES),
             ]  # fmt: skip
-            children[f"simulator-{index + 1}"] = spawn(simulate, env=base_env, log_path=log)
+            session.children[f"simulator-{index + 1}"] = spawn(simulate, env=base_env, log_path=log)
         _banner(cluster, postgres, influxdb, instances, token=token, config=config, workdir=workdir)
-        watch_demo(influx, args.duration, children, simulator_logs, stored=stored)
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-    except SmartUnitError as exc:
-        print(f"smartunit cluster-demo: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for child in reversed(children.values()):
-            stop_process(child)
-        influxdb.stop()
-        if postgres is not None:
-            postgres.close()
-        cluster.stop()
-        if temporary:
-            shutil.rmtree(workdir, ignore_errors=True)
-    kept = "" if temporary else f"; its data stays in {workdir}"
-    print(f"cluster demo stopped; no process left running{kept}", flush=True)
-    return 0
+        watch_demo(influx, args.duration, session.children, simulator_logs, stored=stored)
+
+    return run_demo_session("cluster-demo", args.workdir, demo)
 
 
 def _banner(
@@ -178,22 +148,18 @@ def _banner(
     config: Path,
     workdir: Path,
 ) -> None:
-    first = instances[0]
-    cli_env = {
-        "SMARTUNIT_CONFIG": str(config),
-        "SMARTUNIT_INFLUX_URL": influxdb.url,
-        "SMARTUNIT_INFLUX_DB": DEMO_DB,
-        "SMARTUNIT_DATA_DIR": str(first.data_dir),
-        "SMARTUNIT_ALERTS_STORE": postgres.database_url(ALERTS_DB),
-    }
-    export = " ".join(f"{name}={shlex.quote(value)}" for name, value in cli_env.items())
+    data = where_data_is(
+        influxdb,
+        config=config,
+        data_dir=str(instances[0].data_dir),
+        SMARTUNIT_ALERTS_STORE=postgres.database_url(ALERTS_DB),
+    )
     consoles = "\n".join(
         f"  Console {index}     {instance.console}  ({instance.client_id}, "
         f"data {instance.data_dir})"
         for index, instance in enumerate(instances, start=1)
     )
     gateways = ", ".join(node.mqtt_url for node in cluster.nodes)
-    opening = "; ".join(f"{s.kind} on {s.device} at +{s.after_s:.0f} s" for s in OPENING)
     port = cluster.nodes[0].mqtt_port
     print(
         f"""
@@ -207,16 +173,10 @@ SmartUnit Monitor cluster demo is running (Ctrl-C stops everything).
   PostgreSQL    {postgres.database_url(ALERTS_DB)}  (the shared alert state)
       query:           psql {postgres.database_url(ALERTS_DB)} \\
                          -c 'SELECT id, unit, colour, state FROM alerts ORDER BY id DESC LIMIT 5'
-  InfluxDB      {influxdb.url}  database {DEMO_DB!r}
-      query:           influx -port {influxdb.port} -database {DEMO_DB} \\
-                         -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'
-  CLI           the smartunit command on this demo's data, in another shell:
-      export {export}
-      smartunit devices --unregistered
+{data}
   logs          {workdir}/smartunit-collector-N.log, {workdir}/simulator-N.log,
                 {workdir}/nats/nN/nats-server.log, {postgres.log}
-  anomalies     first {opening}; then one every {ANOMALY_EVERY_S:.0f} s, and a faulty
-                message every {FAULTY_MESSAGE_EVERY_S:.0f} s; each printed below when injected
+{ANOMALIES}
 """,
         flush=True,
     )

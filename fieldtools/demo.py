@@ -28,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -71,6 +73,96 @@ OPENING = (
     ScheduledAnomaly(after_s=3.0, device="chem-xh-gas-01", kind="gas_leak", duration_s=150.0),
     ScheduledAnomaly(after_s=15.0, device="fire-hg-smoke-01", kind="smoke", duration_s=90.0),
 )
+
+
+SMARTUNIT = [sys.executable, "-m", "collector.cli"]
+ANOMALIES = (
+    "  anomalies     first "
+    + "; ".join(f"{s.kind} on {s.device} at +{s.after_s:.0f} s" for s in OPENING)
+    + f"; then one every {ANOMALY_EVERY_S:.0f} s, and a faulty\n"
+    f"                message every {FAULTY_MESSAGE_EVERY_S:.0f} s; "
+    "each printed below when injected"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSession:
+    """What a demo started: its directory, its child processes (stopped newest first) and
+    its services (stopped after the children, in reverse order of registering)."""
+
+    workdir: Path
+    children: dict[str, subprocess.Popen[bytes]]
+    services: contextlib.ExitStack
+
+
+def run_demo_session(
+    command: str, workdir: Path | None, demo: Callable[[DemoSession], None]
+) -> int:
+    """Run ``demo`` until it returns, Ctrl-C or a SmartUnitError, then stop everything it
+    started; a directory made for the run goes with it, a given one stays."""
+    temporary = workdir is None
+    directory = (
+        Path(tempfile.mkdtemp(prefix=f"smartunit-{command}-")) if workdir is None else workdir
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    session = DemoSession(workdir=directory, children={}, services=contextlib.ExitStack())
+    try:
+        demo(session)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    except SmartUnitError as exc:
+        print(f"smartunit {command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(session.children.values()):
+            stop_process(child)
+        session.services.close()
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+    kept = "" if temporary else f"; its data stays in {directory}"
+    print(f"{command.replace('-', ' ')} stopped; no process left running{kept}", flush=True)
+    return 0
+
+
+def shipped_registry(config: Path) -> Registry:
+    registry_path = load_settings(config).registry.path
+    return Registry.load(registry_path) if registry_path else Registry.empty()
+
+
+def store_demo_history(
+    influx: InfluxSettings, registry: Registry, devices: int, workdir: Path, *, readers: str
+) -> int:
+    """The simulated fleet's last hours in a fresh InfluxDB, for ``readers`` warm start."""
+    fleet = build_fleet(registry, generated_per_family=devices)
+    stored = asyncio.run(store_history(influx, fleet, registry, hours=HISTORY_HOURS))
+    print(
+        f"history: {stored} readings of the last {HISTORY_HOURS:.0f} h stored, "
+        f"for the {readers} warm start"
+        if stored
+        else f"history: kept from an earlier run in {workdir}",
+        flush=True,
+    )
+    return stored
+
+
+def where_data_is(influxdb: InfluxDB, *, config: Path, data_dir: str, **cli_env: str) -> str:
+    """The banner's InfluxDB and CLI lines: how to query the readings, and the environment
+    that points the smartunit command at this demo's data (``cli_env`` adds to it)."""
+    exports = {
+        "SMARTUNIT_CONFIG": str(config),
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": DEMO_DB,
+        "SMARTUNIT_DATA_DIR": data_dir,
+        **cli_env,
+    }
+    export = " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items())
+    return f"""\
+  InfluxDB      {influxdb.url}  database {DEMO_DB!r}
+      query:           influx -port {influxdb.port} -database {DEMO_DB} \\
+                         -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'
+  CLI           the smartunit command on this demo's data, in another shell:
+      export {export}
+      smartunit devices --unregistered"""
 
 
 def wait_for_collector(
@@ -136,28 +228,19 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace, config: Path) -> int:
-    temporary = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="smartunit-demo-")) if temporary else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    registry_path = load_settings(config).registry.path
-    registry = Registry.load(registry_path) if registry_path else Registry.empty()
+    registry = shipped_registry(config)
     unit_ids = list(registry.units)
-    broker, users = secure_broker(workdir / "mosquitto", unit_ids)
-    influxdb = InfluxDB(workdir / "influxdb")
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    try:
+
+    def demo(session: DemoSession) -> None:
+        workdir = session.workdir
+        broker, users = secure_broker(workdir / "mosquitto", unit_ids)
+        influxdb = InfluxDB(workdir / "influxdb")
+        session.services.callback(broker.stop)
+        session.services.callback(influxdb.stop)
         broker.start()
         influxdb.start()
         influx = InfluxSettings(url=influxdb.url, database=DEMO_DB)
-        fleet = build_fleet(registry, generated_per_family=args.devices)
-        stored = asyncio.run(store_history(influx, fleet, registry, hours=HISTORY_HOURS))
-        print(
-            f"history: {stored} readings of the last {HISTORY_HOURS:.0f} h stored, "
-            "for the collector's warm start"
-            if stored
-            else f"history: kept from an earlier run in {workdir}",
-            flush=True,
-        )
+        stored = store_demo_history(influx, registry, args.devices, workdir, readers="collector's")
         collector_url = mqtt_url(broker, COLLECTOR_USER, users[COLLECTOR_USER])
         http_port = free_port()
         env = {
@@ -172,16 +255,16 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
             "SMARTUNIT_API_TOKEN": os.environ.get("SMARTUNIT_API_TOKEN")
             or secrets.token_urlsafe(12),
         }
-        smartunit = [sys.executable, "-m", "collector.cli"]
+        children = session.children
         children["collector"] = spawn(
-            [*smartunit, "run", "--config", str(config)],
+            [*SMARTUNIT, "run", "--config", str(config)],
             env=env,
             log_path=workdir / "collector.log",
         )
         wait_for_collector(collector_url, "smartunit-collector")
         labels = workdir / "labels.jsonl"
         simulate = [
-            *smartunit, "simulate", "--config", str(config), "--generate", str(args.devices),
+            *SMARTUNIT, "simulate", "--config", str(config), "--generate", str(args.devices),
             "--labels", str(labels),
             *(f"--schedule={s.after_s}:{s.device}:{s.kind}:{s.duration_s}" for s in OPENING),
             "--anomaly-every", str(ANOMALY_EVERY_S),
@@ -195,21 +278,8 @@ def _run_demo(args: argparse.Namespace, config: Path) -> int:
         )
         _banner(broker, influxdb, workdir, env, users=users, unit_ids=unit_ids, config=config)
         watch_demo(influx, args.duration, children, [workdir / "simulator.log"], stored=stored)
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-    except SmartUnitError as exc:
-        print(f"smartunit demo: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for child in reversed(children.values()):
-            stop_process(child)
-        influxdb.stop()
-        broker.stop()
-        if temporary:
-            shutil.rmtree(workdir, ignore_errors=True)
-    kept = "" if temporary else f"; its data stays in {workdir}"
-    print(f"demo stopped; no process left running{kept}", flush=True)
-    return 0
+
+    return run_demo_session("demo", args.workdir, demo)
 
 
 def _banner(
@@ -222,14 +292,6 @@ def _banner(
     unit_ids: list[str],
     config: Path,
 ) -> None:
-    cli_env = {
-        "SMARTUNIT_CONFIG": str(config),
-        "SMARTUNIT_INFLUX_URL": influxdb.url,
-        "SMARTUNIT_INFLUX_DB": DEMO_DB,
-        "SMARTUNIT_DATA_DIR": env["SMARTUNIT_DATA_DIR"],
-    }
-    export = " ".join(f"{name}={shlex.quote(value)}" for name, value in cli_env.items())
-    opening = "; ".join(f"{s.kind} on {s.device} at +{s.after_s:.0f} s" for s in OPENING)
     observe = f"mosquitto_sub -p {broker.port} -u {OBSERVER_USER} -P {users[OBSERVER_USER]} -v"
     unit = unit_ids[0] if unit_ids else "UNIT"
     panel = panel_user(unit)
@@ -243,15 +305,9 @@ SmartUnit Monitor demo is running (Ctrl-C stops everything).
       rejections:      {observe} -t 'smartunit/v1/_rejected/#'
       ack on site:     mosquitto_pub -p {broker.port} -u '{panel}' -P {users.get(panel, "...")} \\
                          -t 'smartunit/v1/units/{unit}/ack' -m '{{"alert_id": 1}}'
-  InfluxDB      {influxdb.url}  database {DEMO_DB!r}
-      query:           influx -port {influxdb.port} -database {DEMO_DB} \\
-                         -execute 'SELECT * FROM chem ORDER BY time DESC LIMIT 5'
-  CLI           the smartunit command on this demo's data, in another shell:
-      export {export}
-      smartunit devices --unregistered
+{where_data_is(influxdb, config=config, data_dir=env["SMARTUNIT_DATA_DIR"])}
   logs          {workdir}/collector.log, {workdir}/simulator.log
-  anomalies     first {opening}; then one every {ANOMALY_EVERY_S:.0f} s, and a faulty
-                message every {FAULTY_MESSAGE_EVERY_S:.0f} s; each printed below when injected,
+{ANOMALIES},
                 {workdir}/labels.jsonl when over
 """,
         flush=True,

@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -23,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import InfluxSettings, Settings
 from collector.configfile import load_settings
-from fieldtools.localservices import free_port
+from fieldtools.localservices import InfluxDB, free_port, spawn
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import influx_rows, poll
 
@@ -166,41 +168,89 @@ def reading(seq: int) -> bytes:
     return json.dumps({"ts": time.time() - 60 + seq / 10, "seq": seq, "people": seq}).encode()
 
 
-class Load:
-    """Camera devices publishing numbered readings in turn at QoS 1, on every node of the
-    cluster; what each got a PUBACK for is recorded."""
+def spawn_nats_collector(
+    name: str,
+    cluster: NatsCluster,
+    *,
+    node: int,
+    influxdb: InfluxDB,
+    database: str,
+    directory: Path,
+    config: str = "",
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """A collector process on transport "nats", its MQTT session on node ``node``, its
+    files in ``directory``; ``config`` is the rest of its TOML after ``[nats]``'s
+    partition count. Returns its client id and the process."""
+    client_id = f"{name}-{database}"
+    config_file = directory / f"{name}.toml"
+    config_file.write_text(
+        f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
+        f"[nats]\npartitions = {cluster.partitions}\n{config}"
+    )
+    env = {
+        **os.environ,
+        "SMARTUNIT_MQTT_URL": cluster.nodes[node].mqtt_url,
+        "SMARTUNIT_NATS_URL": cluster.urls,
+        "SMARTUNIT_INFLUX_URL": influxdb.url,
+        "SMARTUNIT_INFLUX_DB": database,
+        "SMARTUNIT_DATA_DIR": str(directory / name),
+        "SMARTUNIT_HTTP_PORT": str(free_port()),
+    }
+    command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config_file)]
+    return client_id, spawn(command, env=env, log_path=directory / f"{name}.log")
 
-    def __init__(self, cluster: NatsCluster, devices: int) -> None:
-        self.devices = [
-            Device(
-                cluster.nodes[index % len(cluster.nodes)].mqtt_port,
-                family="camera",
-                device_id=f"load-{index}",
-            )
-            for index in range(devices)
-        ]
-        self.acked: dict[str, set[int]] = {device.device_id: set() for device in self.devices}
+
+class Publishing:
+    """Devices publishing in a thread, one round every ``period_s`` until stopped; a
+    subclass says what a round (numbered ``seq``) publishes."""
+
+    def __init__(self, devices: list[Device], *, period_s: float) -> None:
+        self.devices = devices
+        self.period_s = period_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def publish_round(self, seq: int) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         seq = 0
         while not self._stop.is_set():
-            for device in self.devices:
-                if device.publish(reading(seq), timeout_s=2):
-                    self.acked[device.device_id].add(seq)
+            self.publish_round(seq)
             seq += 1
-            time.sleep(0.05)
-
-    def count(self) -> int:
-        return sum(len(seqs) for seqs in self.acked.values())
+            time.sleep(self.period_s)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(60)
         for device in self.devices:
             device.close()
+
+
+class Load(Publishing):
+    """Camera devices publishing numbered readings in turn at QoS 1, on every node of the
+    cluster; what each got a PUBACK for is recorded."""
+
+    def __init__(self, cluster: NatsCluster, devices: int) -> None:
+        ids = [f"load-{index}" for index in range(devices)]
+        self.acked: dict[str, set[int]] = {device_id: set() for device_id in ids}
+        nodes = cluster.nodes
+        super().__init__(
+            [
+                Device(nodes[index % len(nodes)].mqtt_port, family="camera", device_id=device_id)
+                for index, device_id in enumerate(ids)
+            ],
+            period_s=0.05,
+        )
+
+    def publish_round(self, seq: int) -> None:
+        for device in self.devices:
+            if device.publish(reading(seq), timeout_s=2):
+                self.acked[device.device_id].add(seq)
+
+    def count(self) -> int:
+        return sum(len(seqs) for seqs in self.acked.values())
 
 
 def assert_every_acknowledged_reading_stored(load: Load, influx: InfluxSettings) -> None:

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from collector.detection import DetectionEvent
+from tests.test_api_unit import open_red_gas
 from tests.test_detection_e2e import REGISTRY
 
 
@@ -27,20 +27,7 @@ def api(make_settings, run_collector, tmp_path: Path):
     )
     collector = run_collector(settings)
     book = collector.collector.alerts
-    (opened,) = book.on_detection(
-        DetectionEvent(
-            "raised",
-            "combustible-gas",
-            "gas-1",
-            "chem",
-            "lel_pct",
-            "xinghua",
-            "red",
-            "green",
-            55.0,
-            round(time.time() * 1000),
-        )
-    )
+    alert_id = open_red_gas(book)
     base = f"http://127.0.0.1:{settings.http.port}"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -49,7 +36,7 @@ def api(make_settings, run_collector, tmp_path: Path):
             break
         except httpx.HTTPError:
             time.sleep(0.05)
-    yield base, opened.alert_id, book
+    yield base, alert_id, book
     collector.stop()
 
 

@@ -11,10 +11,7 @@ the receiver, and no idempotency key arrives twice.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,18 +23,22 @@ import pytest
 
 from collector.config import InfluxSettings
 from collector.natssubjects import partition_of
-from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, stop_process
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import influx_rows, poll
-from tests.natsfixtures import Device, Load, assert_every_acknowledged_reading_stored
+from tests.natsfixtures import (
+    Device,
+    Load,
+    Publishing,
+    assert_every_acknowledged_reading_stored,
+    spawn_nats_collector,
+)
 from tests.receivers import WorkOrders, serve
 from tests.test_detection_e2e import PRESETS
-from tests.test_nats_ownership import owners
+from tests.test_nats_ownership import kill_and_await_takeover, shared_out
 
 PARTITIONS = 8
 GAS_DEVICES = [f"gas-{index}" for index in range(24)]  # every partition has some
-TAKEOVER_S = 30.0
 GAS_RULE = "combustible-gas"  # level 2 (red) at 50 % LEL
 REGISTRY = """
 [units.{unit}]
@@ -51,9 +52,9 @@ def registry_text(unit: str) -> str:
     return REGISTRY.format(unit=unit) + devices
 
 
-class GasLeak:
+class GasLeak(Publishing):
     """A gas detector that reports 2 % LEL, then ``leak`` % LEL once ``leaking`` is set,
-    one reading every ``period_s``, timestamped as it is sent; what was acknowledged is
+    one reading every half second, timestamped as it is sent; what was acknowledged is
     kept by ``seq``."""
 
     def __init__(self, port: int, device_id: str, *, leak: float = 60.0) -> None:
@@ -61,24 +62,13 @@ class GasLeak:
         self.leak = leak
         self.leaking = threading.Event()
         self.acked: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__([self.device], period_s=0.5)
 
-    def _run(self) -> None:
-        seq = 0
-        while not self._stop.is_set():
-            value = self.leak if self.leaking.is_set() else 2.0
-            body = {"ts": time.time(), "seq": seq, "readings": {"lel_pct": value}}
-            if self.device.publish(json.dumps(body).encode(), timeout_s=2):
-                self.acked.add(seq)
-            seq += 1
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.device.close()
+    def publish_round(self, seq: int) -> None:
+        value = self.leak if self.leaking.is_set() else 2.0
+        body = {"ts": time.time(), "seq": seq, "readings": {"lel_pct": value}}
+        if self.device.publish(json.dumps(body).encode(), timeout_s=2):
+            self.acked.add(seq)
 
 
 def start_collector(
@@ -92,30 +82,22 @@ def start_collector(
     receiver_url: str,
     directory: Path,
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    client_id = f"drill-{name}-{database}"
     registry = directory / "registry.toml"
-    config = directory / f"{name}.toml"
-    config.write_text(
-        f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
-        f"[nats]\npartitions = {cluster.partitions}\nack_wait_s = 10\n"
+    return spawn_nats_collector(
+        f"drill-{name}",
+        cluster,
+        node=node,
+        influxdb=influxdb,
+        database=database,
+        directory=directory,
+        config="ack_wait_s = 10\n"
         f'[registry]\npath = "{registry}"\n'
         f'[detection]\nrules = ["{PRESETS}"]\n'
         f'[alerts]\nstore = "{store_url}"\nclaim_lease_s = 5\n'
         "verify_interval_s = 0.5\nretry_initial_s = 0.1\nretry_max_s = 0.5\n"
         f'[[alerts.receivers]]\nname = "desk"\nurl = "{receiver_url}"\ntimeout_s = 2\n'
-        "group_incidents = false\n"
+        "group_incidents = false\n",
     )
-    env = {
-        **os.environ,
-        "SMARTUNIT_MQTT_URL": cluster.nodes[node].mqtt_url,
-        "SMARTUNIT_NATS_URL": cluster.urls,
-        "SMARTUNIT_INFLUX_URL": influxdb.url,
-        "SMARTUNIT_INFLUX_DB": database,
-        "SMARTUNIT_DATA_DIR": str(directory / name),
-        "SMARTUNIT_HTTP_PORT": str(free_port()),
-    }
-    command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
-    return client_id, spawn(command, env=env, log_path=directory / f"{name}.log")
 
 
 def assert_stored_once(influx: InfluxSettings, leak: GasLeak) -> None:
@@ -163,14 +145,7 @@ def test_a_collector_killed_during_a_gas_alarm(
                 directory=tmp_path,
             )
             procs[client_id], names[client_id] = proc, name
-        for client_id in procs:
-            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
-        shared = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == PARTITIONS and len(set(found.values())) == 3,
-            60,
-        )
-        assert len(set(shared.values())) == 3, shared
+        shared = shared_out(cluster, list(procs))
         victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
         victims_partitions = {p for p, owner in shared.items() if owner == victim}
         leaking = next(d for d in GAS_DEVICES if partition_of(d, PARTITIONS) in victims_partitions)
@@ -190,18 +165,7 @@ def test_a_collector_killed_during_a_gas_alarm(
         # the kill is sent again with its key, by design (at-least-once, docs/cluster.md)
         pending = "SELECT count(*) FROM outbox WHERE status = 'pending'"
         assert poll(lambda: store_rows(pg_url, pending), lambda r: r == [(0,)], 60) == [(0,)]
-        procs[victim].send_signal(signal.SIGKILL)
-        procs[victim].wait()
-        killed_at = time.monotonic()
-        survivors = set(procs) - {victim}
-        after = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == PARTITIONS and set(found.values()) <= survivors,
-            TAKEOVER_S,
-        )
-        took_s = time.monotonic() - killed_at
-        assert len(after) == PARTITIONS and set(after.values()) <= survivors, after
-        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+        kill_and_await_takeover(cluster, procs, victim)
 
         poll(load.count, lambda n: n >= 9 * 80, 90)
         time.sleep(2 * 10)  # what the victim held comes again after ack_wait_s
@@ -249,6 +213,6 @@ def test_a_collector_killed_during_a_gas_alarm(
             stop_process(proc)
         receiver.stop()
         for client_id, name in names.items():
-            log = (tmp_path / f"{name}.log").read_text()
+            log = (tmp_path / f"drill-{name}.log").read_text()
             if client_id != victim:
                 assert "Traceback" not in log, log[-3000:]

@@ -3,12 +3,10 @@ leases; one is SIGKILLed under load, its partitions are owned again, no reading 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nats
@@ -16,13 +14,14 @@ import nats
 from collector.config import InfluxSettings, Settings
 from collector.natsleases import BUCKET, share
 from fieldtools.demo import wait_for_collector
-from fieldtools.localservices import InfluxDB, free_port, spawn, stop_process
+from fieldtools.localservices import InfluxDB, stop_process
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
 from tests.natsfixtures import (
     Load,
     assert_every_acknowledged_reading_stored,
     run_async,
+    spawn_nats_collector,
 )
 
 DEVICES = 12
@@ -60,55 +59,64 @@ def owners(cluster: NatsCluster) -> dict[int, str]:
         return {}
 
 
+def shared_out(cluster: NatsCluster, procs: Sequence[str]) -> dict[int, str]:
+    """Once the collectors ``procs`` (client ids) are online and every one holds some
+    partitions: partition -> the collector holding it."""
+    for client_id in procs:
+        wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
+    shared = poll(
+        lambda: owners(cluster),
+        lambda found: len(found) == cluster.partitions and len(set(found.values())) == len(procs),
+        60,
+    )
+    assert len(set(shared.values())) == len(procs), shared
+    return shared
+
+
+def kill_and_await_takeover(
+    cluster: NatsCluster, procs: dict[str, subprocess.Popen[bytes]], victim: str
+) -> dict[int, str]:
+    """SIGKILL ``victim``; the partitions once the survivors own them all, within the
+    bound the cluster promises."""
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    killed_at = time.monotonic()
+    survivors = set(procs) - {victim}
+    after = poll(
+        lambda: owners(cluster),
+        lambda found: len(found) == cluster.partitions and set(found.values()) <= survivors,
+        TAKEOVER_S,
+    )
+    took_s = time.monotonic() - killed_at
+    assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
+    print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+    return after
+
+
 def test_a_killed_collectors_partitions_are_owned_again_and_nothing_is_lost(
     start_nats: Callable[..., NatsCluster], influxdb: InfluxDB, database: str, tmp_path: Path
 ) -> None:
     cluster: NatsCluster = start_nats(size=3, partitions=8)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name in ("a", "b", "c"):
-        client_id = f"own-{name}-{database}"
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
-            f"[nats]\npartitions = {cluster.partitions}\n[alerts]\nenabled = false\n"
+        client_id, proc = spawn_nats_collector(
+            f"own-{name}",
+            cluster,
+            node=len(procs),
+            influxdb=influxdb,
+            database=database,
+            directory=tmp_path,
+            config="[alerts]\nenabled = false\n",
         )
-        env = {
-            **os.environ,
-            "SMARTUNIT_MQTT_URL": cluster.nodes[len(procs)].mqtt_url,
-            "SMARTUNIT_NATS_URL": cluster.urls,
-            "SMARTUNIT_INFLUX_URL": influxdb.url,
-            "SMARTUNIT_INFLUX_DB": database,
-            "SMARTUNIT_DATA_DIR": str(tmp_path / name),
-            "SMARTUNIT_HTTP_PORT": str(free_port()),
-        }
-        command = [sys.executable, "-m", "collector.cli", "run", "--config", str(config)]
-        procs[client_id] = spawn(command, env=env, log_path=tmp_path / f"{name}.log")
+        procs[client_id] = proc
     load = None
     try:
-        for client_id in procs:
-            wait_for_collector(cluster.nodes[0].mqtt_url, client_id, timeout_s=60)
-        shared = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == cluster.partitions and len(set(found.values())) == 3,
-            60,
-        )
-        assert len(set(shared.values())) == 3, shared
+        shared = shared_out(cluster, list(procs))
         load = Load(cluster, DEVICES)
         poll(load.count, lambda n: n >= DEVICES * 20, 60)
         # the collector with the most partitions dies, mid-stream
         victim = max(procs, key=lambda cid: list(shared.values()).count(cid))
-        procs[victim].send_signal(signal.SIGKILL)
-        procs[victim].wait()
-        killed_at = time.monotonic()
-        survivors = set(procs) - {victim}
-        after = poll(
-            lambda: owners(cluster),
-            lambda found: len(found) == cluster.partitions and set(found.values()) <= survivors,
-            TAKEOVER_S,
-        )
-        took_s = time.monotonic() - killed_at
-        assert len(after) == cluster.partitions and set(after.values()) <= survivors, after
-        print(f"partitions owned again {took_s:.1f} s after the SIGKILL")
+        kill_and_await_takeover(cluster, procs, victim)
         poll(load.count, lambda n: n >= DEVICES * 60, 60)
         load.stop()
 
@@ -138,11 +146,7 @@ def test_a_collector_that_stops_hands_its_partitions_over_and_each_reading_is_re
     database: str,
     run_collector: Callable[..., CollectorThread],
 ) -> None:
-    def collector(name: str) -> CollectorThread:
-        settings = nats_settings(name)
-        return run_collector(settings)
-
-    first, second = collector("first"), collector("second")
+    first, second = (run_collector(nats_settings(name)) for name in ("first", "second"))
     both = poll(
         lambda: owners(nats_cluster),
         lambda found: len(found) == nats_cluster.partitions and len(set(found.values())) == 2,

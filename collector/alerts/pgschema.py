@@ -1,7 +1,8 @@
-"""The PostgreSQL alert store's schema: the SQLite store's tables (collector/alerts/schema.py)
-with the same columns and invariants, plus what several collector instances sharing the
-store need: who holds each outbox row (``claimed_by`` until ``claim_until_ms``) and who
-runs each sweep of the alert clock (``leases``).
+"""The PostgreSQL alert store's schema: the SQLite store's tables (``TABLES`` of
+collector/alerts/schema.py, in PostgreSQL's types) with the same columns and invariants,
+plus what several collector instances sharing the store need: who holds each outbox row
+(``claimed_by`` until ``claim_until_ms``) and who runs each sweep of the alert clock
+(``leases``).
 
 Every instance prepares the schema when it starts, under an advisory lock, so instances
 starting together do not race to create it. A database of a newer version than this code
@@ -14,90 +15,34 @@ from pathlib import Path
 
 import psycopg
 
+from collector.alerts.schema import TABLES
 from collector.errors import AlertStoreError
 
 SCHEMA_VERSION = 1
 
-# The tables mirror collector/alerts/schema.py column for column: a column added there is
-# added here too (and read and written in collector/alerts/pgstore.py), with an
-# ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` after the tables for databases created
-# before, and SCHEMA_VERSION raised (every statement here is idempotent: running them
-# is the upgrade).
+# A column added to collector/alerts/schema.py's TABLES comes here too: PostgreSQL
+# databases created before get it from an ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``
+# after the tables, with SCHEMA_VERSION raised (every statement here is idempotent:
+# running them is the upgrade).
 
 # An arbitrary constant: the advisory lock key under which the schema is prepared.
 SCHEMA_LOCK = 0x5347_5354  # "SGST"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alerts (
-    id BIGSERIAL PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    device TEXT NOT NULL,
-    quantity TEXT NOT NULL,
-    detector TEXT NOT NULL,
-    state TEXT NOT NULL,
-    colour TEXT NOT NULL,
-    family TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    hierarchy TEXT NOT NULL,
-    value DOUBLE PRECISION,
-    started_at_ms BIGINT NOT NULL,
-    updated_at_ms BIGINT NOT NULL,
-    condition_active BOOLEAN NOT NULL,
-    condition_changed_at_ms BIGINT NOT NULL,
-    acknowledged BOOLEAN NOT NULL,
-    extra TEXT NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_active_alert_per_fingerprint
-    ON alerts(fingerprint) WHERE state != 'closed';
-CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state);
-CREATE INDEX IF NOT EXISTS alerts_by_unit ON alerts(unit, state);
-CREATE TABLE IF NOT EXISTS alert_events (
-    alert_id BIGINT NOT NULL REFERENCES alerts(id),
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    actor TEXT NOT NULL,
-    note TEXT NOT NULL,
-    state TEXT NOT NULL,
-    colour TEXT NOT NULL,
-    value DOUBLE PRECISION,
-    PRIMARY KEY (alert_id, seq)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id BIGSERIAL PRIMARY KEY,
-    receiver TEXT NOT NULL,
-    event_key TEXT NOT NULL,
-    alert_id BIGINT NOT NULL,
-    seq INTEGER NOT NULL,
-    payload BYTEA NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms BIGINT NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    delivered_ms BIGINT,
-    created_ms BIGINT NOT NULL DEFAULT 0,
-    claimed_by TEXT,
-    claim_until_ms BIGINT NOT NULL DEFAULT 0,
-    UNIQUE (receiver, event_key)
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
-CREATE TABLE IF NOT EXISTS silences (
-    id BIGSERIAL PRIMARY KEY,
-    unit TEXT,
-    device TEXT,
-    starts_ms BIGINT NOT NULL,
-    ends_ms BIGINT NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS leases (
+SCHEMA = TABLES.format(
+    serial="BIGSERIAL PRIMARY KEY",
+    id="BIGINT",
+    ms="BIGINT",
+    real="DOUBLE PRECISION",
+    flag="BOOLEAN",
+    blob="BYTEA",
+    claims="    claimed_by TEXT,\n    claim_until_ms BIGINT NOT NULL DEFAULT 0,\n",
+    tables="""CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     until_ms BIGINT NOT NULL
 );
-"""
+""",
+)
 
 
 def prepare(db: psycopg.Connection[tuple[object, ...]], where: str) -> None:

@@ -16,10 +16,13 @@ from collector.errors import AlertStoreError
 
 SCHEMA_VERSION = 2
 
-SCHEMA = """
+# The tables, in each database's types: {serial} a row id given on insert, {id} a
+# reference to one, {ms} a time in milliseconds, {real} a number, {flag} a boolean,
+# {blob} bytes; {claims} the outbox's extra columns and {tables} the extra tables.
+TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     fingerprint TEXT NOT NULL,
     device TEXT NOT NULL,
     quantity TEXT NOT NULL,
@@ -29,12 +32,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     family TEXT NOT NULL,
     unit TEXT NOT NULL,
     hierarchy TEXT NOT NULL,
-    value REAL,
-    started_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    condition_active INTEGER NOT NULL,
-    condition_changed_at_ms INTEGER NOT NULL,
-    acknowledged INTEGER NOT NULL,
+    value {real},
+    started_at_ms {ms} NOT NULL,
+    updated_at_ms {ms} NOT NULL,
+    condition_active {flag} NOT NULL,
+    condition_changed_at_ms {ms} NOT NULL,
+    acknowledged {flag} NOT NULL,
     extra TEXT NOT NULL,
     last_seq INTEGER NOT NULL DEFAULT 0
 );
@@ -43,43 +46,54 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_active_alert_per_fingerprint
 CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts(state);
 CREATE INDEX IF NOT EXISTS alerts_by_unit ON alerts(unit, state);
 CREATE TABLE IF NOT EXISTS alert_events (
-    alert_id INTEGER NOT NULL REFERENCES alerts(id),
+    alert_id {id} NOT NULL REFERENCES alerts(id),
     seq INTEGER NOT NULL,
     type TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
+    at_ms {ms} NOT NULL,
     actor TEXT NOT NULL,
     note TEXT NOT NULL,
     state TEXT NOT NULL,
     colour TEXT NOT NULL,
-    value REAL,
+    value {real},
     PRIMARY KEY (alert_id, seq)
 );
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     receiver TEXT NOT NULL,
     event_key TEXT NOT NULL,
-    alert_id INTEGER NOT NULL,
+    alert_id {id} NOT NULL,
     seq INTEGER NOT NULL,
-    payload BLOB NOT NULL,
+    payload {blob} NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms {ms} NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
-    delivered_ms INTEGER,
-    created_ms INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (receiver, event_key)
+    delivered_ms {ms},
+    created_ms {ms} NOT NULL DEFAULT 0,
+{claims}    UNIQUE (receiver, event_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, receiver, alert_id, seq);
 CREATE TABLE IF NOT EXISTS silences (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     unit TEXT,
     device TEXT,
-    starts_ms INTEGER NOT NULL,
-    ends_ms INTEGER NOT NULL,
+    starts_ms {ms} NOT NULL,
+    ends_ms {ms} NOT NULL,
     actor TEXT NOT NULL,
     reason TEXT NOT NULL
 );
-"""
+{tables}"""
+
+SCHEMA = TABLES.format(
+    serial="INTEGER PRIMARY KEY AUTOINCREMENT",
+    id="INTEGER",
+    ms="INTEGER",
+    real="REAL",
+    flag="INTEGER",
+    blob="BLOB",
+    claims="",
+    tables="",
+)
 
 # The statements that take a file from each version to the next.
 MIGRATIONS: dict[int, tuple[str, ...]] = {

@@ -21,6 +21,7 @@ one machine, not a promise of linear speed-up (with 2 cores, 3 collectors, 3 NAT
 servers, InfluxDB and the publishers contend).
 
 Usage: bench/cluster.py [--messages N] [--devices D] [--partitions P] [--connections C]
+                        [--collectors K]
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=3_000)
     parser.add_argument("--partitions", type=int, default=64)
     parser.add_argument("--connections", type=int, default=2, help="publisher connections per node")
+    parser.add_argument(
+        "--collectors", type=int, default=3, help="phases with 1 up to this many collectors"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="smartunit-bench-cluster-") as tmp:
@@ -239,7 +243,7 @@ def main() -> None:
             reference, _ = phase(workdir, influxdb, args, messages(devices, args.messages), 0)
             print(f"reference: gateways alone {reference:.0f} readings/s (to the last PUBACK)")
             results = {}
-            for count in (1, 2, 3):
+            for count in range(1, args.collectors + 1):
                 # the same readings each phase, timed to end as it starts: readings of
                 # minutes ago would be judged as a backlog (silence checks wait)
                 batch = messages(devices, args.messages)

@@ -84,9 +84,12 @@ class PartitionPuller:
                     if not self.starved:
                         await self._request(min(self._batch - self.outstanding, room))
                 self._wake.clear()
-                wait_s = self._expires_s + LOST_REQUEST_GRACE_S
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally
+                # when cancelled in the turn the event is set, and the puller would go on
+                # reading a partition given up.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(self._expires_s + LOST_REQUEST_GRACE_S):
+                        await self._wake.wait()
         finally:
             self._owed(self.outstanding)
             # No interest left in the inbox: the servers drop the requests still open.

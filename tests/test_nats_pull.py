@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from collector.config import NatsSettings
-from collector.natspull import PartitionPuller
+from collector.natspull import PartitionPuller, delivery_of
 from collector.natsstream import consumer_name, provision
 from collector.natssubjects import MQTT_MESSAGES_STREAM
 from fieldtools.natscluster import NatsCluster
@@ -200,3 +200,15 @@ def test_a_puller_cancelled_as_it_is_woken_stops(
             await nc.close()
 
     assert run_async(scenario()), "the puller went on after it was cancelled"
+
+
+def test_a_delivery_is_read_from_the_reply_subject_in_either_layout() -> None:
+    assert delivery_of("$JS.ACK.$MQTT_msgs.smartunit-p3.2.1042.17.1764547200000000000.5") == (
+        2,
+        1042,
+    )
+    with_domain = "$JS.ACK.hub.ACCHASH.$MQTT_msgs.smartunit-p3.1.77.9.1764547200000000000.0"
+    assert delivery_of(with_domain) == (1, 77)
+    assert delivery_of(with_domain + ".RANDOM") == (1, 77)
+    assert delivery_of("_INBOX.abc") == (1, 0)  # not a JetStream delivery: position kept
+    assert delivery_of("$JS.ACK.short") == (1, 0)

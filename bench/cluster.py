@@ -21,7 +21,7 @@ one machine, not a promise of linear speed-up (with 2 cores, 3 collectors, 3 NAT
 servers, InfluxDB and the publishers contend).
 
 Usage: bench/cluster.py [--messages N] [--devices D] [--partitions P] [--connections C]
-                        [--collectors K]
+                        [--collectors K] [--fetch-batch B]
 """
 
 from __future__ import annotations
@@ -78,16 +78,22 @@ class Collector:
 
 
 def start_collectors(
-    count: int, cluster: NatsCluster, influxdb: InfluxDB, database: str, workdir: Path
+    count: int,
+    cluster: NatsCluster,
+    influxdb: InfluxDB,
+    database: str,
+    workdir: Path,
+    args: argparse.Namespace,
 ) -> list[Collector]:
     registry = workdir / "registry.toml"
+    fetch_batch = f"fetch_batch = {args.fetch_batch}\n" if args.fetch_batch else ""
     started = []
     for index in range(count):
         client_id = f"bench-{database}-{index + 1}"
         config = workdir / f"{client_id}.toml"
         config.write_text(
             f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
-            f"[nats]\npartitions = {cluster.partitions}\n"
+            f"[nats]\npartitions = {cluster.partitions}\n{fetch_batch}"
             f'[registry]\npath = "{registry}"\n[detection]\nrules = ["{PRESETS}"]\n'
         )
         http_port = free_port()
@@ -194,7 +200,7 @@ def phase(
     cluster.start()
     running: list[Collector] = []
     try:
-        running = start_collectors(max(collectors, 1), cluster, influxdb, database, workdir)
+        running = start_collectors(max(collectors, 1), cluster, influxdb, database, workdir, args)
         if collectors == 0:
             # the consumers stay (durable): the gateways store what they will read
             for collector in running:
@@ -226,6 +232,7 @@ def main() -> None:
     parser.add_argument(
         "--collectors", type=int, default=3, help="phases with 1 up to this many collectors"
     )
+    parser.add_argument("--fetch-batch", type=int, help="nats.fetch_batch (the default if not)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="smartunit-bench-cluster-") as tmp:

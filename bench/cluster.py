@@ -21,6 +21,7 @@ one machine, not a promise of linear speed-up (with 2 cores, 3 collectors, 3 NAT
 servers, InfluxDB and the publishers contend).
 
 Usage: bench/cluster.py [--messages N] [--devices D] [--partitions P] [--connections C]
+                        [--collectors K] [--fetch-batch B]
 """
 
 from __future__ import annotations
@@ -77,16 +78,22 @@ class Collector:
 
 
 def start_collectors(
-    count: int, cluster: NatsCluster, influxdb: InfluxDB, database: str, workdir: Path
+    count: int,
+    cluster: NatsCluster,
+    influxdb: InfluxDB,
+    database: str,
+    workdir: Path,
+    args: argparse.Namespace,
 ) -> list[Collector]:
     registry = workdir / "registry.toml"
+    fetch_batch = f"fetch_batch = {args.fetch_batch}\n" if args.fetch_batch else ""
     started = []
     for index in range(count):
         client_id = f"bench-{database}-{index + 1}"
         config = workdir / f"{client_id}.toml"
         config.write_text(
             f'transport = "nats"\n[mqtt]\nclient_id = "{client_id}"\n'
-            f"[nats]\npartitions = {cluster.partitions}\n"
+            f"[nats]\npartitions = {cluster.partitions}\n{fetch_batch}"
             f'[registry]\npath = "{registry}"\n[detection]\nrules = ["{PRESETS}"]\n'
         )
         http_port = free_port()
@@ -193,7 +200,7 @@ def phase(
     cluster.start()
     running: list[Collector] = []
     try:
-        running = start_collectors(max(collectors, 1), cluster, influxdb, database, workdir)
+        running = start_collectors(max(collectors, 1), cluster, influxdb, database, workdir, args)
         if collectors == 0:
             # the consumers stay (durable): the gateways store what they will read
             for collector in running:
@@ -222,6 +229,10 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=3_000)
     parser.add_argument("--partitions", type=int, default=64)
     parser.add_argument("--connections", type=int, default=2, help="publisher connections per node")
+    parser.add_argument(
+        "--collectors", type=int, default=3, help="phases with 1 up to this many collectors"
+    )
+    parser.add_argument("--fetch-batch", type=int, help="nats.fetch_batch (the default if not)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="smartunit-bench-cluster-") as tmp:
@@ -239,7 +250,7 @@ def main() -> None:
             reference, _ = phase(workdir, influxdb, args, messages(devices, args.messages), 0)
             print(f"reference: gateways alone {reference:.0f} readings/s (to the last PUBACK)")
             results = {}
-            for count in (1, 2, 3):
+            for count in range(1, args.collectors + 1):
                 # the same readings each phase, timed to end as it starts: readings of
                 # minutes ago would be judged as a backlog (silence checks wait)
                 batch = messages(devices, args.messages)

@@ -34,6 +34,7 @@ from collector.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "100"  # flow control / idle heartbeat: not an answer to a request
+ACK_PREFIX = "$JS.ACK."
 PENDING_MESSAGES = "Nats-Pending-Messages"  # what an ended request still owed
 LOST_REQUEST_GRACE_S = 2.0
 
@@ -84,9 +85,12 @@ class PartitionPuller:
                     if not self.starved:
                         await self._request(min(self._batch - self.outstanding, room))
                 self._wake.clear()
-                wait_s = self._expires_s + LOST_REQUEST_GRACE_S
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally
+                # when cancelled in the turn the event is set, and the puller would go on
+                # reading a partition given up.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(self._expires_s + LOST_REQUEST_GRACE_S):
+                        await self._wake.wait()
         finally:
             self._owed(self.outstanding)
             # No interest left in the inbox: the servers drop the requests still open.
@@ -147,3 +151,19 @@ class PartitionPuller:
         credited, self._arrived_requested = self._arrived_requested, 0
         self._admit(arrived)
         self._reserve(-credited)
+
+
+def delivery_of(reply: str) -> tuple[int, int]:
+    """(times delivered, stream sequence) of a JetStream message, read from its reply
+    subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (9 tokens), or
+    with a domain and an account hash after ``$JS.ACK`` (11 or 12 tokens). nats-py's
+    ``Msg.metadata`` parses the same subject into objects and a timestamp at each use,
+    a cost on every message here. A reply of another shape: delivered once, sequence 0
+    (the partition's position does not move)."""
+    if not reply.startswith(ACK_PREFIX):
+        return 1, 0
+    tokens = reply.split(".")
+    first = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else -1
+    if first < 0 or not (tokens[first].isdigit() and tokens[first + 1].isdigit()):
+        return 1, 0
+    return int(tokens[first]), int(tokens[first + 1])

@@ -48,7 +48,7 @@ from collector.logs import RateLimitedLog
 from collector.mqtt import Inbound
 from collector.natsgateway import GatewaySession
 from collector.natsleases import PartitionLeases
-from collector.natspull import PartitionPuller
+from collector.natspull import PartitionPuller, delivery_of
 from collector.natsstream import (
     PartitionMappingError,
     check_partitioning,
@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 JETSTREAM = -1  # the generation of messages from JetStream: acknowledged on any connection
 FETCH_WAIT_S = 5.0  # a pull request's life at the server; messages come as they arrive
+# JetStream's acknowledgements: a publish to the message's reply subject with this body
+ACK, NAK, IN_PROGRESS = b"", b"-NAK", b"+WPI"
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
 
@@ -86,8 +88,9 @@ class NatsSource(GatewaySession):
     ) -> None:
         super().__init__(settings, subscriptions, status_topic=status_topic)
         self.nats = nats_settings
-        # handed on, not acknowledged yet, oldest first: (message, partition, fetched at)
-        self._pending: dict[int, tuple[Msg, int, float]] = {}
+        # handed on, not acknowledged yet, oldest first:
+        # (reply subject, partition, stream sequence, fetched at)
+        self._pending: dict[int, tuple[str, int, int, float]] = {}
         self._held: collections.Counter[int] = collections.Counter()  # of _pending, by partition
         self._pullers: dict[int, PartitionPuller] = {}
         self._fetchers: dict[int, asyncio.Task[None]] = {}
@@ -97,7 +100,7 @@ class NatsSource(GatewaySession):
         self.positions: dict[int, int] = {}
         self._next_key = 0
         self._requested = 0  # asked for by pull requests open, not arrived yet
-        self._acks: collections.deque[Msg] = collections.deque()
+        self._acks: collections.deque[str] = collections.deque()  # their reply subjects
         self._acks_waiting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: NatsClient | None = None
@@ -264,13 +267,14 @@ class NatsSource(GatewaySession):
             parsed = partitioned_topic(msg.subject)
             # Any other shape is handed on as it came, and ingest refuses it as a bad topic.
             partition, topic = parsed if parsed else (-1, subject_to_topic(msg.subject))
+            delivered, sequence = delivery_of(msg.reply)
             self._next_key += 1
-            self._pending[self._next_key] = (msg, partition, fetched_at)
+            self._pending[self._next_key] = (msg.reply, partition, sequence, fetched_at)
             self._held[partition] += 1
             self._inbox.append(
                 Inbound(topic, msg.data, self._next_key, 1, JETSTREAM, now_ms, False)
             )
-            if msg.metadata.num_delivered > 1:
+            if delivered > 1:
                 self.redelivered += 1
         self.received += len(messages)
         if messages:
@@ -285,10 +289,9 @@ class NatsSource(GatewaySession):
             if message.generation == JETSTREAM:
                 held = self._pending.pop(message.mid, None)
                 if held is not None:
-                    msg, partition, _ = held
-                    self._acks.append(msg)
+                    reply, partition, sequence, _ = held
+                    self._acks.append(reply)
                     self._held[partition] -= 1
-                    sequence = msg.metadata.sequence.stream
                     if sequence > self.positions.get(partition, 0):
                         self.positions[partition] = sequence
                     sent += 1
@@ -316,17 +319,27 @@ class NatsSource(GatewaySession):
             period = self.nats.ack_wait_s / 3  # each reported within two periods of arrival
             await asyncio.sleep(period)
             held_since = time.monotonic() - period
-            for msg, _, fetched_at in list(self._pending.values()):
-                if fetched_at > held_since:
+            nc = self._nc
+            for reply, _, _, fetched_at in list(self._pending.values()):
+                if fetched_at > held_since or nc is None:
                     break  # the rest came later: usually all, stored within a second
                 with contextlib.suppress(*_NATS_ERRORS):
-                    await msg.in_progress()
+                    await nc.publish(reply, IN_PROGRESS)
 
     async def _flush_acks(self) -> None:
-        while self._acks:
-            msg = self._acks.popleft()
+        """Publish the acknowledgements due, in order: nats-py buffers them and its flusher
+        writes them to the socket together. One per message, not one for all: a
+        consumer acknowledging ``all`` (an acknowledgement covers every earlier message)
+        would also cover the messages a collector that died had fetched and not stored,
+        which JetStream delivers again only after newer ones (docs/cluster.md)."""
+        acks = self._acks
+        while acks:
+            nc = self._nc
+            reply = acks.popleft()
             try:
-                await msg.ack()
+                if nc is None:
+                    raise nats.errors.ConnectionClosedError
+                await nc.publish(reply, ACK)
             except _NATS_ERRORS as exc:
                 # JetStream delivers it again after ack_wait: stored twice, the same point.
                 self.ack_failures += 1
@@ -340,9 +353,9 @@ class NatsSource(GatewaySession):
             await self._flush_acks()
             # Not stored: delivered again at once, to whoever reads the partition next,
             # rather than after ack_wait.
-            for msg, _, _ in self._pending.values():
+            for reply, _, _, _ in self._pending.values():
                 with contextlib.suppress(*_NATS_ERRORS):
-                    await msg.nak()
+                    await nc.publish(reply, NAK)
             self._pending.clear()
             self._held.clear()
             if self.leases is not None:  # the others take our partitions over at once

@@ -17,6 +17,7 @@ chain's mapping from the engine's series ids to its own.
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
@@ -124,8 +125,18 @@ def extract(engine: DetectionEngine, devices: Iterable[str], *, position: int = 
         "devices": [table.device_names[n] for n in device_ids],
     }
     arrays["meta"] = np.array(orjson.dumps(meta).decode())
+    return _npz(arrays)
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """``np.savez_compressed`` at zlib level 1 instead of 6: every owned partition is
+    written every ``nats.checkpoint_interval_s``, and level 6 spent twice the CPU of
+    level 1 on the compression for 4 % less size. ``np.load`` reads either."""
     out = io.BytesIO()
-    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return out.getvalue()
 
 

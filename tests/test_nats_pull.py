@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from collector.config import NatsSettings
-from collector.natspull import PartitionPuller
+from collector.natspull import PartitionPuller, delivery_of
 from collector.natsstream import consumer_name, provision
 from collector.natssubjects import MQTT_MESSAGES_STREAM
 from fieldtools.natscluster import NatsCluster
@@ -97,3 +97,118 @@ def test_a_partition_given_up_leaves_no_request_to_capture_the_next_message(
 
     assert run_async(scenario()) == [b"after the hand-over"]
     device.close()
+
+
+class AcknowledgingInbox(Inbox):
+    """An inbox whose owner takes out what it holds once it is full, as the writer's
+    acknowledgements would, and measures held + requested at every change of the
+    reservation (an arrival is admitted, then its reservation given back, in one step of
+    the event loop: between the two it is counted twice, and nothing else runs)."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__(bound)
+        self.taken: list[bytes] = []
+        self.most_owed = 0  # held + requested, at its highest
+        self.puller_wake: Callable[[], None] = lambda: None
+
+    def reserve(self, count: int) -> None:
+        super().reserve(count)
+        self.most_owed = max(self.most_owed, len(self.held) + self.requested)
+
+    def take_when_full(self) -> bool:
+        if len(self.held) < self.bound:
+            return False
+        self.taken += [msg.data for msg in self.held]
+        self.held.clear()
+        self.puller_wake()
+        return True
+
+
+def test_a_puller_never_holds_more_than_the_inbox_bound_fetched_and_requested(
+    start_nats: Callable[..., NatsCluster],
+) -> None:
+    cluster = start_nats(size=1, partitions=1)
+    device = Device(cluster.nodes[0].mqtt_port)
+    bound, published = 10, [f"reading {n}".encode() for n in range(35)]
+
+    async def scenario() -> AcknowledgingInbox:
+        nc = await _connected(cluster)
+        inbox = AcknowledgingInbox(bound)
+        puller = PartitionPuller(
+            nc,
+            stream=MQTT_MESSAGES_STREAM,
+            consumer=consumer_name(_settings(cluster), 0),
+            batch=4,
+            expires_s=60.0,
+            room=inbox.room,
+            reserve=inbox.reserve,
+            admit=inbox.held.extend,
+        )
+        inbox.puller_wake = puller.wake
+        pulling = asyncio.create_task(puller.run())
+
+        async def until(check: Callable[[], bool]) -> None:
+            # Stops early once the bound is passed (the assertions below say so).
+            while not check() and inbox.most_owed <= bound and not pulling.done():
+                await asyncio.sleep(0.05)
+
+        try:
+            for payload in published:
+                assert await asyncio.to_thread(device.publish, payload)
+            # Three full inboxes taken out; the last 5 stay, under the bound.
+            for _ in range(3):
+                await until(inbox.take_when_full)
+            await until(lambda: len(inbox.held) >= len(published) - 3 * bound)
+            return inbox
+        finally:
+            pulling.cancel()
+            await asyncio.gather(pulling, return_exceptions=True)
+            await nc.close()
+
+    inbox = run_async(asyncio.wait_for(scenario(), 120))
+    device.close()
+    assert inbox.taken + [msg.data for msg in inbox.held] == published
+    assert inbox.most_owed == bound
+
+
+def test_a_puller_cancelled_as_it_is_woken_stops(
+    start_nats: Callable[..., NatsCluster],
+) -> None:
+    """A partition given up cancels its puller; an acknowledgement or an arrival may wake
+    the puller in the same turn of the event loop, and the cancellation must still win
+    (a puller that went on would keep reading a partition another collector owns)."""
+    cluster = start_nats(size=1, partitions=1)
+
+    async def scenario() -> bool:
+        nc = await _connected(cluster)
+        inbox = Inbox(bound=100)
+        puller = inbox.puller(nc, _settings(cluster), 60.0)
+        pulling = asyncio.create_task(puller.run())
+        try:
+            while not puller.outstanding:  # its request is out: it waits to be woken
+                await asyncio.sleep(0.05)
+            puller.wake()
+            pulling.cancel()
+            for _ in range(300):
+                if pulling.done():
+                    break
+                await asyncio.sleep(0.1)
+            return pulling.done()
+        finally:
+            pulling.cancel()  # a puller that went on: stopped here for good
+            await asyncio.wait({pulling}, timeout=5)
+            await nc.close()
+
+    assert run_async(scenario()), "the puller went on after it was cancelled"
+
+
+def test_a_delivery_is_read_from_the_reply_subject_in_either_layout() -> None:
+    assert delivery_of("$JS.ACK.$MQTT_msgs.smartunit-p3.2.1042.17.1764547200000000000.5") == (
+        2,
+        1042,
+    )
+    with_domain = "$JS.ACK.hub.ACCHASH.$MQTT_msgs.smartunit-p3.1.77.9.1764547200000000000.0"
+    assert delivery_of(with_domain) == (1, 77)
+    assert delivery_of(with_domain + ".RANDOM") == (1, 77)
+    assert delivery_of("_INBOX.abc") == (1, 0)  # not a JetStream delivery: position kept
+    assert delivery_of("$JS.ACK.short") == (1, 0)

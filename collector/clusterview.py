@@ -128,7 +128,8 @@ class ClusterView:
                             max_reconnect_attempts=-1,
                             connect_timeout=self.period_s + 1,
                         )
-                    await asyncio.wait_for(self.refresh(nc.jetstream()), self.period_s * 3)
+                    async with asyncio.timeout(self.period_s * 3):
+                        await self.refresh(nc.jetstream())
                     self.error = ""
                 except _NATS_ERRORS as exc:
                     self.error = str(exc)[:200] or type(exc).__name__

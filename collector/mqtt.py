@@ -137,7 +137,8 @@ class Inbox:
         if self._inbox:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wakeup.wait()
 
     def wake(self) -> None:
         """End a pending ``wait`` now (used at shutdown)."""

@@ -129,15 +129,14 @@ class BulkMqttSource(Inbox):
 
     async def _session(self) -> None:
         endpoint = self.settings.endpoint
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection(
                 endpoint.host, endpoint.port, ssl=self._tls(), limit=READ_SIZE * 2
-            ),
-            timeout=10,
-        )
+            )
         self._writer = writer
         writer.write(connect_packet(self.settings, will_topic=self.status_topic, will=OFFLINE))
-        first, body = await asyncio.wait_for(read_packet(reader), timeout=10)
+        async with asyncio.timeout(10):
+            first, body = await read_packet(reader)
         if first >> 4 != CONNACK or len(body) < 2:
             raise MqttProtocolError(f"expected CONNACK, got packet type {first >> 4}")
         session_present, reason = body[0] & 1, body[1]
@@ -173,7 +172,8 @@ class BulkMqttSource(Inbox):
                 self._note_paused()
                 while self._full():
                     await asyncio.sleep(0.01)
-            chunk = await asyncio.wait_for(reader.read(READ_SIZE), deadline)
+            async with asyncio.timeout(deadline):
+                chunk = await reader.read(READ_SIZE)
             if not chunk:
                 raise MqttProtocolError("the broker closed the connection")
             buffer += chunk
@@ -304,7 +304,8 @@ class BulkMqttSource(Inbox):
             while self._outgoing and time.monotonic() < deadline:
                 self._acked_out.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._acked_out.wait(), 0.2)
+                    async with asyncio.timeout(0.2):
+                        await self._acked_out.wait()
             with contextlib.suppress(OSError):
                 writer.write(DISCONNECT_PACKET)  # the will is not sent
                 await writer.drain()

@@ -367,7 +367,8 @@ class RegistryHolder:
     async def watch(self, interval_s: float) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._requested.wait(), interval_s)
+                async with asyncio.timeout(interval_s):
+                    await self._requested.wait()
             requested = self._requested.is_set()
             self._requested.clear()
             path = self._due(settled=not requested)

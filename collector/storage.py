@@ -141,7 +141,8 @@ class StorageWriter:
                 patience = self.settings.spool_after_s
                 if self._stopping.is_set():
                     patience = min(patience, 1.0)  # stopping: spool rather than wait
-                await asyncio.wait_for(self._write_once(lines), patience)
+                async with asyncio.timeout(patience):
+                    await self._write_once(lines)
                 return True
             except (RetryableStoreError, TimeoutError) as exc:
                 self.stats.write_retries += 1

@@ -199,7 +199,8 @@ class ReceiverLane:
                     # other lanes go on (a TaskGroup would stop them all on a raise).
                     log.exception("webhook outbox unreadable", extra={"receiver": self.name})
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), interval_s)
+                    async with asyncio.timeout(interval_s):
+                        await self.wakeup.wait()
         finally:
             # Cancelled requests leave their rows pending: they go again at the next start.
             for task in self.in_flight.values():

@@ -84,6 +84,7 @@ class Collector:
                 partitions=settings.nats.partitions,
                 interval_s=settings.nats.checkpoint_interval_s,
                 replicas=settings.nats.stream_replicas,
+                deadline_s=settings.nats.lease_ttl_s / 3,  # a lease round's period
             )
         self.ingest = IngestPipeline(
             settings,

@@ -50,12 +50,22 @@ _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
 class PartitionCheckpoints:
     def __init__(
-        self, detection: DetectionRuntime, *, partitions: int, interval_s: float, replicas: int
+        self,
+        detection: DetectionRuntime,
+        *,
+        partitions: int,
+        interval_s: float,
+        replicas: int,
+        deadline_s: float,
     ) -> None:
         self.detection = detection
         self.partitions = partitions
         self.interval_s = interval_s
         self.replicas = replicas
+        # A checkpoint read or written past this is given up (counted, logged): the
+        # object store's reads wait without end for chunks that never come, and the
+        # partition's lease must be renewed meanwhile.
+        self.deadline_s = deadline_s
         self.saved = 0  # checkpoints written
         self.restored = 0  # checkpoints restored on taking a partition over
         self.failures = 0
@@ -93,7 +103,8 @@ class PartitionCheckpoints:
             return False
         data = extract(engine, self.devices_of(partition), position=position)
         try:
-            await store.put(f"p{partition}", data)
+            async with asyncio.timeout(self.deadline_s):
+                await store.put(f"p{partition}", data)
         except _NATS_ERRORS as exc:
             self.failures += 1
             log.warning("partition checkpoint not written: %s", exc, extra={"partition": partition})
@@ -109,7 +120,8 @@ class PartitionCheckpoints:
         if engine is None or store is None:
             return None
         try:
-            found = await store.get(f"p{partition}")
+            async with asyncio.timeout(self.deadline_s):
+                found = await store.get(f"p{partition}")
         except nats.js.errors.ObjectNotFoundError:
             return None
         except _NATS_ERRORS as exc:

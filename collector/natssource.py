@@ -213,8 +213,11 @@ class NatsSource(GatewaySession):
                         fetcher.cancel()  # lost: another collector reads it already
                 if self.checkpoints is not None:
                     self.checkpoints.forget(released)
-                for partition in change.gained:
-                    await self._restore(partition)
+                # together: each within the checkpoints' deadline, so the leases are
+                # renewed in time however many partitions came
+                gained = sorted(change.gained)
+                await asyncio.gather(*(self._restore(partition) for partition in gained))
+                for partition in gained:
                     self._fetchers[partition] = asyncio.create_task(
                         self._pullers[partition].run(), name=f"nats-p{partition}"
                     )

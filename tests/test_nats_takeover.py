@@ -9,13 +9,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import nats
+from nats.js.api import ObjectStoreConfig, StorageType
+
 from collector.config import InfluxSettings, Settings
+from collector.natscheckpoints import BUCKET as CHECKPOINTS
 from collector.natsleases import share
 from collector.natssubjects import device_token, partition_of
 from fieldtools.localservices import InfluxDB
 from fieldtools.natscluster import NatsCluster
 from tests.conftest import CollectorThread, influx_rows, poll
-from tests.natsfixtures import Device
+from tests.natsfixtures import Device, reading, run_async
 from tests.test_nats_ownership import owners
 
 # readings the cameras' statistical chain has seen, by the chain's own series numbers
@@ -116,3 +120,52 @@ def test_a_partition_taken_over_keeps_its_series_detector_state(
         assert not silent, f"a device read by another instance was taken for silent: {silent}"
     finally:
         device.close()
+
+
+def test_a_checkpoint_whose_chunks_never_come_costs_no_partition(
+    nats_cluster: NatsCluster,
+    nats_settings: Callable[..., Settings],
+    run_collector: Callable[..., CollectorThread],
+) -> None:
+    """The object store's read waits without end for the chunks of an object whose chunks
+    are gone (a purged or damaged store): the partition is read all the same, judged from
+    what the collector knows, and the failure counted."""
+    settings = nats_settings()
+
+    async def damage_every_checkpoint() -> None:
+        nc = await nats.connect(nats_cluster.urls.split(","))
+        try:
+            js = nc.jetstream()
+            store = await js.create_object_store(
+                CHECKPOINTS,
+                config=ObjectStoreConfig(
+                    bucket=CHECKPOINTS,
+                    replicas=settings.nats.stream_replicas,
+                    storage=StorageType.FILE,
+                ),
+            )
+            for partition in range(nats_cluster.partitions):
+                info = await store.put(f"p{partition}", b"state" * 1000)
+                await js.purge_stream(
+                    f"OBJ_{CHECKPOINTS}", subject=f"$O.{CHECKPOINTS}.C.{info.nuid}"
+                )
+        finally:
+            await nc.close()
+
+    run_async(damage_every_checkpoint())
+    collector = run_collector(settings)
+    device = Device(nats_cluster.nodes[0].mqtt_port, family="camera", device_id="cam-lost-state")
+    try:
+        assert device.publish(reading(1))
+    finally:
+        device.close()
+    rows = poll(
+        lambda: influx_rows(
+            settings.influx, """SELECT "seq" FROM "camera" WHERE "device" = 'cam-lost-state'"""
+        ),
+        bool,
+        30,
+    )
+    assert [row["seq"] for row in rows] == [1]
+    source: Any = collector.collector.source if collector.collector is not None else None
+    assert source is not None and source.checkpoints.failures >= 1

@@ -8,14 +8,14 @@ last write:
 - ``owner.<n>``: the lease on partition n, created only if absent (an atomic create) and
   renewed by its holder with a compare-and-set on the revision it wrote last.
 
-Each round every member computes the same share from the members alive: partition n goes
-to the member with the highest hash of (member, n) (rendezvous hashing, so a member that
-joins or leaves moves only its own share). A member claims what is its share and free,
-gives up what is no longer its share once it holds no unacknowledged message of it (so
-the next owner starts where it stopped, in order), and stops reading at once a lease it
-failed to renew. A collector that dies leaves its leases to expire: the others claim them
-within the TTL and a round, and JetStream delivers the dead one's unacknowledged messages
-again after ``nats.ack_wait_s``.
+Each round every member computes the same share from the members alive (rendezvous
+hashing with bounded loads: every member gets the same number of partitions, give or take
+one, and a member that joins or leaves moves mostly its own share). A member claims what
+is its share and free, gives up what is no longer its share once it holds no
+unacknowledged message of it (so the next owner starts where it stopped, in order), and
+stops reading at once a lease it failed to renew. A collector that dies leaves its leases
+to expire: the others claim them within the TTL and a round, and JetStream delivers the
+dead one's unacknowledged messages again after ``nats.ack_wait_s``.
 """
 
 from __future__ import annotations
@@ -47,17 +47,43 @@ class OwnershipChange:
 
 
 def share(members: list[str], partitions: int) -> dict[int, str]:
-    """Each partition's member: the highest hash of (member, partition). The hash must mix
-    well (FNV-1a of such short keys gave one member every partition) and be the same in
-    every process (Python's own hash is salted per process)."""
+    """Each partition's member, every member given ``partitions // len(members)`` or one
+    more: rendezvous hashing with bounded loads. Every (member, partition) pair has a
+    weight; pairs are taken heaviest first and a partition goes to the first member still
+    under its bound. Plain rendezvous hashing (highest weight wins) moves only a leaving
+    member's own partitions, but leaves shares to chance: three members of eight partitions
+    get 7, 1 and 0 often enough to matter, one collector carrying the cluster. With the
+    bound a member's arrival or departure still moves mostly its own share.
+
+    The weight must mix well (FNV-1a of such short keys gave one member every partition)
+    and be the same in every process (Python's own hash is salted per process)."""
 
     def weight(member: str, partition: int) -> bytes:
         return hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
 
-    return {
-        partition: max(members, key=lambda member: weight(member, partition))
-        for partition in range(partitions)
-    }
+    if not members:
+        return {}
+    floor, larger_left = divmod(partitions, len(members))
+    pairs = sorted(
+        (
+            (weight(member, partition), member, partition)
+            for member in members
+            for partition in range(partitions)
+        ),
+        reverse=True,
+    )
+    owner: dict[int, str] = {}
+    held = dict.fromkeys(members, 0)
+    for _, member, partition in pairs:
+        if partition in owner:
+            continue
+        count = held[member]
+        if count < floor or (count == floor and larger_left > 0):
+            if count == floor:
+                larger_left -= 1
+            owner[partition] = member
+            held[member] = count + 1
+    return dict(sorted(owner.items()))
 
 
 class PartitionLeases:

@@ -57,6 +57,15 @@ def split_rounds(series: IntArray) -> list[IntArray]:
     return [np.sort(order[part]) for part in np.split(by_rank, bounds)]
 
 
+def put_rows(target: np.ndarray, rows: IntArray, values: np.ndarray) -> None:
+    """``target[rows] = values`` for a C-contiguous 2-D ``target``, each row moved as one
+    item: numpy's fancy assignment moves a 2-D array's rows value by value, two to three
+    times slower (gathering, ``target.take(rows, axis=0)`` is the fast path already)."""
+    as_rows = np.dtype((np.void, target.dtype.itemsize * target.shape[1]))
+    packed = np.ascontiguousarray(values, dtype=target.dtype)
+    target.view(as_rows).reshape(-1)[rows] = packed.view(as_rows).reshape(-1)
+
+
 class SeriesState:
     """Named per-series float arrays that grow as new series ids appear.
 

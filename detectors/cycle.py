@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import Detector, FloatArray, IntArray
+from detectors.base import Detector, FloatArray, IntArray, put_rows
 from detectors.likelihood import Likelihood
 from detectors.registry import register
 
@@ -126,7 +126,7 @@ class CycleProfile(Detector):
             )
         ).astype(np.int64)
         rows = np.tile(series * (day_bins + week_bins), 2) + at
-        mean, total, count, visits, last = flat[rows].T
+        mean, total, count, visits, last = flat.take(rows, axis=0).T
         # A new visit of this bin: what the previous one gathered joins the profile.
         closing = (last != visit) & (count > 0)
         gathered = total / np.maximum(count, 1.0)
@@ -139,15 +139,19 @@ class CycleProfile(Detector):
         mean = np.where(closing, learned, mean)
         visits = visits + closing
         reading = np.concatenate((x, x))
-        flat[rows] = np.stack(
-            (
-                mean,
-                np.where(closing, 0.0, total) + reading,
-                np.where(closing, 0.0, count) + 1.0,
-                visits,
-                visit,
+        put_rows(
+            flat,
+            rows,
+            np.stack(
+                (
+                    mean,
+                    np.where(closing, 0.0, total) + reading,
+                    np.where(closing, 0.0, count) + 1.0,
+                    visits,
+                    visit,
+                ),
+                axis=1,
             ),
-            axis=1,
         )
         expected = np.where(visits >= self.min_visits, mean, np.nan)
         return expected[:n], expected[n:]

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.base import Detector, FloatArray, IntArray
+from detectors.base import Detector, FloatArray, IntArray, put_rows
 from detectors.likelihood import Likelihood
 from detectors.registry import register
 
@@ -92,7 +92,7 @@ class SequenceContext(Detector):
         # Each context's counts are one row of ``levels`` values: gathered at once.
         table = st["counts"].reshape(-1, self.levels)
         rows = series * self.contexts + context
-        slab = table[rows]
+        slab = table.take(rows, axis=0)
         picked = np.arange(len(series)), band
         probability = (slab[picked] + 0.5) / (slab.sum(axis=1) + 0.5 * self.levels)
         warm = n >= self.order
@@ -100,7 +100,7 @@ class SequenceContext(Detector):
         scores = np.where(n >= self.warmup_readings, scores, 0.0)
         slab *= self.forget
         slab[picked] += warm
-        table[rows] = slab
+        put_rows(table, rows, slab)
         st["context"][series] = (context * self.levels + band) % self.contexts
         st["lo"][series], st["hi"][series] = lo, hi
         st["n"][series] = n + 1.0

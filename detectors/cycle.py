@@ -118,21 +118,26 @@ class CycleProfile(Detector):
         # Exact arithmetic at bin edges (readings on the hour are common): the remainder
         # of a whole period, divided by a whole bin width.
         n = len(series)
-        visit = np.concatenate((np.floor_divide(t, DAY_S), np.floor_divide(t, WEEK_S)))
+        day, in_day = np.divmod(t, DAY_S)
+        week, in_week = np.divmod(t, WEEK_S)
+        visit = np.concatenate((day, week))
         at = np.concatenate(
             (
-                np.minimum(np.mod(t, DAY_S) // (DAY_S / day_bins), day_bins - 1),
-                day_bins + np.minimum(np.mod(t, WEEK_S) // (WEEK_S / week_bins), week_bins - 1),
+                np.minimum(in_day // (DAY_S / day_bins), day_bins - 1),
+                day_bins + np.minimum(in_week // (WEEK_S / week_bins), week_bins - 1),
             )
         ).astype(np.int64)
-        rows = np.tile(series * (day_bins + week_bins), 2) + at
+        first_row = series * (day_bins + week_bins)
+        rows = np.concatenate((first_row, first_row)) + at
         mean, total, count, visits, last = flat.take(rows, axis=0).T
         # A new visit of this bin: what the previous one gathered joins the profile.
         closing = (last != visit) & (count > 0)
         gathered = total / np.maximum(count, 1.0)
         # A visit far from what the bin expects (a crowd surge, an outage) teaches it at
         # most LEARN_LIMIT usual spreads, or tomorrow's normal hour would look wrong.
-        limit = np.where(visits >= self.min_visits, LEARN_LIMIT * np.tile(spread, 2), np.inf)
+        limit = np.where(
+            visits >= self.min_visits, LEARN_LIMIT * np.concatenate((spread, spread)), np.inf
+        )
         gathered = np.clip(gathered, mean - limit, mean + limit)
         weight = np.maximum(1.0 / (visits + 1.0), self.rate)
         learned = np.where(visits == 0, gathered, mean + weight * (gathered - mean))
@@ -142,7 +147,7 @@ class CycleProfile(Detector):
         put_rows(
             flat,
             rows,
-            np.stack(
+            np.array(
                 (
                     mean,
                     np.where(closing, 0.0, total) + reading,
@@ -150,8 +155,8 @@ class CycleProfile(Detector):
                     visits,
                     visit,
                 ),
-                axis=1,
-            ),
+                dtype=flat.dtype,
+            ).T,
         )
         expected = np.where(visits >= self.min_visits, mean, np.nan)
         return expected[:n], expected[n:]
@@ -210,7 +215,7 @@ class CycleProfile(Detector):
         st["overall"][series] = overall + slow * deviation
         st["seen"][series] = seen + 1.0
         # How well each profile fits, measured wherever it has an expectation.
-        miss = np.stack((x - day, x - week), axis=1)
+        miss = np.array((x - day, x - week)).T
         known = ~np.isnan(miss)
         counted = fit[:, 2:]
         weight = np.maximum(1.0 / (counted + 1.0), self.slow)

@@ -74,7 +74,9 @@ class Likelihood:
             st["var"][series],
             st["n"][series],
         )
-        valid = np.broadcast_to(np.asarray(valid, dtype=bool), raw.shape)
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != raw.shape:
+            valid = np.broadcast_to(valid, raw.shape)
         started = np.where(n == 0, raw, short)  # from the first raw score: no offset bias
         short = np.where(valid, started + self.alpha * (raw - started), short)
         # The spread has a floor: a series whose raw score sat still would otherwise make

@@ -168,7 +168,7 @@ class CycleProfile(Detector):
         overall = st["overall"][series]
         overall = np.where(np.isnan(overall), x, overall)
         total_var = st["total_var"][series]
-        fit = st["fit"][series]
+        fit = st["fit"].take(series, axis=0)
         day_var, week_var, day_seen, week_seen = fit.T
         # Which profile explains the series (spreads measured on no reading: not yet).
         limit = self.cycle_share * total_var
@@ -222,5 +222,5 @@ class CycleProfile(Detector):
         square = np.where(known, miss * miss, 0.0)
         fit[:, :2] = np.where(known, fit[:, :2] + weight * (square - fit[:, :2]), fit[:, :2])
         fit[:, 2:] = counted + known
-        st["fit"][series] = fit
+        put_rows(st["fit"], series, fit)
         return scores

@@ -87,11 +87,16 @@ class GroupedChains:
         self._local[series] = self._sizes[index]
         self._sizes[index] += 1
 
-    def _split(self, series: np.ndarray) -> list[tuple[Chain, np.ndarray]]:
-        """(chain, positions of the batch it judges) per group present in the batch."""
-        if len(series) and (series.max() >= len(self._group) or (self._group[series] < 0).any()):
+    def _split(self, series: np.ndarray) -> list[tuple[Chain, np.ndarray | slice]]:
+        """(chain, positions of the batch it judges) per group present in the batch; a
+        batch of one group (devices report in turn, so most are) is judged whole."""
+        if len(series) and series.max() >= len(self._group):
             raise KeyError("a series was judged before it was assigned to a group")
         groups = self._group[series]
+        if (groups < 0).any():
+            raise KeyError("a series was judged before it was assigned to a group")
+        if len(groups) and (groups == groups[0]).all():
+            return [(self.chains[self._names[groups[0]]], slice(None))]
         return [
             (self.chains[name], np.flatnonzero(groups == index))
             for index, name in enumerate(self._names)

@@ -189,7 +189,11 @@ class Detector(ABC):
             return out
         self.grow(int(series.max()) + 1)
         valid = np.isfinite(x) & np.isfinite(t)
-        for round_positions in split_rounds(series):
+        rounds = split_rounds(series)
+        if len(rounds) == 1 and valid.all():  # the common batch: each series once
+            scored = np.asarray(self._score_round(series, t, x), dtype=np.float64)
+            return np.clip(scored, 0.0, 1.0)
+        for round_positions in rounds:
             positions = round_positions[valid[round_positions]]
             if len(positions):
                 out[positions] = self._score_round(series[positions], t[positions], x[positions])

@@ -40,14 +40,18 @@ class AlertDecider:
             return Decision(onset, active, cleared)
         st = self._state
         st.grow(int(series.max()) + 1)
-        for positions in split_rounds(series):
-            s, score = series[positions], scores[positions]
+        rounds = split_rounds(series)
+        for positions in rounds:
+            whole = len(rounds) == 1  # the common batch: each series once
+            s, score = (series, scores) if whole else (series[positions], scores[positions])
             was = st["active"][s] > 0
             quiet = np.where(was & (score < self.off), st["quiet"][s] + 1, 0.0)
             start = ~was & (score >= self.on)
             now = (was & (quiet < self.clear_after)) | start
             st["active"][s] = now
             st["quiet"][s] = np.where(now, quiet, 0.0)
+            if whole:
+                return Decision(start, now, was & ~now)
             onset[positions] = start
             active[positions] = now
             cleared[positions] = was & ~now

@@ -15,15 +15,13 @@ from collector.families.base import (
     FastResult,
     FiniteFloat,
     QuantityName,
-    Reading,
     ReadingPayload,
     Route,
     SimulatedDevice,
     Simulation,
-    finish_line,
+    finish,
     is_quantity_name,
     no_derived_fields,
-    stamp,
 )
 
 
@@ -50,12 +48,9 @@ def _quantity_name(name: str) -> bool:
 
 
 def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix = route
-    stamped = stamp(obj, device, now_ms, oldest, newest)
     readings = obj.get("readings")
-    if stamped is None or type(readings) is not dict or not 1 <= len(readings) <= MAX_QUANTITIES:
+    if type(readings) is not dict or not 1 <= len(readings) <= MAX_QUANTITIES:
         return None
-    ts_ms, seq = stamped
     fields: dict[str, int | float] = {}
     good_names = _GOOD_NAMES
     text = ""
@@ -68,7 +63,7 @@ def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: 
             return None
         number = fields[name] = float(value)
         text += f",{name}={number!r}"
-    return Reading("chem", device, ts_ms, fields, seq), finish_line(prefix, text[1:], seq, ts_ms)
+    return finish(obj, route, fields, text[1:], now_ms, oldest, newest)
 
 
 # A buffer tank under level control: the level wanders around its setpoint and is pulled

@@ -22,7 +22,7 @@ process; the detectors' saved series are admitted again at start.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from collector.protocol import Reading, Rejection
@@ -60,6 +60,12 @@ class QuantityAdmission:
     def admitted(self, device: str) -> set[str] | None:
         """The quantities admitted for ``device`` (do not change it), or None."""
         return self._names.get(device)
+
+    @property
+    def admitted_by_device(self) -> Mapping[str, set[str]]:
+        """Every device's admitted quantities: the same dict for the admission's life,
+        so a reader may keep it (the fast path's check per message)."""
+        return self._names
 
     def seed(self, series: Iterable[tuple[str, str]], registry: Registry) -> None:
         """Admit (device, quantity) pairs already known (the detectors' saved series)."""

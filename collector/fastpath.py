@@ -82,11 +82,23 @@ class FastDecoder:
         self._routes_for: Registry | None = None
         self.fast = 0  # readings that took the fast path
         self.slow = 0  # objects the slow path judged
+        # What ``plain`` reads for every message, looked up once: the limits are frozen,
+        # and the admission's table of admitted quantities is one dict for its life.
+        limits = decoder.limits
+        self._max_payload_bytes = limits.max_payload_bytes
+        self._max_age_ms, self._max_future_ms = limits.max_age_ms, limits.max_future_ms
+        admission = decoder.admission
+        self._admitted = admission.admitted_by_device if admission is not None else None
 
-    def route(self, topic: str, registry: Registry) -> Route | None:
+    def routes(self, registry: Registry) -> Mapping[str, Route]:
+        """The routes known for ``registry``'s snapshot, by topic: a hit needs no
+        ``route`` call (a miss does, and adds it here)."""
         if self._routes_for is not registry:
             self._routes, self._routes_for = {}, registry
-        route = self._routes.get(topic)
+        return self._routes
+
+    def route(self, topic: str, registry: Registry) -> Route | None:
+        route = self.routes(registry).get(topic)
         if route is None:
             route = route_for(topic, registry)
             if route is None:
@@ -107,8 +119,7 @@ class FastDecoder:
         """The reading and line of a message holding one plain reading on a routed topic
         whose quantities are all admitted already; None for anything else, which
         ``decode`` answers (the common case without an ``Encoded`` per message)."""
-        limits = self.decoder.limits
-        if len(payload) > limits.max_payload_bytes:
+        if len(payload) > self._max_payload_bytes:
             return None
         try:
             data = orjson.loads(payload)
@@ -120,14 +131,16 @@ class FastDecoder:
             data,
             route,
             received_ms,
-            received_ms - limits.max_age_ms,
-            received_ms + limits.max_future_ms,
+            received_ms - self._max_age_ms,
+            received_ms + self._max_future_ms,
         )
         if done is None:
             return None
-        admission = self.decoder.admission
-        if admission is not None and not _all_admitted(admission.admitted(route[1]), done[0]):
-            return None  # a new series: ``decode`` asks the admission
+        admitted = self._admitted
+        if admitted is not None:
+            names = admitted.get(route[1])
+            if names is None or not names.issuperset(done[0].fields):
+                return None  # a new series: ``decode`` asks the admission
         self.fast += 1
         return done
 

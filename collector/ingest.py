@@ -192,21 +192,22 @@ class IngestPipeline:
         messages, arrays, readings the fast path is not sure of, a new series) goes
         through ``_decode_one``, which decides the same for these.
         """
-        route_of, plain = self.fast_decoder.route, self.fast_decoder.plain
+        fast = self.fast_decoder
+        routes, route_of, plain = fast.routes(registry), fast.route, fast.plain
         allow = self.rate_limit.allow if self.rate_limit is not None else None
         lines, readings, add_age = batch.lines, batch.readings, self.arrival_ages.add
         accepted = 0
         for message in messages:
+            topic, payload, _, _, _, received_ms, retained = message
             # a route only for a data topic of a known family: never our own or a unit's
-            route = None if message.retained else route_of(message.topic, registry)
+            route = None if retained else routes.get(topic) or route_of(topic, registry)
             if route is None:
                 self._decode_one(message, batch, registry)
                 continue
-            received_ms = message.received_ms
             if allow is not None and not allow(route[1], received_ms / 1000):
                 self._rate_limited(route[1], message)
                 continue
-            done = plain(route, message.payload, received_ms)
+            done = plain(route, payload, received_ms)
             if done is None:
                 self._decode_data(message, batch, registry)
                 continue

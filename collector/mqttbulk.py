@@ -186,51 +186,65 @@ class BulkMqttSource(Inbox):
         position, end = 0, len(buffer)
         now_ms = time.time_ns() // 1_000_000
         generation = self.generation
+        arrive = self._inbox.append
         arrived = 0
         try:
             while position + 2 <= end:
-                first = view[position]
-                length, shift, cursor = 0, 0, position + 1
-                complete_header = False
-                while cursor < end:
-                    byte = view[cursor]
-                    length |= (byte & 0x7F) << shift
-                    cursor += 1
-                    if not byte & 0x80:
-                        complete_header = True
+                first = buffer[position]
+                length = buffer[position + 1]
+                cursor = position + 2
+                if length & 0x80:  # a remaining length of more than one byte
+                    length, shift, cursor = 0, 0, position + 1
+                    complete_header = False
+                    while cursor < end:
+                        byte = buffer[cursor]
+                        length |= (byte & 0x7F) << shift
+                        cursor += 1
+                        if not byte & 0x80:
+                            complete_header = True
+                            break
+                        shift += 7
+                    if not complete_header:
                         break
-                    shift += 7
-                if not complete_header or cursor + length > end:
-                    break
                 packet_end = cursor + length
+                if packet_end > end:
+                    break
                 kind = first >> 4
                 if kind == PUBLISH:
                     qos = (first >> 1) & 3
-                    topic_end = cursor + 2 + ((view[cursor] << 8) | view[cursor + 1])
-                    topic = bytes(view[cursor + 2 : topic_end]).decode("utf-8", "replace")
+                    topic_end = cursor + 2 + ((buffer[cursor] << 8) | buffer[cursor + 1])
+                    topic = str(view[cursor + 2 : topic_end], "utf-8", "replace")
                     body = topic_end
                     packet_id = 0
                     if qos:
-                        packet_id = (view[body] << 8) | view[body + 1]
+                        packet_id = (buffer[body] << 8) | buffer[body + 1]
                         body += 2
-                    properties, shift = 0, 0
-                    while True:  # v5 properties: a varint length, then skipped
-                        byte = view[body]
-                        properties |= (byte & 0x7F) << shift
+                    if buffer[body]:  # v5 properties: a varint length, then skipped
+                        properties, shift = 0, 0
+                        while True:
+                            byte = buffer[body]
+                            properties |= (byte & 0x7F) << shift
+                            body += 1
+                            if not byte & 0x80:
+                                break
+                            shift += 7
+                        body += properties
+                    else:  # none, as nearly always
                         body += 1
-                        if not byte & 0x80:
-                            break
-                        shift += 7
-                    body += properties
-                    self._inbox.append(
-                        Inbound(
-                            topic,
-                            bytes(view[body:packet_end]),
-                            packet_id,
-                            qos,
-                            generation,
-                            now_ms,
-                            bool(first & 1),  # RETAIN, in the fixed header
+                    # tuple.__new__, not Inbound(...): a NamedTuple's own __new__ is
+                    # Python code, and this runs for every message received
+                    arrive(
+                        tuple.__new__(
+                            Inbound,
+                            (
+                                topic,
+                                bytes(view[body:packet_end]),
+                                packet_id,
+                                qos,
+                                generation,
+                                now_ms,
+                                bool(first & 1),  # RETAIN, in the fixed header
+                            ),
                         )
                     )
                     arrived += 1
@@ -260,7 +274,8 @@ class BulkMqttSource(Inbox):
         writer, generation = self._writer, self.generation
         if writer is None:
             return 0
-        acks = [m.mid for m in messages if m.qos and m.generation == generation]
+        # unpacked, not read by name: this runs for every message stored
+        acks = [mid for _, _, mid, qos, got_on, _, _ in messages if qos and got_on == generation]
         if acks:
             writer.write(puback_packets(acks))
         return len(acks)

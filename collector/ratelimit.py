@@ -31,12 +31,15 @@ class DeviceRateLimit:
         self._full_at: dict[str, float] = {}  # device -> when its bucket is full again
 
     def allow(self, device: str, now_s: float) -> bool:
-        full_at = self._full_at.get(device)
-        if full_at is None or full_at < now_s:
+        full_at_by_device = self._full_at
+        full_at = full_at_by_device.get(device)
+        if full_at is None:  # a device not seen (or forgotten)
+            if len(full_at_by_device) >= self.max_devices:
+                full_at_by_device.clear()
+            full_at = now_s
+        elif full_at < now_s:
             full_at = now_s
         elif full_at - now_s > self._tolerance_s:
             return False
-        if len(self._full_at) >= self.max_devices and device not in self._full_at:
-            self._full_at.clear()
-        self._full_at[device] = full_at + self._interval_s
+        full_at_by_device[device] = full_at + self._interval_s
         return True

@@ -107,12 +107,20 @@ def no_derived_fields(
     return {}
 
 
-def stamp(
-    obj: dict[str, Any], device: str, now_ms: int, oldest: int, newest: int
-) -> tuple[int, int | None] | None:
-    """(ts_ms, seq) of a plain reading; None when ts, seq or a device claim is not plain."""
+def finish(  # noqa: PLR0917 - per reading: positional arguments cost least
+    obj: dict[str, Any],
+    route: Route,
+    fields: dict[str, int | float],
+    text: str,
+    now_ms: int,
+    oldest: int,
+    newest: int,
+) -> FastResult:
+    """The reading and line of a plain object whose own fields (and their line text,
+    ``name=value,...``) its family's encoder took; None when its ts, seq or a device claim
+    is not plain."""
     get = obj.get
-    ts, seq = get("ts"), get("seq")
+    ts = get("ts")
     if ts is None:
         ts_ms = now_ms
     else:
@@ -125,15 +133,23 @@ def stamp(
         ts_ms = round(scaled)
         if not oldest <= ts_ms <= newest:
             return None
-    if seq is not None and not (type(seq) is int and 0 <= seq <= INT64_MAX):
-        return None
+    family, device, _, prefix = route
     claimed = get("device")
     if claimed is not None and claimed != device:
         return None
     claimed = get("device_id")
     if claimed is not None and claimed != device:
         return None
-    return ts_ms, seq
+    seq = get("seq")
+    if seq is None:
+        line = f"{prefix}{text} {ts_ms}"
+    elif type(seq) is int and 0 <= seq <= INT64_MAX:
+        line = f"{prefix}{text},seq={seq}i {ts_ms}"
+    else:
+        return None
+    # tuple.__new__, not Reading(...): a NamedTuple's own __new__ is Python code, and
+    # this runs for every reading the fast path takes
+    return tuple.__new__(Reading, (family, device, ts_ms, fields, seq)), line
 
 
 def is_count(value: Any) -> TypeGuard[int]:
@@ -144,12 +160,6 @@ def is_finite_number(value: Any) -> bool:
     """A JSON number the payload models take as a finite float (not a bool, not NaN)."""
     kind = type(value)
     return (kind is float or kind is int) and -math.inf < value < math.inf
-
-
-def finish_line(prefix: str, text: str, seq: int | None, ts_ms: int) -> str:
-    if seq is not None:
-        return f"{prefix}{text},seq={seq}i {ts_ms}"
-    return f"{prefix}{text} {ts_ms}"
 
 
 class SimulatedDevice(Protocol):

@@ -16,15 +16,13 @@ from collector.families.base import (
     Count,
     Family,
     FastResult,
-    Reading,
     ReadingPayload,
     Route,
     SimulatedDevice,
     Simulation,
     bump,
-    finish_line,
+    finish,
     no_derived_fields,
-    stamp,
 )
 
 
@@ -51,35 +49,33 @@ class CameraPayload(ReadingPayload):
 
 
 def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix = route
-    stamped = stamp(obj, device, now_ms, oldest, newest)
-    if stamped is None:
-        return None
-    ts_ms, seq = stamped
     get = obj.get
     people, vehicles, interval = get("people"), get("vehicles"), get("interval_s")
     # The checks written out, not called: this runs for every camera message.
-    fields: dict[str, int | float] = {}
-    text = ""
+    fields: dict[str, int | float]
     if people is not None:
         if not (type(people) is int and 0 <= people <= MAX_COUNT):
             return None
-        fields["people"] = people
-        text = f",people={people}i"
-    if vehicles is not None:
-        if not (type(vehicles) is int and 0 <= vehicles <= MAX_COUNT):
+        if vehicles is None:
+            fields = {"people": people}
+            text = f"people={people}i"
+        elif type(vehicles) is int and 0 <= vehicles <= MAX_COUNT:
+            fields = {"people": people, "vehicles": vehicles}
+            text = f"people={people}i,vehicles={vehicles}i"
+        else:
             return None
-        fields["vehicles"] = vehicles
-        text += f",vehicles={vehicles}i"
-    if not fields:
-        return None
+    elif type(vehicles) is int and 0 <= vehicles <= MAX_COUNT:
+        fields = {"vehicles": vehicles}
+        text = f"vehicles={vehicles}i"
+    else:
+        return None  # no count, or not a count
     if interval is not None:
         kind = type(interval)
         if not ((kind is int or kind is float) and 0 < interval <= MAX_INTERVAL_S):
             return None  # NaN fails the comparison, infinity the bound
         interval = fields["interval_s"] = float(interval)
-        text += f",interval_s={interval!r}"
-    return Reading("camera", device, ts_ms, fields, seq), finish_line(prefix, text[1:], seq, ts_ms)
+        text = f"{text},interval_s={interval!r}"
+    return finish(obj, route, fields, text, now_ms, oldest, newest)
 
 
 def _simulated(device: SimulatedDevice, t: float, hour: float) -> dict[str, Any]:

@@ -19,15 +19,13 @@ from collector.families.base import (
     Family,
     FastResult,
     FiniteFloat,
-    Reading,
     ReadingPayload,
     Route,
     SimulatedDevice,
     Simulation,
-    finish_line,
+    finish,
     is_finite_number,
     no_derived_fields,
-    stamp,
 )
 
 QUANTITIES = ("smoke", "temp_c", "pressure_kpa")
@@ -60,11 +58,6 @@ class FirePayload(ReadingPayload):
 
 
 def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, _, prefix = route
-    stamped = stamp(obj, device, now_ms, oldest, newest)
-    if stamped is None:
-        return None
-    ts_ms, seq = stamped
     get = obj.get
     smoke, temp, pressure = get("smoke"), get("temp_c"), get("pressure_kpa")
     fields: dict[str, int | float] = {}
@@ -82,8 +75,7 @@ def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: 
             parts.append(f"{name}={number!r}")
     if not fields:
         return None
-    text = ",".join(parts)
-    return Reading("fire", device, ts_ms, fields, seq), finish_line(prefix, text, seq, ts_ms)
+    return finish(obj, route, fields, ",".join(parts), now_ms, oldest, newest)
 
 
 def _simulated(device: SimulatedDevice, t: float, hour: float) -> dict[str, Any]:

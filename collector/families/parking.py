@@ -14,14 +14,12 @@ from collector.families.base import (
     Count,
     Family,
     FastResult,
-    Reading,
     ReadingPayload,
     Route,
     SimulatedDevice,
     Simulation,
     bump,
-    finish_line,
-    stamp,
+    finish,
 )
 
 
@@ -46,25 +44,25 @@ def derived(fields: Mapping[str, int | float], capacity: int | None) -> dict[str
 
 
 def encode(obj: dict[str, Any], route: Route, now_ms: int, oldest: int, newest: int) -> FastResult:
-    _, device, known_capacity, prefix = route
-    stamped = stamp(obj, device, now_ms, oldest, newest)
     occupied, capacity = obj.get("occupied"), obj.get("capacity")
     # The checks and ``derived`` written out, not called: this runs for every message.
-    if stamped is None or not (type(occupied) is int and 0 <= occupied <= MAX_COUNT):
+    if not (type(occupied) is int and 0 <= occupied <= MAX_COUNT):
         return None
-    ts_ms, seq = stamped
-    fields: dict[str, int | float] = {"occupied": occupied}
-    if capacity is not None:
-        if not (type(capacity) is int and 0 < capacity <= MAX_COUNT):
-            return None
-        fields["capacity"] = capacity
+    fields: dict[str, int | float]
+    known_capacity = route[2]
+    if capacity is None:
+        fields = {"occupied": occupied}
+    elif type(capacity) is int and 0 < capacity <= MAX_COUNT:
+        fields = {"occupied": occupied, "capacity": capacity}
         known_capacity = capacity
+    else:
+        return None
     if known_capacity:
         free = max(known_capacity - occupied, 0)  # over-full lots happen: never negative
         text = f"occupied={occupied}i,capacity={known_capacity}i,free={free}i"
     else:
         text = f"occupied={occupied}i"
-    return Reading("parking", device, ts_ms, fields, seq), finish_line(prefix, text, seq, ts_ms)
+    return finish(obj, route, fields, text, now_ms, oldest, newest)
 
 
 def _simulated(device: SimulatedDevice, t: float, hour: float) -> dict[str, Any]:

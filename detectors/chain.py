@@ -90,12 +90,13 @@ class GroupedChains:
     def _split(self, series: np.ndarray) -> list[tuple[Chain, np.ndarray | slice]]:
         """(chain, positions of the batch it judges) per group present in the batch; a
         batch of one group (devices report in turn, so most are) is judged whole."""
-        if len(series) and series.max() >= len(self._group):
+        if len(series) == 0:
+            return []
+        known = series.max() < len(self._group)
+        groups = self._group[series] if known else series
+        if not known or groups.min() < 0:
             raise KeyError("a series was judged before it was assigned to a group")
-        groups = self._group[series]
-        if (groups < 0).any():
-            raise KeyError("a series was judged before it was assigned to a group")
-        if len(groups) and (groups == groups[0]).all():
+        if (groups == groups[0]).all():
             return [(self.chains[self._names[groups[0]]], slice(None))]
         return [
             (self.chains[name], np.flatnonzero(groups == index))

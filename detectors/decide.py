@@ -33,29 +33,32 @@ class AlertDecider:
     def decide(self, series: Any, t: Any, scores: Any) -> Decision:
         """Per reading: onset (opens an alert), active (an alert is open), cleared (closes)."""
         series, _, scores = as_batch(series, t, scores)
+        if len(series) == 0:
+            return Decision(*(np.zeros(0, dtype=bool) for _ in range(3)))
+        self._state.grow(int(series.max()) + 1)
+        rounds = split_rounds(series)
+        if len(rounds) == 1:  # the common batch: each series once
+            return self._decide_round(series, scores)
         onset = np.zeros(len(series), dtype=bool)
         active = np.zeros(len(series), dtype=bool)
         cleared = np.zeros(len(series), dtype=bool)
-        if len(series) == 0:
-            return Decision(onset, active, cleared)
-        st = self._state
-        st.grow(int(series.max()) + 1)
-        rounds = split_rounds(series)
         for positions in rounds:
-            whole = len(rounds) == 1  # the common batch: each series once
-            s, score = (series, scores) if whole else (series[positions], scores[positions])
-            was = st["active"][s] > 0
-            quiet = np.where(was & (score < self.off), st["quiet"][s] + 1, 0.0)
-            start = ~was & (score >= self.on)
-            now = (was & (quiet < self.clear_after)) | start
-            st["active"][s] = now
-            st["quiet"][s] = np.where(now, quiet, 0.0)
-            if whole:
-                return Decision(start, now, was & ~now)
-            onset[positions] = start
-            active[positions] = now
-            cleared[positions] = was & ~now
+            decided = self._decide_round(series[positions], scores[positions])
+            onset[positions] = decided.onset
+            active[positions] = decided.active
+            cleared[positions] = decided.cleared
         return Decision(onset, active, cleared)
+
+    def _decide_round(self, s: np.ndarray, score: np.ndarray) -> Decision:
+        """``decide`` for readings of distinct series."""
+        st = self._state
+        was = st["active"][s] > 0
+        quiet = np.where(was & (score < self.off), st["quiet"][s] + 1, 0.0)
+        start = ~was & (score >= self.on)
+        now = (was & (quiet < self.clear_after)) | start
+        st["active"][s] = now
+        st["quiet"][s] = np.where(now, quiet, 0.0)
+        return Decision(start, now, was & ~now)
 
     def state(self) -> dict[str, FloatArray]:
         return self._state.snapshot()

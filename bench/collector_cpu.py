@@ -7,7 +7,8 @@ families, one reading per message, QoS 1) is published to a running ``smartunit 
 (the real process: decode, detectors, alert engine, InfluxDB writes, acknowledgements),
 and the process's own CPU time (user + system, from /proc) from the first publish until
 all N readings are stored is divided by N. ``--profile`` records the process with py-spy
-meanwhile (a flame graph in SVG, or speedscope JSON by the file's extension).
+meanwhile (a flame graph in SVG, speedscope JSON or collapsed stacks in .txt, by the file's
+extension).
 
 Usage: bench/collector_cpu.py [--messages N] [--repeat R] [--drain] [--profile out.svg]
 """
@@ -77,7 +78,8 @@ def main() -> int:
                 profiler = None
                 if args.profile is not None and run == args.repeat:
                     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                    kind = "speedscope" if args.profile.suffix == ".json" else "flamegraph"
+                    kinds = {".json": "speedscope", ".txt": "raw"}
+                    kind = kinds.get(args.profile.suffix, "flamegraph")
                     profiler = subprocess.Popen(
                         [
                             spy,

@@ -271,7 +271,10 @@ def test_the_detectors_hold_no_more_series_than_their_cap_on_history_either() ->
 def test_of_more_history_than_the_budget_the_warm_start_reads_the_newest(make_settings) -> None:
     influx = make_settings().influx
     now_ms = round(time.time() * 1000)
-    old, recent = now_ms - 3 * 3_600_000, now_ms - 1_800_000
+    # Each block within one clock hour: the budget is spent by the hour, and a block
+    # straddling two would let the newest part of the old one fit in.
+    this_hour = now_ms - now_ms % 3_600_000
+    old, recent = this_hour - 3 * 3_600_000 + 60_000, this_hour - 3_600_000 + 60_000
     write_history(
         influx,
         [

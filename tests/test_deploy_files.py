@@ -333,6 +333,9 @@ def test_the_local_influxdb_collects_garbage_as_deploy_md_recommends(influxdb: I
     environ = Path(f"/proc/{influxdb.proc.pid}/environ").read_bytes().split(b"\0")
     assert f"GOGC={influxdb.gc_percent}".encode() in environ
     assert f"`GOGC={influxdb.gc_percent}`" in (ROOT / "docs" / "deploy.md").read_text()
+    # the shipped stack follows the same advice: its InfluxDB shares a host with the collector
+    services = yaml.safe_load(compose_config(COMPOSE_SECRETS).stdout)["services"]
+    assert services["influxdb"]["environment"]["GOGC"] == str(influxdb.gc_percent)
 
 
 SYSTEMD_UNIT = ROOT / "scripts" / "systemd" / "smartunit-collector.service"

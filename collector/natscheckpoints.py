@@ -17,6 +17,12 @@ messages after the checkpoint's position come again (unacknowledged ones) and ar
 judged; those its series have already judged are older than their newest judged reading
 and are stored but not judged again (``DetectionEngine.process``).
 
+A write cut short (its deadline, a lost connection, a stop) leaves the chunks it sent
+with no object naming them; nats-py purges them only on an ordinary error, not on a
+cancellation. Every ``sweep_interval_s`` each collector purges the chunk subjects that no
+object named at its previous sweep either, unchanged since: a write in progress finishes
+or is cut well within that time, so only abandoned chunks go (``orphans_purged``).
+
 Why JetStream and not PostgreSQL: the state belongs to the stream's positions, lives in
 the same replicated store as the messages and the leases, is written every few seconds
 by every instance, and can be megabytes for a busy partition (the object store chunks
@@ -26,6 +32,7 @@ it); the alert store stays small and off the readings' path.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +53,9 @@ BUCKET = "smartunit_detector_state"
 URGENT_S = 0.1  # how soon after a decision the partitions are checkpointed
 URGENT_WINDOW_S = 2.0  # and for how long after it, as its readings are acknowledged
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
+STREAM = f"OBJ_{BUCKET}"  # the object store's own stream, named by nats-py
+CHUNKS = f"$O.{BUCKET}.C."  # + an object's nuid: the subject of its chunks
+METAS = f"$O.{BUCKET}.M."  # + its encoded name: the subject of its description
 
 
 class PartitionCheckpoints:
@@ -74,8 +84,16 @@ class PartitionCheckpoints:
         self._saved_position: dict[int, int] = {}
         self._decisions_seen = 0
         self._urgent_until = 0.0
+        # A write lasts at most deadline_s: chunks nobody named over a longer time were
+        # abandoned.
+        self.sweep_interval_s = max(6 * interval_s, 10 * deadline_s)
+        self.orphans_purged = 0  # chunk subjects of cut writes purged
+        self._js: JetStreamContext | None = None
+        self._unnamed: dict[str, int] = {}  # chunk subject -> its message count, last sweep
+        self._swept_at = time.monotonic()
 
     async def open(self, js: JetStreamContext) -> None:
+        self._js = js
         try:
             self._store = await js.object_store(BUCKET)
         except nats.js.errors.BucketNotFoundError:
@@ -154,6 +172,47 @@ class PartitionCheckpoints:
             if engine is not None:
                 forget(engine, self.devices_of(partition))
 
+    async def sweep(self) -> int:
+        """Purge the chunk subjects named by no object now nor at the previous sweep, with
+        as many messages then as now; how many were purged."""
+        js = self._js
+        if js is None:
+            return 0
+        chunks = await self._subjects(js, CHUNKS)
+        named = set()
+        for meta in await self._subjects(js, METAS):
+            found = await js.get_last_msg(STREAM, meta)
+            named.add(CHUNKS + json.loads(found.data or b"{}")["nuid"])
+        unnamed = {subject: n for subject, n in chunks.items() if subject not in named}
+        orphans = [s for s, n in unnamed.items() if self._unnamed.get(s) == n]
+        for subject in orphans:
+            await js.purge_stream(STREAM, subject=subject)
+            del unnamed[subject]
+        self._unnamed = unnamed
+        if orphans:
+            self.orphans_purged += len(orphans)
+            log.info("checkpoint chunks of cut writes purged", extra={"subjects": len(orphans)})
+        return len(orphans)
+
+    @staticmethod
+    async def _subjects(js: JetStreamContext, prefix: str) -> dict[str, int]:
+        """The stream's subjects under ``prefix``, with their message counts."""
+        info = await js.stream_info(STREAM, subjects_filter=prefix + ">")
+        return info.state.subjects or {}
+
+    async def _sweep_when_due(self) -> None:
+        now = time.monotonic()
+        if now - self._swept_at < self.sweep_interval_s:
+            return
+        self._swept_at = now
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                await self.sweep()
+        except (*_NATS_ERRORS, KeyError, ValueError) as exc:
+            # what the previous sweep saw stays: a subject is purged only when two sweeps
+            # that completed agree it is abandoned
+            log.warning("checkpoint chunks not swept: %s", exc)
+
     async def keep(self, owned: Callable[[], dict[int, int]]) -> None:
         """Checkpoint the partitions read (``owned``: partition -> stream position) every
         ``interval_s``, and all of them soon after the detectors decided something."""
@@ -171,3 +230,4 @@ class PartitionCheckpoints:
                 moved = position != self._saved_position.get(partition)
                 if (urgent and moved) or self._saved_at.get(partition, 0.0) <= due:
                     await self.save(partition, position)
+            await self._sweep_when_due()

@@ -3,6 +3,9 @@ partition over goes on judging its series where the previous owner stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 import threading
 import time
@@ -10,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import nats
+import nats.js.errors
 from nats.js.api import ObjectStoreConfig, StorageType
 
 from collector.config import InfluxSettings, Settings
@@ -169,3 +173,88 @@ def test_a_checkpoint_whose_chunks_never_come_costs_no_partition(
     assert [row["seq"] for row in rows] == [1]
     source: Any = collector.collector.source if collector.collector is not None else None
     assert source is not None and source.checkpoints.failures >= 1
+
+
+def checkpoint_chunks(urls: str) -> tuple[set[str], dict[str, int]]:
+    """The chunk subjects the checkpoints name, and every chunk subject with its count."""
+
+    async def read() -> tuple[set[str], dict[str, int]]:
+        nc = await nats.connect(urls.split(","))
+        try:
+            js = nc.jetstream()
+            try:
+                store = await js.object_store(CHECKPOINTS)
+                named = {f"$O.{CHECKPOINTS}.C.{info.nuid}" for info in await store.list()}
+            except nats.js.errors.NotFoundError:  # no bucket or no object yet
+                return set(), {}
+            info = await js.stream_info(
+                f"OBJ_{CHECKPOINTS}", subjects_filter=f"$O.{CHECKPOINTS}.C.>"
+            )
+            return named, info.state.subjects or {}
+        finally:
+            await nc.close()
+
+    return run_async(read())
+
+
+def test_the_chunks_of_a_cut_checkpoint_write_are_purged_and_every_checkpoint_kept(
+    nats_cluster: NatsCluster,
+    nats_settings: Callable[..., Settings],
+    run_collector: Callable[..., CollectorThread],
+) -> None:
+    """A checkpoint write cut short (its deadline, a lost connection) leaves the chunks it
+    sent with no object naming them, and nats-py purges them only on an ordinary error,
+    not on a cancellation: without a sweep, each cut write's chunks stay for good."""
+    # checkpoints every 0.3 s and a write deadline of 0.5 s: a sweep every 5 s
+    settings = nats_settings(checkpoint_interval_s=0.3, lease_ttl_s=1.5)
+    collector = run_collector(settings)
+    partitions = nats_cluster.partitions
+    assert poll(lambda: len(checkpoint_chunks(nats_cluster.urls)[0]), partitions.__eq__, 60)
+
+    class CutAfterChunks(io.RawIOBase):
+        """Checkpoint data whose write is cancelled, as a deadline cancels it, once three
+        chunks are sent."""
+
+        chunks = 0
+
+        def readinto(self, buffer: Any) -> int:
+            if self.chunks == 3:
+                raise asyncio.CancelledError
+            self.chunks += 1
+            buffer[:] = b"x" * len(buffer)
+            return len(buffer)
+
+    async def cut_write() -> None:
+        nc = await nats.connect(nats_cluster.urls.split(","))
+        try:
+            store = await nc.jetstream().object_store(CHECKPOINTS)
+            with contextlib.suppress(asyncio.CancelledError):
+                await store.put("p0", CutAfterChunks())  # type: ignore[arg-type]
+        finally:
+            await nc.close()
+
+    run_async(cut_write())
+    named, chunks = checkpoint_chunks(nats_cluster.urls)
+    cut = {subject for subject, count in chunks.items() if subject not in named and count == 3}
+    assert cut, f"the cut write left no chunks of its own: {chunks}"
+
+    def purged() -> bool:
+        named, chunks = checkpoint_chunks(nats_cluster.urls)
+        return not cut & set(chunks) and named <= set(chunks)
+
+    assert poll(purged, bool, 60), "the cut write's chunks are still in the store"
+    source: Any = collector.collector.source if collector.collector is not None else None
+    assert source is not None and source.checkpoints.orphans_purged >= 1
+
+    async def read_every_checkpoint() -> list[int]:
+        nc = await nats.connect(nats_cluster.urls.split(","))
+        try:
+            store = await nc.jetstream().object_store(CHECKPOINTS)
+            return [
+                len((await asyncio.wait_for(store.get(f"p{p}"), 10)).data or b"")
+                for p in range(partitions)
+            ]
+        finally:
+            await nc.close()
+
+    assert all(run_async(read_every_checkpoint()))  # each still whole: its digest is checked

@@ -73,13 +73,14 @@ class Collector:
             stopping=self._stopping,
         )
         self.detection = DetectionRuntime(settings, registry=registry, stats=self.stats)
+        checkpoints = None
         if settings.transport == "nats" and self.detection.engine is not None:
             from collector.natscheckpoints import PartitionCheckpoints  # noqa: PLC0415
             from collector.natssource import NatsSource  # noqa: PLC0415
 
             # each partition's detector state goes with the partition (docs/cluster.md)
             assert isinstance(self.source, NatsSource)
-            self.source.checkpoints = PartitionCheckpoints(
+            self.source.checkpoints = checkpoints = PartitionCheckpoints(
                 self.detection,
                 partitions=settings.nats.partitions,
                 interval_s=settings.nats.checkpoint_interval_s,
@@ -111,6 +112,7 @@ class Collector:
             if self.ingest.rate_watch is not None:
                 self.ingest.rate_watch.resume(alerting.active_operator_alerts())
         self.cluster = ClusterView(settings)
+        self.cluster.checkpoints = checkpoints
         self.telemetry = Telemetry(
             settings,
             stats=self.stats,

@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -48,6 +48,9 @@ from collector.natsleases import BUCKET
 from collector.natsstream import consumer_name
 from collector.natssubjects import MQTT_MESSAGES_STREAM
 from collector.operator import OperatorAlarm
+
+if TYPE_CHECKING:
+    from collector.natscheckpoints import PartitionCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class ClusterView:
             else None
         )
         self._error_log = RateLimitedLog(log, 60.0)
+        # the partitions' detector-state checkpoints, counted in metrics (set where wired)
+        self.checkpoints: PartitionCheckpoints | None = None
 
     @property
     def clustered(self) -> bool:
@@ -283,10 +288,15 @@ class ClusterView:
     def metrics(self) -> dict[str, Value]:
         """The cluster's families of /metrics (none on transport "mqtt")."""
         reading = self.reading
-        if not self.clustered or reading is None:
+        if not self.clustered:
             return {}
+        counted: dict[str, Value] = {}
+        if self.checkpoints is not None:
+            counted |= self.checkpoints.metrics()
+        if reading is None:
+            return counted
         owned = sum(1 for lease in reading.owners.values() if lease.holder == self.instance)
-        return {
+        return counted | {
             "cluster_instances": len(reading.members | {self.instance: Lease("", 0.0)}),
             "cluster_partitions_owned": owned,
             "partition_lag": {

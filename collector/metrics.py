@@ -225,6 +225,23 @@ FAMILIES: dict[str, Family] = {
             "Time since a partition's lease was last renewed (expires at nats.lease_ttl_s).",
             unit="seconds",
         ),
+        _counter(
+            "partition_checkpoints_written_total",
+            "Partition detector-state checkpoints written to the NATS object store.",
+        ),
+        _counter(
+            "partition_checkpoints_restored_total",
+            "Checkpoints restored on taking a partition over.",
+        ),
+        _counter(
+            "partition_checkpoint_failures_total",
+            "Checkpoints not written or not read (unreachable, past their deadline); the "
+            "partition is judged from what this instance knows.",
+        ),
+        _counter(
+            "partition_checkpoint_orphans_purged_total",
+            "Chunk subjects of checkpoint writes cut short, purged from the object store.",
+        ),
         # -- HTTP API ---------------------------------------------------------------------
         _counter(
             "api_refused_total",

@@ -92,6 +92,15 @@ class PartitionCheckpoints:
         self._unnamed: dict[str, int] = {}  # chunk subject -> its message count, last sweep
         self._swept_at = time.monotonic()
 
+    def metrics(self) -> dict[str, int]:
+        """The checkpoints' families of /metrics."""
+        return {
+            "partition_checkpoints_written_total": self.saved,
+            "partition_checkpoints_restored_total": self.restored,
+            "partition_checkpoint_failures_total": self.failures,
+            "partition_checkpoint_orphans_purged_total": self.orphans_purged,
+        }
+
     async def open(self, js: JetStreamContext) -> None:
         self._js = js
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import time
@@ -104,7 +105,16 @@ class AlertWiring:
         return self.book.find(states=sorted(ACTIVE_STATES), unit=OPERATOR_UNIT)
 
     def submit(self, event: DetectionEvent, hierarchy: dict[str, str]) -> None:
-        """Stored now, or kept and retried until the store takes it."""
+        """Stored now, or kept and retried until the store takes it.
+
+        A detection stamped later than now (a device clock ahead of ours: its readings are
+        stored as sent, up to ``ingest.max_future_s``) is taken as of now: the alert's
+        start, and the acknowledgement deadline and escalation that count from it, must
+        not wait for the device's future.
+        """
+        now_ms = time.time_ns() // 1_000_000
+        if event.ts_ms > now_ms:
+            event = dataclasses.replace(event, ts_ms=now_ms)
         self.pending.submit(event, hierarchy)
 
     def problems(self) -> list[str]:

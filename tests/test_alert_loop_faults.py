@@ -277,3 +277,28 @@ def test_an_alarm_raised_while_the_alert_store_is_unwritable_is_stored_and_sent_
     assert wait_for(lambda: api.client.get("/healthz").status_code == 200)
     assert WorkOrders.bad_signatures == 0
     collector.stop()
+
+
+@pytest.mark.slow
+def test_a_red_alarm_from_a_device_clock_ahead_escalates_on_the_services_deadline(
+    chem_park, run_collector, publisher
+) -> None:
+    """A device whose clock runs four minutes ahead (within ingest.max_future_s, so its
+    readings are stored as sent) must not delay the red alarm's escalation by four
+    minutes: an alert's deadlines count from when the service learnt of it."""
+    settings = chem_park({}, ack_deadlines_s={"red": 2.0})
+    collector = run_collector(settings)
+    api = Api(settings.http.port)
+
+    ahead_s = 240.0
+    assert ahead_s < settings.ingest.max_future_s
+    sent_ms = round(time.time() * 1000)
+    payload = {"ts": time.time() + ahead_s, "readings": {"lel_pct": 55.0}}
+    publisher.publish("smartunit/v1/chem/gas-1/data", json.dumps(payload))
+    (gas,) = wait_for(lambda: api.alerts(colour="red"))
+    assert gas["started_at_ms"] < sent_ms + 30_000  # not in the device's future
+    assert gas["ack_due_at_ms"] < sent_ms + 30_000 + 2000
+
+    (escalated,) = wait_for(lambda: received("escalated", gas["id"]), 60)
+    assert "grid -> community" in escalated["event"]["note"]
+    collector.stop()

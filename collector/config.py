@@ -396,10 +396,13 @@ class LoggingSettings(_Section):
 
 
 def _nats_urls(urls: str) -> str:
-    for url in urls.split(","):
-        parts = urlsplit(url.strip())
-        if parts.scheme not in {"nats", "tls"} or not parts.hostname:
-            raise ValueError(f"each server must be a nats:// or tls:// URL, not {url!r}")
+    # A server's URL may carry the collector's user and password: never repeated here.
+    for number, url in enumerate(urls.split(","), start=1):
+        if urlsplit(url.strip()).scheme not in {"nats", "tls"}:
+            raise ValueError(f"server {number}: each server must be a nats:// or tls:// URL")
+        problem = url_problem(url.strip())
+        if problem is not None:
+            raise ValueError(f"server {number}: the URL {problem}")
     return urls
 
 

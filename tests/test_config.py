@@ -149,6 +149,10 @@ def test_mqtt_url_forms() -> None:
         ({"SMARTUNIT_MQTT_URL": "mqtt://dev:hunter2/x@broker.example:1883"}, "mqtt.url"),
         ({"SMARTUNIT_MQTT_URL": "mqtts://dev:hunter2?x@broker.example"}, "mqtt.url"),
         ({"SMARTUNIT_INFLUX_URL": "http://a:hunter2#x@influx.example:8086"}, "influx.url"),
+        (
+            {"SMARTUNIT_NATS_URL": "nats://c:ok@nats-1:4222,nats://c:hunter2/x@nats-2:4222"},
+            "nats.url",
+        ),
     ],
 )
 def test_a_password_with_a_reserved_character_is_refused_without_echoing_it(

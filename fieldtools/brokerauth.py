@@ -80,3 +80,12 @@ def write_password_file(path: Path, users: Mapping[str, str]) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def write_credentials(path: Path, users: Mapping[str, str]) -> None:
+    """The plain passwords of a demo's users, for the person running it: readable by
+    us alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as plain:
+        plain.writelines(f"{name} {password}\n" for name, password in users.items())

@@ -7,8 +7,10 @@ three simulators, each on another node's MQTT gateway with a third of the fleet.
 where to look as ``smartunit demo`` does, and on Ctrl-C (or after ``--duration``) stops
 everything in order. Every child dies with the demo even if the demo itself is killed.
 
-The NATS gateways admit anyone on this machine: a demo on loopback, not a deployment
-(docs/cluster.md, "From one node to a cluster").
+The cluster admits only the demo's users, each with a fresh password (written to
+``nats/credentials.txt`` in the demo's directory): the collectors, the simulators (data and
+status of any device) and a read-only observer; its nodes join each other with a route
+password of their own (docs/cluster.md, "Who may connect").
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector.config import InfluxSettings
+from fieldtools.brokerauth import (
+    COLLECTOR_USER,
+    OBSERVER_USER,
+    SIMULATOR_USER,
+    write_credentials,
+)
 from fieldtools.demo import (
     ANOMALIES,
     ANOMALY_EVERY_S,
@@ -36,7 +44,7 @@ from fieldtools.demo import (
     where_data_is,
 )
 from fieldtools.localservices import InfluxDB, free_port, spawn
-from fieldtools.natscluster import NatsCluster
+from fieldtools.natscluster import NatsCluster, NatsUsers
 from fieldtools.postgres import PostgresServer
 from fieldtools.shipped import SAMPLE_CONFIG, shipped_config_dir
 
@@ -70,7 +78,9 @@ def _run(args: argparse.Namespace, config: Path) -> int:
 
     def demo(session: DemoSession) -> None:
         workdir = session.workdir
-        cluster = NatsCluster(workdir / "nats", size=NODES, partitions=PARTITIONS)
+        users = NatsUsers.fresh([COLLECTOR_USER, SIMULATOR_USER, OBSERVER_USER])
+        cluster = NatsCluster(workdir / "nats", size=NODES, partitions=PARTITIONS, users=users)
+        write_credentials(workdir / "nats" / "credentials.txt", users.passwords)
         influxdb = InfluxDB(workdir / "influxdb")
         session.services.callback(cluster.stop)
         cluster.start()
@@ -87,14 +97,14 @@ def _run(args: argparse.Namespace, config: Path) -> int:
                 client_id=f"smartunit-collector-{index + 1}",
                 http_port=free_port(),
                 data_dir=workdir / f"collector-{index + 1}",
-                mqtt_url=cluster.nodes[index % NODES].mqtt_url,
+                mqtt_url=cluster.mqtt_url_for(cluster.nodes[index % NODES], COLLECTOR_USER),
             )
             for index in range(COLLECTORS)
         ]
         base_env = {
             **os.environ,
             "SMARTUNIT_TRANSPORT": "nats",
-            "SMARTUNIT_NATS_URL": cluster.urls,
+            "SMARTUNIT_NATS_URL": cluster.urls_for(COLLECTOR_USER),
             "SMARTUNIT_INFLUX_URL": influxdb.url,
             "SMARTUNIT_INFLUX_DB": DEMO_DB,
             "SMARTUNIT_ALERTS_STORE": alerts_store,
@@ -115,23 +125,29 @@ def _run(args: argparse.Namespace, config: Path) -> int:
                 env=env,
                 log_path=workdir / f"{instance.client_id}.log",
             )
-        for instance in instances:
+        for index, instance in enumerate(instances):
             # online means its partition consumers exist: devices may publish
-            wait_for_collector(instance.mqtt_url, instance.client_id, timeout_s=90)
+            node = cluster.nodes[index % NODES]
+            observer = cluster.mqtt_url_for(node, OBSERVER_USER)
+            wait_for_collector(observer, instance.client_id, timeout_s=90)
         simulator_logs = []
         for index, node in enumerate(cluster.nodes):
             log = workdir / f"simulator-{index + 1}.log"
             simulator_logs.append(log)
             simulate = [
                 *SMARTUNIT, "simulate", "--config", str(config), "--generate", str(args.devices),
-                "--mqtt-url", node.mqtt_url, "--shard", f"{index}/{NODES}", "--seed", "1",
+                "--shard", f"{index}/{NODES}", "--seed", "1",
                 "--labels", str(workdir / f"labels-{index + 1}.jsonl"),
                 *(f"--schedule={s.after_s}:{s.device}:{s.kind}:{s.duration_s}" for s in OPENING),
                 # the three together inject as often as the single-node demo's one
                 "--anomaly-every", str(ANOMALY_EVERY_S * NODES),
                 "--faulty-message-every", str(FAULTY_MESSAGE_EVERY_S * NODES),
             ]  # fmt: skip
-            session.children[f"simulator-{index + 1}"] = spawn(simulate, env=base_env, log_path=log)
+            # its password in its environment, not on a command line others can read
+            simulator_url = cluster.mqtt_url_for(node, SIMULATOR_USER)
+            session.children[f"simulator-{index + 1}"] = spawn(
+                simulate, env={**base_env, "SMARTUNIT_MQTT_URL": simulator_url}, log_path=log
+            )
         _banner(cluster, postgres, influxdb, instances, token=token, config=config, workdir=workdir)
         watch_demo(influx, args.duration, session.children, simulator_logs, stored=stored)
 
@@ -148,6 +164,8 @@ def _banner(
     config: Path,
     workdir: Path,
 ) -> None:
+    assert cluster.users is not None
+    observer_password = cluster.users.passwords[OBSERVER_USER]
     data = where_data_is(
         influxdb,
         config=config,
@@ -167,8 +185,10 @@ SmartUnit Monitor cluster demo is running (Ctrl-C stops everything).
 {consoles}
       each one shows the same alerts; sign in with any name and the token {token}
   NATS cluster  {cluster.urls}  ({PARTITIONS} partitions, JetStream replicas {cluster.replicas})
-      MQTT gateways:   {gateways}  (anyone on this machine may connect)
-      watch devices:   mosquitto_sub -V mqttv311 -p {port} -v -t 'smartunit/v1/#'
+      MQTT gateways:   {gateways}
+                       (signed-in users only: {cluster.directory}/credentials.txt)
+      watch devices:   mosquitto_sub -V mqttv311 -p {port} -v -t 'smartunit/v1/#' \\
+                         -u {OBSERVER_USER} -P {observer_password}
       monitoring:      http://127.0.0.1:{cluster.nodes[0].monitor_port}/jsz
   PostgreSQL    {postgres.database_url(ALERTS_DB)}  (the shared alert state)
       query:           psql {postgres.database_url(ALERTS_DB)} \\

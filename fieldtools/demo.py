@@ -48,6 +48,7 @@ from fieldtools.brokerauth import (
     SIMULATOR_USER,
     broker_acl,
     panel_user,
+    write_credentials,
     write_password_file,
 )
 from fieldtools.history import store_history
@@ -197,10 +198,7 @@ def secure_broker(directory: Path, unit_ids: list[str]) -> tuple[Mosquitto, dict
     auth = BrokerAuth(password_file=directory / "passwd", acl_file=directory / "mosquitto.acl")
     write_password_file(auth.password_file, users)
     auth.acl_file.write_text(broker_acl(unit_ids))
-    # the plain passwords, for the person running the demo
-    credentials = directory / "credentials.txt"
-    credentials.touch(mode=0o600)
-    credentials.write_text("".join(f"{name} {password}\n" for name, password in users.items()))
+    write_credentials(directory / "credentials.txt", users)
     return Mosquitto(directory, auth=auth), users
 
 

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collector.families import FAMILIES
+from collector.natssubjects import PARTITION_ROOT
+from fieldtools.brokerauth import OBSERVER_USER, SIMULATOR_USER
 from fieldtools.localservices import (
     find_binary,
     free_port,
@@ -51,25 +56,82 @@ class NatsNode:
         return self.proc is not None and self.proc.poll() is None
 
 
+ROUTE_USER = "smartunit-route"
+
+
+@dataclass(frozen=True)
+class NatsUsers:
+    """Who may connect to a cluster's client and MQTT ports, and what each may do: the
+    principals of fieldtools/brokerauth.py, as NATS users (an MQTT topic ``a/b`` is the
+    subject ``a.b``). ``passwords`` (user name -> password) names the users that exist;
+    the cluster's nodes join each other with ``route_password``."""
+
+    passwords: Mapping[str, str]
+    route_password: str
+
+    @classmethod
+    def fresh(cls, names: Iterable[str]) -> NatsUsers:
+        """These users, each with a new random password (URL-safe)."""
+        return cls({name: secrets.token_urlsafe(16) for name in names}, secrets.token_urlsafe(16))
+
+    def authorization(self) -> str:
+        users = ",\n".join(
+            f'    {{ user: "{name}", password: "{password}"{_permissions(name)} }}'
+            for name, password in self.passwords.items()
+        )
+        return f"authorization {{\n  users = [\n{users}\n  ]\n}}"
+
+
+def _permissions(user: str) -> str:
+    """A principal's rights; the collector (and a user not known here) has every right."""
+    if user == SIMULATOR_USER:  # speaks for any device: their data and status only
+        # A publish is checked against its subject after the server's mapping, so data is
+        # allowed into its partitioned subject (any partition: the mapping chooses it).
+        topics = [f"{PARTITION_ROOT}.*.{family}.*.data" for family in FAMILIES]
+        topics += [f"smartunit.v1.{family}.*.status" for family in FAMILIES]
+        return f", permissions: {{ publish: {json.dumps(topics)}, subscribe: [] }}"
+    if user == OBSERVER_USER:
+        # "smartunit/v1/#" is two subscriptions (the level itself and all below it);
+        # "$MQTT.sub.>": the gateway's own subject for a QoS 1 subscription's consumer
+        watched = json.dumps(["smartunit.v1", "smartunit.v1.>", "$MQTT.sub.>"])
+        return f", permissions: {{ publish: [], subscribe: {watched} }}"
+    return ""
+
+
 @dataclass
 class NatsCluster:
     """``size`` nats-servers on loopback with JetStream and an MQTT 3.1.1 listener each.
 
     The data subjects are mapped into ``partitions`` partitions
     (``collector.natssubjects.server_mappings``), and the MQTT gateway keeps its streams
-    with as many replicas as there are nodes, up to 3. Anyone on this machine may connect:
-    for tests, benchmarks and the local demo only."""
+    with as many replicas as there are nodes, up to 3. Without ``users`` anyone on this
+    machine may connect (tests, benchmarks); with them (``NatsUsers``) only those users,
+    each with its rights, and only the nodes themselves may join as cluster routes."""
 
     directory: Path
     size: int = 3
     partitions: int = 64
     binary: str = ""  # empty: $SMARTUNIT_NATS_SERVER, else nats-server on the PATH
+    users: NatsUsers | None = None
     nodes: list[NatsNode] = field(default_factory=list)
 
     @property
     def urls(self) -> str:
         """Every node's client URL, comma-separated (what ``nats.url`` takes)."""
         return ",".join(node.url for node in self.nodes)
+
+    def urls_for(self, user: str) -> str:
+        """Every node's client URL signed in as ``user`` (one of ``users``)."""
+        return ",".join(self._signed_in(node.url, user) for node in self.nodes)
+
+    def mqtt_url_for(self, node: NatsNode, user: str) -> str:
+        """A node's MQTT gateway signed in as ``user`` (one of ``users``)."""
+        return self._signed_in(node.mqtt_url, user)
+
+    def _signed_in(self, url: str, user: str) -> str:
+        assert self.users is not None, "a cluster without users takes anyone"
+        scheme, _, host = url.partition("://")
+        return f"{scheme}://{user}:{self.users.passwords[user]}@{host}"
 
     @property
     def mqtt_url(self) -> str:
@@ -107,13 +169,23 @@ class NatsCluster:
             f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port}, stream_replicas: {self.replicas} }}",
             f"mappings = {{\n{mappings}\n}}",
         ]
+        if self.users is not None:
+            lines.append(self.users.authorization())
         if self.size > 1:
+            signed_in = f"{ROUTE_USER}:{self.users.route_password}@" if self.users else ""
             routes = ", ".join(
-                f"nats://127.0.0.1:{other.route_port}" for other in self.nodes if other != node
+                f"nats://{signed_in}127.0.0.1:{other.route_port}"
+                for other in self.nodes
+                if other != node
+            )
+            route_auth = (
+                f'authorization {{ user: {ROUTE_USER}, password: "{self.users.route_password}" }}, '
+                if self.users
+                else ""
             )
             lines.append(
                 f"cluster {{ name: smartunit, listen: 127.0.0.1:{node.route_port}, "
-                f"routes: [{routes}] }}"
+                f"{route_auth}routes: [{routes}] }}"
             )
         return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.config import InfluxSettings, Settings
 from collector.configfile import load_settings
 from fieldtools.localservices import InfluxDB, free_port, spawn
-from fieldtools.natscluster import NatsCluster
+from fieldtools.natscluster import NatsCluster, NatsUsers
 from tests.conftest import influx_rows, poll
 
 T = TypeVar("T")
@@ -44,11 +44,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def start_nats(tmp_path: Path) -> Iterator[Callable[..., NatsCluster]]:
-    """Starts a cluster: ``start_nats(size=3, partitions=8)``."""
+    """Starts a cluster: ``start_nats(size=3, partitions=8, users=None)``."""
     clusters: list[NatsCluster] = []
 
-    def start(*, size: int = 3, partitions: int = 8) -> NatsCluster:
-        cluster = NatsCluster(tmp_path / f"nats{len(clusters)}", size=size, partitions=partitions)
+    def start(*, size: int = 3, partitions: int = 8, users: NatsUsers | None = None) -> NatsCluster:
+        cluster = NatsCluster(
+            tmp_path / f"nats{len(clusters)}", size=size, partitions=partitions, users=users
+        )
         clusters.append(cluster)
         return cluster.start()
 
@@ -66,7 +68,14 @@ class Device:
     """A device as firmware speaks to the gateway: MQTT 3.1.1, QoS 1, a retained status
     with "offline" as its last will."""
 
-    def __init__(self, port: int, *, family: str = "gas", device_id: str = "") -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        family: str = "gas",
+        device_id: str = "",
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.device_id = device_id or f"dev-{next(_devices)}"
         self.port = port
         self.family = family
@@ -78,6 +87,8 @@ class Device:
         )
         status = self.topic("status")
         self.client.will_set(status, b'{"state":"offline"}', qos=1, retain=True)
+        if credentials is not None:
+            self.client.username_pw_set(*credentials)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -177,10 +188,12 @@ def spawn_nats_collector(
     database: str,
     directory: Path,
     config: str = "",
+    user: str = "",
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """A collector process on transport "nats", its MQTT session on node ``node``, its
     files in ``directory``; ``config`` is the rest of its TOML after ``[nats]``'s
-    partition count. Returns its client id and the process."""
+    partition count; ``user``: signed in as that user of the cluster's. Returns its
+    client id and the process."""
     client_id = f"{name}-{database}"
     config_file = directory / f"{name}.toml"
     config_file.write_text(
@@ -189,8 +202,12 @@ def spawn_nats_collector(
     )
     env = {
         **os.environ,
-        "SMARTUNIT_MQTT_URL": cluster.nodes[node].mqtt_url,
-        "SMARTUNIT_NATS_URL": cluster.urls,
+        "SMARTUNIT_MQTT_URL": (
+            cluster.mqtt_url_for(cluster.nodes[node], user)
+            if user
+            else cluster.nodes[node].mqtt_url
+        ),
+        "SMARTUNIT_NATS_URL": cluster.urls_for(user) if user else cluster.urls,
         "SMARTUNIT_INFLUX_URL": influxdb.url,
         "SMARTUNIT_INFLUX_DB": database,
         "SMARTUNIT_DATA_DIR": str(directory / name),

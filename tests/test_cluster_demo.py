@@ -17,9 +17,11 @@ import httpx
 import pytest
 
 from collector.registry import Registry
+from fieldtools.brokerauth import OBSERVER_USER
 from fieldtools.postgres import postgres_installed
 from tests.conftest import poll
 from tests.test_demo import ACTIVE_STATES, ROOT, Output
+from tests.test_nats_auth import connect_answer
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +118,14 @@ def test_the_cluster_demo_stores_readings_opens_an_alert_and_ctrl_c_stops_everyt
         assert "SMARTUNIT_ALERTS_STORE=postgresql://" in output.text()
 
         banner = output.text()
+        # the gateways take signed-in users only: the demo's, listed in its credentials
+        gateway = int(re.findall(r"MQTT gateways:\s+mqtt://127\.0\.0\.1:(\d+)", banner)[0])
+        assert connect_answer(gateway, None) == "Not authorized"
+        credentials = workdir / "nats" / "credentials.txt"
+        assert str(credentials) in banner and credentials.stat().st_mode & 0o077 == 0
+        observer, password = credentials.read_text().splitlines()[-1].split()
+        assert observer == OBSERVER_USER and password in banner  # the watch command's
+        assert connect_answer(gateway, (observer, password)) == "Success"
         ports = {int(p) for p in re.findall(r"(?:http|nats|mqtt|postgresql)://\S*?:(\d+)", banner)}
         children = descendants(demo.pid)
         # 3 NATS nodes, PostgreSQL, InfluxDB, 3 collectors, 3 simulators (and their children)

@@ -26,10 +26,20 @@ from collector.configfile import load_settings
 from collector.natssubjects import server_mappings
 from collector.registry import Registry
 from fieldtools.demo import secure_broker, wait_for_collector
-from fieldtools.localservices import BrokerAuth, InfluxDB, Mosquitto, spawn, stop_process
+from fieldtools.localservices import (
+    BrokerAuth,
+    InfluxDB,
+    Mosquitto,
+    find_binary,
+    free_port,
+    port_open,
+    spawn,
+    stop_process,
+)
 from fieldtools.simulate import schedule_problems
 from fieldtools.simulator import ScheduledAnomaly, build_fleet
 from tests.conftest import collector_env, poll
+from tests.test_nats_auth import connect_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +123,7 @@ def test_compose_file_is_valid_and_needs_its_secrets() -> None:
 
 
 def test_the_cluster_profile_runs_three_nodes_postgresql_and_three_collectors() -> None:
-    done = compose_config(COMPOSE_SECRETS, "cluster")
+    done = compose_config({**COMPOSE_SECRETS, "SMARTUNIT_NATS_PASSWORD": "n"}, "cluster")
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
     nodes = [f"nats-{n}" for n in (1, 2, 3)]
@@ -128,6 +138,9 @@ def test_the_cluster_profile_runs_three_nodes_postgresql_and_three_collectors() 
         assert Path(mounts["/etc/nats/nats-cluster.conf"]) == node_config
         assert services[node]["command"] == ["-c", "/etc/nats/nats-cluster.conf"]
         names.add(services[node]["environment"]["NATS_SERVER_NAME"])
+        # every node knows the collectors' password, and refuses to start without one
+        assert services[node]["environment"]["SMARTUNIT_NATS_PASSWORD"] == "n"
+        assert services[node]["entrypoint"] == services[nodes[0]]["entrypoint"]
     assert names == set(nodes)
     assert len({_volume_names(services[node]) for node in nodes}) == 3
     text = node_config.read_text()
@@ -144,9 +157,11 @@ def test_the_cluster_profile_runs_three_nodes_postgresql_and_three_collectors() 
         service = services[name]
         env = service["environment"]
         assert env["SMARTUNIT_TRANSPORT"] == "nats"
-        assert {u.split("//")[1].split(":")[0] for u in env["SMARTUNIT_NATS_URL"].split(",")} == (
-            set(nodes)
-        )
+        servers = [urlsplit(url) for url in env["SMARTUNIT_NATS_URL"].split(",")]
+        assert {server.hostname for server in servers} == set(nodes)
+        gateway = urlsplit(env["SMARTUNIT_MQTT_URL"])
+        for signed_in in (*servers, gateway):  # the nodes admit signed-in clients only
+            assert (signed_in.username, signed_in.password) == ("smartunit-collector", "n")
         assert env["SMARTUNIT_ALERTS_STORE"].startswith("postgresql://smartunit@postgres:5432/")
         # the password from the environment, never in the URL (docs/cluster.md)
         assert "PGPASSWORD" in env and urlsplit(env["SMARTUNIT_ALERTS_STORE"]).password is None
@@ -436,3 +451,56 @@ def test_a_collector_told_to_listen_everywhere_answers_on_the_network_address(
         assert found[0]["url"].startswith(f"{public_url}/alerts/")
     finally:
         stop_process(collector)
+
+
+def shipped_nats_node(directory: Path) -> Path:
+    """config/nats-cluster.conf with its sign-in as shipped, on free loopback ports in
+    ``directory``: one node (its route block, which names the compose hosts, left out; its
+    gateway's streams on that one node)."""
+    text = (ROOT / "config" / "nats-cluster.conf").read_text()
+    text = text.replace("0.0.0.0:4222", f"127.0.0.1:{free_port()}")
+    text = text.replace("0.0.0.0:8222", f"127.0.0.1:{free_port()}")
+    text = text.replace("0.0.0.0:1883", f"127.0.0.1:{free_port()}")
+    text = text.replace('"/data"', f'"{directory}/data"')
+    text = text.replace("stream_replicas: 3", "stream_replicas: 1")
+    text = text[: text.index("cluster {")]
+    conf = directory / "node.conf"
+    conf.write_text(text)
+    return conf
+
+
+def test_the_shipped_nats_nodes_admit_the_collector_and_no_one_else(tmp_path: Path) -> None:
+    """The compose cluster's nodes as they start: without SMARTUNIT_NATS_PASSWORD they do
+    not start at all; with it, their gateways refuse anyone but the collectors."""
+    services = yaml.safe_load(
+        compose_config({**COMPOSE_SECRETS, "SMARTUNIT_NATS_PASSWORD": "n"}, "cluster").stdout
+    )["services"]
+    # the entrypoint as the container runs it ("$$" is compose's escape for "$")
+    shell, flag, script, name = services["nats-1"]["entrypoint"]
+    script = script.replace("$$", "$")
+    binary = find_binary("nats-server")
+    script = script.replace("exec nats-server", f"exec {binary}")
+    conf = shipped_nats_node(tmp_path)
+    command = [shell, flag, script, name, "-c", str(conf)]
+    refused = subprocess.run(
+        command, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode != 0 and "set SMARTUNIT_NATS_PASSWORD" in refused.stderr
+    empty = {"PATH": os.environ["PATH"], "SMARTUNIT_NATS_PASSWORD": ""}
+    assert subprocess.run(command, env=empty, capture_output=True, timeout=30).returncode != 0
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "NATS_SERVER_NAME": "nats-1",
+        "SMARTUNIT_NATS_PASSWORD": "collectors-secret",
+    }
+    node = spawn(command, env=env, log_path=tmp_path / "node.log")
+    try:
+        port = int(re.findall(r"mqtt \{ listen: 127\.0\.0\.1:(\d+)", conf.read_text())[0])
+        assert poll(lambda: port_open(port), bool, 30)
+        assert connect_answer(port, None) == "Not authorized"
+        assert connect_answer(port, ("smartunit-collector", "guess")) == "Not authorized"
+        signed_in = ("smartunit-collector", "collectors-secret")
+        assert connect_answer(port, signed_in) == "Success"
+    finally:
+        stop_process(node)

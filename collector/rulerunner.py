@@ -1,9 +1,10 @@
 """The rule book at run time: which rules watch each series, and what they decide.
 
 Which rules watch a series depends on its family, quantity, device and unit (from the
-registry): worked out once per series and registry, then shared by every series with
-the same selection. Each rule is one detector and one level decider over all the series
-it watches, judged a batch at a time (vectorised). A rule's state is saved under a key
+registry): worked out once per series and registry (once per family and quantity where
+no rule names a unit or device), then shared by every series with the same selection.
+Each rule is one detector and one level decider over all the series it watches, judged
+a batch at a time (vectorised). A rule's state is saved under a key
 of its definition: a rule whose definition changed starts afresh.
 """
 

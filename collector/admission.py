@@ -22,7 +22,7 @@ process; the detectors' saved series are admitted again at start.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from collector.protocol import Reading, Rejection
@@ -110,6 +110,47 @@ class QuantityAdmission:
         if not any(name not in NOT_QUANTITIES for name in kept):
             return None, rejection
         return reading._replace(fields=kept), rejection
+
+    def admit_all(self, device: str, fields: Collection[str], registry: Registry) -> bool:
+        """Admit every quantity of a reading at once when no cap refuses any of them
+        (True); otherwise change nothing (False), leaving the refusal to ``admit``.
+
+        A device's first reading names all its quantities together: checking the caps
+        for the lot and then admitting them costs one pass, where ``admit`` takes each
+        name through every check. The outcome is ``admit``'s when nothing is dropped.
+        """
+        names = self._names.get(device)
+        new = [
+            name
+            for name in fields
+            if name not in NOT_QUANTITIES and (names is None or name not in names)
+        ]
+        if not new:
+            if names is not None:
+                names.update(fields)
+            return True
+        if self.series + len(new) > self.max_series:
+            return False
+        unknown = 0
+        for name in new:
+            if name not in PROTOCOL_QUANTITIES and name not in self.known:
+                listed = registry.devices.get(device)
+                if listed is None or name not in listed.quantities:
+                    unknown += 1
+        extra = self._extra.get(device, 0)
+        if unknown and extra + unknown > self.max_per_device:
+            return False
+        if names is None:
+            # as ``admit`` does: bookkeeping names before the first quantity are not kept
+            listed_names = list(fields)
+            first = listed_names.index(new[0])
+            self._names[device] = set(listed_names[first:])
+        else:
+            names.update(fields)
+        self.series += len(new)
+        if unknown:
+            self._extra[device] = extra + unknown
+        return True
 
     def _admit(self, device: str, name: str, registry: Registry, *, capped: bool) -> str | None:
         """Admit one new series; the rejection reason when a cap refuses it."""

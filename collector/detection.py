@@ -240,27 +240,10 @@ class DetectionEngine:
         ``now_s``: the collector's clock when they arrived (default: now).
         """
         now = time.time() if now_s is None else now_s
-        sid: list[int] = []
-        t: list[float] = []
-        x: list[float] = []
-        device_ids: list[int] = []
-        device_times: list[float] = []
         table = self.series
-        devices = table.devices
-        add_series, add_time, add_value = sid.append, t.append, x.append
-        for family, device, ts_ms, fields, _ in readings:
-            seconds = ts_ms / 1000.0
-            device_id, series_of = devices.get(device) or table.device(device)
-            device_ids.append(device_id)
-            device_times.append(seconds)
-            for quantity, value in fields.items():
-                found = series_of.get(quantity)
-                if found is None:
-                    found = self.series_of(device, family, quantity)
-                if found >= 0:
-                    add_series(found)
-                    add_time(seconds)
-                    add_value(value)
+        sid, t, x, device_ids, device_times, new_series = table.gather(readings)
+        if new_series and self.chain is not None:
+            self.chain.assign_all(new_series, [table.info[s][1] for s in new_series])
         if device_times:
             # a list's median in statistics: a third of numpy's time (its array made first)
             self._silence_check.note_lag(now - statistics.median(device_times))

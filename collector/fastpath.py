@@ -11,8 +11,9 @@ the same answer for valid input and names the reason for invalid input.
 
 So the fast path never rejects anything on its own. New series pass the decoder's
 admission (collector/admission.py) on both paths alike: a reading naming only admitted
-quantities keeps its fast line; any other goes through the same ``admit`` call the
-slow path makes. ``tests/test_fastpath.py`` checks
+quantities, or new ones no cap refuses (a device's first reading), keeps its fast line;
+any other goes through the same ``admit`` call the slow path makes.
+``tests/test_fastpath.py`` checks
 the one property that matters: whenever the fast path accepts an object, the slow path
 accepts it with the same reading and the same line.
 
@@ -45,6 +46,7 @@ MAX_ROUTES = 100_000
 
 # Each family's encoder lives in its plug-in (collector/families/), required there.
 FAST_ENCODERS: Mapping[str, FastEncoder] = {name: family.encode for name, family in PLUGINS.items()}
+MEASUREMENTS: Mapping[str, str] = {name: escape_measurement(name) for name in PLUGINS}
 
 
 def route_for(topic: str, registry: Registry) -> Route | None:
@@ -55,7 +57,7 @@ def route_for(topic: str, registry: Registry) -> Route | None:
     placement = registry.placement(parsed.device)
     if placement.family is not None and placement.family != parsed.family:
         return None
-    head = escape_measurement(parsed.family)
+    head = MEASUREMENTS[parsed.family]
     prefix = f"{head},{placement.tags} " if placement.tags else f"{head} "
     return (parsed.family, parsed.device, placement.capacity, prefix)
 
@@ -87,7 +89,7 @@ class FastDecoder:
         limits = decoder.limits
         self._max_payload_bytes = limits.max_payload_bytes
         self._max_age_ms, self._max_future_ms = limits.max_age_ms, limits.max_future_ms
-        admission = decoder.admission
+        self._admission = admission = decoder.admission
         self._admitted = admission.admitted_by_device if admission is not None else None
 
     def routes(self, registry: Registry) -> Mapping[str, Route]:
@@ -115,10 +117,13 @@ class FastDecoder:
             return route[1]
         return topic.split("/", 4)[3] if topic.count("/") >= 4 else ""
 
-    def plain(self, route: Route, payload: bytes, received_ms: int) -> FastResult:
+    def plain(
+        self, route: Route, payload: bytes, received_ms: int, registry: Registry
+    ) -> FastResult:
         """The reading and line of a message holding one plain reading on a routed topic
-        whose quantities are all admitted already; None for anything else, which
-        ``decode`` answers (the common case without an ``Encoded`` per message)."""
+        whose quantities are all admitted, or are admitted now without a cap refusing
+        any; None for anything else, which ``decode`` answers (the common case without
+        an ``Encoded`` per message)."""
         if len(payload) > self._max_payload_bytes:
             return None
         try:
@@ -140,7 +145,9 @@ class FastDecoder:
         if admitted is not None:
             names = admitted.get(route[1])
             if names is None or not names.issuperset(done[0].fields):
-                return None  # a new series: ``decode`` asks the admission
+                assert self._admission is not None
+                if not self._admission.admit_all(route[1], done[0].fields, registry):
+                    return None  # a cap refuses a quantity: ``decode`` says which
         self.fast += 1
         return done
 

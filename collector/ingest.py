@@ -189,8 +189,8 @@ class IngestPipeline:
         Nearly every message is one well-formed reading on a data topic seen before: it
         takes one route lookup, the rate limit and its family's encoder, and the counters
         are added once per burst. Anything else (statuses, unit topics, retained
-        messages, arrays, readings the fast path is not sure of, a new series) goes
-        through ``_decode_one``, which decides the same for these.
+        messages, arrays, readings the fast path is not sure of, a new series over a
+        cap) goes through ``_decode_one``, which decides the same for these.
         """
         fast = self.fast_decoder
         routes, route_of, plain = fast.routes(registry), fast.route, fast.plain
@@ -207,7 +207,7 @@ class IngestPipeline:
             if allow is not None and not allow(route[1], received_ms / 1000):
                 self._rate_limited(route[1], message)
                 continue
-            done = plain(route, payload, received_ms)
+            done = plain(route, payload, received_ms, registry)
             if done is None:
                 self._decode_data(message, batch, registry)
                 continue

@@ -1,9 +1,10 @@
 """The rule book at run time: which rules watch each series, and what they decide.
 
 Which rules watch a series depends on its family, quantity, device and unit (from the
-registry): worked out once per series and registry, then shared by every series with
-the same selection. Each rule is one detector and one level decider over all the series
-it watches, judged a batch at a time (vectorised). A rule's state is saved under a key
+registry): worked out once per series and registry (once per family and quantity where
+no rule names a unit or device), then shared by every series with the same selection.
+Each rule is one detector and one level decider over all the series it watches, judged
+a batch at a time (vectorised). A rule's state is saved under a key
 of its definition: a rule whose definition changed starts afresh.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from collector.detectionevent import DetectionEvent
 from collector.registry import Registry
-from collector.rules import RuleBook, RuleSpec
+from collector.rules import MAX_CACHED_QUANTITIES, RuleBook, RuleSpec
 from detectors.base import Detector
 from detectors.levels import COLOURS, LevelDecider
 
@@ -69,6 +70,10 @@ class RuleRunners:
         self._selection_of = np.full(0, -1, dtype=np.int64)
         self._selections: list[tuple[RuleRunner, ...]] = []
         self._selection_index: dict[tuple[int, ...], int] = {}
+        # (family, quantity) -> its selection, for pairs whose rules name no unit or
+        # device: a new series then needs neither its placement nor a rule-book lookup.
+        # It depends on the rule book only, so it outlives registry changes.
+        self._selection_by_quantity: dict[tuple[str, str], int] = {}
         self._capacity_of: dict[str, np.ndarray] = {}  # capacity_from -> per series, NaN: none
         self._saved: dict[str, dict[str, np.ndarray]] = {}  # rules not met since the start
 
@@ -94,7 +99,21 @@ class RuleRunners:
     def _selection_for(self, series: int, info: SeriesInfo, registry: Registry) -> int:
         """The index in ``_selections`` of the rules that watch ``series``."""
         device, family, quantity = info[series]
-        specs = self.rules.rules_for(family, quantity, registry.placement(device).unit, device)
+        pair = (family, quantity)
+        index = self._selection_by_quantity.get(pair)
+        if index is not None:
+            return index
+        everywhere = self.rules.rules_everywhere(family, quantity)
+        if everywhere is None:
+            unit = registry.placement(device).unit
+            return self._selection(self.rules.rules_for(family, quantity, unit, device))
+        if len(self._selection_by_quantity) >= MAX_CACHED_QUANTITIES:
+            self._selection_by_quantity.clear()
+        index = self._selection_by_quantity[pair] = self._selection(everywhere)
+        return index
+
+    def _selection(self, specs: Sequence[RuleSpec]) -> int:
+        """The index in ``_selections`` of these rules, added on first sight."""
         key = tuple(map(id, specs))  # a runner per spec: the same specs, the same runners
         index = self._selection_index.get(key)
         if index is None:
@@ -120,8 +139,10 @@ class RuleRunners:
                 [self._selection_of, np.full(missing, -1, dtype=np.int64)]
             )
         chosen = self._selection_of[ids]
-        unknown = np.unique(ids[chosen < 0])
+        unknown = ids[chosen < 0]
         if len(unknown):
+            # sorted by series already (the engine's order): repeats are neighbours
+            unknown = unknown[np.append(True, unknown[1:] != unknown[:-1])]
             self._selection_of[unknown] = [
                 self._selection_for(series, info, registry) for series in unknown.tolist()
             ]
@@ -206,17 +227,27 @@ class RuleRunners:
         kind = capacity_from or ""
         known = self._capacity_of.get(kind, np.full(0, np.nan))
         if len(known) < len(info):
-            start = len(known)
-            known = np.concatenate([known, np.full(len(info) - start, np.nan)])
-            for sid in range(start, len(info)):
-                placement = registry.placement(info[sid][0])
-                unit = registry.units.get(placement.unit)
-                if kind == "safe_capacity" and unit is not None:
-                    known[sid] = unit.safe_capacity or np.nan
-                elif kind == "capacity":
-                    known[sid] = placement.capacity or np.nan
+            added = [np.nan] * (len(info) - len(known))
+            if kind:
+                # a device's series are numbered together: one placement per run of them
+                device: str | None = None
+                capacity = np.nan
+                for at, (owner, _, _) in enumerate(info[len(known) :]):
+                    if owner != device:
+                        device, capacity = owner, _capacity(kind, owner, registry)
+                    added[at] = capacity
+            known = np.concatenate([known, np.array(added, dtype=np.float64)])
             self._capacity_of[kind] = known
         return known
+
+
+def _capacity(kind: str, device: str, registry: Registry) -> float:
+    """A device's capacity of this kind from the registry (NaN: none)."""
+    placement = registry.placement(device)
+    if kind == "capacity":
+        return placement.capacity or np.nan
+    unit = registry.units.get(placement.unit)
+    return (unit.safe_capacity or np.nan) if unit is not None else np.nan
 
 
 def _threshold(runner: RuleRunner, level: int, series: int) -> float | None:

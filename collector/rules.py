@@ -141,6 +141,19 @@ class RuleBook:
         return cls(tuple(specs))
 
     def rules_for(self, family: str, quantity: str, unit: str, device: str) -> list[RuleSpec]:
+        covering, everywhere = self._covering(family, quantity)
+        if everywhere is not None:
+            return list(everywhere)
+        return self._choose(covering, unit, device)
+
+    def rules_everywhere(self, family: str, quantity: str) -> tuple[RuleSpec, ...] | None:
+        """``rules_for`` of every series of (family, quantity) when no rule covering it
+        lists units or devices; None when the unit or device decides."""
+        return self._covering(family, quantity)[1]
+
+    def _covering(
+        self, family: str, quantity: str
+    ) -> tuple[tuple[tuple[int, RuleSpec], ...], tuple[RuleSpec, ...] | None]:
         key = (family, quantity)
         found = self._by_quantity.get(key)
         if found is None:
@@ -152,12 +165,10 @@ class RuleBook:
                 if rule.covers(family, quantity)
             )
             placed = any(rule.units or rule.devices for _, rule in covering)
-            everywhere = None if placed else tuple(self._choose(covering, unit, device))
+            # no rule names a unit or device: every one is as specific anywhere
+            everywhere = None if placed else tuple(self._choose(covering, "", ""))
             found = self._by_quantity[key] = (covering, everywhere)
-        covering, everywhere = found
-        if everywhere is not None:
-            return list(everywhere)
-        return self._choose(covering, unit, device)
+        return found
 
     @staticmethod
     def _choose(covering: Iterable[tuple[int, RuleSpec]], unit: str, device: str) -> list[RuleSpec]:

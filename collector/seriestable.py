@@ -12,14 +12,27 @@ Beyond ``max_series`` a new series is neither numbered nor remembered, only coun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from collector.admission import NOT_QUANTITIES
+from collector.families.base import Reading
 
 # (device, family, quantity): a plain tuple of strings, which the garbage collector stops
 # tracking; tens of thousands of objects would lengthen every full collection, a pause
 # that alerts wait through.
 Series = tuple[str, str, str]
+
+
+class Gathered(NamedTuple):
+    """A batch's judged fields as series, times and values, with what came new."""
+
+    series: list[int]  # per field that is a series within the cap
+    times: list[float]  # device time, epoch seconds
+    values: list[int | float]
+    device_ids: list[int]  # per reading
+    device_times: list[float]
+    new_series: list[int]  # numbered by this batch, in order
 
 
 class SeriesTable:
@@ -47,14 +60,43 @@ class SeriesTable:
         """A field's series id, the series created on first sight; -1: not a quantity."""
         series_of = self.device(device)[1]
         found = series_of.get(quantity)
-        if found is None:
-            if quantity not in NOT_QUANTITIES and len(self.info) >= self.max_series:
-                self.refused += 1  # not remembered either
-                return -1
-            found = series_of[quantity] = -1 if quantity in NOT_QUANTITIES else len(self.info)
-            if found >= 0:
-                self.info.append((device, family, quantity))
+        return self.add(series_of, device, family, quantity) if found is None else found
+
+    def add(self, series_of: dict[str, int], device: str, family: str, quantity: str) -> int:
+        """``series_id`` of a field the device's ``series_of`` (from ``devices``) lacks."""
+        if quantity in NOT_QUANTITIES:
+            series_of[quantity] = -1
+            return -1
+        found = len(self.info)
+        if found >= self.max_series:
+            self.refused += 1  # not remembered either
+            return -1
+        series_of[quantity] = found
+        self.info.append((device, family, quantity))
         return found
+
+    def gather(self, readings: Iterable[Reading]) -> Gathered:
+        """Every reading's fields as series (numbering new ones), times and values."""
+        out = Gathered([], [], [], [], [], [])
+        add_series, add_time, add_value = out.series.append, out.times.append, out.values.append
+        add_device, add_device_time = out.device_ids.append, out.device_times.append
+        devices, add = self.devices, self.add
+        for family, device, ts_ms, fields, _ in readings:
+            seconds = ts_ms / 1000.0
+            device_id, series_of = devices.get(device) or self.device(device)
+            add_device(device_id)
+            add_device_time(seconds)
+            for quantity, value in fields.items():
+                found = series_of.get(quantity)
+                if found is None:
+                    found = add(series_of, device, family, quantity)
+                    if found >= 0:
+                        out.new_series.append(found)
+                if found >= 0:
+                    add_series(found)
+                    add_time(seconds)
+                    add_value(value)
+        return out
 
     def device_family(self, device: str) -> str:
         """The family a device's readings came as ("" before any quantity was judged)."""

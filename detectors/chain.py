@@ -6,6 +6,7 @@ backtest shows is what the service would have raised.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,22 +71,49 @@ class GroupedChains:
             raise ValueError(f"group names must be non-empty and without {self.SEPARATOR!r}")
         self.chains = chains
         self._names = list(chains)
+        self._index = {name: index for index, name in enumerate(self._names)}
         self._group = np.full(0, -1, dtype=np.int64)  # global id -> group index
         self._local = np.full(0, -1, dtype=np.int64)  # global id -> id in its group's chain
         self._sizes = [0] * len(self._names)
 
-    def assign(self, series: int, group: str) -> None:
-        """Put a new series in a group; a series keeps its first group."""
+    def _room_for(self, series: int) -> None:
         if series >= len(self._group):
             grown = max(series + 1, 2 * len(self._group), 16)
             self._group = np.concatenate([self._group, np.full(grown - len(self._group), -1)])
             self._local = np.concatenate([self._local, np.full(grown - len(self._local), -1)])
+
+    def assign(self, series: int, group: str) -> None:
+        """Put a new series in a group; a series keeps its first group."""
+        self._room_for(series)
         if self._group[series] >= 0:
             return
         index = self._names.index(group)
         self._group[series] = index
         self._local[series] = self._sizes[index]
         self._sizes[index] += 1
+
+    def assign_all(self, series: Sequence[int], groups: Sequence[str]) -> None:
+        """``assign`` each of ``series`` to its group, in order: the same numbering.
+
+        New series arrive by the thousand when a fleet is first seen (a collector
+        restarting on a city's backlog); they are numbered in one step per group.
+        """
+        if not series:
+            return
+        ids = np.asarray(series, dtype=np.int64)
+        self._room_for(int(ids.max()))
+        if not ((ids[1:] > ids[:-1]).all() and (self._group[ids] < 0).all()):
+            for one, group in zip(series, groups, strict=True):  # repeats, known ones
+                self.assign(one, group)
+            return
+        index_of = self._index
+        indices = np.array([index_of[group] for group in groups], dtype=np.int64)
+        for index in np.unique(indices).tolist():
+            members = ids[indices == index]
+            start = self._sizes[index]
+            self._group[members] = index
+            self._local[members] = np.arange(start, start + len(members))
+            self._sizes[index] = start + len(members)
 
     def _split(self, series: np.ndarray) -> list[tuple[Chain, np.ndarray | slice]]:
         """(chain, positions of the batch it judges) per group present in the batch; a

@@ -112,7 +112,7 @@ def test_a_message_the_plain_path_takes_decodes_to_the_same_reading_and_line(cas
     route = decoder.route(topic, REGISTRY)
     assert route is not None
     payload = orjson.dumps(obj)
-    plain = decoder.plain(route, payload, NOW_MS)
+    plain = decoder.plain(route, payload, NOW_MS, REGISTRY)
     if plain is None:
         return  # handed on to decode, the answer
     whole = decoder.decode(topic, payload, NOW_MS, REGISTRY)

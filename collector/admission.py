@@ -131,12 +131,7 @@ class QuantityAdmission:
             return True
         if self.series + len(new) > self.max_series:
             return False
-        unknown = 0
-        for name in new:
-            if name not in PROTOCOL_QUANTITIES and name not in self.known:
-                listed = registry.devices.get(device)
-                if listed is None or name not in listed.quantities:
-                    unknown += 1
+        unknown = sum(not self._is_known(device, name, registry) for name in new)
         extra = self._extra.get(device, 0)
         if unknown and extra + unknown > self.max_per_device:
             return False

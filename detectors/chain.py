@@ -82,12 +82,18 @@ class GroupedChains:
             self._group = np.concatenate([self._group, np.full(grown - len(self._group), -1)])
             self._local = np.concatenate([self._local, np.full(grown - len(self._local), -1)])
 
+    def _group_index(self, group: str) -> int:
+        index = self._index.get(group)
+        if index is None:  # ValueError: a saved state naming it is another chain's
+            raise ValueError(f"no chain for group {group!r}")
+        return index
+
     def assign(self, series: int, group: str) -> None:
         """Put a new series in a group; a series keeps its first group."""
         self._room_for(series)
         if self._group[series] >= 0:
             return
-        index = self._names.index(group)
+        index = self._group_index(group)
         self._group[series] = index
         self._local[series] = self._sizes[index]
         self._sizes[index] += 1
@@ -106,8 +112,7 @@ class GroupedChains:
             for one, group in zip(series, groups, strict=True):  # repeats, known ones
                 self.assign(one, group)
             return
-        index_of = self._index
-        indices = np.array([index_of[group] for group in groups], dtype=np.int64)
+        indices = np.array([self._group_index(group) for group in groups], dtype=np.int64)
         for index in np.unique(indices).tolist():
             members = ids[indices == index]
             start = self._sizes[index]
@@ -120,9 +125,7 @@ class GroupedChains:
         batch of one group (devices report in turn, so most are) is judged whole."""
         if len(series) == 0:
             return []
-        known = series.max() < len(self._group)
-        groups = self._group[series] if known else series
-        if not known or groups.min() < 0:
+        if series.max() >= len(self._group) or (groups := self._group[series]).min() < 0:
             raise KeyError("a series was judged before it was assigned to a group")
         if (groups == groups[0]).all():
             return [(self.chains[self._names[groups[0]]], slice(None))]

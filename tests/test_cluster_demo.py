@@ -21,7 +21,7 @@ from fieldtools.brokerauth import OBSERVER_USER
 from fieldtools.postgres import postgres_installed
 from tests.conftest import poll
 from tests.test_demo import ACTIVE_STATES, ROOT, Output
-from tests.test_nats_auth import connect_answer
+from tests.test_deploy_files import signs_in
 
 pytestmark = pytest.mark.slow
 
@@ -120,12 +120,12 @@ def test_the_cluster_demo_stores_readings_opens_an_alert_and_ctrl_c_stops_everyt
         banner = output.text()
         # the gateways take signed-in users only: the demo's, listed in its credentials
         gateway = int(re.findall(r"MQTT gateways:\s+mqtt://127\.0\.0\.1:(\d+)", banner)[0])
-        assert connect_answer(gateway, None) == "Not authorized"
+        assert not signs_in(gateway, None, None)
         credentials = workdir / "nats" / "credentials.txt"
         assert str(credentials) in banner and credentials.stat().st_mode & 0o077 == 0
         observer, password = credentials.read_text().splitlines()[-1].split()
         assert observer == OBSERVER_USER and password in banner  # the watch command's
-        assert connect_answer(gateway, (observer, password)) == "Success"
+        assert signs_in(gateway, observer, password)
         ports = {int(p) for p in re.findall(r"(?:http|nats|mqtt|postgresql)://\S*?:(\d+)", banner)}
         children = descendants(demo.pid)
         # 3 NATS nodes, PostgreSQL, InfluxDB, 3 collectors, 3 simulators (and their children)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,31 +21,7 @@ from fieldtools.localservices import InfluxDB, find_binary, free_port, spawn, st
 from fieldtools.natscluster import NatsCluster, NatsUsers
 from tests.conftest import influx_rows, poll
 from tests.natsfixtures import Device, reading, run_async, spawn_nats_collector
-
-
-def connect_answer(port: int, credentials: tuple[str, str] | None) -> str:
-    """What an MQTT gateway answers a CONNECT with these credentials (None: none)."""
-    answered = threading.Event()
-    answer: list[str] = []
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"probe-{time.time_ns()}", protocol=paho.MQTTv311
-    )
-    if credentials is not None:
-        client.username_pw_set(*credentials)
-
-    def on_connect(_c: object, _u: object, _f: object, code: object, _p: object) -> None:
-        answer.append(str(code))
-        answered.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        assert answered.wait(10), "the gateway did not answer"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return answer[0]
+from tests.test_deploy_files import signs_in
 
 
 def anonymous_nats_refused(url: str) -> bool:
@@ -108,9 +83,9 @@ def test_a_cluster_with_users_admits_only_them_each_with_its_rights(
     gateway = cluster.nodes[1].mqtt_port
 
     # nobody else: not on the MQTT gateway, not on the client port, not as a route
-    assert connect_answer(gateway, None) == "Not authorized"
-    assert connect_answer(gateway, (SIMULATOR_USER, "guess")) == "Not authorized"
-    assert connect_answer(gateway, (SIMULATOR_USER, password[SIMULATOR_USER])) == "Success"
+    assert not signs_in(gateway, None, None)
+    assert not signs_in(gateway, SIMULATOR_USER, "guess")
+    assert signs_in(gateway, SIMULATOR_USER, password[SIMULATOR_USER])
     assert anonymous_nats_refused(cluster.nodes[0].url)
     rogue = rogue_route(tmp_path / "rogue", cluster.nodes[0].route_port)
     try:
